@@ -1,0 +1,193 @@
+//! Fault injection and request accounting: failures, latency, a paused API, ended watches.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::error::ApiError;
+
+/// What a request does, as the audit log names it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestInfo {
+    pub verb: String,
+    /// The plural resource, with `/status` for the status subresource.
+    pub resource: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Selects requests; an unset field matches anything.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Matcher {
+    pub verb: Option<String>,
+    pub resource: Option<String>,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+}
+
+impl Matcher {
+    pub fn new(verb: &str, resource: &str) -> Self {
+        Self { verb: Some(verb.into()), resource: Some(resource.into()), ..Default::default() }
+    }
+
+    pub fn named(mut self, namespace: &str, name: &str) -> Self {
+        self.namespace = Some(namespace.into());
+        self.name = Some(name.into());
+        self
+    }
+
+    fn matches(&self, r: &RequestInfo) -> bool {
+        let ok = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        ok(&self.verb, &r.verb) && ok(&self.resource, &r.resource) && ok(&self.namespace, &r.namespace) && ok(&self.name, &r.name)
+    }
+}
+
+/// The next `count` matching requests fail with `code`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    #[serde(flatten)]
+    pub matcher: Matcher,
+    pub count: u32,
+    pub code: u16,
+    #[serde(default)]
+    pub retry_after_seconds: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Latency {
+    #[serde(flatten)]
+    pub matcher: Matcher,
+    pub millis: u64,
+}
+
+#[derive(Default)]
+struct Rules {
+    failures: Vec<Failure>,
+    latencies: Vec<Latency>,
+    counts: BTreeMap<(String, String), u64>,
+}
+
+/// The handle tests hold to break the API on purpose and to count what clients did.
+#[derive(Clone)]
+pub struct Faults {
+    rules: Arc<Mutex<Rules>>,
+    paused: Arc<watch::Sender<bool>>,
+    watch_epoch: Arc<watch::Sender<u64>>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            rules: Arc::default(),
+            paused: Arc::new(watch::channel(false).0),
+            watch_epoch: Arc::new(watch::channel(0).0),
+        }
+    }
+}
+
+fn reason_for(code: u16) -> &'static str {
+    match code {
+        400 => "BadRequest",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "NotFound",
+        409 => "Conflict",
+        410 => "Expired",
+        429 => "TooManyRequests",
+        500 => "InternalError",
+        503 => "ServiceUnavailable",
+        504 => "Timeout",
+        _ => "Unknown",
+    }
+}
+
+impl Faults {
+    fn rules(&self) -> MutexGuard<'_, Rules> {
+        self.rules.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes the next `count` requests matching `matcher` fail with `code`.
+    pub fn fail_next(&self, matcher: Matcher, count: u32, code: u16, retry_after_seconds: Option<u64>) {
+        self.rules().failures.push(Failure { matcher, count, code, retry_after_seconds });
+    }
+
+    /// Delays every matching request.
+    pub fn add_latency(&self, matcher: Matcher, delay: Duration) {
+        self.rules().latencies.push(Latency { matcher, millis: delay.as_millis() as u64 });
+    }
+
+    pub fn clear(&self) {
+        let mut r = self.rules();
+        r.failures.clear();
+        r.latencies.clear();
+    }
+
+    /// Requests hang until [`Faults::resume`].
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
+    }
+
+    /// Ends every open watch now; clients reconnect from their last resourceVersion.
+    pub fn end_watches(&self) {
+        self.watch_epoch.send_modify(|e| *e += 1);
+    }
+
+    pub fn watch_epoch(&self) -> watch::Receiver<u64> {
+        self.watch_epoch.subscribe()
+    }
+
+    /// How many requests with this verb reached this resource (`secrets`, `tokensources/status`).
+    pub fn count(&self, verb: &str, resource: &str) -> u64 {
+        self.rules().counts.get(&(verb.to_string(), resource.to_string())).copied().unwrap_or(0)
+    }
+
+    pub fn counts(&self) -> BTreeMap<String, u64> {
+        self.rules().counts.iter().map(|((v, r), n)| (format!("{v} {r}"), *n)).collect()
+    }
+
+    pub fn reset_counts(&self) {
+        self.rules().counts.clear();
+    }
+
+    /// Runs the rules for one request: counts it, waits while paused, adds latency, and fails it
+    /// when a failure rule says so.
+    pub async fn admit(&self, info: &RequestInfo) -> Result<(), ApiError> {
+        let (delay, failure) = {
+            let mut r = self.rules();
+            *r.counts.entry((info.verb.clone(), info.resource.clone())).or_default() += 1;
+            let delay: u64 = r.latencies.iter().filter(|l| l.matcher.matches(info)).map(|l| l.millis).sum();
+            let mut failure = None;
+            if let Some(f) = r.failures.iter_mut().find(|f| f.count > 0 && f.matcher.matches(info)) {
+                f.count -= 1;
+                failure = Some((f.code, f.retry_after_seconds));
+            }
+            r.failures.retain(|f| f.count > 0);
+            (delay, failure)
+        };
+        let mut paused = self.paused.subscribe();
+        while *paused.borrow_and_update() {
+            if paused.changed().await.is_err() {
+                break;
+            }
+        }
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if let Some((code, retry_after)) = failure {
+            let mut e = ApiError::new(code, reason_for(code), format!("kubesim: injected failure for {} {}", info.verb, info.resource));
+            e.retry_after = retry_after;
+            return Err(e);
+        }
+        Ok(())
+    }
+}

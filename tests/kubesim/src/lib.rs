@@ -1,0 +1,143 @@
+//! kubesim: an in-memory Kubernetes API server for end-to-end tests and the local sandbox.
+//!
+//! Start one with [`KubeSim::start`]; it serves the API over HTTP on loopback, writes a
+//! kubeconfig for kubectl, hands out [`kube::Client`]s and a [`Faults`] handle for breaking the
+//! API on purpose. Dropping it stops the server.
+
+pub mod error;
+pub mod events;
+pub mod faults;
+pub mod fields;
+pub mod openapi;
+pub mod patch;
+pub mod registry;
+pub mod schema;
+pub mod selector;
+pub mod server;
+pub mod store;
+pub mod table;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use faults::{Faults, Matcher};
+
+/// How to start the emulator.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub addr: SocketAddr,
+    /// How many changes the watch history keeps; older resumes get 410 Gone.
+    pub history_limit: usize,
+    /// How often watches that allow bookmarks get one.
+    pub bookmark_interval: Duration,
+    /// Where to write the kubeconfig; a temporary file when unset.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            history_limit: 200_000,
+            bookmark_interval: Duration::from_secs(1),
+            kubeconfig: None,
+        }
+    }
+}
+
+/// A running emulator.
+pub struct KubeSim {
+    addr: SocketAddr,
+    shared: Arc<server::Shared>,
+    kubeconfig: PathBuf,
+    temp_kubeconfig: bool,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl KubeSim {
+    pub async fn start() -> std::io::Result<Self> {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(opts: Options) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(opts.addr).await?;
+        let addr = listener.local_addr()?;
+        let (state, _tx) = store::State::new(opts.history_limit);
+        let shared = Arc::new(server::Shared {
+            state: Mutex::new(state),
+            faults: Faults::default(),
+            bookmark_interval: opts.bookmark_interval,
+        });
+        let app = server::router(shared.clone());
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "kubesim server stopped");
+            }
+        });
+        let temp_kubeconfig = opts.kubeconfig.is_none();
+        let kubeconfig = opts.kubeconfig.unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("kubesim-{}-{}.kubeconfig", std::process::id(), addr.port()))
+        });
+        let sim = Self { addr, shared, kubeconfig, temp_kubeconfig, task };
+        std::fs::write(&sim.kubeconfig, sim.kubeconfig_yaml())?;
+        Ok(sim)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// A kubeconfig whose current context points at this server, namespace `default`.
+    pub fn kubeconfig_yaml(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: kubesim\n  cluster:\n    server: {}\ncontexts:\n- name: kubesim\n  context:\n    cluster: kubesim\n    user: kubesim\n    namespace: default\ncurrent-context: kubesim\nusers:\n- name: kubesim\n  user: {{}}\npreferences: {{}}\n",
+            self.url()
+        )
+    }
+
+    /// A client for this server, default namespace `default`.
+    pub fn client(&self) -> kube::Client {
+        let uri: http::Uri = self.url().parse().unwrap_or_default();
+        let mut config = kube::Config::new(uri);
+        config.default_namespace = "default".into();
+        config.read_timeout = None;
+        kube::Client::try_from(config).unwrap_or_else(|e| panic!("kubesim: cannot build a client: {e}"))
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.shared.faults
+    }
+
+    /// Forgets the watch history, so watchers that resume get 410 Gone and re-list.
+    pub fn compact(&self) {
+        self.shared.state().compact();
+    }
+
+    /// The current cluster-wide resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.shared.state().rv
+    }
+
+    pub fn object_count(&self) -> usize {
+        self.shared.state().object_count()
+    }
+}
+
+impl Drop for KubeSim {
+    fn drop(&mut self) {
+        self.task.abort();
+        if self.temp_kubeconfig {
+            let _ = std::fs::remove_file(&self.kubeconfig);
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! What resource types the emulator serves: the built-in kinds and the ones CRDs add.
+
+use serde_json::{Value, json};
+
+use crate::error::GroupResource;
+
+/// A printer column, as in a CRD's `additionalPrinterColumns`.
+#[derive(Clone, Debug)]
+pub struct PrinterColumn {
+    pub name: String,
+    pub type_: String,
+    pub format: String,
+    pub description: String,
+    pub priority: i64,
+    pub json_path: String,
+}
+
+/// One served version of a resource.
+#[derive(Clone, Debug)]
+pub struct VersionDef {
+    pub name: String,
+    pub served: bool,
+    pub storage: bool,
+    pub schema: Option<Value>,
+    pub columns: Vec<PrinterColumn>,
+    pub status_subresource: bool,
+}
+
+/// A resource type: a group, its plural name and the versions it is served at.
+#[derive(Clone, Debug)]
+pub struct ResourceDef {
+    pub group: String,
+    pub plural: String,
+    pub singular: String,
+    pub kind: String,
+    pub list_kind: String,
+    pub namespaced: bool,
+    pub short_names: Vec<String>,
+    pub categories: Vec<String>,
+    pub versions: Vec<VersionDef>,
+    /// Whether `metadata.generation` is maintained (custom resources and workloads).
+    pub generation: bool,
+    /// Defined by a CustomResourceDefinition (validated against its schema, merge patch only).
+    pub custom: bool,
+    /// Where the objects are kept; `events.k8s.io` events live with `core/v1` events.
+    pub storage: GroupResource,
+}
+
+impl ResourceDef {
+    pub fn gr(&self) -> GroupResource {
+        GroupResource::new(&self.group, &self.plural)
+    }
+
+    pub fn version(&self, v: &str) -> Option<&VersionDef> {
+        self.versions.iter().find(|x| x.name == v && x.served)
+    }
+
+    pub fn api_version(&self, v: &str) -> String {
+        if self.group.is_empty() { v.to_string() } else { format!("{}/{v}", self.group) }
+    }
+
+    pub fn has_status(&self, v: &str) -> bool {
+        self.version(v).is_some_and(|x| x.status_subresource)
+    }
+
+    /// An entry of an `APIResourceList`.
+    pub fn api_resources(&self, v: &str) -> Vec<Value> {
+        let mut verbs = vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+        if self.plural == "events" && self.group.is_empty() {
+            verbs.sort();
+        }
+        let mut main = json!({
+            "name": self.plural,
+            "singularName": self.singular,
+            "namespaced": self.namespaced,
+            "kind": self.kind,
+            "verbs": verbs,
+        });
+        if !self.short_names.is_empty() {
+            main["shortNames"] = json!(self.short_names);
+        }
+        if !self.categories.is_empty() {
+            main["categories"] = json!(self.categories);
+        }
+        let mut out = vec![main];
+        if self.has_status(v) {
+            out.push(json!({
+                "name": format!("{}/status", self.plural),
+                "singularName": "",
+                "namespaced": self.namespaced,
+                "kind": self.kind,
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
+        out
+    }
+}
+
+fn builtin(
+    group: &str,
+    version: &str,
+    plural: &str,
+    kind: &str,
+    namespaced: bool,
+    short: &[&str],
+    status: bool,
+) -> ResourceDef {
+    ResourceDef {
+        group: group.into(),
+        plural: plural.into(),
+        singular: kind.to_lowercase(),
+        kind: kind.into(),
+        list_kind: format!("{kind}List"),
+        namespaced,
+        short_names: short.iter().map(|s| s.to_string()).collect(),
+        categories: vec![],
+        versions: vec![VersionDef {
+            name: version.into(),
+            served: true,
+            storage: true,
+            schema: None,
+            columns: vec![],
+            status_subresource: status,
+        }],
+        generation: false,
+        custom: false,
+        storage: GroupResource::new(group, plural),
+    }
+}
+
+/// The built-in resource types the emulator serves.
+pub fn builtins() -> Vec<ResourceDef> {
+    let mut deployments = builtin("apps", "v1", "deployments", "Deployment", true, &["deploy"], true);
+    deployments.generation = true;
+    deployments.categories = vec!["all".into()];
+    let mut crds = builtin(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        false,
+        &["crd", "crds"],
+        true,
+    );
+    crds.generation = true;
+    let mut new_events = builtin("events.k8s.io", "v1", "events", "Event", true, &["ev"], false);
+    new_events.storage = GroupResource::new("", "events");
+    vec![
+        builtin("", "v1", "namespaces", "Namespace", false, &["ns"], true),
+        builtin("", "v1", "secrets", "Secret", true, &[], false),
+        builtin("", "v1", "configmaps", "ConfigMap", true, &["cm"], false),
+        builtin("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"], false),
+        builtin("", "v1", "events", "Event", true, &["ev"], false),
+        new_events,
+        builtin("coordination.k8s.io", "v1", "leases", "Lease", true, &[], false),
+        deployments,
+        crds,
+    ]
+}
+
+/// Reads a CustomResourceDefinition into the resource type it defines.
+pub fn from_crd(crd: &Value) -> Result<ResourceDef, String> {
+    let spec = &crd["spec"];
+    let group = spec["group"].as_str().ok_or("spec.group is required")?;
+    let names = &spec["names"];
+    let plural = names["plural"].as_str().ok_or("spec.names.plural is required")?;
+    let kind = names["kind"].as_str().ok_or("spec.names.kind is required")?;
+    let expected = format!("{plural}.{group}");
+    let name = crd["metadata"]["name"].as_str().unwrap_or_default();
+    if name != expected {
+        return Err(format!("metadata.name: Invalid value: {name:?}: must be spec.names.plural+\".\"+spec.group"));
+    }
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default()
+    };
+    let mut versions = vec![];
+    for v in spec["versions"].as_array().ok_or("spec.versions is required")? {
+        let vname = v["name"].as_str().ok_or("spec.versions[].name is required")?;
+        let columns = v["additionalPrinterColumns"]
+            .as_array()
+            .map(|cols| {
+                cols.iter()
+                    .map(|c| PrinterColumn {
+                        name: c["name"].as_str().unwrap_or_default().to_string(),
+                        type_: c["type"].as_str().unwrap_or("string").to_string(),
+                        format: c["format"].as_str().unwrap_or_default().to_string(),
+                        description: c["description"].as_str().unwrap_or_default().to_string(),
+                        priority: c["priority"].as_i64().unwrap_or(0),
+                        json_path: c["jsonPath"].as_str().unwrap_or_default().to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_else(|| {
+                vec![PrinterColumn {
+                    name: "Age".into(),
+                    type_: "date".into(),
+                    format: String::new(),
+                    description: String::new(),
+                    priority: 0,
+                    json_path: ".metadata.creationTimestamp".into(),
+                }]
+            });
+        versions.push(VersionDef {
+            name: vname.to_string(),
+            served: v["served"].as_bool().unwrap_or(true),
+            storage: v["storage"].as_bool().unwrap_or(false),
+            schema: v["schema"]["openAPIV3Schema"].as_object().map(|o| Value::Object(o.clone())),
+            columns,
+            status_subresource: v["subresources"]["status"].is_object(),
+        });
+    }
+    if versions.is_empty() {
+        return Err("spec.versions: Required value".into());
+    }
+    let namespaced = match spec["scope"].as_str() {
+        Some("Namespaced") => true,
+        Some("Cluster") => false,
+        other => return Err(format!("spec.scope: Unsupported value: {other:?}: supported values: \"Cluster\", \"Namespaced\"")),
+    };
+    Ok(ResourceDef {
+        group: group.into(),
+        plural: plural.into(),
+        singular: names["singular"].as_str().map(String::from).unwrap_or_else(|| kind.to_lowercase()),
+        kind: kind.into(),
+        list_kind: names["listKind"].as_str().map(String::from).unwrap_or_else(|| format!("{kind}List")),
+        namespaced,
+        short_names: strings(&names["shortNames"]),
+        categories: strings(&names["categories"]),
+        versions,
+        generation: true,
+        custom: true,
+        storage: GroupResource::new(group, plural),
+    })
+}

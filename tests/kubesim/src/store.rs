@@ -1,0 +1,1016 @@
+//! The emulator's state: objects, resourceVersions, the watch history, field ownership, deletion
+//! with finalizers and owner-reference garbage collection.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use base64::Engine;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use crate::error::{ApiError, ApiResult, Cause, GroupResource};
+use crate::fields::{self, FieldSet, ManagedEntry};
+use crate::registry::{self, ResourceDef};
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::{events, patch, schema};
+
+/// A stored object and who manages which of its fields.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub obj: Value,
+    pub managers: Vec<ManagedEntry>,
+}
+
+impl Entry {
+    /// The object as clients see it, with `metadata.managedFields`.
+    pub fn rendered(&self) -> Value {
+        let mut o = self.obj.clone();
+        let mf = fields::render(&self.managers);
+        if mf.as_array().is_some_and(|a| !a.is_empty()) {
+            o["metadata"]["managedFields"] = mf;
+        }
+        o
+    }
+}
+
+/// One change, as watchers receive it.
+#[derive(Debug)]
+pub struct WatchEvent {
+    pub rv: u64,
+    pub kind: &'static str,
+    pub storage: GroupResource,
+    pub namespace: String,
+    pub obj: Value,
+}
+
+/// Everything a request says about where and how it acts.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub def: ResourceDef,
+    pub version: String,
+    pub namespace: Option<String>,
+    pub manager: String,
+    pub field_validation: Option<String>,
+    pub dry_run: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ListOpts {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+    pub limit: Option<usize>,
+    pub continue_token: Option<String>,
+    pub resource_version: Option<String>,
+    pub resource_version_match: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DeleteOpts {
+    pub propagation: Option<String>,
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+}
+
+pub enum PatchKind {
+    Merge,
+    Json,
+    Strategic,
+    Apply { force: bool },
+}
+
+pub type Key = (String, String);
+
+pub struct State {
+    pub defs: BTreeMap<GroupResource, ResourceDef>,
+    pub objects: BTreeMap<GroupResource, BTreeMap<Key, Entry>>,
+    pub rv: u64,
+    pub history: VecDeque<Arc<WatchEvent>>,
+    /// Watches may resume from any resourceVersion at or above this one.
+    pub compacted: u64,
+    pub history_limit: usize,
+    tx: broadcast::Sender<Arc<WatchEvent>>,
+}
+
+pub fn now() -> String {
+    let ts = jiff::Timestamp::now();
+    jiff::Timestamp::from_second(ts.as_second()).unwrap_or(ts).to_string()
+}
+
+fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
+    obj["metadata"][field].as_str().unwrap_or_default()
+}
+
+fn valid_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        })
+}
+
+fn random_suffix() -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect()
+}
+
+/// The parts of an object that are not metadata or status: a change there bumps generation.
+fn spec_part(obj: &Value, with_status: bool) -> Value {
+    let mut o = obj.clone();
+    if let Some(m) = o.as_object_mut() {
+        m.remove("metadata");
+        if with_status {
+            m.remove("status");
+        }
+    }
+    o
+}
+
+fn without_volatile(obj: &Value) -> Value {
+    let mut o = obj.clone();
+    if let Some(m) = o["metadata"].as_object_mut() {
+        m.remove("resourceVersion");
+        m.remove("managedFields");
+    }
+    o
+}
+
+impl State {
+    pub fn new(history_limit: usize) -> (Self, broadcast::Sender<Arc<WatchEvent>>) {
+        let (tx, _) = broadcast::channel(1 << 16);
+        let mut s = Self {
+            defs: BTreeMap::new(),
+            objects: BTreeMap::new(),
+            rv: 1,
+            history: VecDeque::new(),
+            compacted: 0,
+            history_limit,
+            tx: tx.clone(),
+        };
+        for def in registry::builtins() {
+            s.defs.insert(def.gr(), def);
+        }
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}});
+        let ctx = s.ctx_for("", "namespaces", None).map(|c| Ctx { manager: "kubesim".into(), ..c });
+        if let Ok(ctx) = ctx {
+            let _ = s.create(&ctx, ns);
+        }
+        (s, tx)
+    }
+
+    pub fn ctx_for(&self, group: &str, plural: &str, namespace: Option<String>) -> ApiResult<Ctx> {
+        let def = self
+            .defs
+            .get(&GroupResource::new(group, plural))
+            .cloned()
+            .ok_or_else(|| ApiError::new(404, "NotFound", "the server could not find the requested resource"))?;
+        let version = def.versions.iter().find(|v| v.storage).unwrap_or(&def.versions[0]).name.clone();
+        Ok(Ctx { def, version, namespace, manager: "kubesim".into(), field_validation: None, dry_run: false })
+    }
+
+    fn key(ctx: &Ctx, name: &str) -> Key {
+        (if ctx.def.namespaced { ctx.namespace.clone().unwrap_or_default() } else { String::new() }, name.to_string())
+    }
+
+    fn bucket(&self, ctx: &Ctx) -> Option<&BTreeMap<Key, Entry>> {
+        self.objects.get(&ctx.def.storage)
+    }
+
+    /// How an object of `ctx`'s type and version looks to the client.
+    pub fn present(ctx: &Ctx, obj: &Value) -> Value {
+        if ctx.def.group == "events.k8s.io" {
+            return events::from_core(obj);
+        }
+        let mut o = obj.clone();
+        o["apiVersion"] = json!(ctx.def.api_version(&ctx.version));
+        o
+    }
+
+    pub fn get(&self, ctx: &Ctx, name: &str) -> ApiResult<Value> {
+        self.bucket(ctx)
+            .and_then(|b| b.get(&Self::key(ctx, name)))
+            .map(|e| Self::present(ctx, &e.rendered()))
+            .ok_or_else(|| ApiError::not_found(&ctx.def.gr(), name))
+    }
+
+    pub fn list(&self, ctx: &Ctx, opts: &ListOpts) -> ApiResult<Value> {
+        let rv = self.rv;
+        if let (Some(m), Some(want)) = (opts.resource_version_match.as_deref(), opts.resource_version.as_deref()) {
+            let want: u64 = want.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version {want:?}")))?;
+            if m == "Exact" && want != rv && want < self.compacted {
+                return Err(ApiError::gone(format!("too old resource version: {want} ({})", self.compacted)));
+            }
+            if m == "NotOlderThan" && want > rv {
+                return Err(ApiError::new(504, "Timeout", format!("Too large resource version: {want}, current: {rv}")));
+            }
+        }
+        let mut start: Option<Key> = None;
+        if let Some(token) = &opts.continue_token {
+            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(token)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
+            if raw["rv"].as_u64().unwrap_or(0) < self.compacted {
+                return Err(ApiError::gone(
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                ));
+            }
+            start = Some((raw["ns"].as_str().unwrap_or_default().into(), raw["name"].as_str().unwrap_or_default().into()));
+        }
+        let mut items = vec![];
+        let mut cont = None;
+        let mut remaining = 0usize;
+        if let Some(bucket) = self.bucket(ctx) {
+            let matching = bucket.iter().filter(|(k, e)| {
+                start.as_ref().is_none_or(|s| *k > s)
+                    && (!ctx.def.namespaced || ctx.namespace.as_ref().is_none_or(|ns| &k.0 == ns))
+                    && opts.labels.matches(&e.obj["metadata"]["labels"])
+                    && opts.fields.matches(&e.obj)
+            });
+            for (k, e) in matching {
+                if let Some(limit) = opts.limit.filter(|l| *l > 0) {
+                    if items.len() >= limit {
+                        remaining += 1;
+                        if cont.is_none() {
+                            let last = items.last().map(|(k, _): &(Key, Value)| k.clone()).unwrap_or_default();
+                            cont = Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+                                json!({"rv": rv, "ns": last.0, "name": last.1}).to_string(),
+                            ));
+                        }
+                        continue;
+                    }
+                }
+                items.push((k.clone(), Self::present(ctx, &e.rendered())));
+            }
+        }
+        let mut meta = json!({ "resourceVersion": rv.to_string() });
+        if let Some(c) = cont {
+            meta["continue"] = json!(c);
+            meta["remainingItemCount"] = json!(remaining);
+        }
+        Ok(json!({
+            "kind": ctx.def.list_kind,
+            "apiVersion": ctx.def.api_version(&ctx.version),
+            "metadata": meta,
+            "items": items.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        }))
+    }
+
+    /// Registers a watcher: the events after `from` (or the current objects as ADDED when `from`
+    /// is absent or "0") and a receiver for what comes next, taken under the same lock.
+    pub fn watch(
+        &self,
+        ctx: &Ctx,
+        from: Option<u64>,
+    ) -> ApiResult<(Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>)> {
+        let rx = self.tx.subscribe();
+        let backlog = match from {
+            Some(r) if r > 0 => {
+                if r < self.compacted {
+                    return Err(ApiError::gone(format!("too old resource version: {r} ({})", self.compacted)));
+                }
+                self.history.iter().filter(|e| e.rv > r && e.storage == ctx.def.storage).cloned().collect()
+            }
+            _ => self
+                .bucket(ctx)
+                .map(|b| {
+                    b.iter()
+                        .map(|((ns, _), e)| {
+                            Arc::new(WatchEvent {
+                                rv: e.obj["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0),
+                                kind: "ADDED",
+                                storage: ctx.def.storage.clone(),
+                                namespace: ns.clone(),
+                                obj: e.rendered(),
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        Ok((backlog, rx))
+    }
+
+    fn emit(&mut self, kind: &'static str, storage: &GroupResource, namespace: &str, obj: Value) {
+        let ev = Arc::new(WatchEvent { rv: self.rv, kind, storage: storage.clone(), namespace: namespace.to_string(), obj });
+        self.history.push_back(ev.clone());
+        while self.history.len() > self.history_limit {
+            if let Some(old) = self.history.pop_front() {
+                self.compacted = old.rv;
+            }
+        }
+        let _ = self.tx.send(ev);
+    }
+
+    /// Forgets the watch history, as an etcd compaction does: every watcher that resumes from
+    /// an older resourceVersion gets 410 Gone and must re-list.
+    pub fn compact(&mut self) {
+        self.rv += 1;
+        self.compacted = self.rv;
+        self.history.clear();
+    }
+
+    pub fn create(&mut self, ctx: &Ctx, mut body: Value) -> ApiResult<(Value, Vec<String>)> {
+        if ctx.def.group == "events.k8s.io" {
+            body = events::to_core(&body);
+        }
+        if !body.is_object() {
+            return Err(ApiError::bad_request("the body of the request was not a JSON object"));
+        }
+        let gr = ctx.def.gr();
+        let mut name = meta_str(&body, "name").to_string();
+        if name.is_empty() {
+            let prefix = meta_str(&body, "generateName");
+            if prefix.is_empty() {
+                return Err(ApiError::invalid(&ctx.def.kind, &ctx.def.group, "", &[Cause::required("metadata.name")]));
+            }
+            name = format!("{prefix}{}", random_suffix());
+            body["metadata"]["name"] = json!(name);
+        }
+        self.check_namespace(ctx, &body)?;
+        let key = Self::key(ctx, &name);
+        if self.bucket(ctx).is_some_and(|b| b.contains_key(&key)) {
+            return Err(ApiError::already_exists(&gr, &name));
+        }
+        let meta = body["metadata"].as_object_mut().ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+        for f in ["resourceVersion", "uid", "creationTimestamp", "deletionTimestamp", "managedFields", "generation", "selfLink"] {
+            meta.remove(f);
+        }
+        if ctx.def.namespaced {
+            meta.insert("namespace".into(), json!(key.0));
+        } else {
+            meta.remove("namespace");
+        }
+        meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        meta.insert("creationTimestamp".into(), json!(now()));
+        if ctx.def.generation {
+            meta.insert("generation".into(), json!(1));
+        }
+        let warnings = self.prepare(ctx, &mut body, None)?;
+        let managed = fields::fields_of(&body, Self::schema_of(ctx));
+        let managers = vec![ManagedEntry {
+            manager: ctx.manager.clone(),
+            operation: "Update",
+            api_version: ctx.def.api_version(&ctx.version),
+            subresource: String::new(),
+            time: now(),
+            fields: managed,
+        }];
+        let out = self.commit(ctx, key, None, Entry { obj: body, managers })?;
+        Ok((out, warnings))
+    }
+
+    fn check_namespace(&self, ctx: &Ctx, body: &Value) -> ApiResult<()> {
+        if !ctx.def.namespaced {
+            return Ok(());
+        }
+        let ns = ctx.namespace.clone().unwrap_or_default();
+        let body_ns = meta_str(body, "namespace");
+        if !body_ns.is_empty() && body_ns != ns {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        let nsgr = GroupResource::new("", "namespaces");
+        match self.objects.get(&nsgr).and_then(|b| b.get(&(String::new(), ns.clone()))) {
+            None => Err(ApiError::not_found(&nsgr, &ns)),
+            Some(n) if n.obj["metadata"]["deletionTimestamp"].is_string() => Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!("unable to create new content in namespace {ns} because it is being terminated"),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn schema_of(ctx: &Ctx) -> Option<&Value> {
+        if !ctx.def.custom {
+            return None;
+        }
+        ctx.def.version(&ctx.version).and_then(|v| v.schema.as_ref())
+    }
+
+    /// Validation, defaulting and kind-specific normalisation before a write.
+    fn prepare(&self, ctx: &Ctx, body: &mut Value, old: Option<&Value>) -> ApiResult<Vec<String>> {
+        let name = meta_str(body, "name").to_string();
+        let mut causes = vec![];
+        let mut warnings = vec![];
+        let name_ok = if ctx.def.plural == "customresourcedefinitions" { !name.is_empty() } else { valid_dns_subdomain(&name) };
+        if !name_ok && old.is_none() {
+            causes.push(Cause::invalid(
+                "metadata.name",
+                &json!(name),
+                "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+            ));
+        }
+        body["kind"] = json!(ctx.def.kind);
+        body["apiVersion"] = json!(if ctx.def.group == "events.k8s.io" { "v1".to_string() } else { ctx.def.api_version(&ctx.version) });
+        for (field, what) in [("labels", "label"), ("annotations", "annotation")] {
+            if let Some(m) = body["metadata"][field].as_object() {
+                for (k, v) in m {
+                    if !v.is_string() {
+                        causes.push(Cause::invalid(format!("metadata.{field}.{k}"), v, format!("{what} values must be strings")));
+                    }
+                }
+            }
+        }
+        if ctx.def.custom {
+            if let Some(schema) = Self::schema_of(ctx) {
+                let (c, unknown) = schema::process(body, schema);
+                causes.extend(c);
+                match ctx.field_validation.as_deref() {
+                    Some("Strict") if !unknown.is_empty() => {
+                        let list: Vec<String> = unknown.iter().map(|u| format!("unknown field {:?}", u.trim_start_matches('.'))).collect();
+                        return Err(ApiError::bad_request(format!("strict decoding error: {}", list.join(", "))));
+                    }
+                    Some("Ignore") => {}
+                    _ => warnings.extend(unknown.iter().map(|u| format!("unknown field {:?}", u.trim_start_matches('.')))),
+                }
+            }
+        }
+        match (ctx.def.group.as_str(), ctx.def.plural.as_str()) {
+            ("", "secrets") => self.prepare_secret(body, old, &mut causes),
+            ("", "namespaces") => {
+                if body["status"]["phase"].is_null() {
+                    body["status"] = json!({"phase": "Active"});
+                }
+            }
+            ("apiextensions.k8s.io", "customresourcedefinitions") => {
+                if let Err(e) = registry::from_crd(body) {
+                    causes.push(Cause::new("FieldValueInvalid", "spec", e));
+                } else if let Ok(def) = registry::from_crd(body) {
+                    body["status"] = json!({
+                        "acceptedNames": {"plural": def.plural, "singular": def.singular, "kind": def.kind, "listKind": def.list_kind, "shortNames": def.short_names, "categories": def.categories},
+                        "conditions": [
+                            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now()},
+                            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now()}
+                        ],
+                        "storedVersions": def.versions.iter().filter(|v| v.storage).map(|v| v.name.clone()).collect::<Vec<_>>(),
+                    });
+                }
+            }
+            _ => {}
+        }
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(&ctx.def.kind, &ctx.def.group, &name, &causes));
+        }
+        Ok(warnings)
+    }
+
+    fn prepare_secret(&self, body: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+        if let Some(Value::Object(sd)) = body.as_object_mut().and_then(|m| m.remove("stringData")) {
+            let data = body["data"].as_object().cloned().unwrap_or_default();
+            let mut data = Value::Object(data);
+            for (k, v) in sd {
+                data[k] = json!(base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or_default()));
+            }
+            body["data"] = data;
+        }
+        if let Some(data) = body["data"].as_object() {
+            for (k, v) in data {
+                let ok = v.as_str().is_some_and(|s| base64::engine::general_purpose::STANDARD.decode(s).is_ok());
+                if !ok {
+                    causes.push(Cause::invalid(format!("data[{k}]"), v, "illegal base64 data"));
+                }
+                let key_ok = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+                if !key_ok {
+                    causes.push(Cause::invalid(format!("data[{k}]"), &json!(k), "a valid config key must consist of alphanumeric characters, '-', '_' or '.'"));
+                }
+            }
+        }
+        if body["type"].is_null() {
+            body["type"] = json!("Opaque");
+        }
+        if let Some(old) = old {
+            if old["immutable"].as_bool() == Some(true) && (old["data"] != body["data"] || body["immutable"] != old["immutable"]) {
+                causes.push(Cause::new("FieldValueForbidden", "data", "Forbidden: field is immutable when `immutable` is set"));
+            }
+            if old["type"] != body["type"] {
+                causes.push(Cause::invalid("type", &body["type"], "field is immutable"));
+            }
+        }
+    }
+
+    /// Stores a new version of an object (or the first), unless nothing changed.
+    fn commit(&mut self, ctx: &Ctx, key: Key, old: Option<&Entry>, mut entry: Entry) -> ApiResult<Value> {
+        if let Some(old) = old {
+            if ctx.def.generation {
+                let with_status = ctx.def.has_status(&ctx.version);
+                let generation = old.obj["metadata"]["generation"].as_i64().unwrap_or(1);
+                let bumped = if spec_part(&old.obj, with_status) != spec_part(&entry.obj, with_status) { generation + 1 } else { generation };
+                entry.obj["metadata"]["generation"] = json!(bumped);
+            }
+            if without_volatile(&old.obj) == without_volatile(&entry.obj) && old.managers == entry.managers {
+                return Ok(Self::present(ctx, &old.rendered()));
+            }
+        }
+        if ctx.dry_run {
+            return Ok(Self::present(ctx, &entry.rendered()));
+        }
+        let finishing = entry.obj["metadata"]["deletionTimestamp"].is_string()
+            && entry.obj["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty());
+        self.rv += 1;
+        entry.obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        if ctx.def.plural == "customresourcedefinitions" {
+            if let Ok(def) = registry::from_crd(&entry.obj) {
+                self.defs.insert(def.gr(), def);
+            }
+        }
+        let rendered = entry.rendered();
+        let storage = ctx.def.storage.clone();
+        self.objects.entry(storage.clone()).or_default().insert(key.clone(), entry);
+        self.emit(if old.is_some() { "MODIFIED" } else { "ADDED" }, &storage, &key.0, rendered.clone());
+        if finishing {
+            self.remove(&storage, &key);
+        } else if old.is_none() {
+            self.collect_if_orphaned(&storage, &key);
+        }
+        Ok(Self::present(ctx, &rendered))
+    }
+
+    fn entry(&self, ctx: &Ctx, name: &str) -> ApiResult<Entry> {
+        self.bucket(ctx)
+            .and_then(|b| b.get(&Self::key(ctx, name)))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&ctx.def.gr(), name))
+    }
+
+    /// Carries the parts a write may not change over from the stored object.
+    fn carry_over(ctx: &Ctx, old: &Value, new: &mut Value, subresource: bool) -> ApiResult<()> {
+        let name = meta_str(old, "name").to_string();
+        let new_name = meta_str(new, "name");
+        if !new_name.is_empty() && new_name != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({new_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        if subresource {
+            let status = new.get("status").cloned();
+            *new = old.clone();
+            match status {
+                Some(s) => new["status"] = s,
+                None => {
+                    if let Some(m) = new.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+            return Ok(());
+        }
+        if ctx.def.has_status(&ctx.version) {
+            match old.get("status") {
+                Some(s) => new["status"] = s.clone(),
+                None => {
+                    if let Some(m) = new.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+        }
+        if !new["metadata"].is_object() {
+            new["metadata"] = json!({});
+        }
+        for f in ["name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+            match old["metadata"].get(f) {
+                Some(v) => new["metadata"][f] = v.clone(),
+                None => {
+                    if let Some(m) = new["metadata"].as_object_mut() {
+                        m.remove(f);
+                    }
+                }
+            }
+        }
+        if let Some(m) = new["metadata"].as_object_mut() {
+            m.remove("managedFields");
+        }
+        Ok(())
+    }
+
+    fn record_update(ctx: &Ctx, managers: &mut Vec<ManagedEntry>, old: &Value, new: &Value, schema: Option<&Value>, subresource: bool) {
+        let (changed, removed) = fields::changed_fields(old, new, schema);
+        let sub = if subresource { "status" } else { "" };
+        for m in managers.iter_mut() {
+            m.fields.retain(|p| !changed.contains(p) && !removed.contains(p));
+        }
+        if changed.is_empty() {
+            managers.retain(|m| !m.fields.is_empty());
+            return;
+        }
+        match managers.iter_mut().find(|m| m.manager == ctx.manager && m.operation == "Update" && m.subresource == sub) {
+            Some(m) => {
+                m.fields.extend(changed);
+                m.time = now();
+            }
+            None => managers.push(ManagedEntry {
+                manager: ctx.manager.clone(),
+                operation: "Update",
+                api_version: ctx.def.api_version(&ctx.version),
+                subresource: sub.into(),
+                time: now(),
+                fields: changed,
+            }),
+        }
+        managers.retain(|m| !m.fields.is_empty());
+    }
+
+    pub fn update(&mut self, ctx: &Ctx, name: &str, mut body: Value, subresource: bool) -> ApiResult<(Value, Vec<String>)> {
+        if ctx.def.group == "events.k8s.io" {
+            body = events::to_core(&body);
+        }
+        let old = self.entry(ctx, name)?;
+        let sent_rv = meta_str(&body, "resourceVersion").to_string();
+        if !sent_rv.is_empty() && sent_rv != meta_str(&old.obj, "resourceVersion") {
+            return Err(ApiError::stale(&ctx.def.gr(), name));
+        }
+        Self::carry_over(ctx, &old.obj, &mut body, subresource)?;
+        let warnings = self.prepare(ctx, &mut body, Some(&old.obj))?;
+        let mut managers = old.managers.clone();
+        Self::record_update(ctx, &mut managers, &old.obj, &body, Self::schema_of(ctx), subresource);
+        let out = self.commit(ctx, Self::key(ctx, name), Some(&old), Entry { obj: body, managers })?;
+        Ok((out, warnings))
+    }
+
+    pub fn patch(
+        &mut self,
+        ctx: &Ctx,
+        name: &str,
+        kind: PatchKind,
+        mut body: Value,
+        subresource: bool,
+    ) -> ApiResult<(Value, Vec<String>)> {
+        if ctx.def.group == "events.k8s.io" {
+            body = events::patch_to_core(&body);
+            if let Some(m) = body.as_object_mut() {
+                m.remove("apiVersion");
+            }
+        }
+        let existing = self.bucket(ctx).and_then(|b| b.get(&Self::key(ctx, name))).cloned();
+        if let PatchKind::Apply { force } = kind {
+            return self.apply(ctx, name, existing, body, force, subresource);
+        }
+        let old = existing.ok_or_else(|| ApiError::not_found(&ctx.def.gr(), name))?;
+        let mut new = Self::present(ctx, &old.obj);
+        match kind {
+            PatchKind::Merge => patch::merge_patch(&mut new, &body),
+            PatchKind::Json => patch::json_patch(&mut new, body.clone())?,
+            PatchKind::Strategic => {
+                if ctx.def.custom {
+                    return Err(ApiError::unsupported_media("application/strategic-merge-patch+json"));
+                }
+                patch::strategic_merge(&mut new, &body)
+            }
+            PatchKind::Apply { .. } => {}
+        }
+        let sent_rv = meta_str(&new, "resourceVersion").to_string();
+        if !sent_rv.is_empty() && sent_rv != meta_str(&old.obj, "resourceVersion") {
+            return Err(ApiError::stale(&ctx.def.gr(), name));
+        }
+        Self::carry_over(ctx, &old.obj, &mut new, subresource)?;
+        let warnings = self.prepare(ctx, &mut new, Some(&old.obj))?;
+        let mut managers = old.managers.clone();
+        Self::record_update(ctx, &mut managers, &old.obj, &new, Self::schema_of(ctx), subresource);
+        let out = self.commit(ctx, Self::key(ctx, name), Some(&old), Entry { obj: new, managers })?;
+        Ok((out, warnings))
+    }
+
+    /// Server-side apply: merges the applied configuration, checks it against the fields other
+    /// managers own, and removes the fields this manager stopped applying.
+    fn apply(
+        &mut self,
+        ctx: &Ctx,
+        name: &str,
+        existing: Option<Entry>,
+        mut applied: Value,
+        force: bool,
+        subresource: bool,
+    ) -> ApiResult<(Value, Vec<String>)> {
+        if ctx.manager.is_empty() || ctx.manager == "kubesim" {
+            return Err(ApiError::bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
+        }
+        if applied["apiVersion"].as_str().is_none() || applied["kind"].as_str().is_none() {
+            return Err(ApiError::bad_request("apply patches must set apiVersion and kind"));
+        }
+        if let Some(n) = applied["metadata"]["name"].as_str() {
+            if n != name {
+                return Err(ApiError::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({name})")));
+            }
+        }
+        let has_status = ctx.def.has_status(&ctx.version);
+        if let Some(m) = applied.as_object_mut() {
+            if subresource {
+                m.retain(|k, _| matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "status"));
+                if let Some(meta) = m.get_mut("metadata").and_then(Value::as_object_mut) {
+                    meta.retain(|k, _| k == "name" || k == "namespace");
+                }
+            } else if has_status {
+                m.remove("status");
+            }
+        }
+        let schema = Self::schema_of(ctx).cloned();
+        let applied_fields = fields::fields_of(&applied, schema.as_ref());
+        let sub = if subresource { "status" } else { "" };
+        let Some(old) = existing else {
+            if subresource {
+                return Err(ApiError::not_found(&ctx.def.gr(), name));
+            }
+            let mut obj = applied.clone();
+            obj["metadata"]["name"] = json!(name);
+            let (created, warnings) = self.create(ctx, obj)?;
+            let key = Self::key(ctx, name);
+            if let Some(e) = self.objects.get_mut(&ctx.def.storage).and_then(|b| b.get_mut(&key)) {
+                e.managers = vec![ManagedEntry {
+                    manager: ctx.manager.clone(),
+                    operation: "Apply",
+                    api_version: ctx.def.api_version(&ctx.version),
+                    subresource: String::new(),
+                    time: now(),
+                    fields: applied_fields,
+                }];
+                return Ok((Self::present(ctx, &e.rendered()), warnings));
+            }
+            return Ok((created, warnings));
+        };
+        let mut managers = old.managers.clone();
+        let live = Self::present(ctx, &old.obj);
+        let mut conflicts: Vec<(String, fields::FieldPath)> = vec![];
+        for m in managers.iter().filter(|m| !(m.manager == ctx.manager && m.operation == "Apply" && m.subresource == sub)) {
+            for p in m.fields.intersection(&applied_fields) {
+                if fields::get_at(&live, p) != fields::get_at(&applied, p) {
+                    conflicts.push((m.manager.clone(), p.clone()));
+                }
+            }
+        }
+        if !conflicts.is_empty() && !force {
+            let causes: Vec<Value> = conflicts
+                .iter()
+                .map(|(m, p)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {m:?}"), "field": fields::display_path(p)}))
+                .collect();
+            let lines: Vec<String> = conflicts.iter().map(|(m, p)| format!("conflict with {m:?}: {}", fields::display_path(p))).collect();
+            let msg = if lines.len() == 1 {
+                format!("Apply failed with 1 conflict: {}", lines[0])
+            } else {
+                format!("Apply failed with {} conflicts: {}", lines.len(), lines.join("\n"))
+            };
+            let mut e = ApiError::new(409, "Conflict", msg);
+            e.details = Some(json!({"name": name, "group": ctx.def.group, "kind": ctx.def.plural, "causes": causes}));
+            return Err(e);
+        }
+        let taken: FieldSet = conflicts.into_iter().map(|(_, p)| p).collect();
+        let previous: FieldSet = managers
+            .iter()
+            .find(|m| m.manager == ctx.manager && m.operation == "Apply" && m.subresource == sub)
+            .map(|m| m.fields.clone())
+            .unwrap_or_default();
+        let mut new = live.clone();
+        for p in previous.difference(&applied_fields) {
+            let owned_elsewhere = managers
+                .iter()
+                .any(|m| !(m.manager == ctx.manager && m.operation == "Apply" && m.subresource == sub) && m.fields.contains(p));
+            if !owned_elsewhere {
+                fields::remove_at(&mut new, p);
+            }
+        }
+        fields::merge_applied(&mut new, &applied, schema.as_ref(), "");
+        for m in managers.iter_mut() {
+            m.fields.retain(|p| !taken.contains(p));
+        }
+        managers.retain(|m| !(m.manager == ctx.manager && m.operation == "Apply" && m.subresource == sub));
+        managers.push(ManagedEntry {
+            manager: ctx.manager.clone(),
+            operation: "Apply",
+            api_version: ctx.def.api_version(&ctx.version),
+            subresource: sub.into(),
+            time: now(),
+            fields: applied_fields,
+        });
+        managers.retain(|m| !m.fields.is_empty());
+        Self::carry_over(ctx, &old.obj, &mut new, subresource)?;
+        let warnings = self.prepare(ctx, &mut new, Some(&old.obj))?;
+        // A re-apply of the same configuration changes only the manager's timestamp: keep the old one.
+        if without_volatile(&old.obj) == without_volatile(&new) {
+            let same_sets = managers.len() == old.managers.len()
+                && managers.iter().all(|m| old.managers.iter().any(|o| o.manager == m.manager && o.operation == m.operation && o.subresource == m.subresource && o.fields == m.fields));
+            if same_sets {
+                return Ok((Self::present(ctx, &old.rendered()), warnings));
+            }
+        }
+        let out = self.commit(ctx, Self::key(ctx, name), Some(&old), Entry { obj: new, managers })?;
+        Ok((out, warnings))
+    }
+
+    pub fn delete(&mut self, ctx: &Ctx, name: &str, opts: &DeleteOpts) -> ApiResult<Value> {
+        let old = self.entry(ctx, name)?;
+        if let Some(uid) = &opts.uid {
+            if uid != meta_str(&old.obj, "uid") {
+                return Err(ApiError::conflict(
+                    &ctx.def.gr(),
+                    name,
+                    &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta_str(&old.obj, "uid")),
+                ));
+            }
+        }
+        if let Some(rv) = &opts.resource_version {
+            if rv != meta_str(&old.obj, "resourceVersion") {
+                return Err(ApiError::stale(&ctx.def.gr(), name));
+            }
+        }
+        if ctx.dry_run {
+            return Ok(Self::present(ctx, &old.rendered()));
+        }
+        let key = Self::key(ctx, name);
+        let storage = ctx.def.storage.clone();
+        let uid = meta_str(&old.obj, "uid").to_string();
+        match opts.propagation.as_deref() {
+            Some("Orphan") => self.orphan_dependents(&uid),
+            Some("Foreground") => self.delete_dependents(&uid),
+            _ => {}
+        }
+        if ctx.def.plural == "namespaces" && ctx.def.group.is_empty() {
+            self.delete_namespace_contents(name);
+        }
+        let has_finalizers = old.obj["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        let namespace_busy = ctx.def.plural == "namespaces" && self.namespace_has_content(name);
+        if has_finalizers || namespace_busy {
+            if old.obj["metadata"]["deletionTimestamp"].is_string() {
+                return Ok(Self::present(ctx, &old.rendered()));
+            }
+            let mut obj = old.obj.clone();
+            obj["metadata"]["deletionTimestamp"] = json!(now());
+            obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            if ctx.def.plural == "namespaces" {
+                obj["status"]["phase"] = json!("Terminating");
+            }
+            let managers = old.managers.clone();
+            return self.commit(ctx, key, Some(&old), Entry { obj, managers });
+        }
+        let out = self.remove(&storage, &key);
+        Ok(out.map(|o| Self::present(ctx, &o)).unwrap_or(Value::Null))
+    }
+
+    /// Removes an object for good, then lets the garbage collector act on its dependents.
+    fn remove(&mut self, storage: &GroupResource, key: &Key) -> Option<Value> {
+        let entry = self.objects.get_mut(storage)?.remove(key)?;
+        self.rv += 1;
+        let mut obj = entry.rendered();
+        obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        self.emit("DELETED", storage, &key.0, obj.clone());
+        let uid = meta_str(&obj, "uid").to_string();
+        self.collect_dependents(&uid);
+        if !key.0.is_empty() {
+            self.finish_namespace_if_empty(&key.0);
+        }
+        Some(obj)
+    }
+
+    fn dependents_of(&self, uid: &str) -> Vec<(GroupResource, Key)> {
+        let mut out = vec![];
+        for (gr, bucket) in &self.objects {
+            for (k, e) in bucket {
+                let owned = e.obj["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|r| r["uid"].as_str() == Some(uid)));
+                if owned {
+                    out.push((gr.clone(), k.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    fn uid_exists(&self, uid: &str) -> bool {
+        self.objects.values().any(|b| b.values().any(|e| meta_str(&e.obj, "uid") == uid))
+    }
+
+    fn internal_ctx(&self, gr: &GroupResource, ns: &str) -> Option<Ctx> {
+        self.ctx_for(&gr.group, &gr.resource, Some(ns.to_string()))
+            .ok()
+            .map(|c| Ctx { manager: "generic-garbage-collector".into(), ..c })
+    }
+
+    /// Background garbage collection: a dependent loses the reference to a deleted owner and is
+    /// deleted when no owner is left.
+    fn collect_dependents(&mut self, uid: &str) {
+        for (gr, key) in self.dependents_of(uid) {
+            let Some(entry) = self.objects.get(&gr).and_then(|b| b.get(&key)).cloned() else { continue };
+            let refs: Vec<Value> = entry.obj["metadata"]["ownerReferences"]
+                .as_array()
+                .map(|r| r.iter().filter(|r| r["uid"].as_str() != Some(uid)).cloned().collect())
+                .unwrap_or_default();
+            let alive = refs.iter().any(|r| r["uid"].as_str().is_some_and(|u| self.uid_exists(u)));
+            let Some(ctx) = self.internal_ctx(&gr, &key.0) else { continue };
+            if alive {
+                let mut obj = entry.obj.clone();
+                obj["metadata"]["ownerReferences"] = Value::Array(refs);
+                let _ = self.commit(&ctx, key.clone(), Some(&entry), Entry { obj, managers: entry.managers.clone() });
+            } else {
+                let _ = self.delete(&ctx, &key.1, &DeleteOpts::default());
+            }
+        }
+    }
+
+    fn collect_if_orphaned(&mut self, gr: &GroupResource, key: &Key) {
+        let Some(entry) = self.objects.get(gr).and_then(|b| b.get(key)) else { return };
+        let Some(refs) = entry.obj["metadata"]["ownerReferences"].as_array() else { return };
+        if refs.is_empty() {
+            return;
+        }
+        let dangling = refs.iter().all(|r| !r["uid"].as_str().is_some_and(|u| self.uid_exists(u)));
+        if dangling {
+            if let Some(ctx) = self.internal_ctx(gr, &key.0) {
+                let _ = self.delete(&ctx, &key.1, &DeleteOpts::default());
+            }
+        }
+    }
+
+    fn orphan_dependents(&mut self, uid: &str) {
+        for (gr, key) in self.dependents_of(uid) {
+            let Some(entry) = self.objects.get(&gr).and_then(|b| b.get(&key)).cloned() else { continue };
+            let Some(ctx) = self.internal_ctx(&gr, &key.0) else { continue };
+            let mut obj = entry.obj.clone();
+            if let Some(refs) = obj["metadata"]["ownerReferences"].as_array_mut() {
+                refs.retain(|r| r["uid"].as_str() != Some(uid));
+            }
+            let _ = self.commit(&ctx, key, Some(&entry), Entry { obj, managers: entry.managers.clone() });
+        }
+    }
+
+    fn delete_dependents(&mut self, uid: &str) {
+        for (gr, key) in self.dependents_of(uid) {
+            if let Some(ctx) = self.internal_ctx(&gr, &key.0) {
+                let opts = DeleteOpts { propagation: Some("Foreground".into()), ..Default::default() };
+                let _ = self.delete(&ctx, &key.1, &opts);
+            }
+        }
+    }
+
+    fn namespace_has_content(&self, ns: &str) -> bool {
+        self.objects.values().any(|b| b.keys().any(|(n, _)| n == ns))
+    }
+
+    fn delete_namespace_contents(&mut self, ns: &str) {
+        let keys: Vec<(GroupResource, Key)> = self
+            .objects
+            .iter()
+            .flat_map(|(gr, b)| b.keys().filter(|(n, _)| n == ns).map(move |k| (gr.clone(), k.clone())))
+            .collect();
+        for (gr, key) in keys {
+            if let Some(ctx) = self.internal_ctx(&gr, &key.0) {
+                let _ = self.delete(&ctx, &key.1, &DeleteOpts::default());
+            }
+        }
+    }
+
+    fn finish_namespace_if_empty(&mut self, ns: &str) {
+        let nsgr = GroupResource::new("", "namespaces");
+        let key = (String::new(), ns.to_string());
+        let terminating = self
+            .objects
+            .get(&nsgr)
+            .and_then(|b| b.get(&key))
+            .is_some_and(|e| e.obj["metadata"]["deletionTimestamp"].is_string());
+        if terminating && !self.namespace_has_content(ns) {
+            self.remove(&nsgr, &key);
+        }
+    }
+
+    pub fn delete_collection(&mut self, ctx: &Ctx, list: &ListOpts, opts: &DeleteOpts) -> ApiResult<Value> {
+        let names: Vec<String> = self
+            .bucket(ctx)
+            .map(|b| {
+                b.iter()
+                    .filter(|(k, e)| {
+                        ctx.namespace.as_ref().is_none_or(|ns| !ctx.def.namespaced || &k.0 == ns)
+                            && list.labels.matches(&e.obj["metadata"]["labels"])
+                            && list.fields.matches(&e.obj)
+                    })
+                    .map(|(k, _)| k.1.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut items = vec![];
+        for n in names {
+            items.push(self.delete(ctx, &n, opts)?);
+        }
+        Ok(json!({
+            "kind": ctx.def.list_kind,
+            "apiVersion": ctx.def.api_version(&ctx.version),
+            "metadata": {"resourceVersion": self.rv.to_string()},
+            "items": items,
+        }))
+    }
+
+    /// Counts stored objects, for the admin endpoint and benchmarks.
+    pub fn object_count(&self) -> usize {
+        self.objects.values().map(BTreeMap::len).sum()
+    }
+
+    pub fn served(&self) -> impl Iterator<Item = &ResourceDef> {
+        self.defs.values()
+    }
+
+}
