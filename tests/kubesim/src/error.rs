@@ -19,11 +19,7 @@ impl GroupResource {
 
     /// `secrets` for the core group, `tokensources.tokensource.dev` otherwise.
     pub fn qualified(&self) -> String {
-        if self.group.is_empty() {
-            self.resource.clone()
-        } else {
-            format!("{}.{}", self.resource, self.group)
-        }
+        if self.group.is_empty() { self.resource.clone() } else { format!("{}.{}", self.resource, self.group) }
     }
 }
 
@@ -45,11 +41,7 @@ impl Cause {
     }
 
     pub fn invalid(field: impl Into<String>, value: &Value, detail: impl AsRef<str>) -> Self {
-        Self::new(
-            "FieldValueInvalid",
-            field,
-            format!("Invalid value: {}: {}", short_value(value), detail.as_ref()),
-        )
+        Self::new("FieldValueInvalid", field, format!("Invalid value: {}: {}", short_value(value), detail.as_ref()))
     }
 
     fn render(&self) -> String {
@@ -95,17 +87,12 @@ impl ApiError {
     }
 
     pub fn already_exists(gr: &GroupResource, name: &str) -> Self {
-        Self::new(409, "AlreadyExists", format!("{} {name:?} already exists", gr.qualified()))
-            .with_details(gr, name)
+        Self::new(409, "AlreadyExists", format!("{} {name:?} already exists", gr.qualified())).with_details(gr, name)
     }
 
     pub fn conflict(gr: &GroupResource, name: &str, why: &str) -> Self {
-        Self::new(
-            409,
-            "Conflict",
-            format!("Operation cannot be fulfilled on {} {name:?}: {why}", gr.qualified()),
-        )
-        .with_details(gr, name)
+        Self::new(409, "Conflict", format!("Operation cannot be fulfilled on {} {name:?}: {why}", gr.qualified()))
+            .with_details(gr, name)
     }
 
     pub fn stale(gr: &GroupResource, name: &str) -> Self {
@@ -146,7 +133,13 @@ impl ApiError {
     }
 
     pub fn unsupported_media(content_type: &str) -> Self {
-        Self::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {content_type:?})"))
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {content_type:?})"
+            ),
+        )
     }
 
     pub fn status(&self) -> Value {
@@ -184,10 +177,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = (code, axum::Json(self.status())).into_response();
-        if let Some(secs) = self.retry_after {
-            if let Ok(v) = secs.to_string().parse() {
-                resp.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
-            }
+        if let Some(secs) = self.retry_after
+            && let Ok(v) = secs.to_string().parse()
+        {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
         }
         resp
     }

@@ -15,7 +15,9 @@ const RENAMES: &[(&str, &str)] = &[
 ];
 
 fn rename(obj: &Value, from_new: bool, api_version: &str) -> Value {
-    let Value::Object(m) = obj else { return obj.clone() };
+    let Value::Object(m) = obj else {
+        return obj.clone();
+    };
     let mut out = Map::new();
     for (k, v) in m {
         let key = RENAMES
@@ -39,10 +41,10 @@ fn rename(obj: &Value, from_new: bool, api_version: &str) -> Value {
 /// An `events.k8s.io/v1` Event in core form.
 pub fn to_core(obj: &Value) -> Value {
     let mut core = rename(obj, true, "v1");
-    if core.get("source").is_none() {
-        if let Some(c) = core.get("reportingComponent").cloned() {
-            core["source"] = serde_json::json!({ "component": c });
-        }
+    if core.get("source").is_none()
+        && let Some(c) = core.get("reportingComponent").cloned()
+    {
+        core["source"] = serde_json::json!({ "component": c });
     }
     core
 }

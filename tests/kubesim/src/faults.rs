@@ -42,7 +42,10 @@ impl Matcher {
 
     fn matches(&self, r: &RequestInfo) -> bool {
         let ok = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
-        ok(&self.verb, &r.verb) && ok(&self.resource, &r.resource) && ok(&self.namespace, &r.namespace) && ok(&self.name, &r.name)
+        ok(&self.verb, &r.verb)
+            && ok(&self.resource, &r.resource)
+            && ok(&self.namespace, &r.namespace)
+            && ok(&self.name, &r.name)
     }
 }
 
@@ -184,7 +187,11 @@ impl Faults {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         if let Some((code, retry_after)) = failure {
-            let mut e = ApiError::new(code, reason_for(code), format!("kubesim: injected failure for {} {}", info.verb, info.resource));
+            let mut e = ApiError::new(
+                code,
+                reason_for(code),
+                format!("kubesim: injected failure for {} {}", info.verb, info.resource),
+            );
             e.retry_after = retry_after;
             return Err(e);
         }

@@ -39,9 +39,13 @@ pub fn list_kind(field: &str, schema: Option<&Value>) -> ListKind {
         "finalizers" => ListKind::Set,
         "ownerReferences" => key("uid"),
         "conditions" if schema.is_none() => key("type"),
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets" | "secrets" => {
-            key("name")
-        }
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "secrets" => key("name"),
         "volumeMounts" => key("mountPath"),
         "ports" => key("containerPort"),
         _ => ListKind::Atomic,
@@ -140,7 +144,9 @@ fn collect(value: &Value, schema: Option<&Value>, prefix: &mut FieldPath, field:
 
 fn matches_step(item: &Value, step: &str) -> bool {
     if let Some(k) = step.strip_prefix("k:") {
-        let Ok(Value::Object(keys)) = serde_json::from_str::<Value>(k) else { return false };
+        let Ok(Value::Object(keys)) = serde_json::from_str::<Value>(k) else {
+            return false;
+        };
         keys.iter().all(|(kk, kv)| &item[kk] == kv)
     } else if let Some(v) = step.strip_prefix("v:") {
         serde_json::from_str::<Value>(v).is_ok_and(|v| &v == item)
@@ -164,7 +170,9 @@ pub fn get_at<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value> {
 
 /// Removes the value at a field path; a no-op when it is absent.
 pub fn remove_at(value: &mut Value, path: &[String]) {
-    let Some((last, parents)) = path.split_last() else { return };
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut cur = value;
     for step in parents {
         let next = if let Some(name) = step.strip_prefix("f:") {
@@ -251,7 +259,9 @@ pub fn fields_v1(set: &FieldSet) -> Value {
         let mut cur = &mut root;
         for step in path {
             let entry = cur.entry(step.clone()).or_insert_with(|| json!({}));
-            let Some(next) = entry.as_object_mut() else { break };
+            let Some(next) = entry.as_object_mut() else {
+                break;
+            };
             cur = next;
         }
     }
@@ -279,6 +289,46 @@ pub fn render(entries: &[ManagedEntry]) -> Value {
             })
             .collect(),
     )
+}
+
+fn parse_tree(node: &Value, prefix: &mut FieldPath, out: &mut FieldSet) {
+    let Some(map) = node.as_object() else { return };
+    if map.is_empty() && !prefix.is_empty() {
+        out.insert(prefix.clone());
+    }
+    for (k, child) in map {
+        if k == "." {
+            out.insert(prefix.clone());
+            continue;
+        }
+        prefix.push(k.clone());
+        parse_tree(child, prefix, out);
+        prefix.pop();
+    }
+}
+
+/// Reads `metadata.managedFields` as a client sent it.
+pub fn parse(managed: &Value) -> Vec<ManagedEntry> {
+    managed
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .map(|e| {
+                    let mut fields = FieldSet::new();
+                    parse_tree(&e["fieldsV1"], &mut vec![], &mut fields);
+                    ManagedEntry {
+                        manager: e["manager"].as_str().unwrap_or_default().to_string(),
+                        operation: if e["operation"].as_str() == Some("Apply") { "Apply" } else { "Update" },
+                        api_version: e["apiVersion"].as_str().unwrap_or_default().to_string(),
+                        subresource: e["subresource"].as_str().unwrap_or_default().to_string(),
+                        time: e["time"].as_str().unwrap_or_default().to_string(),
+                        fields,
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Formats a path the way the API server prints it in apply conflicts: `.data.token`.
@@ -318,9 +368,29 @@ mod tests {
     }
 
     #[test]
+    fn managed_fields_round_trip() {
+        let obj = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"x": [1], "m": {}}});
+        let entry = ManagedEntry {
+            manager: "m".into(),
+            operation: "Apply",
+            api_version: "v1".into(),
+            subresource: String::new(),
+            time: "t".into(),
+            fields: fields_of(&obj, None),
+        };
+        let parsed = parse(&render(std::slice::from_ref(&entry)));
+        assert_eq!(parsed, vec![entry]);
+    }
+
+    #[test]
     fn merge_and_remove_by_key() {
         let mut live = json!({"status": {"conditions": [{"type": "A", "status": "True"}]}, "spec": {"l": [1]}});
-        merge_applied(&mut live, &json!({"status": {"conditions": [{"type": "B", "status": "False"}]}, "spec": {"l": [2]}}), None, "");
+        merge_applied(
+            &mut live,
+            &json!({"status": {"conditions": [{"type": "B", "status": "False"}]}, "spec": {"l": [2]}}),
+            None,
+            "",
+        );
         assert_eq!(live["status"]["conditions"].as_array().map(Vec::len), Some(2));
         assert_eq!(live["spec"]["l"], json!([2]));
         remove_at(&mut live, &["f:status".into(), "f:conditions".into(), "k:{\"type\":\"A\"}".into()]);

@@ -10,6 +10,7 @@ pub mod faults;
 pub mod fields;
 pub mod openapi;
 pub mod patch;
+pub mod proto;
 pub mod registry;
 pub mod schema;
 pub mod selector;

@@ -38,7 +38,8 @@ fn operation(def: &ResourceDef, version: &str, id: &str, schema_ref: &Value, bod
         "x-kubernetes-group-version-kind": {"group": def.group, "version": version, "kind": def.kind},
     });
     if !body_types.is_empty() {
-        let content: Map<String, Value> = body_types.iter().map(|t| (t.to_string(), json!({"schema": schema_ref}))).collect();
+        let content: Map<String, Value> =
+            body_types.iter().map(|t| (t.to_string(), json!({"schema": schema_ref}))).collect();
         op["requestBody"] = json!({"content": content, "required": true});
     }
     op
@@ -49,10 +50,13 @@ pub fn document(defs: &[&ResourceDef], group: &str, version: &str) -> Value {
     let mut paths = BTreeMap::new();
     let mut schemas = Map::new();
     for def in defs {
-        let Some(v) = def.version(version) else { continue };
+        let Some(v) = def.version(version) else {
+            continue;
+        };
         let name = schema_name(def, version);
         let gvk = json!([{"group": def.group, "version": version, "kind": def.kind}]);
-        let mut schema = v.schema.clone().unwrap_or_else(|| json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
+        let mut schema =
+            v.schema.clone().unwrap_or_else(|| json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
         schema["x-kubernetes-group-version-kind"] = gvk;
         if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
             props.entry("apiVersion").or_insert(json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}));
@@ -64,7 +68,12 @@ pub fn document(defs: &[&ResourceDef], group: &str, version: &str) -> Value {
         let patch_types: &[&str] = if def.custom {
             &["application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml"]
         } else {
-            &["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json", "application/apply-patch+yaml"]
+            &[
+                "application/json-patch+json",
+                "application/merge-patch+json",
+                "application/strategic-merge-patch+json",
+                "application/apply-patch+yaml",
+            ]
         };
         let base = if def.namespaced {
             format!("/{}/namespaces/{{namespace}}/{}", gv_path(group, version), def.plural)

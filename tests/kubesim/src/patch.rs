@@ -13,19 +13,21 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 pub fn json_patch(target: &mut Value, patch: Value) -> Result<(), ApiError> {
     let ops: json_patch::Patch =
         serde_json::from_value(patch).map_err(|e| ApiError::bad_request(format!("json patch is invalid: {e}")))?;
-    json_patch::patch(target, &ops).map_err(|e| ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}")))
+    json_patch::patch(target, &ops).map_err(|e| {
+        ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}"))
+    })
 }
 
 fn strip_directives(v: &Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
-            m.iter()
-                .filter(|(k, _)| !k.starts_with('$'))
-                .map(|(k, v)| (k.clone(), strip_directives(v)))
-                .collect(),
+            m.iter().filter(|(k, _)| !k.starts_with('$')).map(|(k, v)| (k.clone(), strip_directives(v))).collect(),
         ),
         Value::Array(a) => Value::Array(
-            a.iter().filter(|i| i.get("$patch").and_then(Value::as_str) != Some("delete")).map(strip_directives).collect(),
+            a.iter()
+                .filter(|i| i.get("$patch").and_then(Value::as_str) != Some("delete"))
+                .map(strip_directives)
+                .collect(),
         ),
         other => other.clone(),
     }
@@ -106,7 +108,6 @@ fn merge_list(target: &mut Vec<Value>, patch: &[Value], field: &str) {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,10 +117,13 @@ mod tests {
     fn strategic_merge_lists_by_key() {
         let mut t = json!({"metadata": {"labels": {"a": "1", "b": "2"}, "finalizers": ["x"]},
             "spec": {"containers": [{"name": "c", "image": "old", "env": [{"name": "A", "value": "1"}]}], "args": ["a"]}});
-        strategic_merge(&mut t, &json!({"metadata": {"labels": {"b": null, "c": "3"}, "finalizers": ["y"]},
+        strategic_merge(
+            &mut t,
+            &json!({"metadata": {"labels": {"b": null, "c": "3"}, "finalizers": ["y"]},
             "spec": {"$setElementOrder/containers": [{"name": "c"}],
                      "containers": [{"name": "c", "image": "new", "env": [{"name": "B", "value": "2"}]}, {"name": "d", "image": "i"}],
-                     "args": ["b"]}}));
+                     "args": ["b"]}}),
+        );
         assert_eq!(t["metadata"]["labels"], json!({"a": "1", "c": "3"}));
         assert_eq!(t["metadata"]["finalizers"], json!(["x", "y"]));
         assert_eq!(t["spec"]["containers"][0]["image"], "new");

@@ -20,10 +20,10 @@ pub fn apply_defaults(value: &mut Value, schema: &Value) {
         Value::Object(map) => {
             if let Some(props) = schema["properties"].as_object() {
                 for (k, sub) in props {
-                    if !map.contains_key(k) {
-                        if let Some(d) = sub.get("default") {
-                            map.insert(k.clone(), d.clone());
-                        }
+                    if !map.contains_key(k)
+                        && let Some(d) = sub.get("default")
+                    {
+                        map.insert(k.clone(), d.clone());
                     }
                     if let Some(child) = map.get_mut(k) {
                         apply_defaults(child, sub);
@@ -57,7 +57,8 @@ pub fn prune(value: &mut Value, schema: &Value, path: &str, unknown: &mut Vec<St
             let keep_all = preserves_unknown(schema) || additional.as_bool() == Some(true);
             let keys: Vec<String> = map.keys().cloned().collect();
             for k in keys {
-                let sub = props.and_then(|p| p.get(&k)).or(if additional.is_object() { Some(additional) } else { None });
+                let sub =
+                    props.and_then(|p| p.get(&k)).or(if additional.is_object() { Some(additional) } else { None });
                 match sub {
                     Some(sub) => {
                         if map.get(&k).is_some_and(Value::is_null) && sub["nullable"].as_bool() != Some(true) {
@@ -124,7 +125,10 @@ pub fn validate(value: &Value, schema: &Value, path: &str, causes: &mut Vec<Caus
             causes.push(Cause::new(
                 "FieldValueTypeInvalid",
                 here,
-                format!("Invalid value: \"null\": {here} in body must be of type {}: \"null\"", schema["type"].as_str().unwrap_or("")),
+                format!(
+                    "Invalid value: \"null\": {here} in body must be of type {}: \"null\"",
+                    schema["type"].as_str().unwrap_or("")
+                ),
             ));
         }
         return;
@@ -135,30 +139,38 @@ pub fn validate(value: &Value, schema: &Value, path: &str, causes: &mut Vec<Caus
             causes.push(Cause::new(
                 "FieldValueTypeInvalid",
                 here,
-                format!("Invalid value: {}: {here} in body must be of type integer or string: {:?}", shown(value), type_name(value)),
+                format!(
+                    "Invalid value: {}: {here} in body must be of type integer or string: {:?}",
+                    shown(value),
+                    type_name(value)
+                ),
             ));
             return;
         }
-    } else if let Some(ty) = schema["type"].as_str() {
-        if !type_matches(value, ty) {
-            causes.push(Cause::new(
-                "FieldValueTypeInvalid",
-                here,
-                format!("Invalid value: {:?}: {here} in body must be of type {ty}: {:?}", type_name(value), type_name(value)),
-            ));
-            return;
-        }
+    } else if let Some(ty) = schema["type"].as_str()
+        && !type_matches(value, ty)
+    {
+        causes.push(Cause::new(
+            "FieldValueTypeInvalid",
+            here,
+            format!(
+                "Invalid value: {:?}: {here} in body must be of type {ty}: {:?}",
+                type_name(value),
+                type_name(value)
+            ),
+        ));
+        return;
     }
 
-    if let Some(options) = schema["enum"].as_array() {
-        if !options.contains(value) {
-            let list: Vec<String> = options.iter().map(shown).collect();
-            causes.push(Cause::new(
-                "FieldValueNotSupported",
-                here,
-                format!("Unsupported value: {}: supported values: {}", shown(value), list.join(", ")),
-            ));
-        }
+    if let Some(options) = schema["enum"].as_array()
+        && !options.contains(value)
+    {
+        let list: Vec<String> = options.iter().map(shown).collect();
+        causes.push(Cause::new(
+            "FieldValueNotSupported",
+            here,
+            format!("Unsupported value: {}: supported values: {}", shown(value), list.join(", ")),
+        ));
     }
 
     match value {
@@ -173,19 +185,19 @@ pub fn validate(value: &Value, schema: &Value, path: &str, causes: &mut Vec<Caus
 
 fn validate_string(s: &str, schema: &Value, here: &str, causes: &mut Vec<Cause>) {
     let len = s.chars().count() as u64;
-    if let Some(min) = schema["minLength"].as_u64() {
-        if len < min {
-            causes.push(Cause::new(
-                "FieldValueInvalid",
-                here,
-                format!("Invalid value: {s:?}: {here} in body should be at least {min} chars long"),
-            ));
-        }
+    if let Some(min) = schema["minLength"].as_u64()
+        && len < min
+    {
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            here,
+            format!("Invalid value: {s:?}: {here} in body should be at least {min} chars long"),
+        ));
     }
-    if let Some(max) = schema["maxLength"].as_u64() {
-        if len > max {
-            causes.push(Cause::new("FieldValueTooLong", here, format!("Too long: may not be more than {max} bytes")));
-        }
+    if let Some(max) = schema["maxLength"].as_u64()
+        && len > max
+    {
+        causes.push(Cause::new("FieldValueTooLong", here, format!("Too long: may not be more than {max} bytes")));
     }
     if let Some(pattern) = schema["pattern"].as_str() {
         match regex::Regex::new(pattern) {
@@ -195,7 +207,11 @@ fn validate_string(s: &str, schema: &Value, here: &str, causes: &mut Vec<Cause>)
                 format!("Invalid value: {s:?}: {here} in body should match '{pattern}'"),
             )),
             Ok(_) => {}
-            Err(_) => causes.push(Cause::new("FieldValueInvalid", here, format!("Invalid value: {pattern:?}: the schema's pattern does not compile"))),
+            Err(_) => causes.push(Cause::new(
+                "FieldValueInvalid",
+                here,
+                format!("Invalid value: {pattern:?}: the schema's pattern does not compile"),
+            )),
         }
     }
     let bad_format = match schema["format"].as_str() {
@@ -239,31 +255,39 @@ fn validate_number(value: &Value, n: f64, schema: &Value, here: &str, causes: &m
         }
     }
     if schema["format"].as_str() == Some("int32") && value.as_i64().is_some_and(|i| i32::try_from(i).is_err()) {
-        causes.push(Cause::new("FieldValueInvalid", here, format!("Invalid value: {value}: {here} in body must be of type int32")));
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            here,
+            format!("Invalid value: {value}: {here} in body must be of type int32"),
+        ));
     }
 }
 
 fn validate_array(items: &[Value], schema: &Value, path: &str, here: &str, causes: &mut Vec<Cause>) {
     let n = items.len() as u64;
-    if let Some(min) = schema["minItems"].as_u64() {
-        if n < min {
-            causes.push(Cause::new(
-                "FieldValueInvalid",
-                here,
-                format!("Invalid value: {n}: {here} in body should have at least {min} items"),
-            ));
-        }
+    if let Some(min) = schema["minItems"].as_u64()
+        && n < min
+    {
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            here,
+            format!("Invalid value: {n}: {here} in body should have at least {min} items"),
+        ));
     }
-    if let Some(max) = schema["maxItems"].as_u64() {
-        if n > max {
-            causes.push(Cause::new("FieldValueTooMany", here, format!("Too many: {n}: must have at most {max} items")));
-        }
+    if let Some(max) = schema["maxItems"].as_u64()
+        && n > max
+    {
+        causes.push(Cause::new("FieldValueTooMany", here, format!("Too many: {n}: must have at most {max} items")));
     }
     match schema["x-kubernetes-list-type"].as_str() {
         Some("set") => {
             for (i, item) in items.iter().enumerate() {
                 if items[..i].contains(item) {
-                    causes.push(Cause::new("FieldValueDuplicate", format!("{path}[{i}]"), format!("Duplicate value: {}", shown(item))));
+                    causes.push(Cause::new(
+                        "FieldValueDuplicate",
+                        format!("{path}[{i}]"),
+                        format!("Duplicate value: {}", shown(item)),
+                    ));
                 }
             }
         }
@@ -276,7 +300,11 @@ fn validate_array(items: &[Value], schema: &Value, path: &str, here: &str, cause
             for (i, item) in items.iter().enumerate() {
                 let k = key_of(item);
                 if items[..i].iter().any(|o| key_of(o) == k) {
-                    causes.push(Cause::new("FieldValueDuplicate", format!("{path}[{i}]"), format!("Duplicate value: {}", Value::Array(k))));
+                    causes.push(Cause::new(
+                        "FieldValueDuplicate",
+                        format!("{path}[{i}]"),
+                        format!("Duplicate value: {}", Value::Array(k)),
+                    ));
                 }
             }
         }
@@ -298,15 +326,19 @@ fn validate_object(map: &Map<String, Value>, schema: &Value, path: &str, here: &
         }
     }
     let n = map.len() as u64;
-    if let Some(min) = schema["minProperties"].as_u64() {
-        if n < min {
-            causes.push(Cause::new("FieldValueInvalid", here, format!("Invalid value: {n}: {here} in body should have at least {min} properties")));
-        }
+    if let Some(min) = schema["minProperties"].as_u64()
+        && n < min
+    {
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            here,
+            format!("Invalid value: {n}: {here} in body should have at least {min} properties"),
+        ));
     }
-    if let Some(max) = schema["maxProperties"].as_u64() {
-        if n > max {
-            causes.push(Cause::new("FieldValueTooMany", here, format!("Too many: {n}: must have at most {max} items")));
-        }
+    if let Some(max) = schema["maxProperties"].as_u64()
+        && n > max
+    {
+        causes.push(Cause::new("FieldValueTooMany", here, format!("Too many: {n}: must have at most {max} items")));
     }
     let props = schema["properties"].as_object();
     for (k, child) in map {
@@ -336,18 +368,21 @@ fn validate_combinators(value: &Value, schema: &Value, path: &str, here: &str, c
             causes.push(Cause::new(
                 "FieldValueInvalid",
                 here,
-                format!("Invalid value: {}: {here} in body must validate one and only one schema (oneOf). {found}", shown(value)),
+                format!(
+                    "Invalid value: {}: {here} in body must validate one and only one schema (oneOf). {found}",
+                    shown(value)
+                ),
             ));
         }
     }
-    if let Some(any) = schema["anyOf"].as_array() {
-        if !any.iter().any(passes) {
-            causes.push(Cause::new(
-                "FieldValueInvalid",
-                here,
-                format!("Invalid value: {}: {here} in body must validate at least one schema (anyOf)", shown(value)),
-            ));
-        }
+    if let Some(any) = schema["anyOf"].as_array()
+        && !any.iter().any(passes)
+    {
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            here,
+            format!("Invalid value: {}: {here} in body must validate at least one schema (anyOf)", shown(value)),
+        ));
     }
     if schema["not"].is_object() && passes(&schema["not"]) {
         causes.push(Cause::new(
@@ -362,9 +397,7 @@ fn validate_combinators(value: &Value, schema: &Value, path: &str, here: &str, c
 /// `metadata` at the root are always kept. Returns the causes and the pruned unknown fields.
 pub fn process(obj: &mut Value, schema: &Value) -> (Vec<Cause>, Vec<String>) {
     let mut unknown = vec![];
-    let meta = obj.as_object_mut().map(|m| {
-        (m.remove("apiVersion"), m.remove("kind"), m.remove("metadata"))
-    });
+    let meta = obj.as_object_mut().map(|m| (m.remove("apiVersion"), m.remove("kind"), m.remove("metadata")));
     prune(obj, schema, "", &mut unknown);
     apply_defaults(obj, schema);
     let mut causes = vec![];
@@ -430,7 +463,8 @@ mod tests {
 
     #[test]
     fn reports_each_violation_with_its_field() {
-        let mut obj = json!({"spec": {"url": "ftp://x", "mode": "c", "count": 9, "port": 1.5, "tags": ["a", "b", "c"]}});
+        let mut obj =
+            json!({"spec": {"url": "ftp://x", "mode": "c", "count": 9, "port": 1.5, "tags": ["a", "b", "c"]}});
         let (causes, _) = process(&mut obj, &schema());
         let fields: Vec<(&str, &str)> = causes.iter().map(|c| (c.field.as_str(), c.reason)).collect();
         assert!(fields.contains(&("spec.url", "FieldValueInvalid")), "{causes:?}");

@@ -125,7 +125,8 @@ fn group_list(shared: &Shared) -> Value {
     let groups: Vec<Value> = groups
         .into_iter()
         .map(|(g, vs)| {
-            let versions: Vec<Value> = vs.iter().map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v})).collect();
+            let versions: Vec<Value> =
+                vs.iter().map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v})).collect();
             json!({"name": g, "versions": versions, "preferredVersion": versions[0]})
         })
         .collect();
@@ -164,7 +165,8 @@ fn openapi_index(shared: &Shared) -> Value {
 
 fn openapi_doc(shared: &Shared, g: &str, v: &str) -> Value {
     let all = served_versions(shared);
-    let defs: Vec<&ResourceDef> = all.iter().filter(|(gg, vv, _)| gg == g && vv == v).flat_map(|(_, _, d)| d.iter()).collect();
+    let defs: Vec<&ResourceDef> =
+        all.iter().filter(|(gg, vv, _)| gg == g && vv == v).flat_map(|(_, _, d)| d.iter()).collect();
     openapi::document(&defs, g, v)
 }
 
@@ -230,14 +232,19 @@ fn manager_of(params: &Params, headers: &HeaderMap) -> String {
 }
 
 fn parse_body(body: &Bytes, yaml: bool) -> ApiResult<Value> {
+    if body.starts_with(crate::proto::MAGIC) {
+        return crate::proto::decode(body);
+    }
     if yaml {
         let text = std::str::from_utf8(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
         if let Ok(v) = serde_json::from_str(text) {
             return Ok(v);
         }
-        return serde_saphyr::from_str::<Value>(text).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")));
+        return serde_saphyr::from_str::<Value>(text)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("couldn't decode the request body as JSON: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("couldn't decode the request body as JSON: {e}")))
 }
 
 fn list_opts(params: &Params) -> ApiResult<ListOpts> {
@@ -277,7 +284,9 @@ async fn resource(
     let status_sub = match target.subresource {
         None => false,
         Some("status") if ctx.def.has_status(version) => true,
-        Some(_) => return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource")),
+        Some(_) => {
+            return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+        }
     };
     let is_watch = flag(params, "watch");
     let verb = match (&method, target.name) {
@@ -289,7 +298,11 @@ async fn resource(
         (&Method::PATCH, Some(_)) => "patch",
         (&Method::DELETE, Some(_)) => "delete",
         (&Method::DELETE, None) => "deletecollection",
-        _ => return Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource"))),
+        _ => {
+            return Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource".to_string(),
+            ));
+        }
     };
     let info = RequestInfo {
         verb: verb.into(),
@@ -312,7 +325,13 @@ async fn resource(
         "get" => {
             let obj = shared.state().get(&ctx, name)?;
             if table::wants_table(&accept) {
-                return Ok(ok(&table::render(&ctx.def, version, &[obj.clone()], json!({"resourceVersion": obj["metadata"]["resourceVersion"]}), &include)));
+                return Ok(ok(&table::render(
+                    &ctx.def,
+                    version,
+                    std::slice::from_ref(&obj),
+                    json!({"resourceVersion": obj["metadata"]["resourceVersion"]}),
+                    &include,
+                )));
             }
             Ok(ok(&obj))
         }
@@ -408,7 +427,13 @@ impl WatchFilter {
         Some(match &self.table {
             Some(include) => event_line(
                 ev.kind,
-                &table::render(&self.ctx.def, &self.ctx.version, &[obj.clone()], json!({"resourceVersion": ev.rv.to_string()}), include),
+                &table::render(
+                    &self.ctx.def,
+                    &self.ctx.version,
+                    std::slice::from_ref(&obj),
+                    json!({"resourceVersion": ev.rv.to_string()}),
+                    include,
+                ),
             ),
             None => event_line(ev.kind, &obj),
         })
@@ -419,7 +444,10 @@ impl WatchFilter {
         if initial_end {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        event_line("BOOKMARK", &json!({"kind": self.ctx.def.kind, "apiVersion": self.ctx.def.api_version(&self.ctx.version), "metadata": meta}))
+        event_line(
+            "BOOKMARK",
+            &json!({"kind": self.ctx.def.kind, "apiVersion": self.ctx.def.api_version(&self.ctx.version), "metadata": meta}),
+        )
     }
 }
 
@@ -427,16 +455,25 @@ fn watch(shared: &Arc<Shared>, ctx: Ctx, params: &Params, table: Option<String>)
     let opts = list_opts(params)?;
     let from = match opts.resource_version.as_deref() {
         None | Some("") => None,
-        Some(r) => Some(r.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version {r:?}")))?),
+        Some(r) => {
+            Some(r.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version {r:?}")))?)
+        }
     };
     let send_initial = flag(params, "sendInitialEvents");
     let bookmarks = flag(params, "allowWatchBookmarks");
     let timeout = params.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).map(Duration::from_secs);
-    let (backlog, mut rx, start_rv) = {
+    let started = {
         let st = shared.state();
         let from = if send_initial { None } else { from };
-        let (b, rx) = st.watch(&ctx, from)?;
-        (b, rx, st.rv)
+        st.watch(&ctx, from).map(|(b, rx)| (b, rx, st.rv))
+    };
+    // Like the real server, an expired resourceVersion is an ERROR event in a 200 stream.
+    let (backlog, mut rx, start_rv) = match started {
+        Ok(s) => s,
+        Err(e) if e.code == 410 => {
+            return Ok(stream_response(Body::from(event_line("ERROR", &e.status()))));
+        }
+        Err(e) => return Err(e),
     };
     let filter = WatchFilter { ctx, opts, table };
     let (tx, out) = mpsc::channel::<Result<Bytes, Infallible>>(1024);
@@ -446,10 +483,10 @@ fn watch(shared: &Arc<Shared>, ctx: Ctx, params: &Params, table: Option<String>)
     tokio::spawn(async move {
         let mut progress = start_rv;
         for ev in &backlog {
-            if let Some(line) = filter.line(ev) {
-                if tx.send(Ok(line)).await.is_err() {
-                    return;
-                }
+            if let Some(line) = filter.line(ev)
+                && tx.send(Ok(line)).await.is_err()
+            {
+                return;
             }
         }
         if send_initial && tx.send(Ok(filter.bookmark(progress, true))).await.is_err() {
@@ -464,9 +501,8 @@ fn watch(shared: &Arc<Shared>, ctx: Ctx, params: &Params, table: Option<String>)
                 ev = rx.recv() => match ev {
                     Ok(ev) => {
                         progress = progress.max(ev.rv);
-                        if let Some(line) = filter.line(&ev) {
-                            if tx.send(Ok(line)).await.is_err() { return; }
-                        }
+                        if let Some(line) = filter.line(&ev)
+                            && tx.send(Ok(line)).await.is_err() { return; }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => return,
                 },
@@ -480,9 +516,13 @@ fn watch(shared: &Arc<Shared>, ctx: Ctx, params: &Params, table: Option<String>)
         }
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(out);
-    Ok(Response::builder()
+    Ok(stream_response(Body::from_stream(stream)))
+}
+
+fn stream_response(body: Body) -> Response {
+    Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from_stream(stream))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+        .body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }

@@ -80,6 +80,9 @@ pub enum PatchKind {
 
 pub type Key = (String, String);
 
+/// What a new watcher starts from: the backlog to replay and the live feed.
+pub type WatchStart = (Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>);
+
 pub struct State {
     pub defs: BTreeMap<GroupResource, ResourceDef>,
     pub objects: BTreeMap<GroupResource, BTreeMap<Key, Entry>>,
@@ -200,12 +203,17 @@ impl State {
     pub fn list(&self, ctx: &Ctx, opts: &ListOpts) -> ApiResult<Value> {
         let rv = self.rv;
         if let (Some(m), Some(want)) = (opts.resource_version_match.as_deref(), opts.resource_version.as_deref()) {
-            let want: u64 = want.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version {want:?}")))?;
+            let want: u64 =
+                want.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version {want:?}")))?;
             if m == "Exact" && want != rv && want < self.compacted {
                 return Err(ApiError::gone(format!("too old resource version: {want} ({})", self.compacted)));
             }
             if m == "NotOlderThan" && want > rv {
-                return Err(ApiError::new(504, "Timeout", format!("Too large resource version: {want}, current: {rv}")));
+                return Err(ApiError::new(
+                    504,
+                    "Timeout",
+                    format!("Too large resource version: {want}, current: {rv}"),
+                ));
             }
         }
         let mut start: Option<Key> = None;
@@ -220,7 +228,8 @@ impl State {
                     "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
                 ));
             }
-            start = Some((raw["ns"].as_str().unwrap_or_default().into(), raw["name"].as_str().unwrap_or_default().into()));
+            start =
+                Some((raw["ns"].as_str().unwrap_or_default().into(), raw["name"].as_str().unwrap_or_default().into()));
         }
         let mut items = vec![];
         let mut cont = None;
@@ -233,17 +242,18 @@ impl State {
                     && opts.fields.matches(&e.obj)
             });
             for (k, e) in matching {
-                if let Some(limit) = opts.limit.filter(|l| *l > 0) {
-                    if items.len() >= limit {
-                        remaining += 1;
-                        if cont.is_none() {
-                            let last = items.last().map(|(k, _): &(Key, Value)| k.clone()).unwrap_or_default();
-                            cont = Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
-                                json!({"rv": rv, "ns": last.0, "name": last.1}).to_string(),
-                            ));
-                        }
-                        continue;
+                if let Some(limit) = opts.limit.filter(|l| *l > 0)
+                    && items.len() >= limit
+                {
+                    remaining += 1;
+                    if cont.is_none() {
+                        let last = items.last().map(|(k, _): &(Key, Value)| k.clone()).unwrap_or_default();
+                        cont = Some(
+                            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                                .encode(json!({"rv": rv, "ns": last.0, "name": last.1}).to_string()),
+                        );
                     }
+                    continue;
                 }
                 items.push((k.clone(), Self::present(ctx, &e.rendered())));
             }
@@ -263,11 +273,7 @@ impl State {
 
     /// Registers a watcher: the events after `from` (or the current objects as ADDED when `from`
     /// is absent or "0") and a receiver for what comes next, taken under the same lock.
-    pub fn watch(
-        &self,
-        ctx: &Ctx,
-        from: Option<u64>,
-    ) -> ApiResult<(Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>)> {
+    pub fn watch(&self, ctx: &Ctx, from: Option<u64>) -> ApiResult<WatchStart> {
         let rx = self.tx.subscribe();
         let backlog = match from {
             Some(r) if r > 0 => {
@@ -282,7 +288,10 @@ impl State {
                     b.iter()
                         .map(|((ns, _), e)| {
                             Arc::new(WatchEvent {
-                                rv: e.obj["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0),
+                                rv: e.obj["metadata"]["resourceVersion"]
+                                    .as_str()
+                                    .and_then(|s| s.parse().ok())
+                                    .unwrap_or(0),
                                 kind: "ADDED",
                                 storage: ctx.def.storage.clone(),
                                 namespace: ns.clone(),
@@ -297,7 +306,8 @@ impl State {
     }
 
     fn emit(&mut self, kind: &'static str, storage: &GroupResource, namespace: &str, obj: Value) {
-        let ev = Arc::new(WatchEvent { rv: self.rv, kind, storage: storage.clone(), namespace: namespace.to_string(), obj });
+        let ev =
+            Arc::new(WatchEvent { rv: self.rv, kind, storage: storage.clone(), namespace: namespace.to_string(), obj });
         self.history.push_back(ev.clone());
         while self.history.len() > self.history_limit {
             if let Some(old) = self.history.pop_front() {
@@ -337,8 +347,17 @@ impl State {
         if self.bucket(ctx).is_some_and(|b| b.contains_key(&key)) {
             return Err(ApiError::already_exists(&gr, &name));
         }
-        let meta = body["metadata"].as_object_mut().ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
-        for f in ["resourceVersion", "uid", "creationTimestamp", "deletionTimestamp", "managedFields", "generation", "selfLink"] {
+        let meta =
+            body["metadata"].as_object_mut().ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+        for f in [
+            "resourceVersion",
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "managedFields",
+            "generation",
+            "selfLink",
+        ] {
             meta.remove(f);
         }
         if ctx.def.namespaced {
@@ -400,7 +419,8 @@ impl State {
         let name = meta_str(body, "name").to_string();
         let mut causes = vec![];
         let mut warnings = vec![];
-        let name_ok = if ctx.def.plural == "customresourcedefinitions" { !name.is_empty() } else { valid_dns_subdomain(&name) };
+        let name_ok =
+            if ctx.def.plural == "customresourcedefinitions" { !name.is_empty() } else { valid_dns_subdomain(&name) };
         if !name_ok && old.is_none() {
             causes.push(Cause::invalid(
                 "metadata.name",
@@ -409,36 +429,40 @@ impl State {
             ));
         }
         body["kind"] = json!(ctx.def.kind);
-        body["apiVersion"] = json!(if ctx.def.group == "events.k8s.io" { "v1".to_string() } else { ctx.def.api_version(&ctx.version) });
+        body["apiVersion"] =
+            json!(if ctx.def.group == "events.k8s.io" { "v1".to_string() } else { ctx.def.api_version(&ctx.version) });
         for (field, what) in [("labels", "label"), ("annotations", "annotation")] {
             if let Some(m) = body["metadata"][field].as_object() {
                 for (k, v) in m {
                     if !v.is_string() {
-                        causes.push(Cause::invalid(format!("metadata.{field}.{k}"), v, format!("{what} values must be strings")));
+                        causes.push(Cause::invalid(
+                            format!("metadata.{field}.{k}"),
+                            v,
+                            format!("{what} values must be strings"),
+                        ));
                     }
                 }
             }
         }
-        if ctx.def.custom {
-            if let Some(schema) = Self::schema_of(ctx) {
-                let (c, unknown) = schema::process(body, schema);
-                causes.extend(c);
-                match ctx.field_validation.as_deref() {
-                    Some("Strict") if !unknown.is_empty() => {
-                        let list: Vec<String> = unknown.iter().map(|u| format!("unknown field {:?}", u.trim_start_matches('.'))).collect();
-                        return Err(ApiError::bad_request(format!("strict decoding error: {}", list.join(", "))));
-                    }
-                    Some("Ignore") => {}
-                    _ => warnings.extend(unknown.iter().map(|u| format!("unknown field {:?}", u.trim_start_matches('.')))),
+        if ctx.def.custom
+            && let Some(schema) = Self::schema_of(ctx)
+        {
+            let (c, unknown) = schema::process(body, schema);
+            causes.extend(c);
+            match ctx.field_validation.as_deref() {
+                Some("Strict") if !unknown.is_empty() => {
+                    let list: Vec<String> =
+                        unknown.iter().map(|u| format!("unknown field {:?}", u.trim_start_matches('.'))).collect();
+                    return Err(ApiError::bad_request(format!("strict decoding error: {}", list.join(", "))));
                 }
+                Some("Ignore") => {}
+                _ => warnings.extend(unknown.iter().map(|u| format!("unknown field {:?}", u.trim_start_matches('.')))),
             }
         }
         match (ctx.def.group.as_str(), ctx.def.plural.as_str()) {
             ("", "secrets") => self.prepare_secret(body, old, &mut causes),
-            ("", "namespaces") => {
-                if body["status"]["phase"].is_null() {
-                    body["status"] = json!({"phase": "Active"});
-                }
+            ("", "namespaces") if body["status"]["phase"].is_null() => {
+                body["status"] = json!({"phase": "Active"});
             }
             ("apiextensions.k8s.io", "customresourcedefinitions") => {
                 if let Err(e) = registry::from_crd(body) {
@@ -477,9 +501,14 @@ impl State {
                 if !ok {
                     causes.push(Cause::invalid(format!("data[{k}]"), v, "illegal base64 data"));
                 }
-                let key_ok = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+                let key_ok = !k.is_empty()
+                    && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
                 if !key_ok {
-                    causes.push(Cause::invalid(format!("data[{k}]"), &json!(k), "a valid config key must consist of alphanumeric characters, '-', '_' or '.'"));
+                    causes.push(Cause::invalid(
+                        format!("data[{k}]"),
+                        &json!(k),
+                        "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                    ));
                 }
             }
         }
@@ -487,8 +516,14 @@ impl State {
             body["type"] = json!("Opaque");
         }
         if let Some(old) = old {
-            if old["immutable"].as_bool() == Some(true) && (old["data"] != body["data"] || body["immutable"] != old["immutable"]) {
-                causes.push(Cause::new("FieldValueForbidden", "data", "Forbidden: field is immutable when `immutable` is set"));
+            if old["immutable"].as_bool() == Some(true)
+                && (old["data"] != body["data"] || body["immutable"] != old["immutable"])
+            {
+                causes.push(Cause::new(
+                    "FieldValueForbidden",
+                    "data",
+                    "Forbidden: field is immutable when `immutable` is set",
+                ));
             }
             if old["type"] != body["type"] {
                 causes.push(Cause::invalid("type", &body["type"], "field is immutable"));
@@ -502,7 +537,11 @@ impl State {
             if ctx.def.generation {
                 let with_status = ctx.def.has_status(&ctx.version);
                 let generation = old.obj["metadata"]["generation"].as_i64().unwrap_or(1);
-                let bumped = if spec_part(&old.obj, with_status) != spec_part(&entry.obj, with_status) { generation + 1 } else { generation };
+                let bumped = if spec_part(&old.obj, with_status) != spec_part(&entry.obj, with_status) {
+                    generation + 1
+                } else {
+                    generation
+                };
                 entry.obj["metadata"]["generation"] = json!(bumped);
             }
             if without_volatile(&old.obj) == without_volatile(&entry.obj) && old.managers == entry.managers {
@@ -516,10 +555,10 @@ impl State {
             && entry.obj["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty());
         self.rv += 1;
         entry.obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        if ctx.def.plural == "customresourcedefinitions" {
-            if let Ok(def) = registry::from_crd(&entry.obj) {
-                self.defs.insert(def.gr(), def);
-            }
+        if ctx.def.plural == "customresourcedefinitions"
+            && let Ok(def) = registry::from_crd(&entry.obj)
+        {
+            self.defs.insert(def.gr(), def);
         }
         let rendered = entry.rendered();
         let storage = ctx.def.storage.clone();
@@ -575,7 +614,15 @@ impl State {
         if !new["metadata"].is_object() {
             new["metadata"] = json!({});
         }
-        for f in ["name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+        for f in [
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+        ] {
             match old["metadata"].get(f) {
                 Some(v) => new["metadata"][f] = v.clone(),
                 None => {
@@ -591,7 +638,14 @@ impl State {
         Ok(())
     }
 
-    fn record_update(ctx: &Ctx, managers: &mut Vec<ManagedEntry>, old: &Value, new: &Value, schema: Option<&Value>, subresource: bool) {
+    fn record_update(
+        ctx: &Ctx,
+        managers: &mut Vec<ManagedEntry>,
+        old: &Value,
+        new: &Value,
+        schema: Option<&Value>,
+        subresource: bool,
+    ) {
         let (changed, removed) = fields::changed_fields(old, new, schema);
         let sub = if subresource { "status" } else { "" };
         for m in managers.iter_mut() {
@@ -601,7 +655,8 @@ impl State {
             managers.retain(|m| !m.fields.is_empty());
             return;
         }
-        match managers.iter_mut().find(|m| m.manager == ctx.manager && m.operation == "Update" && m.subresource == sub) {
+        match managers.iter_mut().find(|m| m.manager == ctx.manager && m.operation == "Update" && m.subresource == sub)
+        {
             Some(m) => {
                 m.fields.extend(changed);
                 m.time = now();
@@ -618,7 +673,21 @@ impl State {
         managers.retain(|m| !m.fields.is_empty());
     }
 
-    pub fn update(&mut self, ctx: &Ctx, name: &str, mut body: Value, subresource: bool) -> ApiResult<(Value, Vec<String>)> {
+    /// Managed fields a client wrote explicitly (kubectl's migration to server-side apply does);
+    /// `None` when it sent none or the ones it read.
+    fn sent_managers(old: &Entry, new: &Value) -> Option<Vec<ManagedEntry>> {
+        let sent = new["metadata"].get("managedFields")?;
+        let current = fields::render(&old.managers);
+        (sent != &current).then(|| fields::parse(sent))
+    }
+
+    pub fn update(
+        &mut self,
+        ctx: &Ctx,
+        name: &str,
+        mut body: Value,
+        subresource: bool,
+    ) -> ApiResult<(Value, Vec<String>)> {
         if ctx.def.group == "events.k8s.io" {
             body = events::to_core(&body);
         }
@@ -627,9 +696,10 @@ impl State {
         if !sent_rv.is_empty() && sent_rv != meta_str(&old.obj, "resourceVersion") {
             return Err(ApiError::stale(&ctx.def.gr(), name));
         }
+        let sent_managers = Self::sent_managers(&old, &body);
         Self::carry_over(ctx, &old.obj, &mut body, subresource)?;
         let warnings = self.prepare(ctx, &mut body, Some(&old.obj))?;
-        let mut managers = old.managers.clone();
+        let mut managers = sent_managers.unwrap_or_else(|| old.managers.clone());
         Self::record_update(ctx, &mut managers, &old.obj, &body, Self::schema_of(ctx), subresource);
         let out = self.commit(ctx, Self::key(ctx, name), Some(&old), Entry { obj: body, managers })?;
         Ok((out, warnings))
@@ -654,7 +724,7 @@ impl State {
             return self.apply(ctx, name, existing, body, force, subresource);
         }
         let old = existing.ok_or_else(|| ApiError::not_found(&ctx.def.gr(), name))?;
-        let mut new = Self::present(ctx, &old.obj);
+        let mut new = Self::present(ctx, &old.rendered());
         match kind {
             PatchKind::Merge => patch::merge_patch(&mut new, &body),
             PatchKind::Json => patch::json_patch(&mut new, body.clone())?,
@@ -670,9 +740,10 @@ impl State {
         if !sent_rv.is_empty() && sent_rv != meta_str(&old.obj, "resourceVersion") {
             return Err(ApiError::stale(&ctx.def.gr(), name));
         }
+        let sent_managers = Self::sent_managers(&old, &new);
         Self::carry_over(ctx, &old.obj, &mut new, subresource)?;
         let warnings = self.prepare(ctx, &mut new, Some(&old.obj))?;
-        let mut managers = old.managers.clone();
+        let mut managers = sent_managers.unwrap_or_else(|| old.managers.clone());
         Self::record_update(ctx, &mut managers, &old.obj, &new, Self::schema_of(ctx), subresource);
         let out = self.commit(ctx, Self::key(ctx, name), Some(&old), Entry { obj: new, managers })?;
         Ok((out, warnings))
@@ -690,15 +761,19 @@ impl State {
         subresource: bool,
     ) -> ApiResult<(Value, Vec<String>)> {
         if ctx.manager.is_empty() || ctx.manager == "kubesim" {
-            return Err(ApiError::bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
+            return Err(ApiError::bad_request(
+                "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+            ));
         }
         if applied["apiVersion"].as_str().is_none() || applied["kind"].as_str().is_none() {
             return Err(ApiError::bad_request("apply patches must set apiVersion and kind"));
         }
-        if let Some(n) = applied["metadata"]["name"].as_str() {
-            if n != name {
-                return Err(ApiError::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({name})")));
-            }
+        if let Some(n) = applied["metadata"]["name"].as_str()
+            && n != name
+        {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )));
         }
         let has_status = ctx.def.has_status(&ctx.version);
         if let Some(m) = applied.as_object_mut() {
@@ -738,7 +813,9 @@ impl State {
         let mut managers = old.managers.clone();
         let live = Self::present(ctx, &old.obj);
         let mut conflicts: Vec<(String, fields::FieldPath)> = vec![];
-        for m in managers.iter().filter(|m| !(m.manager == ctx.manager && m.operation == "Apply" && m.subresource == sub)) {
+        for m in
+            managers.iter().filter(|m| !(m.manager == ctx.manager && m.operation == "Apply" && m.subresource == sub))
+        {
             for p in m.fields.intersection(&applied_fields) {
                 if fields::get_at(&live, p) != fields::get_at(&applied, p) {
                     conflicts.push((m.manager.clone(), p.clone()));
@@ -750,7 +827,8 @@ impl State {
                 .iter()
                 .map(|(m, p)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {m:?}"), "field": fields::display_path(p)}))
                 .collect();
-            let lines: Vec<String> = conflicts.iter().map(|(m, p)| format!("conflict with {m:?}: {}", fields::display_path(p))).collect();
+            let lines: Vec<String> =
+                conflicts.iter().map(|(m, p)| format!("conflict with {m:?}: {}", fields::display_path(p))).collect();
             let msg = if lines.len() == 1 {
                 format!("Apply failed with 1 conflict: {}", lines[0])
             } else {
@@ -768,9 +846,9 @@ impl State {
             .unwrap_or_default();
         let mut new = live.clone();
         for p in previous.difference(&applied_fields) {
-            let owned_elsewhere = managers
-                .iter()
-                .any(|m| !(m.manager == ctx.manager && m.operation == "Apply" && m.subresource == sub) && m.fields.contains(p));
+            let owned_elsewhere = managers.iter().any(|m| {
+                !(m.manager == ctx.manager && m.operation == "Apply" && m.subresource == sub) && m.fields.contains(p)
+            });
             if !owned_elsewhere {
                 fields::remove_at(&mut new, p);
             }
@@ -794,7 +872,14 @@ impl State {
         // A re-apply of the same configuration changes only the manager's timestamp: keep the old one.
         if without_volatile(&old.obj) == without_volatile(&new) {
             let same_sets = managers.len() == old.managers.len()
-                && managers.iter().all(|m| old.managers.iter().any(|o| o.manager == m.manager && o.operation == m.operation && o.subresource == m.subresource && o.fields == m.fields));
+                && managers.iter().all(|m| {
+                    old.managers.iter().any(|o| {
+                        o.manager == m.manager
+                            && o.operation == m.operation
+                            && o.subresource == m.subresource
+                            && o.fields == m.fields
+                    })
+                });
             if same_sets {
                 return Ok((Self::present(ctx, &old.rendered()), warnings));
             }
@@ -805,19 +890,22 @@ impl State {
 
     pub fn delete(&mut self, ctx: &Ctx, name: &str, opts: &DeleteOpts) -> ApiResult<Value> {
         let old = self.entry(ctx, name)?;
-        if let Some(uid) = &opts.uid {
-            if uid != meta_str(&old.obj, "uid") {
-                return Err(ApiError::conflict(
-                    &ctx.def.gr(),
-                    name,
-                    &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta_str(&old.obj, "uid")),
-                ));
-            }
+        if let Some(uid) = &opts.uid
+            && uid != meta_str(&old.obj, "uid")
+        {
+            return Err(ApiError::conflict(
+                &ctx.def.gr(),
+                name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta_str(&old.obj, "uid")
+                ),
+            ));
         }
-        if let Some(rv) = &opts.resource_version {
-            if rv != meta_str(&old.obj, "resourceVersion") {
-                return Err(ApiError::stale(&ctx.def.gr(), name));
-            }
+        if let Some(rv) = &opts.resource_version
+            && rv != meta_str(&old.obj, "resourceVersion")
+        {
+            return Err(ApiError::stale(&ctx.def.gr(), name));
         }
         if ctx.dry_run {
             return Ok(Self::present(ctx, &old.rendered()));
@@ -860,11 +948,27 @@ impl State {
         obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
         self.emit("DELETED", storage, &key.0, obj.clone());
         let uid = meta_str(&obj, "uid").to_string();
+        if storage.group == "apiextensions.k8s.io" {
+            self.unregister_crd(&obj);
+        }
         self.collect_dependents(&uid);
         if !key.0.is_empty() {
             self.finish_namespace_if_empty(&key.0);
         }
         Some(obj)
+    }
+
+    /// A deleted CRD takes its custom objects with it and stops being served.
+    fn unregister_crd(&mut self, crd: &Value) {
+        let Ok(def) = registry::from_crd(crd) else {
+            return;
+        };
+        let gr = def.gr();
+        let keys: Vec<Key> = self.objects.get(&gr).map(|b| b.keys().cloned().collect()).unwrap_or_default();
+        for key in keys {
+            self.remove(&gr, &key);
+        }
+        self.defs.remove(&gr);
     }
 
     fn dependents_of(&self, uid: &str) -> Vec<(GroupResource, Key)> {
@@ -896,13 +1000,17 @@ impl State {
     /// deleted when no owner is left.
     fn collect_dependents(&mut self, uid: &str) {
         for (gr, key) in self.dependents_of(uid) {
-            let Some(entry) = self.objects.get(&gr).and_then(|b| b.get(&key)).cloned() else { continue };
+            let Some(entry) = self.objects.get(&gr).and_then(|b| b.get(&key)).cloned() else {
+                continue;
+            };
             let refs: Vec<Value> = entry.obj["metadata"]["ownerReferences"]
                 .as_array()
                 .map(|r| r.iter().filter(|r| r["uid"].as_str() != Some(uid)).cloned().collect())
                 .unwrap_or_default();
             let alive = refs.iter().any(|r| r["uid"].as_str().is_some_and(|u| self.uid_exists(u)));
-            let Some(ctx) = self.internal_ctx(&gr, &key.0) else { continue };
+            let Some(ctx) = self.internal_ctx(&gr, &key.0) else {
+                continue;
+            };
             if alive {
                 let mut obj = entry.obj.clone();
                 obj["metadata"]["ownerReferences"] = Value::Array(refs);
@@ -914,23 +1022,29 @@ impl State {
     }
 
     fn collect_if_orphaned(&mut self, gr: &GroupResource, key: &Key) {
-        let Some(entry) = self.objects.get(gr).and_then(|b| b.get(key)) else { return };
-        let Some(refs) = entry.obj["metadata"]["ownerReferences"].as_array() else { return };
+        let Some(entry) = self.objects.get(gr).and_then(|b| b.get(key)) else {
+            return;
+        };
+        let Some(refs) = entry.obj["metadata"]["ownerReferences"].as_array() else {
+            return;
+        };
         if refs.is_empty() {
             return;
         }
         let dangling = refs.iter().all(|r| !r["uid"].as_str().is_some_and(|u| self.uid_exists(u)));
-        if dangling {
-            if let Some(ctx) = self.internal_ctx(gr, &key.0) {
-                let _ = self.delete(&ctx, &key.1, &DeleteOpts::default());
-            }
+        if dangling && let Some(ctx) = self.internal_ctx(gr, &key.0) {
+            let _ = self.delete(&ctx, &key.1, &DeleteOpts::default());
         }
     }
 
     fn orphan_dependents(&mut self, uid: &str) {
         for (gr, key) in self.dependents_of(uid) {
-            let Some(entry) = self.objects.get(&gr).and_then(|b| b.get(&key)).cloned() else { continue };
-            let Some(ctx) = self.internal_ctx(&gr, &key.0) else { continue };
+            let Some(entry) = self.objects.get(&gr).and_then(|b| b.get(&key)).cloned() else {
+                continue;
+            };
+            let Some(ctx) = self.internal_ctx(&gr, &key.0) else {
+                continue;
+            };
             let mut obj = entry.obj.clone();
             if let Some(refs) = obj["metadata"]["ownerReferences"].as_array_mut() {
                 refs.retain(|r| r["uid"].as_str() != Some(uid));
@@ -1012,5 +1126,4 @@ impl State {
     pub fn served(&self) -> impl Iterator<Item = &ResourceDef> {
         self.defs.values()
     }
-
 }

@@ -77,7 +77,9 @@ pub fn eval_path(obj: &Value, path: &str) -> Vec<Value> {
 
 fn cell(obj: &Value, col: &PrinterColumn) -> Value {
     let values = eval_path(obj, &col.json_path);
-    let Some(first) = values.into_iter().next() else { return Value::Null };
+    let Some(first) = values.into_iter().next() else {
+        return Value::Null;
+    };
     if col.type_ == "date" {
         return age_of(&first);
     }
@@ -98,12 +100,21 @@ fn builtin_row(def: &ResourceDef, o: &Value) -> Option<(Vec<Value>, Vec<Value>)>
     let count = |v: &Value| json!(v.as_object().map_or(0, |m| m.len()) as i64);
     let (cols, cells) = match (def.group.as_str(), def.plural.as_str()) {
         ("", "secrets") => (
-            column_defs(&[("Name", "string", ""), ("Type", "string", ""), ("Data", "string", ""), ("Age", "string", "")]),
+            column_defs(&[
+                ("Name", "string", ""),
+                ("Type", "string", ""),
+                ("Data", "string", ""),
+                ("Age", "string", ""),
+            ]),
             vec![name, o["type"].clone(), count(&o["data"]), age],
         ),
         ("", "configmaps") => (
             column_defs(&[("Name", "string", ""), ("Data", "string", ""), ("Age", "string", "")]),
-            vec![name, json!(count(&o["data"]).as_i64().unwrap_or(0) + count(&o["binaryData"]).as_i64().unwrap_or(0)), age],
+            vec![
+                name,
+                json!(count(&o["data"]).as_i64().unwrap_or(0) + count(&o["binaryData"]).as_i64().unwrap_or(0)),
+                age,
+            ],
         ),
         ("", "namespaces") => (
             column_defs(&[("Name", "string", ""), ("Status", "string", ""), ("Age", "string", "")]),
@@ -116,9 +127,16 @@ fn builtin_row(def: &ResourceDef, o: &Value) -> Option<(Vec<Value>, Vec<Value>)>
                 .map(age_of)
                 .unwrap_or(json!("<unknown>"));
             let inv = &o["involvedObject"];
-            let object = format!("{}/{}", inv["kind"].as_str().unwrap_or("").to_lowercase(), inv["name"].as_str().unwrap_or(""));
+            let object =
+                format!("{}/{}", inv["kind"].as_str().unwrap_or("").to_lowercase(), inv["name"].as_str().unwrap_or(""));
             (
-                column_defs(&[("Last Seen", "string", ""), ("Type", "string", ""), ("Reason", "string", ""), ("Object", "string", ""), ("Message", "string", "")]),
+                column_defs(&[
+                    ("Last Seen", "string", ""),
+                    ("Type", "string", ""),
+                    ("Reason", "string", ""),
+                    ("Object", "string", ""),
+                    ("Message", "string", ""),
+                ]),
                 vec![last, o["type"].clone(), o["reason"].clone(), json!(object), o["message"].clone()],
             )
         }
@@ -130,7 +148,13 @@ fn builtin_row(def: &ResourceDef, o: &Value) -> Option<(Vec<Value>, Vec<Value>)>
             let s = &o["status"];
             let n = |v: &Value| v.as_i64().unwrap_or(0);
             (
-                column_defs(&[("Name", "string", ""), ("Ready", "string", ""), ("Up-to-date", "integer", ""), ("Available", "integer", ""), ("Age", "string", "")]),
+                column_defs(&[
+                    ("Name", "string", ""),
+                    ("Ready", "string", ""),
+                    ("Up-to-date", "integer", ""),
+                    ("Available", "integer", ""),
+                    ("Age", "string", ""),
+                ]),
                 vec![
                     name,
                     json!(format!("{}/{}", n(&s["readyReplicas"]), o["spec"]["replicas"].as_i64().unwrap_or(1))),
@@ -152,7 +176,9 @@ pub fn render(def: &ResourceDef, version: &str, objects: &[Value], list_meta: Va
     for o in objects {
         let (cols, cells) = if def.custom {
             let cols = def.version(version).map(|v| v.columns.clone()).unwrap_or_default();
-            let mut defs = vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0})];
+            let mut defs = vec![
+                json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
+            ];
             let mut cells = vec![o["metadata"]["name"].clone()];
             for c in &cols {
                 defs.push(json!({"name": c.name, "type": if c.type_ == "date" { "date" } else { c.type_.as_str() }, "format": c.format, "description": c.description, "priority": c.priority}));
@@ -162,7 +188,10 @@ pub fn render(def: &ResourceDef, version: &str, objects: &[Value], list_meta: Va
         } else {
             builtin_row(def, o).unwrap_or_else(|| {
                 (
-                    column_defs(&[("Name", "string", "Name must be unique within a namespace."), ("Created At", "date", "")]),
+                    column_defs(&[
+                        ("Name", "string", "Name must be unique within a namespace."),
+                        ("Created At", "date", ""),
+                    ]),
                     vec![o["metadata"]["name"].clone(), o["metadata"]["creationTimestamp"].clone()],
                 )
             })
@@ -173,7 +202,8 @@ pub fn render(def: &ResourceDef, version: &str, objects: &[Value], list_meta: Va
             "None" => {}
             "Object" => row["object"] = o.clone(),
             _ => {
-                row["object"] = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]});
+                row["object"] =
+                    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]});
             }
         }
         rows.push(row);
@@ -181,9 +211,15 @@ pub fn render(def: &ResourceDef, version: &str, objects: &[Value], list_meta: Va
     if defs.is_empty() {
         let sample = json!({"metadata": {}});
         defs = if def.custom {
-            render(def, version, &[sample], json!({}), include)["columnDefinitions"].clone().as_array().cloned().unwrap_or_default()
+            render(def, version, &[sample], json!({}), include)["columnDefinitions"]
+                .clone()
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
         } else {
-            builtin_row(def, &sample).map(|(c, _)| c).unwrap_or_else(|| column_defs(&[("Name", "string", ""), ("Created At", "date", "")]))
+            builtin_row(def, &sample)
+                .map(|(c, _)| c)
+                .unwrap_or_else(|| column_defs(&[("Name", "string", ""), ("Created At", "date", "")]))
         };
     }
     json!({
@@ -201,7 +237,8 @@ mod tests {
 
     #[test]
     fn jsonpath_filters_conditions() {
-        let o = json!({"status": {"conditions": [{"type": "A", "status": "False"}, {"type": "Ready", "status": "True"}]}});
+        let o =
+            json!({"status": {"conditions": [{"type": "A", "status": "False"}, {"type": "Ready", "status": "True"}]}});
         assert_eq!(eval_path(&o, ".status.conditions[?(@.type==\"Ready\")].status"), vec![json!("True")]);
         assert_eq!(eval_path(&o, ".status.conditions[0].type"), vec![json!("A")]);
         assert!(eval_path(&o, ".spec.x").is_empty());

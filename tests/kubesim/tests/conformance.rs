@@ -1,0 +1,521 @@
+//! Conformance of kubesim through kube-rs: what the operator and kube's runtime rely on.
+
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+    WatchEvent, WatchParams,
+};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kubesim::{KubeSim, Matcher};
+use serde_json::{Value, json};
+
+fn api_error(e: kube::Error) -> (u16, String, String) {
+    match e {
+        kube::Error::Api(s) => (s.code, s.reason.clone(), s.message.clone()),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+fn secret(name: &str, data: Value) -> Secret {
+    serde_json::from_value(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": data}))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn widget_crd() -> Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {
+            "group": "example.com",
+            "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "shortNames": ["wd"]},
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "properties": {
+                        "spec": {"type": "object", "required": ["size"], "properties": {
+                            "size": {"type": "integer", "minimum": 1},
+                            "color": {"type": "string", "enum": ["red", "blue"], "default": "red"},
+                            "labels": {"type": "object", "additionalProperties": {"type": "string"}}
+                        }},
+                        "status": {"type": "object", "properties": {"phase": {"type": "string"}}}
+                    }
+                }}
+            }]
+        }
+    })
+}
+
+async fn widgets(sim: &KubeSim) -> Api<DynamicObject> {
+    let crds: Api<DynamicObject> = Api::all_with(
+        sim.client(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+            "customresourcedefinitions",
+        ),
+    );
+    let crd: DynamicObject = serde_json::from_value(widget_crd()).unwrap_or_else(|e| panic!("{e}"));
+    crds.create(&PostParams::default(), &crd).await.unwrap_or_else(|e| panic!("create CRD: {e}"));
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("example.com", "v1", "Widget"), "widgets");
+    Api::namespaced_with(sim.client(), "default", &ar)
+}
+
+fn widget(name: &str, spec: Value) -> DynamicObject {
+    serde_json::from_value(
+        json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": name}, "spec": spec}),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn start() -> KubeSim {
+    KubeSim::start().await.unwrap_or_else(|e| panic!("kubesim: {e}"))
+}
+
+#[tokio::test]
+async fn crud_conflicts_and_not_found() {
+    let sim = start().await;
+    let api: Api<Secret> = Api::default_namespaced(sim.client());
+    let created =
+        api.create(&PostParams::default(), &secret("a", json!({"k": "dg=="}))).await.unwrap_or_else(|e| panic!("{e}"));
+    let meta = &created.metadata;
+    assert!(meta.uid.is_some() && meta.creation_timestamp.is_some());
+    assert_eq!(meta.namespace.as_deref(), Some("default"));
+    assert_eq!(created.type_.as_deref(), Some("Opaque"));
+
+    let (code, reason, message) = api_error(
+        api.create(&PostParams::default(), &secret("a", json!({})))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("duplicate create succeeded")),
+    );
+    assert_eq!((code, reason.as_str(), message.as_str()), (409, "AlreadyExists", "secrets \"a\" already exists"));
+
+    let mut stale = created.clone();
+    let mut fresh = created.clone();
+    fresh.data = Some(Default::default());
+    api.replace("a", &PostParams::default(), &fresh).await.unwrap_or_else(|e| panic!("{e}"));
+    stale.string_data = Some([("x".to_string(), "y".to_string())].into());
+    let (code, reason, _) = api_error(
+        api.replace("a", &PostParams::default(), &stale)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("stale update succeeded")),
+    );
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+
+    let raw: Api<DynamicObject> = Api::default_namespaced_with(sim.client(), &ApiResource::erase::<Secret>(&()));
+    let bad: DynamicObject = serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "b"}, "data": {"k": "not base64!"}}),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (code, reason, message) = api_error(
+        raw.create(&PostParams::default(), &bad).await.err().unwrap_or_else(|| panic!("bad base64 accepted")),
+    );
+    assert_eq!((code, reason.as_str()), (422, "Invalid"));
+    assert!(message.contains("data[k]") && message.contains("illegal base64 data"), "{message}");
+
+    api.delete("a", &DeleteParams::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    let (code, reason, message) =
+        api_error(api.get("a").await.err().unwrap_or_else(|| panic!("deleted secret still there")));
+    assert_eq!((code, reason.as_str(), message.as_str()), (404, "NotFound", "secrets \"a\" not found"));
+    let other: Api<Secret> = Api::namespaced(sim.client(), "nowhere");
+    let (code, _, message) = api_error(
+        other
+            .create(&PostParams::default(), &secret("x", json!({})))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("created in a missing namespace")),
+    );
+    assert_eq!((code, message.as_str()), (404, "namespaces \"nowhere\" not found"));
+}
+
+#[tokio::test]
+async fn no_op_update_keeps_resource_version() {
+    let sim = start().await;
+    let api: Api<Secret> = Api::default_namespaced(sim.client());
+    let a =
+        api.create(&PostParams::default(), &secret("a", json!({"k": "dg=="}))).await.unwrap_or_else(|e| panic!("{e}"));
+    let b = api.replace("a", &PostParams::default(), &a).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(a.metadata.resource_version, b.metadata.resource_version);
+}
+
+#[tokio::test]
+async fn pagination_and_selectors() {
+    let sim = start().await;
+    let api: Api<ConfigMap> = Api::default_namespaced(sim.client());
+    for i in 0..25 {
+        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": format!("cm-{i:02}"), "labels": {"parity": if i % 2 == 0 { "even" } else { "odd" }, "n": i.to_string()}}}))
+            .unwrap_or_else(|e| panic!("{e}"));
+        api.create(&PostParams::default(), &cm).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let mut names = vec![];
+    let mut token: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut lp = ListParams::default().limit(10);
+        if let Some(t) = &token {
+            lp = lp.continue_token(t);
+        }
+        let page = api.list(&lp).await.unwrap_or_else(|e| panic!("{e}"));
+        pages += 1;
+        names.extend(page.items.iter().filter_map(|c| c.metadata.name.clone()));
+        token = page.metadata.continue_.filter(|c| !c.is_empty());
+        if token.is_none() {
+            break;
+        }
+        assert!(page.metadata.remaining_item_count.is_some_and(|n| n > 0));
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(names.len(), 25);
+    assert!(names.windows(2).all(|w| w[0] < w[1]), "lists come back in name order");
+
+    let count = |sel: &'static str| {
+        let api = api.clone();
+        async move { api.list(&ListParams::default().labels(sel)).await.unwrap_or_else(|e| panic!("{e}")).items.len() }
+    };
+    assert_eq!(count("parity=even").await, 13);
+    assert_eq!(count("parity!=even").await, 12);
+    assert_eq!(count("n in (1,2,3),parity=odd").await, 2);
+    assert_eq!(count("n notin (1,2,3)").await, 22);
+    assert_eq!(count("parity").await, 25);
+    assert_eq!(count("!parity").await, 0);
+    let by_name =
+        api.list(&ListParams::default().fields("metadata.name=cm-07")).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(by_name.items.len(), 1);
+    let all: Api<ConfigMap> = Api::all(sim.client());
+    assert_eq!(all.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items.len(), 25);
+}
+
+#[tokio::test]
+async fn watch_resumes_sends_bookmarks_and_expires() {
+    let sim = start().await;
+    let api: Api<Secret> = Api::default_namespaced(sim.client());
+    let first = api.create(&PostParams::default(), &secret("w", json!({}))).await.unwrap_or_else(|e| panic!("{e}"));
+    let rv = first.metadata.resource_version.clone().unwrap_or_default();
+    api.create(&PostParams::default(), &secret("w2", json!({}))).await.unwrap_or_else(|e| panic!("{e}"));
+
+    // Resuming from the first object's version replays what came after it.
+    let mut stream =
+        api.watch(&WatchParams::default().timeout(10), &rv).await.unwrap_or_else(|e| panic!("{e}")).boxed();
+    let mut saw_added = false;
+    let mut saw_bookmark = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !(saw_added && saw_bookmark) && tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(3), stream.try_next()).await {
+            Ok(Ok(Some(WatchEvent::Added(s)))) => {
+                assert_eq!(s.metadata.name.as_deref(), Some("w2"));
+                saw_added = true;
+            }
+            Ok(Ok(Some(WatchEvent::Bookmark(b)))) => {
+                assert!(b.metadata.resource_version.parse::<u64>().is_ok());
+                saw_bookmark = true;
+            }
+            other => panic!("unexpected watch result: {other:?}"),
+        }
+    }
+    assert!(saw_added && saw_bookmark, "added={saw_added} bookmark={saw_bookmark}");
+
+    // After a compaction, resuming from an old version is 410 Gone.
+    sim.compact();
+    let mut stream = api.watch(&WatchParams::default(), &rv).await.unwrap_or_else(|e| panic!("{e}")).boxed();
+    match tokio::time::timeout(Duration::from_secs(3), stream.try_next()).await {
+        Ok(Ok(Some(WatchEvent::Error(e)))) => assert_eq!(e.code, 410),
+        Ok(Err(kube::Error::Api(e))) => assert_eq!(e.code, 410),
+        other => panic!("expected 410 Gone, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn reflector_recovers_from_dropped_watches_and_compaction() {
+    let sim = start().await;
+    let api: Api<Secret> = Api::default_namespaced(sim.client());
+    let (reader, writer) = reflector::store();
+    let stream = reflector(writer, watcher(api.clone(), watcher::Config::default())).applied_objects();
+    let task = tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while stream.next().await.is_some() {}
+    });
+    reader.wait_until_ready().await.unwrap_or_else(|e| panic!("{e}"));
+    let wait_for = |n: usize| {
+        let reader = reader.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while reader.len() != n {
+                assert!(tokio::time::Instant::now() < deadline, "reflector has {} objects, want {n}", reader.len());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    api.create(&PostParams::default(), &secret("one", json!({}))).await.unwrap_or_else(|e| panic!("{e}"));
+    wait_for(1).await;
+    let watches_before = sim.faults().count("watch", "secrets");
+    sim.faults().end_watches();
+    api.create(&PostParams::default(), &secret("two", json!({}))).await.unwrap_or_else(|e| panic!("{e}"));
+    wait_for(2).await;
+    assert!(sim.faults().count("watch", "secrets") > watches_before, "the watcher reconnected");
+    let lists_before = sim.faults().count("list", "secrets");
+    sim.compact();
+    sim.faults().end_watches();
+    api.create(&PostParams::default(), &secret("three", json!({}))).await.unwrap_or_else(|e| panic!("{e}"));
+    wait_for(3).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sim.faults().count("list", "secrets") == lists_before {
+        assert!(tokio::time::Instant::now() < deadline, "the watcher never re-listed after 410");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    task.abort();
+}
+
+#[tokio::test]
+async fn server_side_apply_merges_and_conflicts() {
+    let sim = start().await;
+    let api: Api<Secret> = Api::default_namespaced(sim.client());
+    let a = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ssa", "labels": {"owner": "a"}}, "data": {"a": "YQ=="}});
+    let applied =
+        api.patch("ssa", &PatchParams::apply("manager-a"), &Patch::Apply(&a)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(applied.metadata.managed_fields.as_ref().map(Vec::len), Some(1));
+    let b = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ssa"}, "data": {"b": "Yg=="}});
+    let merged =
+        api.patch("ssa", &PatchParams::apply("manager-b"), &Patch::Apply(&b)).await.unwrap_or_else(|e| panic!("{e}"));
+    let keys: Vec<String> = merged.data.as_ref().map(|d| d.keys().cloned().collect()).unwrap_or_default();
+    assert_eq!(keys, vec!["a", "b"]);
+
+    let steal = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ssa"}, "data": {"a": "Yw=="}});
+    let (code, reason, message) = api_error(
+        api.patch("ssa", &PatchParams::apply("manager-b"), &Patch::Apply(&steal))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("conflict not detected")),
+    );
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+    assert!(message.contains("conflict with \"manager-a\"") && message.contains(".data.a"), "{message}");
+    let forced = api
+        .patch("ssa", &PatchParams::apply("manager-b").force(), &Patch::Apply(&steal))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(forced.data.as_ref().and_then(|d| d.get("a")).map(|b| b.0.clone()), Some(b"c".to_vec()));
+    // manager-b stops applying data.b: it is removed; data.a, still applied, stays.
+    let fewer = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ssa"}, "data": {"a": "Yw=="}});
+    let after = api
+        .patch("ssa", &PatchParams::apply("manager-b").force(), &Patch::Apply(&fewer))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let keys: Vec<String> = after.data.as_ref().map(|d| d.keys().cloned().collect()).unwrap_or_default();
+    assert_eq!(keys, vec!["a"]);
+    assert_eq!(after.metadata.labels.as_ref().and_then(|l| l.get("owner")).map(String::as_str), Some("a"));
+    // Re-applying the same configuration writes nothing.
+    let again = api
+        .patch("ssa", &PatchParams::apply("manager-b").force(), &Patch::Apply(&fewer))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again.metadata.resource_version, after.metadata.resource_version);
+}
+
+#[tokio::test]
+async fn strategic_merge_and_json_patch_on_builtins() {
+    let sim = start().await;
+    let api: Api<Secret> = Api::default_namespaced(sim.client());
+    api.create(&PostParams::default(), &secret("p", json!({"a": "YQ=="}))).await.unwrap_or_else(|e| panic!("{e}"));
+    let p = json!({"metadata": {"finalizers": ["one"], "labels": {"x": "1"}}});
+    api.patch("p", &PatchParams::default(), &Patch::Strategic(&p)).await.unwrap_or_else(|e| panic!("{e}"));
+    let p = json!({"metadata": {"finalizers": ["two"]}});
+    let s = api.patch("p", &PatchParams::default(), &Patch::Strategic(&p)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.metadata.finalizers, Some(vec!["one".to_string(), "two".to_string()]), "finalizers merge as a set");
+    let ops: json_patch::Patch = serde_json::from_value(json!([{"op": "remove", "path": "/metadata/finalizers"}]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let s = api.patch("p", &PatchParams::default(), &Patch::<()>::Json(ops)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.metadata.finalizers, None);
+}
+
+#[tokio::test]
+async fn custom_resources_validate_default_and_separate_status() {
+    let sim = start().await;
+    let api = widgets(&sim).await;
+    let w = api
+        .create(&PostParams::default(), &widget("w", json!({"size": 2, "unknown": true})))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(w.data["spec"]["color"], "red", "defaulted");
+    assert!(w.data["spec"].get("unknown").is_none(), "pruned");
+    assert_eq!(w.metadata.generation, Some(1));
+
+    let (code, reason, message) = api_error(
+        api.create(&PostParams::default(), &widget("bad", json!({"size": 0, "color": "green"})))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("invalid widget accepted")),
+    );
+    assert_eq!((code, reason.as_str()), (422, "Invalid"));
+    assert!(message.starts_with("Widget.example.com \"bad\" is invalid: ["), "{message}");
+    assert!(message.contains("spec.size") && message.contains("spec.color: Unsupported value: \"green\""), "{message}");
+    let (code, _, message) = api_error(
+        api.create(&PostParams::default(), &widget("bad", json!({})))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("missing field accepted")),
+    );
+    assert_eq!(code, 422);
+    assert!(message.contains("spec.size: Required value"), "{message}");
+
+    // Status writes go through /status only, and do not bump generation.
+    let status = json!({"status": {"phase": "Ready"}, "spec": {"size": 9}});
+    let s =
+        api.patch_status("w", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.data["status"]["phase"], "Ready");
+    assert_eq!(s.data["spec"]["size"], 2, "spec is ignored on /status");
+    assert_eq!(s.metadata.generation, Some(1));
+    let main = json!({"status": {"phase": "Lost"}, "spec": {"size": 3}});
+    let m = api.patch("w", &PatchParams::default(), &Patch::Merge(&main)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.data["status"]["phase"], "Ready", "status is ignored on the main resource");
+    assert_eq!(m.metadata.generation, Some(2));
+    let meta_only = json!({"metadata": {"labels": {"a": "b"}}});
+    let m = api.patch("w", &PatchParams::default(), &Patch::Merge(&meta_only)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.metadata.generation, Some(2), "metadata edits do not bump generation");
+
+    let (code, reason, _) = api_error(
+        api.patch("w", &PatchParams::default(), &Patch::Strategic(&meta_only))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("strategic merge accepted on a custom resource")),
+    );
+    assert_eq!((code, reason.as_str()), (415, "UnsupportedMediaType"));
+}
+
+#[tokio::test]
+async fn finalizers_hold_deletion_and_owners_collect_dependents() {
+    let sim = start().await;
+    let api = widgets(&sim).await;
+    let secrets: Api<Secret> = Api::default_namespaced(sim.client());
+    let mut w = widget("held", json!({"size": 1}));
+    w.metadata.finalizers = Some(vec!["example.com/cleanup".into()]);
+    api.create(&PostParams::default(), &w).await.unwrap_or_else(|e| panic!("{e}"));
+    api.delete("held", &DeleteParams::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    let held = api.get("held").await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(held.metadata.deletion_timestamp.is_some());
+    api.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(api_error(api.get("held").await.err().unwrap_or_else(|| panic!("still there"))).0, 404);
+
+    for (owner, policy) in [
+        ("bg", None),
+        ("orphan", Some(kube::api::PropagationPolicy::Orphan)),
+        ("fg", Some(kube::api::PropagationPolicy::Foreground)),
+    ] {
+        let o = api
+            .create(&PostParams::default(), &widget(owner, json!({"size": 1})))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut s = secret(&format!("{owner}-child"), json!({}));
+        s.metadata.owner_references = Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "example.com/v1".into(),
+            kind: "Widget".into(),
+            name: owner.into(),
+            uid: o.metadata.uid.clone().unwrap_or_default(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }]);
+        secrets.create(&PostParams::default(), &s).await.unwrap_or_else(|e| panic!("{e}"));
+        let dp = DeleteParams { propagation_policy: policy.clone(), ..Default::default() };
+        api.delete(owner, &dp).await.unwrap_or_else(|e| panic!("{e}"));
+        let child = secrets.get_opt(&format!("{owner}-child")).await.unwrap_or_else(|e| panic!("{e}"));
+        match policy {
+            Some(kube::api::PropagationPolicy::Orphan) => {
+                let child = child.unwrap_or_else(|| panic!("orphaned child was deleted"));
+                assert!(child.metadata.owner_references.unwrap_or_default().is_empty());
+            }
+            _ => assert!(child.is_none(), "{owner}: dependent survived its owner"),
+        }
+    }
+    // A dependent whose owner never existed is collected too.
+    let mut s = secret("dangling", json!({}));
+    s.metadata.owner_references = Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        api_version: "example.com/v1".into(),
+        kind: "Widget".into(),
+        name: "ghost".into(),
+        uid: "00000000-0000-0000-0000-000000000000".into(),
+        ..Default::default()
+    }]);
+    secrets.create(&PostParams::default(), &s).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(secrets.get_opt("dangling").await.unwrap_or_else(|e| panic!("{e}")).is_none());
+}
+
+#[tokio::test]
+async fn fault_injection_controls() {
+    let sim = start().await;
+    let api: Api<Secret> = Api::default_namespaced(sim.client());
+    sim.faults().fail_next(Matcher::new("create", "secrets"), 1, 500, None);
+    let (code, reason, _) = api_error(
+        api.create(&PostParams::default(), &secret("f", json!({})))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("injected failure missing")),
+    );
+    assert_eq!((code, reason.as_str()), (500, "InternalError"));
+    api.create(&PostParams::default(), &secret("f", json!({})))
+        .await
+        .unwrap_or_else(|e| panic!("only one failure was asked for: {e}"));
+
+    // kube's client retries 503 and 429 itself, honouring Retry-After: the injected failures
+    // show up as extra requests and as the wait.
+    sim.faults().reset_counts();
+    sim.faults().fail_next(Matcher::new("get", "secrets").named("default", "f"), 1, 503, None);
+    sim.faults().fail_next(Matcher::new("get", "secrets").named("default", "f"), 1, 429, Some(1));
+    let t = std::time::Instant::now();
+    api.get("f").await.unwrap_or_else(|e| panic!("retries should absorb two transient failures: {e}"));
+    assert_eq!(sim.faults().count("get", "secrets"), 3);
+    assert!(t.elapsed() >= Duration::from_secs(1), "Retry-After was not sent or not honoured");
+    sim.faults().fail_next(Matcher::new("get", "secrets").named("default", "other"), 1, 403, None);
+    assert_eq!(api_error(api.get("other").await.err().unwrap_or_else(|| panic!("no 403"))).1, "Forbidden");
+
+    sim.faults().add_latency(Matcher::new("get", "secrets"), Duration::from_millis(300));
+    let t = std::time::Instant::now();
+    api.get("f").await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    sim.faults().clear();
+
+    sim.faults().pause();
+    let pending = tokio::spawn({
+        let api = api.clone();
+        async move { api.get("f").await.map(|_| ()) }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!pending.is_finished(), "a paused API answered");
+    sim.faults().resume();
+    tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .unwrap_or_else(|_| panic!("resume did not release the request"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    sim.faults().reset_counts();
+    api.get("f").await.unwrap_or_else(|e| panic!("{e}"));
+    api.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(sim.faults().count("get", "secrets"), 1);
+    assert_eq!(sim.faults().count("list", "secrets"), 1);
+    assert_eq!(sim.faults().count("create", "secrets"), 0);
+}
+
+#[tokio::test]
+async fn events_are_one_store_under_two_apis() {
+    let sim = start().await;
+    let new: Api<k8s_openapi::api::events::v1::Event> = Api::default_namespaced(sim.client());
+    let ev: k8s_openapi::api::events::v1::Event = serde_json::from_value(json!({
+        "metadata": {"name": "e1"}, "eventTime": "2026-01-01T00:00:00.000000Z", "reason": "Tested", "note": "hello",
+        "type": "Normal", "action": "Test", "reportingController": "tests", "reportingInstance": "t-1",
+        "regarding": {"kind": "Secret", "name": "x", "namespace": "default"}
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    new.create(&PostParams::default(), &ev).await.unwrap_or_else(|e| panic!("{e}"));
+    let core: Api<k8s_openapi::api::core::v1::Event> = Api::default_namespaced(sim.client());
+    let c = core.get("e1").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.message.as_deref(), Some("hello"));
+    assert_eq!(c.involved_object.name.as_deref(), Some("x"));
+    assert_eq!(c.reporting_component.as_deref(), Some("tests"));
+}
