@@ -1,1 +1,141 @@
-fn main() {}
+//! `tokensource-operator`: run the controller, or print the CRD.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokensource_operator::admin::{self, Health};
+use tokensource_operator::controller::{self, Config};
+use tokensource_operator::metrics::Metrics;
+use tokensource_operator::telemetry::{self, LogFormat};
+use tokensource_operator::{crd, schedule, transport};
+
+#[derive(Parser)]
+#[command(version, about = "Keeps short-lived API bearer tokens fresh in Kubernetes Secrets")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller.
+    Run(RunArgs),
+    /// Print the TokenSource CustomResourceDefinition as YAML.
+    Crd,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Kubeconfig to use; in-cluster config or $KUBECONFIG when unset.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Watch only this namespace (all namespaces when unset).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address of the probe and metrics endpoint.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "ADMIN_ADDR")]
+    admin_addr: SocketAddr,
+    /// Log filter, such as `info` or `tokensource_operator=debug` (RUST_LOG wins when set).
+    #[arg(long, default_value = "info", env = "LOG_LEVEL")]
+    log_level: String,
+    /// Log line format.
+    #[arg(long, value_enum, default_value = "text", env = "LOG_FORMAT")]
+    log_format: LogFormat,
+    /// The latest a new token may land before the old one expires, so the kubelet can update
+    /// mounted Secrets (shrunk to a quarter of the lifetime for short-lived tokens).
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    propagation_margin: Duration,
+    /// How many TokenSources are reconciled at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: u16,
+    /// How many requests may be in flight to one token endpoint host.
+    #[arg(long, default_value_t = 4)]
+    max_requests_per_host: usize,
+    /// Total timeout for one token request.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// Allow http:// token endpoints. Credentials then travel unencrypted: local testing only.
+    #[arg(long)]
+    allow_insecure_http: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    schedule::parse_duration(s)
+        .map_err(|e| e.to_string())
+        .and_then(|d| Duration::try_from(d).map_err(|e| e.to_string()))
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    transport::install_crypto_provider();
+    match cli.command {
+        Command::Crd => match crd::crd_yaml() {
+            Ok(y) => {
+                print!("{y}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cannot render the CRD: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Command::Run(args) => {
+            telemetry::init(&args.log_level, args.log_format);
+            match run(args).await {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "tokensource-operator stopped");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    let client = kube::Client::try_from(config)?;
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+    let admin = tokio::spawn(admin::serve(args.admin_addr, health.clone(), metrics.clone()));
+    let config = Config {
+        namespace: args.namespace,
+        propagation_margin: args.propagation_margin,
+        allow_http: args.allow_insecure_http,
+        concurrency: args.concurrency,
+        transport: transport::Options {
+            timeout: args.request_timeout,
+            per_host: args.max_requests_per_host,
+            ..Default::default()
+        },
+    };
+    let result = controller::run(client, config, metrics, health, shutdown_signal()).await;
+    admin.abort();
+    Ok(result?)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -321,9 +321,13 @@ async fn resource(
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
     let name = target.name.unwrap_or_default();
     let include = params.get("includeObject").map(String::as_str).unwrap_or("Metadata").to_string();
+    let meta_only = wants_metadata(&accept);
     match verb {
         "get" => {
             let obj = shared.state().get(&ctx, name)?;
+            if meta_only {
+                return Ok(ok(&partial(&obj)));
+            }
             if table::wants_table(&accept) {
                 return Ok(ok(&table::render(
                     &ctx.def,
@@ -337,13 +341,32 @@ async fn resource(
         }
         "list" => {
             let list = shared.state().list(&ctx, &list_opts(params)?)?;
+            if meta_only {
+                let items: Vec<Value> =
+                    list["items"].as_array().map(|a| a.iter().map(partial).collect()).unwrap_or_default();
+                return Ok(ok(&json!({
+                    "kind": "PartialObjectMetadataList",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": list["metadata"],
+                    "items": items,
+                })));
+            }
             if table::wants_table(&accept) {
                 let items = list["items"].as_array().cloned().unwrap_or_default();
                 return Ok(ok(&table::render(&ctx.def, version, &items, list["metadata"].clone(), &include)));
             }
             Ok(ok(&list))
         }
-        "watch" => watch(shared, ctx, params, table::wants_table(&accept).then_some(include)),
+        "watch" => {
+            let render = if meta_only {
+                Render::Metadata
+            } else if table::wants_table(&accept) {
+                Render::Table(include)
+            } else {
+                Render::Full
+            };
+            watch(shared, ctx, params, render)
+        }
         "create" => {
             let obj = parse_body(&body, false)?;
             let (out, warnings) = shared.state().create(&ctx, obj)?;
@@ -406,10 +429,26 @@ fn event_line(kind: &str, obj: &Value) -> Bytes {
     Bytes::from(s)
 }
 
+/// How watch events show objects.
+enum Render {
+    Full,
+    Metadata,
+    Table(String),
+}
+
+fn wants_metadata(accept: &str) -> bool {
+    accept.split(',').next().is_some_and(|first| first.contains("as=PartialObjectMetadata"))
+}
+
+/// An object as `PartialObjectMetadata`: its identity and metadata only.
+fn partial(obj: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]})
+}
+
 struct WatchFilter {
     ctx: Ctx,
     opts: ListOpts,
-    table: Option<String>,
+    render: Render,
 }
 
 impl WatchFilter {
@@ -424,8 +463,8 @@ impl WatchFilter {
             return None;
         }
         let obj = State::present(&self.ctx, &ev.obj);
-        Some(match &self.table {
-            Some(include) => event_line(
+        Some(match &self.render {
+            Render::Table(include) => event_line(
                 ev.kind,
                 &table::render(
                     &self.ctx.def,
@@ -435,7 +474,8 @@ impl WatchFilter {
                     include,
                 ),
             ),
-            None => event_line(ev.kind, &obj),
+            Render::Metadata => event_line(ev.kind, &partial(&obj)),
+            Render::Full => event_line(ev.kind, &obj),
         })
     }
 
@@ -451,7 +491,7 @@ impl WatchFilter {
     }
 }
 
-fn watch(shared: &Arc<Shared>, ctx: Ctx, params: &Params, table: Option<String>) -> ApiResult<Response> {
+fn watch(shared: &Arc<Shared>, ctx: Ctx, params: &Params, render: Render) -> ApiResult<Response> {
     let opts = list_opts(params)?;
     let from = match opts.resource_version.as_deref() {
         None | Some("") => None,
@@ -475,7 +515,7 @@ fn watch(shared: &Arc<Shared>, ctx: Ctx, params: &Params, table: Option<String>)
         }
         Err(e) => return Err(e),
     };
-    let filter = WatchFilter { ctx, opts, table };
+    let filter = WatchFilter { ctx, opts, render };
     let (tx, out) = mpsc::channel::<Result<Bytes, Infallible>>(1024);
     let mut epoch = shared.faults.watch_epoch();
     epoch.borrow_and_update();

@@ -845,12 +845,29 @@ impl State {
             .map(|m| m.fields.clone())
             .unwrap_or_default();
         let mut new = live.clone();
+        let others: Vec<&ManagedEntry> = managers
+            .iter()
+            .filter(|m| !(m.manager == ctx.manager && m.operation == "Apply" && m.subresource == sub))
+            .collect();
+        // A map or list that loses its last field with the removal goes too, unless someone
+        // still sets something inside it (as the "." ownership of a struct works in FieldsV1).
+        let kept = |prefix: &[String]| {
+            applied_fields.iter().chain(others.iter().flat_map(|m| m.fields.iter())).any(|f| f.starts_with(prefix))
+        };
         for p in previous.difference(&applied_fields) {
-            let owned_elsewhere = managers.iter().any(|m| {
-                !(m.manager == ctx.manager && m.operation == "Apply" && m.subresource == sub) && m.fields.contains(p)
-            });
-            if !owned_elsewhere {
-                fields::remove_at(&mut new, p);
+            if others.iter().any(|m| m.fields.contains(p)) {
+                continue;
+            }
+            fields::remove_at(&mut new, p);
+            for depth in (1..p.len()).rev() {
+                let parent = &p[..depth];
+                let empty = fields::get_at(&new, parent).is_some_and(|v| {
+                    v.as_object().is_some_and(|m| m.is_empty()) || v.as_array().is_some_and(|a| a.is_empty())
+                });
+                if !empty || kept(parent) {
+                    break;
+                }
+                fields::remove_at(&mut new, parent);
             }
         }
         fields::merge_applied(&mut new, &applied, schema.as_ref(), "");

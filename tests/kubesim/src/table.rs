@@ -13,6 +13,9 @@ pub fn wants_table(accept: &str) -> bool {
 pub fn human_duration(secs: i64) -> String {
     let s = secs.max(0);
     let (m, h, d) = (s / 60, s / 3600, s / 86400);
+    if secs < -1 {
+        return "<invalid>".into();
+    }
     if s < 120 {
         format!("{s}s")
     } else if m < 10 {

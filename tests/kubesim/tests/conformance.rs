@@ -519,3 +519,31 @@ async fn events_are_one_store_under_two_apis() {
     assert_eq!(c.involved_object.name.as_deref(), Some("x"));
     assert_eq!(c.reporting_component.as_deref(), Some("tests"));
 }
+
+#[tokio::test]
+async fn apply_removes_a_struct_whose_fields_are_no_longer_applied() {
+    let sim = start().await;
+    let api = widgets(&sim).await;
+    let mut w = widget("s", json!({"size": 1}));
+    w.data["status"] = json!({});
+    api.create(&PostParams::default(), &w).await.unwrap_or_else(|e| panic!("{e}"));
+    let with = json!({"apiVersion": "example.com/v1", "kind": "Widget", "status": {"phase": "Failed"}});
+    let s = api
+        .patch_status("s", &PatchParams::apply("op").force(), &Patch::Apply(&with))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.data["status"]["phase"], "Failed");
+    let without = json!({"apiVersion": "example.com/v1", "kind": "Widget", "status": {"observed": {}}});
+    let s = api
+        .patch_status("s", &PatchParams::apply("op").force(), &Patch::Apply(&without))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(s.data["status"].get("phase").is_none(), "{:?}", s.data);
+    // Nested: a struct whose only field stops being applied disappears with it.
+    let nested = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "n", "annotations": {"a": "1"}}, "data": {"k": "v"}});
+    let cms: Api<ConfigMap> = Api::default_namespaced(sim.client());
+    cms.patch("n", &PatchParams::apply("op"), &Patch::Apply(&nested)).await.unwrap_or_else(|e| panic!("{e}"));
+    let fewer = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "n"}, "data": {"k": "v"}});
+    let cm = cms.patch("n", &PatchParams::apply("op"), &Patch::Apply(&fewer)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cm.metadata.annotations, None, "an emptied map is removed, not left as {{}}");
+}

@@ -1,0 +1,68 @@
+//! Prometheus metrics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `Success` or the error reason, such as `ProviderRejected`.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabels {
+    pub host: String,
+    pub result: String,
+}
+
+/// The operator's metrics.
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconciles: Family<ResultLabels, Counter>,
+    pub token_requests: Family<HostLabels, Counter>,
+    pub token_request_seconds: Histogram,
+    pub secret_writes: Counter,
+    pub status_writes: Counter,
+    pub ready_sources: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("tokensource");
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        let token_requests = Family::<HostLabels, Counter>::default();
+        let token_request_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 12));
+        let secret_writes = Counter::default();
+        let status_writes = Counter::default();
+        let ready_sources = Gauge::default();
+        registry.register("reconciles", "Reconciliations by result", reconciles.clone());
+        registry.register("token_requests", "Requests to token endpoints by host and result", token_requests.clone());
+        registry.register("token_request_duration_seconds", "Token endpoint latency", token_request_seconds.clone());
+        registry.register("secret_writes", "Writes of target Secrets", secret_writes.clone());
+        registry.register("status_writes", "Writes of TokenSource status", status_writes.clone());
+        registry.register("ready", "TokenSources whose Secret holds a valid token", ready_sources.clone());
+        Self {
+            registry,
+            reconciles,
+            token_requests,
+            token_request_seconds,
+            secret_writes,
+            status_writes,
+            ready_sources,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,164 @@
+//! Building token requests: one module per way of asking. A [`Request`] is everything the
+//! transport needs; authentication that must be fresh per attempt (HMAC) is applied at send time.
+
+pub mod hmac;
+pub mod http;
+pub mod oauth2;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use base64::Engine;
+
+use crate::crd::{SecretKeyRef, ValueSource};
+use crate::error::Error;
+
+/// Credential values read from Secrets, by Secret and key.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    values: BTreeMap<SecretKeyRef, Vec<u8>>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials").field("keys", &self.values.keys().collect::<Vec<_>>()).finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    pub fn insert(&mut self, r: SecretKeyRef, value: Vec<u8>) {
+        self.values.insert(r, value);
+    }
+
+    pub fn bytes(&self, source: &ValueSource, field: &str) -> Result<Vec<u8>, Error> {
+        match (&source.value, &source.secret_key_ref) {
+            (Some(v), None) => Ok(v.as_bytes().to_vec()),
+            (None, Some(r)) => self.values.get(r).cloned().ok_or_else(|| {
+                Error::ReadCredentials(format!("{field}: key {:?} of Secret {:?} is not available", r.key, r.name))
+            }),
+            _ => Err(Error::InvalidSpec(format!("{field}: set exactly one of value and secretKeyRef"))),
+        }
+    }
+
+    pub fn string(&self, source: &ValueSource, field: &str) -> Result<String, Error> {
+        let b = self.bytes(source, field)?;
+        let s = String::from_utf8(b)
+            .map_err(|_| Error::ReadCredentials(format!("{field}: the value is not UTF-8 text")))?;
+        // A trailing newline is the usual accident of `echo secret | kubectl create secret`.
+        Ok(s.trim_end_matches(['\r', '\n']).to_string())
+    }
+
+    /// Every secret value, for scrubbing provider replies before they reach a log or condition.
+    pub fn secret_values(&self) -> impl Iterator<Item = &[u8]> {
+        self.values.values().map(Vec::as_slice)
+    }
+}
+
+/// How a request authenticates, applied when it is sent.
+#[derive(Clone)]
+pub enum Auth {
+    None,
+    Basic { username: String, password: String },
+    Bearer(String),
+    Hmac(hmac::ImburseKey),
+}
+
+/// An HTTP method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+}
+
+/// A token request ready to send.
+#[derive(Clone)]
+pub struct Request {
+    pub method: Method,
+    pub url: url::Url,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub content_type: Option<String>,
+    pub auth: Auth,
+    /// Values that must never appear in anything the operator writes or logs.
+    pub secrets: Vec<Vec<u8>>,
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("url", &self.url.as_str())
+            .field("headers", &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field("body_len", &self.body.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Request {
+    /// The `Authorization` header for one attempt; HMAC signatures get a fresh nonce and time.
+    pub fn authorization(&self, now_epoch: i64, nonce: &str) -> Option<String> {
+        match &self.auth {
+            Auth::None => None,
+            Auth::Basic { username, password } => Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
+            )),
+            Auth::Bearer(token) => Some(format!("Bearer {token}")),
+            Auth::Hmac(key) => Some(key.authorization(nonce, now_epoch, &self.body)),
+        }
+    }
+
+    /// Replaces every credential value that appears in `text` by `[redacted]`.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in &self.secrets {
+            if let Ok(v) = std::str::from_utf8(s)
+                && v.len() >= 4
+            {
+                out = out.replace(v, "[redacted]");
+            }
+        }
+        out
+    }
+}
+
+/// Parses and checks a token endpoint URL.
+pub fn parse_url(field: &str, raw: &str, allow_http: bool) -> Result<url::Url, Error> {
+    let url = url::Url::parse(raw).map_err(|e| Error::InvalidSpec(format!("{field}: {raw:?} is not a URL: {e}")))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_http => {}
+        "http" => {
+            return Err(Error::InvalidSpec(format!(
+                "{field}: plain http would send credentials unencrypted; use https (or start the operator with --allow-insecure-http for local testing)"
+            )));
+        }
+        other => return Err(Error::InvalidSpec(format!("{field}: scheme {other:?} is not supported; use https"))),
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Error::InvalidSpec(format!("{field}: put credentials in Secrets, not in the URL")));
+    }
+    Ok(url)
+}
+
+fn header_name_ok(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Checks extra headers and refuses ones the operator sets itself.
+pub fn check_headers(field: &str, headers: &[(String, String)]) -> Result<(), Error> {
+    for (k, v) in headers {
+        if !header_name_ok(k) {
+            return Err(Error::InvalidSpec(format!("{field}: {k:?} is not a valid header name")));
+        }
+        if v.contains(['\r', '\n']) {
+            return Err(Error::InvalidSpec(format!("{field}.{k}: header values cannot contain line breaks")));
+        }
+        let lower = k.to_ascii_lowercase();
+        if matches!(lower.as_str(), "host" | "content-length" | "transfer-encoding") {
+            return Err(Error::InvalidSpec(format!("{field}: the {k} header is set by the operator")));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! Pure timing decisions: when a token should be renewed, and when a failed attempt is retried.
+//! Nothing here reads a clock or a random source; callers pass `now` and a jitter in `[0, 1)`.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::crd::RefreshSpec;
+use crate::error::Error;
+
+/// How the renewal time of a token is chosen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    /// Renew this long before expiry.
+    pub renew_before: Option<SignedDuration>,
+    /// Renew when this fraction of the lifetime is left.
+    pub renew_before_fraction: Option<f64>,
+    /// Finish this long before expiry at the latest, so the kubelet can propagate the new token
+    /// into mounted volumes (it syncs them about once a minute).
+    pub propagation_margin: SignedDuration,
+}
+
+/// Parses a duration such as `90s`, `10m` or `1h30m`.
+pub fn parse_duration(s: &str) -> Result<SignedDuration, Error> {
+    let bad = || Error::InvalidSpec(format!("{s:?} is not a duration such as 90s, 10m or 1h30m"));
+    let mut total = 0f64;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let n: f64 = rest[..num_end].parse().map_err(|_| bad())?;
+        rest = &rest[num_end..];
+        let unit_end = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_end] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += n * unit;
+        rest = &rest[unit_end..];
+    }
+    Ok(SignedDuration::from_secs_f64(total))
+}
+
+impl Policy {
+    pub fn new(spec: Option<&RefreshSpec>, propagation_margin: Duration) -> Result<Self, Error> {
+        let margin = SignedDuration::try_from(propagation_margin).unwrap_or(SignedDuration::from_mins(2));
+        let Some(spec) = spec else {
+            return Ok(Self { renew_before: None, renew_before_fraction: None, propagation_margin: margin });
+        };
+        if spec.renew_before.is_some() && spec.renew_before_percentage.is_some() {
+            return Err(Error::InvalidSpec(
+                "set at most one of refresh.renewBefore and refresh.renewBeforePercentage".into(),
+            ));
+        }
+        let renew_before = spec.renew_before.as_deref().map(parse_duration).transpose()?;
+        if renew_before.is_some_and(|d| d <= SignedDuration::ZERO) {
+            return Err(Error::InvalidSpec("refresh.renewBefore must be positive".into()));
+        }
+        let fraction = match spec.renew_before_percentage {
+            Some(p) if !(1..=99).contains(&p) => {
+                return Err(Error::InvalidSpec("refresh.renewBeforePercentage must be between 1 and 99".into()));
+            }
+            Some(p) => Some(f64::from(p) / 100.0),
+            None => None,
+        };
+        Ok(Self { renew_before, renew_before_fraction: fraction, propagation_margin: margin })
+    }
+
+    /// When to renew a token issued at `issued` that expires at `expires`. `jitter` in `[0, 1)`
+    /// moves the time earlier by up to a tenth of the renewal window, so tokens issued together
+    /// do not all renew together. The result is never later than expiry minus the propagation
+    /// margin (shrunk to a quarter of the lifetime for short-lived tokens) and never earlier than
+    /// a small fraction of the lifetime after issue.
+    pub fn refresh_at(&self, issued: Timestamp, expires: Timestamp, jitter: f64) -> Timestamp {
+        let lifetime = expires.duration_since(issued);
+        if lifetime <= SignedDuration::ZERO {
+            return issued;
+        }
+        let mut before = match (self.renew_before, self.renew_before_fraction) {
+            (Some(d), _) => d,
+            (None, Some(f)) => lifetime.mul_f64(f),
+            (None, None) => lifetime / 3,
+        };
+        if before >= lifetime {
+            before = lifetime / 3;
+        }
+        let margin = self.propagation_margin.min(lifetime / 4);
+        let before = before.max(margin);
+        let jittered = before + before.mul_f64(0.1 * jitter.clamp(0.0, 1.0));
+        let floor = SignedDuration::from_secs(1).max(lifetime / 100).min(lifetime / 2);
+        let at = expires - jittered.min(lifetime - floor);
+        at.max(issued + floor)
+    }
+}
+
+/// How a failure is retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryClass {
+    /// Timeouts, connection errors, 5xx, 429: retry soon.
+    Transient,
+    /// The endpoint rejected the request (4xx): retry slowly; a spec or credential change
+    /// retries at once.
+    Rejected,
+}
+
+/// When to try again after `failures` consecutive failures. The delay doubles from a base to a
+/// cap, with jitter in `[0, 1)` spreading it over its upper half; a server's `Retry-After` is a
+/// floor; and while a still-valid token exists, the retry never sleeps past its expiry.
+pub fn retry_at(
+    now: Timestamp,
+    failures: u32,
+    class: RetryClass,
+    retry_after: Option<Duration>,
+    valid_until: Option<Timestamp>,
+    jitter: f64,
+) -> Timestamp {
+    let (base, cap) = match class {
+        RetryClass::Transient => (2.0, 300.0),
+        RetryClass::Rejected => (30.0, 1800.0),
+    };
+    let exp = base * 2f64.powi(failures.saturating_sub(1).min(20) as i32);
+    let delay = exp.min(cap);
+    let delay = delay * (0.5 + 0.5 * jitter.clamp(0.0, 1.0));
+    let mut delay = SignedDuration::from_secs_f64(delay);
+    if let Some(ra) = retry_after.and_then(|d| SignedDuration::try_from(d).ok()) {
+        delay = delay.max(ra);
+    }
+    let mut at = now + delay;
+    if let Some(until) = valid_until.filter(|u| *u > now) {
+        // Spend the remaining validity on retries: never sleep past expiry.
+        let remaining = until.duration_since(now);
+        let latest = now + (remaining - SignedDuration::from_secs(1)).max(remaining / 2);
+        at = at.min(latest);
+    }
+    at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap_or(Timestamp::UNIX_EPOCH)
+    }
+
+    fn policy(spec: Option<RefreshSpec>) -> Policy {
+        Policy::new(spec.as_ref(), Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").ok(), Some(SignedDuration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m").ok(), Some(SignedDuration::from_mins(90)));
+        assert_eq!(parse_duration("1.5h").ok(), Some(SignedDuration::from_mins(90)));
+        assert_eq!(parse_duration("250ms").ok(), Some(SignedDuration::from_millis(250)));
+        assert!(parse_duration("10 minutes").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("5").is_err());
+    }
+
+    #[test]
+    fn default_renews_with_a_third_left() {
+        let p = policy(None);
+        // A 10-hour Podero token renews at 6h40m, a tenth of the window earlier at most.
+        assert_eq!(p.refresh_at(ts(0), ts(36_000), 0.0), ts(24_000));
+        assert_eq!(p.refresh_at(ts(0), ts(36_000), 0.5), ts(23_400));
+    }
+
+    #[test]
+    fn renew_before_and_percentage() {
+        let p = policy(Some(RefreshSpec { renew_before: Some("10m".into()), ..Default::default() }));
+        assert_eq!(p.refresh_at(ts(0), ts(3600), 0.0), ts(3000));
+        let p = policy(Some(RefreshSpec { renew_before_percentage: Some(50), ..Default::default() }));
+        assert_eq!(p.refresh_at(ts(0), ts(3600), 0.0), ts(1800));
+        // renewBefore longer than the lifetime falls back to a third.
+        let p = policy(Some(RefreshSpec { renew_before: Some("2h".into()), ..Default::default() }));
+        assert_eq!(p.refresh_at(ts(0), ts(3600), 0.0), ts(2400));
+    }
+
+    #[test]
+    fn propagation_margin_bounds_the_refresh() {
+        // renewBefore of 30s is less than the 2-minute propagation margin: the margin wins.
+        let p = policy(Some(RefreshSpec { renew_before: Some("30s".into()), ..Default::default() }));
+        assert_eq!(p.refresh_at(ts(0), ts(3600), 0.0), ts(3480));
+        // For a 10-second token the margin shrinks to a quarter of the lifetime.
+        let p = policy(Some(RefreshSpec { renew_before: Some("1s".into()), ..Default::default() }));
+        let at = p.refresh_at(ts(0), ts(10), 0.0);
+        assert!(at <= ts(10) - SignedDuration::from_millis(2500), "{at}");
+        assert!(at > ts(0));
+    }
+
+    #[test]
+    fn never_renews_immediately() {
+        let p = policy(Some(RefreshSpec { renew_before_percentage: Some(99), ..Default::default() }));
+        let at = p.refresh_at(ts(0), ts(100), 0.9);
+        assert!(at >= ts(1), "{at}");
+        assert!(p.refresh_at(ts(0), ts(0), 0.0) == ts(0));
+    }
+
+    #[test]
+    fn rejects_conflicting_settings() {
+        let spec =
+            RefreshSpec { renew_before: Some("1m".into()), renew_before_percentage: Some(10), ..Default::default() };
+        assert!(Policy::new(Some(&spec), Duration::from_secs(1)).is_err());
+        let spec = RefreshSpec { renew_before: Some("soon".into()), ..Default::default() };
+        assert!(Policy::new(Some(&spec), Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn retries_back_off_and_respect_expiry() {
+        let now = ts(0);
+        assert_eq!(retry_at(now, 1, RetryClass::Transient, None, None, 1.0), ts(2));
+        assert_eq!(retry_at(now, 3, RetryClass::Transient, None, None, 1.0), ts(8));
+        assert_eq!(retry_at(now, 30, RetryClass::Transient, None, None, 1.0), ts(300));
+        assert_eq!(retry_at(now, 1, RetryClass::Transient, None, None, 0.0), ts(1));
+        assert_eq!(retry_at(now, 1, RetryClass::Rejected, None, None, 1.0), ts(30));
+        assert_eq!(retry_at(now, 1, RetryClass::Transient, Some(Duration::from_secs(20)), None, 1.0), ts(20));
+        // With 10s of validity left, a 300s backoff is cut to just before expiry.
+        assert_eq!(retry_at(now, 30, RetryClass::Transient, None, Some(ts(10)), 1.0), ts(9));
+    }
+}

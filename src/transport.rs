@@ -1,0 +1,186 @@
+//! The HTTP client for token endpoints: rustls, explicit connect and total timeouts, no
+//! redirects, a bounded reply size and a bounded number of requests in flight per host.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::error::ProviderError;
+use crate::providers::{Method, Request, hmac};
+
+/// Limits for talking to token endpoints.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub max_body: usize,
+    pub per_host: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(30),
+            max_body: 1 << 20,
+            per_host: 4,
+        }
+    }
+}
+
+pub struct Transport {
+    client: reqwest::Client,
+    options: Options,
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Transport {
+    pub fn new(options: Options) -> Result<Self, reqwest::Error> {
+        install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .connect_timeout(options.connect_timeout)
+            .timeout(options.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("tokensource-operator/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { client, options, hosts: Mutex::default() })
+    }
+
+    fn host_limit(&self, req: &Request) -> Arc<Semaphore> {
+        let host =
+            format!("{}:{}", req.url.host_str().unwrap_or_default(), req.url.port_or_known_default().unwrap_or(0));
+        let mut hosts = self.hosts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        hosts.entry(host).or_insert_with(|| Arc::new(Semaphore::new(self.options.per_host.max(1)))).clone()
+    }
+
+    /// Sends one attempt and returns the reply body of a 2xx answer.
+    pub async fn send(&self, req: &Request) -> Result<Vec<u8>, ProviderError> {
+        let limit = self.host_limit(req);
+        let _permit = limit.acquire().await.map_err(|_| ProviderError::Unreachable("shutting down".into()))?;
+        let method = match req.method {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+            Method::Put => reqwest::Method::PUT,
+        };
+        let mut builder = self.client.request(method, req.url.clone());
+        let has_accept = req.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("accept"));
+        if !has_accept {
+            builder = builder.header(reqwest::header::ACCEPT, "application/json");
+        }
+        for (k, v) in &req.headers {
+            builder = builder.header(k.as_str(), v.as_str());
+        }
+        if let Some(ct) = &req.content_type {
+            builder = builder.header(reqwest::header::CONTENT_TYPE, ct.as_str());
+        }
+        if let Some(auth) = req.authorization(jiff::Timestamp::now().as_second(), &hmac::nonce()) {
+            builder = builder.header(reqwest::header::AUTHORIZATION, auth);
+        }
+        if !req.body.is_empty() || req.method != Method::Get {
+            builder = builder.body(req.body.clone());
+        }
+        let mut resp = builder.send().await.map_err(|e| ProviderError::Unreachable(describe_reqwest(&e)))?;
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| ProviderError::Unreachable(describe_reqwest(&e)))? {
+            if body.len() + chunk.len() > self.options.max_body {
+                return Err(ProviderError::BadResponse(format!(
+                    "the reply is larger than {} bytes",
+                    self.options.max_body
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if status.is_success() {
+            return Ok(body);
+        }
+        let detail = describe_error_body(&body).map(|d| req.scrub(&d));
+        Err(ProviderError::Status { status: status.as_u16(), detail, retry_after })
+    }
+}
+
+/// Selects ring as the process's TLS crypto provider (the one kube uses too); harmless when one
+/// is installed already.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn describe_reqwest(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    let mut source = std::error::Error::source(e);
+    let mut root = None;
+    while let Some(s) = source {
+        root = Some(s.to_string());
+        source = s.source();
+    }
+    match root {
+        Some(r) => format!("{kind}: {r}"),
+        None => kind.to_string(),
+    }
+}
+
+/// What an error reply says, in a line: the OAuth 2.0 `error` and `error_description` (RFC 6749
+/// section 5.2), a `message`-like field, or the start of the text.
+pub fn describe_error_body(body: &[u8]) -> Option<String> {
+    if body.is_empty() {
+        return None;
+    }
+    let clip = |s: &str| {
+        let clean: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        let clean = clean.trim().to_string();
+        if clean.chars().count() > 300 { format!("{}…", clean.chars().take(300).collect::<String>()) } else { clean }
+    };
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).filter(|x| !x.is_empty());
+        if let Some(err) = s("error") {
+            return Some(clip(&match s("error_description") {
+                Some(d) => format!("{err}: {d}"),
+                None => err.to_string(),
+            }));
+        }
+        for k in ["message", "error_message", "errorMessage", "detail", "title"] {
+            if let Some(m) = s(k) {
+                return Some(clip(m));
+            }
+        }
+        if let Some(m) = v.get("error").and_then(|e| e.get("message")).and_then(|m| m.as_str()) {
+            return Some(clip(m));
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    Some(clip(&text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_read_as_one_line() {
+        assert_eq!(
+            describe_error_body(br#"{"error":"invalid_client","error_description":"Client authentication failed"}"#)
+                .as_deref(),
+            Some("invalid_client: Client authentication failed")
+        );
+        assert_eq!(describe_error_body(br#"{"error":"invalid_scope"}"#).as_deref(), Some("invalid_scope"));
+        assert_eq!(describe_error_body(br#"{"message":"Nonce reused"}"#).as_deref(), Some("Nonce reused"));
+        assert_eq!(describe_error_body(b"<html>\nBad Gateway\n</html>").as_deref(), Some("<html> Bad Gateway </html>"));
+        assert_eq!(describe_error_body(b""), None);
+        let long = "x".repeat(1000);
+        assert!(describe_error_body(long.as_bytes()).is_some_and(|d| d.chars().count() == 301));
+    }
+}

@@ -1,0 +1,278 @@
+//! The end-to-end harness: a Kubernetes API (kubesim, or a real cluster when
+//! `TOKENSOURCE_E2E_KUBECONFIG` names a kubeconfig), the fake providers, and the real controller
+//! running in-process, scoped to a fresh namespace.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fake_providers::{Config as FakeConfig, Fakes};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, CustomResourceExt, ResourceExt};
+use serde_json::{Value, json};
+use tokensource_operator::admin::Health;
+use tokensource_operator::controller::{self, Config};
+use tokensource_operator::crd::TokenSource;
+use tokensource_operator::metrics::Metrics;
+
+pub struct Env {
+    pub sim: Option<kubesim::KubeSim>,
+    pub client: Client,
+    pub fakes: Fakes,
+    pub ns: String,
+    pub config: Config,
+    operator: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Polls `f` every 50ms until it yields `Some`, or fails the test after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    use rand::Rng;
+    let n: u32 = rand::rng().random();
+    format!("{prefix}-{n:08x}")
+}
+
+impl Env {
+    pub async fn start() -> Self {
+        Self::start_with(FakeConfig::default()).await
+    }
+
+    pub async fn start_with(fake_config: FakeConfig) -> Self {
+        if let Ok(level) = std::env::var("TEST_LOG") {
+            tokensource_operator::telemetry::init(&level, tokensource_operator::telemetry::LogFormat::Text);
+        }
+        let (sim, client) = match std::env::var("TOKENSOURCE_E2E_KUBECONFIG") {
+            Ok(path) if !path.is_empty() => {
+                let kc = kube::config::Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                (None, Client::try_from(cfg).unwrap_or_else(|e| panic!("{e}")))
+            }
+            _ => {
+                let sim = kubesim::KubeSim::start().await.unwrap_or_else(|e| panic!("kubesim: {e}"));
+                let client = sim.client();
+                (Some(sim), client)
+            }
+        };
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        crds.patch(
+            "tokensources.tokensource.dev",
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(TokenSource::crd()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("installing the CRD: {e}"));
+        let ns = unique("e2e");
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap_or_default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("creating namespace {ns}: {e}"));
+        let fakes = Fakes::start(fake_config).await.unwrap_or_else(|e| panic!("fakes: {e}"));
+        let config = Config {
+            namespace: Some(ns.clone()),
+            propagation_margin: Duration::from_secs(1),
+            allow_http: true,
+            ..Default::default()
+        };
+        let mut env = Self { sim, client, fakes, ns, config, operator: None, metrics: Arc::new(Metrics::default()) };
+        env.start_operator();
+        env
+    }
+
+    pub fn start_operator(&mut self) {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let client = self.client.clone();
+        let config = self.config.clone();
+        let metrics = self.metrics.clone();
+        let handle = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = rx.await;
+            };
+            if let Err(e) = controller::run(client, config, metrics, Arc::new(Health::default()), shutdown).await {
+                panic!("operator failed: {e}");
+            }
+        });
+        self.operator = Some((tx, handle));
+    }
+
+    pub async fn stop_operator(&mut self) {
+        if let Some((tx, handle)) = self.operator.take() {
+            let _ = tx.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
+        }
+    }
+
+    pub async fn restart_operator(&mut self) {
+        self.stop_operator().await;
+        self.start_operator();
+    }
+
+    pub fn sources(&self) -> Api<TokenSource> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Creates or replaces a credentials Secret.
+    pub async fn put_secret(&self, name: &str, data: &[(&str, &str)]) {
+        let data: serde_json::Map<String, Value> = data
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, v))))
+            .collect();
+        let applied = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": data});
+        self.secrets()
+            .patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(&applied))
+            .await
+            .unwrap_or_else(|e| panic!("writing Secret {name}: {e}"));
+    }
+
+    /// Creates a TokenSource from JSON (`metadata.name` and `spec`).
+    pub async fn create(&self, ts: Value) -> TokenSource {
+        let mut v = ts;
+        v["apiVersion"] = json!("tokensource.dev/v1alpha1");
+        v["kind"] = json!("TokenSource");
+        let obj: TokenSource = serde_json::from_value(v).unwrap_or_else(|e| panic!("bad TokenSource in test: {e}"));
+        self.sources()
+            .create(&PostParams::default(), &obj)
+            .await
+            .unwrap_or_else(|e| panic!("creating TokenSource: {e}"))
+    }
+
+    pub async fn source(&self, name: &str) -> TokenSource {
+        self.sources().get(name).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The Secret's data as text.
+    pub async fn secret_data(&self, name: &str) -> Option<std::collections::BTreeMap<String, String>> {
+        let s = self.secrets().get_opt(name).await.unwrap_or_else(|e| panic!("{e}"))?;
+        Some(
+            s.data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).to_string()))
+                .collect(),
+        )
+    }
+
+    /// Waits until the Secret holds a token different from `not`.
+    pub async fn wait_token(&self, secret: &str, not: Option<&str>) -> String {
+        eventually(&format!("a new token in Secret {secret}"), WAIT, || async {
+            let data = self.secret_data(secret).await?;
+            let t = data.get("token")?.clone();
+            (Some(t.as_str()) != not).then_some(t)
+        })
+        .await
+    }
+
+    /// The Ready condition's (status, reason, message).
+    pub async fn ready(&self, name: &str) -> Option<(String, String, String)> {
+        let ts = self.sources().get_opt(name).await.ok()??;
+        let c = ts.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+        Some((c.status, c.reason, c.message))
+    }
+
+    /// Waits for Ready to have `status` and `reason`; returns the message.
+    pub async fn wait_ready(&self, name: &str, status: &str, reason: &str) -> String {
+        eventually(&format!("{name} Ready={status} ({reason}); last seen {:?}", "see status"), WAIT, || async {
+            let (s, r, m) = self.ready(name).await?;
+            (s == status && r == reason).then_some(m)
+        })
+        .await
+    }
+
+    /// Events in the namespace about `name`: (type, reason, message).
+    pub async fn events(&self, name: &str) -> Vec<(String, String, String)> {
+        let api: Api<CoreEvent> = Api::namespaced(self.client.clone(), &self.ns);
+        api.list(&ListParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .items
+            .into_iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some(name))
+            .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+            .collect()
+    }
+
+    /// Fails the test if any of `needles` appears in an Event, a TokenSource (spec, status,
+    /// metadata) or a Secret other than the target Secrets named in `targets`.
+    pub async fn assert_nothing_leaks(&self, needles: &[&str], targets: &[&str]) {
+        let mut haystack = String::new();
+        let events: Api<CoreEvent> = Api::namespaced(self.client.clone(), &self.ns);
+        for e in events.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items {
+            haystack.push_str(&serde_json::to_string(&e).unwrap_or_default());
+        }
+        for t in self.sources().list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items {
+            haystack.push_str(&serde_json::to_string(&t.status).unwrap_or_default());
+            haystack.push_str(&serde_json::to_string(&t.metadata).unwrap_or_default());
+        }
+        for s in self.secrets().list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items {
+            if targets.contains(&s.name_any().as_str()) {
+                haystack.push_str(&serde_json::to_string(&s.metadata.annotations).unwrap_or_default());
+                haystack.push_str(&serde_json::to_string(&s.metadata.labels).unwrap_or_default());
+            }
+        }
+        for n in needles {
+            assert!(!n.is_empty() && !haystack.contains(n), "a secret value leaked into events, status or annotations");
+            let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, n);
+            assert!(!haystack.contains(&b64), "a secret value leaked (base64) into events, status or annotations");
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some((tx, handle)) = self.operator.take() {
+            let _ = tx.send(());
+            handle.abort();
+        }
+    }
+}
+
+/// A Podero TokenSource reading `podero-credentials`.
+pub fn podero(env: &Env, name: &str, secret: &str) -> Value {
+    json!({
+        "metadata": {"name": name},
+        "spec": {
+            "oauth2": {
+                "tokenUrl": env.fakes.endpoint_url(fake_providers::Endpoint::Podero),
+                "clientId": {"secretKeyRef": {"name": "podero-credentials", "key": "client_id"}},
+                "clientSecret": {"secretKeyRef": {"name": "podero-credentials", "key": "client_secret"}},
+                "requestFormat": "json",
+                "headers": {"Cache-Control": "no-cache"}
+            },
+            "target": {"secretName": secret}
+        }
+    })
+}
+
+pub async fn podero_credentials(env: &Env) {
+    let c = env.fakes.config().podero;
+    env.put_secret("podero-credentials", &[("client_id", &c.id), ("client_secret", &c.secret)]).await;
+}

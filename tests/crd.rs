@@ -1,0 +1,12 @@
+//! The committed CRD is what the code generates: `tokensource-operator crd > crds/tokensource.dev_tokensources.yaml`.
+
+#[test]
+fn committed_crd_matches_the_code() {
+    let generated = tokensource_operator::crd::crd_yaml().unwrap_or_else(|e| panic!("{e}"));
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/tokensource.dev_tokensources.yaml");
+    let committed = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert!(
+        committed == generated,
+        "crds/tokensource.dev_tokensources.yaml is stale; regenerate it with `cargo run -- crd > crds/tokensource.dev_tokensources.yaml`"
+    );
+}

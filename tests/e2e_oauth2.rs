@@ -1,0 +1,335 @@
+//! End to end: OAuth 2.0 client credentials against the Podero and Interswitch fakes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Env, WAIT, eventually, podero, podero_credentials};
+use fake_providers::{Client as FakeClient, Endpoint};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podero_token_lands_in_the_secret_with_status_and_event() {
+    let env = Env::start().await;
+    podero_credentials(&env).await;
+    env.create(podero(&env, "podero", "podero-token")).await;
+    let token = env.wait_token("podero-token", None).await;
+    assert!(env.fakes.is_valid(&token), "the Secret holds the token the provider issued");
+    let data = env.secret_data("podero-token").await.unwrap_or_default();
+    assert_eq!(data.get("token_type").map(String::as_str), Some("Bearer"));
+    assert_eq!(data.get("scope").map(String::as_str), Some("read write"));
+    let expires: jiff::Timestamp =
+        data.get("expires_at").and_then(|e| e.parse().ok()).unwrap_or_else(|| panic!("expires_at missing: {data:?}"));
+    let lifetime = expires.duration_since(jiff::Timestamp::now()).as_secs();
+    assert!((3500..=3600).contains(&lifetime), "expires_at follows expires_in: {lifetime}s");
+
+    env.wait_ready("podero", "True", "TokenValid").await;
+    let status = env.source("podero").await.status.unwrap_or_default();
+    assert_eq!(status.expires_at.as_deref(), data.get("expires_at").map(String::as_str));
+    let next: jiff::Timestamp =
+        status.next_refresh_at.as_deref().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no nextRefreshAt"));
+    assert!(next < expires && next > jiff::Timestamp::now(), "next refresh {next} is before expiry {expires}");
+    assert_eq!(status.token_type.as_deref(), Some("Bearer"));
+    assert_eq!(status.observed_generation, Some(1));
+
+    let secret = env.secrets().get("podero-token").await.unwrap_or_else(|e| panic!("{e}"));
+    let owners = secret.metadata.owner_references.clone().unwrap_or_default();
+    assert_eq!(owners.first().map(|o| o.kind.as_str()), Some("TokenSource"));
+    assert_eq!(
+        secret.metadata.labels.as_ref().and_then(|l| l.get("tokensource.dev/name")).map(String::as_str),
+        Some("podero")
+    );
+
+    let events = eventually("a TokenIssued event", WAIT, || async {
+        let ev = env.events("podero").await;
+        ev.iter().any(|(t, r, _)| t == "Normal" && r == "TokenIssued").then_some(ev)
+    })
+    .await;
+    assert!(events.iter().all(|(t, _, _)| t == "Normal"), "{events:?}");
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 1);
+    let creds = env.fakes.config().podero;
+    env.assert_nothing_leaks(&[&creds.secret, &token], &["podero-token"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_tokens_are_renewed_before_they_expire() {
+    let env = Env::start().await;
+    env.fakes.set_lifetime(Endpoint::Podero, Duration::from_secs(6));
+    podero_credentials(&env).await;
+    env.create(podero(&env, "short", "short-token")).await;
+    let mut current = env.wait_token("short-token", None).await;
+    let mut seen = vec![current.clone()];
+    let started = tokio::time::Instant::now();
+    // Watch for 14 seconds: the Secret must never hold an expired token.
+    while started.elapsed() < Duration::from_secs(14) {
+        let data = env.secret_data("short-token").await.unwrap_or_default();
+        let token = data.get("token").cloned().unwrap_or_default();
+        assert!(
+            env.fakes.is_valid(&token),
+            "the Secret held an expired or unknown token after {:?}",
+            started.elapsed()
+        );
+        if token != current {
+            current = token.clone();
+            seen.push(token);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let calls = env.fakes.calls(Endpoint::Podero);
+    // A 6s token renews when about a third of it is left: every ~4s, so 4 or 5 tokens in ~14s.
+    assert!((4..=6).contains(&calls), "{calls} calls to the provider in 14s");
+    assert_eq!(seen.len(), calls, "every token fetched reached the Secret");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_and_unrelated_edits_fetch_nothing() {
+    let mut env = Env::start().await;
+    podero_credentials(&env).await;
+    env.create(podero(&env, "stable", "stable-token")).await;
+    let token = env.wait_token("stable-token", None).await;
+    env.wait_ready("stable", "True", "TokenValid").await;
+    let sim_writes = env.sim.as_ref().map(|s| s.faults().count("patch", "secrets"));
+
+    env.restart_operator().await;
+    let p = json!({"metadata": {"labels": {"team": "energy"}, "annotations": {"note": "unrelated"}}});
+    env.sources().patch("stable", &PatchParams::default(), &Patch::Merge(&p)).await.unwrap_or_else(|e| panic!("{e}"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 1, "a restart or a metadata edit fetched a token");
+    assert_eq!(env.secret_data("stable-token").await.and_then(|d| d.get("token").cloned()), Some(token.clone()));
+    if let (Some(sim), Some(before)) = (&env.sim, sim_writes) {
+        assert_eq!(sim.faults().count("patch", "secrets"), before, "the Secret was rewritten without a new token");
+    }
+
+    // The restarted operator is alive: a spec change fetches at once.
+    let p = json!({"spec": {"oauth2": {"scopes": ["read"]}}});
+    env.sources().patch("stable", &PatchParams::default(), &Patch::Merge(&p)).await.unwrap_or_else(|e| panic!("{e}"));
+    env.wait_token("stable-token", Some(&token)).await;
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 2);
+    let status = env.source("stable").await.status.unwrap_or_default();
+    assert_eq!(status.observed_generation, Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_credentials_fetch_a_new_token_within_seconds() {
+    let env = Env::start().await;
+    podero_credentials(&env).await;
+    env.create(podero(&env, "rotate", "rotate-token")).await;
+    let first = env.wait_token("rotate-token", None).await;
+    let rotated = FakeClient { id: "podero-client".into(), secret: "rotated-secret-0002".into() };
+    env.fakes.set_podero_client(rotated.clone());
+    let started = std::time::Instant::now();
+    env.put_secret("podero-credentials", &[("client_id", &rotated.id), ("client_secret", &rotated.secret)]).await;
+    let second = env.wait_token("rotate-token", Some(&first)).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "rotation took {:?}", started.elapsed());
+    assert!(env.fakes.is_valid(&second));
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 2);
+    env.assert_nothing_leaks(&[&rotated.secret, "podero-secret-0001"], &["rotate-token"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_credentials_explain_themselves_without_leaking() {
+    let env = Env::start().await;
+    env.put_secret("podero-credentials", &[("client_id", "podero-client"), ("client_secret", "wrong-secret-9999")])
+        .await;
+    env.create(podero(&env, "denied", "denied-token")).await;
+    let message = env.wait_ready("denied", "False", "ProviderRejected").await;
+    assert!(message.contains("401") && message.contains("invalid_client"), "{message}");
+    assert!(env.secret_data("denied-token").await.is_none(), "no Secret without a token");
+    let status = env.source("denied").await.status.unwrap_or_default();
+    assert!(status.failures >= 1);
+    assert_eq!(status.last_failure.map(|f| f.reason), Some("ProviderRejected".into()));
+    let events = eventually("a Warning event", WAIT, || async {
+        let ev = env.events("denied").await;
+        ev.iter().any(|(t, r, _)| t == "Warning" && r == "ProviderRejected").then_some(ev)
+    })
+    .await;
+    assert!(events.iter().any(|(_, _, m)| m.contains("invalid_client")), "{events:?}");
+    // Rejected credentials back off slowly: no hammering.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 1);
+    env.assert_nothing_leaks(&["wrong-secret-9999"], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outages_keep_a_valid_token_ready_and_retry() {
+    let env = Env::start().await;
+    env.fakes.set_lifetime(Endpoint::Podero, Duration::from_secs(12));
+    podero_credentials(&env).await;
+    env.create(podero(&env, "outage", "outage-token")).await;
+    let first = env.wait_token("outage-token", None).await;
+    env.wait_ready("outage", "True", "TokenValid").await;
+    // The next two renewals fail: 503, then 400 invalid_scope.
+    env.fakes.fail_next(Endpoint::Podero, 1, 503, json!({"message": "maintenance"}), None);
+    env.fakes.fail_next(
+        Endpoint::Podero,
+        1,
+        400,
+        json!({"error": "invalid_scope", "error_description": "scope not allowed"}),
+        None,
+    );
+    let degraded = eventually("the failed renewal to show", WAIT, || async {
+        let st = env.source("outage").await.status?;
+        let d = st.conditions.iter().find(|c| c.type_ == "Degraded" && c.status == "True")?.clone();
+        let ready = st.conditions.iter().find(|c| c.type_ == "Ready")?.status.clone();
+        Some((d, ready, st.last_failure?))
+    })
+    .await;
+    assert_eq!(degraded.1, "True", "a valid token keeps Ready true during an outage");
+    assert_eq!(degraded.2.reason, "ProviderUnavailable");
+    assert!(degraded.2.message.contains("503") && degraded.2.message.contains("maintenance"), "{:?}", degraded.2);
+    assert_eq!(
+        env.secret_data("outage-token").await.and_then(|d| d.get("token").cloned()),
+        Some(first.clone()),
+        "the Secret is untouched"
+    );
+    // The retries go on and reach a new token before the old one expires.
+    let second = env.wait_token("outage-token", Some(&first)).await;
+    assert!(env.fakes.is_valid(&second));
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 4);
+    let rejected = env.fakes.rejections();
+    assert!(rejected.is_empty(), "{rejected:?}");
+    let ev = env.events("outage").await;
+    assert!(
+        ev.iter().any(|(t, r, m)| t == "Warning" && r == "ProviderRejected" && m.contains("invalid_scope")),
+        "{ev:?}"
+    );
+    eventually("the failures to clear after the renewal", WAIT, || async {
+        let st = env.source("outage").await.status?;
+        let degraded = st.conditions.iter().any(|c| c.type_ == "Degraded" && c.status == "True");
+        (st.failures == 0 && st.last_failure.is_none() && !degraded).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_policies() {
+    let env = Env::start().await;
+    podero_credentials(&env).await;
+    env.create(podero(&env, "gone", "gone-token")).await;
+    let mut retained = podero(&env, "kept", "kept-token");
+    retained["spec"]["target"]["deletionPolicy"] = json!("Retain");
+    env.create(retained).await;
+    env.wait_token("gone-token", None).await;
+    let kept = env.wait_token("kept-token", None).await;
+    env.sources().delete("gone", &DeleteParams::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    env.sources().delete("kept", &DeleteParams::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    eventually("the owned Secret to be garbage-collected", WAIT, || async {
+        env.secret_data("gone-token").await.is_none().then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.secret_data("kept-token").await.and_then(|d| d.get("token").cloned()), Some(kept));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_input_is_reported_without_provider_calls() {
+    let env = Env::start().await;
+    // Caught by the CRD schema at apply time.
+    let mut no_target = podero(&env, "schema", "x");
+    no_target["spec"].as_object_mut().map(|s| s.remove("target"));
+    no_target["apiVersion"] = json!("tokensource.dev/v1alpha1");
+    no_target["kind"] = json!("TokenSource");
+    let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
+        env.client.clone(),
+        &env.ns,
+        &kube::api::ApiResource::erase::<tokensource_operator::crd::TokenSource>(&()),
+    );
+    let obj: kube::api::DynamicObject = serde_json::from_value(no_target).unwrap_or_else(|e| panic!("{e}"));
+    let err = api
+        .create(&PostParams::default(), &obj)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a TokenSource without target was accepted"));
+    assert!(matches!(&err, kube::Error::Api(s) if s.code == 422 && s.message.contains("spec.target")), "{err}");
+    let mut both = podero(&env, "both", "x");
+    both["spec"]["http"] = json!({"url": "https://example.com/token"});
+    both["apiVersion"] = json!("tokensource.dev/v1alpha1");
+    both["kind"] = json!("TokenSource");
+    let obj: kube::api::DynamicObject = serde_json::from_value(both).unwrap_or_else(|e| panic!("{e}"));
+    let err = api
+        .create(&PostParams::default(), &obj)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("oauth2 and http together were accepted"));
+    assert!(matches!(&err, kube::Error::Api(s) if s.code == 422), "{err}");
+
+    // Caught by the operator: a missing Secret, a missing key, a bad JSONPath.
+    env.create(podero(&env, "nocreds", "nocreds-token")).await;
+    let m = env.wait_ready("nocreds", "False", "CredentialsNotFound").await;
+    assert!(m.contains("podero-credentials") && m.contains("not found"), "{m}");
+    env.put_secret("podero-credentials", &[("client_id", "podero-client")]).await;
+    eventually("the missing key to be reported", WAIT, || async {
+        let (_, reason, m) = env.ready("nocreds").await?;
+        (reason == "CredentialsNotFound" && m.contains("has no key \"client_secret\"")).then_some(())
+    })
+    .await;
+    let mut bad_path = podero(&env, "badpath", "badpath-token");
+    bad_path["spec"]["response"] = json!({"tokenPath": "$[oops"});
+    env.create(bad_path).await;
+    let m = env.wait_ready("badpath", "False", "InvalidSpec").await;
+    assert!(m.contains("tokenPath"), "{m}");
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 0);
+
+    // Fixing the Secret fetches at once.
+    podero_credentials(&env).await;
+    env.wait_token("nocreds-token", None).await;
+    env.wait_ready("nocreds", "True", "TokenValid").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_the_operator_did_not_create_is_left_alone() {
+    let env = Env::start().await;
+    podero_credentials(&env).await;
+    env.put_secret("precious", &[("token", "hand-made")]).await;
+    env.create(podero(&env, "grabby", "precious")).await;
+    let m = env.wait_ready("grabby", "False", "SecretConflict").await;
+    assert!(m.contains("precious"), "{m}");
+    assert_eq!(env.secret_data("precious").await.and_then(|d| d.get("token").cloned()), Some("hand-made".into()));
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interswitch_expiry_comes_from_the_jwt() {
+    let env = Env::start().await;
+    let c = env.fakes.config().interswitch;
+    env.put_secret("interswitch-credentials", &[("client_id", &c.id), ("secret_key", &c.secret)]).await;
+    env.create(json!({
+        "metadata": {"name": "interswitch"},
+        "spec": {
+            "oauth2": {
+                "tokenUrl": env.fakes.endpoint_url(Endpoint::Interswitch),
+                "clientId": {"secretKeyRef": {"name": "interswitch-credentials", "key": "client_id"}},
+                "clientSecret": {"secretKeyRef": {"name": "interswitch-credentials", "key": "secret_key"}}
+            },
+            "response": {"fields": {"merchant_code": "$.merchant_code", "requestor_id": "$.requestor_id"}},
+            "target": {"secretName": "interswitch-token"}
+        }
+    }))
+    .await;
+    let token = env.wait_token("interswitch-token", None).await;
+    assert!(env.fakes.is_valid(&token));
+    let data = env.secret_data("interswitch-token").await.unwrap_or_default();
+    assert_eq!(data.get("merchant_code").map(String::as_str), Some("MX6072"));
+    assert_eq!(data.get("requestor_id").map(String::as_str), Some("12345678901"));
+    let exp = tokensource_operator::response::jwt_exp(&token).unwrap_or_else(|| panic!("fake issued no JWT"));
+    assert_eq!(data.get("expires_at").cloned(), Some(exp.to_string()));
+    env.wait_ready("interswitch", "True", "TokenValid").await;
+
+    // The same endpoint refuses JSON: a misconfigured requestFormat is reported, not hidden.
+    env.create(json!({
+        "metadata": {"name": "interswitch-json"},
+        "spec": {
+            "oauth2": {
+                "tokenUrl": env.fakes.endpoint_url(Endpoint::Interswitch),
+                "clientId": {"secretKeyRef": {"name": "interswitch-credentials", "key": "client_id"}},
+                "clientSecret": {"secretKeyRef": {"name": "interswitch-credentials", "key": "secret_key"}},
+                "requestFormat": "json"
+            },
+            "target": {"secretName": "interswitch-json-token"}
+        }
+    }))
+    .await;
+    let m = env.wait_ready("interswitch-json", "False", "ProviderRejected").await;
+    assert!(m.contains("400") && m.contains("invalid_request"), "{m}");
+}
