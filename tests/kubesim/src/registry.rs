@@ -153,6 +153,10 @@ pub fn builtins() -> Vec<ResourceDef> {
         builtin("", "v1", "events", "Event", true, &["ev"], false),
         new_events,
         builtin("coordination.k8s.io", "v1", "leases", "Lease", true, &[], false),
+        builtin("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", false, &[], false),
+        builtin("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", false, &[], false),
+        builtin("rbac.authorization.k8s.io", "v1", "roles", "Role", true, &[], false),
+        builtin("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", true, &[], false),
         deployments,
         crds,
     ]

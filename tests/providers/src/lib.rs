@@ -10,6 +10,8 @@
 //! Tests read what happened through the handle: calls per endpoint, tokens issued, and why the
 //! last request was rejected; and they can make the next answers fail.
 
+pub mod examples;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};

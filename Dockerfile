@@ -1,0 +1,19 @@
+# syntax=docker/dockerfile:1
+# Build: a static musl binary, so the runtime image needs no libc.
+FROM rust:1.95-alpine AS build
+RUN apk add --no-cache musl-dev
+WORKDIR /src
+COPY Cargo.toml Cargo.lock rustfmt.toml ./
+COPY src ./src
+COPY crds ./crds
+COPY tests ./tests
+RUN cargo build --release --locked --bin tokensource-operator \
+    && strip target/release/tokensource-operator
+
+# Run: distroless static (CA certificates, /etc/passwd with nonroot), as a non-root user.
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /src/target/release/tokensource-operator /usr/local/bin/tokensource-operator
+USER 65532:65532
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/tokensource-operator"]
+CMD ["run"]

@@ -1,0 +1,184 @@
+//! End to end: every flow in `deploy/examples/` (Podero, Interswitch, Imburse HMAC, the Imburse
+//! chain) against the strict fakes, plus chains, templates and the Imburse fake's own strictness.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::Env;
+use fake_providers::{Endpoint, examples};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use serde_json::{Value, json};
+
+/// Applies example files (retargeted at the fakes) into the test namespace.
+async fn apply_examples(env: &Env, files: &[&str]) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/examples");
+    for file in files {
+        for doc in examples::load(&dir.join(file), &env.fakes).unwrap_or_else(|e| panic!("{e}")) {
+            apply(env, doc).await;
+        }
+    }
+}
+
+async fn apply(env: &Env, doc: Value) {
+    let api_version = doc["apiVersion"].as_str().unwrap_or_default().to_string();
+    let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+    let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, &kind), &format!("{}s", kind.to_lowercase()));
+    let api: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), &env.ns, &ar);
+    let name = doc["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    api.patch(&name, &PatchParams::apply("e2e").force(), &Patch::Apply(&doc)).await.unwrap_or_else(|e| panic!("applying {kind} {name}: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_example_flow_gets_a_valid_token() {
+    let env = Env::start().await;
+    apply_examples(&env, examples::FILES).await;
+    let targets = [
+        ("podero", "podero-token", Endpoint::Podero),
+        ("interswitch", "interswitch-token", Endpoint::Interswitch),
+        ("imburse-management", "imburse-management-token", Endpoint::ImburseManagement),
+        ("imburse-payout-hmac", "imburse-payout-hmac-token", Endpoint::ImbursePayoutHmac),
+        ("imburse-payout", "imburse-payout-token", Endpoint::ImbursePayout),
+    ];
+    for (source, secret, endpoint) in targets {
+        let token = env.wait_token(secret, None).await;
+        assert!(env.fakes.is_valid(&token), "{secret} holds a token {endpoint:?} issued");
+        env.wait_ready(source, "True", "TokenValid").await;
+    }
+    assert_eq!(env.fakes.rejections(), vec![], "every request passed the fakes' checks");
+    // Podero's template and Imburse's millisecond string expiry.
+    let podero = env.secret_data("podero-token").await.unwrap_or_default();
+    assert_eq!(podero.get("authorization"), Some(&format!("Bearer {}", podero["token"])));
+    let mgmt = env.secret_data("imburse-management-token").await.unwrap_or_default();
+    let expires: jiff::Timestamp = mgmt.get("expires_at").and_then(|e| e.parse().ok()).unwrap_or_else(|| panic!("{mgmt:?}"));
+    let left = expires.duration_since(jiff::Timestamp::now()).as_secs();
+    assert!((3500..=3600).contains(&left), "Imburse expiry read from milliseconds: {left}s left");
+    // The payout request carried the body from the example, with the value from the Secret.
+    assert_eq!(env.fakes.payout_bodies(), vec![json!({"customerRef": "my-customer-ref", "orderRef": "1", "instructionRef": "1"})]);
+    let tenant = env.fakes.config();
+    let tokens: Vec<String> = futures::future::join_all(targets.iter().map(|(_, s, _)| env.secret_data(s)))
+        .await
+        .into_iter()
+        .filter_map(|d| d.and_then(|d| d.get("token").cloned()))
+        .collect();
+    let mut needles: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    needles.extend([tenant.imburse_private_b64.as_str(), tenant.podero.secret.as_str(), tenant.interswitch.secret.as_str()]);
+    env.assert_nothing_leaks(&needles, &targets.map(|t| t.1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chain_survives_upstream_refreshes_and_reports_its_loss() {
+    let env = Env::start().await;
+    env.fakes.set_lifetime(Endpoint::ImburseManagement, Duration::from_secs(6));
+    env.fakes.set_lifetime(Endpoint::ImbursePayout, Duration::from_secs(120));
+    // The payout source first: it waits, calling nothing, until its upstream exists.
+    apply_examples(&env, &["imburse-tenant-key.yaml", "imburse-payout-from-management.yaml"]).await;
+    let m = env.wait_ready("imburse-payout", "False", "WaitingForUpstream").await;
+    assert!(m.contains("imburse-management") && m.contains("not found"), "{m}");
+    assert_eq!(env.fakes.calls(Endpoint::ImbursePayout), 0);
+
+    apply_examples(&env, &["imburse-management.yaml"]).await;
+    let payout = env.wait_token("imburse-payout-token", None).await;
+    let first_mgmt = env.wait_token("imburse-management-token", None).await;
+    // The management token renews (6s lifetime); the payout token keeps working untouched.
+    let second_mgmt = env.wait_token("imburse-management-token", Some(&first_mgmt)).await;
+    env.wait_token("imburse-management-token", Some(&second_mgmt)).await;
+    assert_eq!(env.secret_data("imburse-payout-token").await.and_then(|d| d.get("token").cloned()), Some(payout.clone()));
+    assert_eq!(env.fakes.calls(Endpoint::ImbursePayout), 1);
+    assert!(env.fakes.is_valid(&payout));
+    env.wait_ready("imburse-payout", "True", "TokenValid").await;
+
+    // Deleting the management source turns the payout source not-Ready; its Secret stays.
+    env.sources().delete("imburse-management", &DeleteParams::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    let m = env.wait_ready("imburse-payout", "False", "WaitingForUpstream").await;
+    assert!(m.contains("not found"), "{m}");
+    assert_eq!(env.secret_data("imburse-payout-token").await.and_then(|d| d.get("token").cloned()), Some(payout));
+    assert_eq!(env.fakes.rejections(), vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chains_that_loop_are_invalid() {
+    let env = Env::start().await;
+    let chained = |name: &str, upstream: &str| {
+        json!({
+            "metadata": {"name": name},
+            "spec": {
+                "http": {"url": env.fakes.endpoint_url(Endpoint::ImbursePayout), "auth": {"bearer": {"tokenSourceRef": {"name": upstream}}}},
+                "target": {"secretName": format!("{name}-token")}
+            }
+        })
+    };
+    env.create(chained("a", "b")).await;
+    env.create(chained("b", "a")).await;
+    env.create(chained("self", "self")).await;
+    for name in ["a", "b", "self"] {
+        let m = env.wait_ready(name, "False", "InvalidSpec").await;
+        assert!(m.contains("loops") || m.contains("itself"), "{m}");
+    }
+    assert_eq!(env.fakes.calls(Endpoint::ImbursePayout), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_shape_the_secret_and_template_errors_write_nothing() {
+    let env = Env::start().await;
+    common::podero_credentials(&env).await;
+    let mut docker = common::podero(&env, "registry", "registry-pull");
+    docker["spec"]["target"]["type"] = json!("kubernetes.io/dockerconfigjson");
+    docker["spec"]["target"]["templates"] = json!({
+        ".dockerconfigjson": "{\"auths\":{\"registry.example.com\":{\"auth\":\"{{ ('oauth2accesstoken:' ~ token) | b64encode }}\"}}}",
+        "settings.ini": "[api]\ntoken = {{ token }}\nexpires = {{ expires_at }}\n"
+    });
+    env.create(docker).await;
+    let token = env.wait_token("registry-pull", None).await;
+    let secret = env.secrets().get("registry-pull").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/dockerconfigjson"));
+    let data = env.secret_data("registry-pull").await.unwrap_or_default();
+    let cfg: Value = serde_json::from_str(&data[".dockerconfigjson"]).unwrap_or_else(|e| panic!("not JSON: {e}"));
+    let auth = cfg["auths"]["registry.example.com"]["auth"].as_str().unwrap_or_default();
+    let decoded = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, auth).unwrap_or_default();
+    assert_eq!(String::from_utf8_lossy(&decoded), format!("oauth2accesstoken:{token}"));
+    assert!(data["settings.ini"].contains(&format!("token = {token}")));
+
+    let mut broken = common::podero(&env, "broken", "broken-token");
+    broken["spec"]["target"]["templates"] = json!({"x": "{{ token | nosuchfilter }}"});
+    env.create(broken).await;
+    let m = env.wait_ready("broken", "False", "InvalidSpec").await;
+    assert!(m.contains("target.templates.x"), "{m}");
+    let mut undefined = common::podero(&env, "undefined", "undefined-token");
+    undefined["spec"]["target"]["templates"] = json!({"x": "{{ response.nope.deeper }}"});
+    env.create(undefined).await;
+    let m = env.wait_ready("undefined", "False", "InvalidSpec").await;
+    assert!(m.contains("target.templates.x"), "{m}");
+    assert!(env.secret_data("broken-token").await.is_none() && env.secret_data("undefined-token").await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_imburse_fake_rejects_replays_stale_clocks_and_bad_signatures() {
+    use tokensource_operator::crd::KeyEncoding;
+    use tokensource_operator::providers::hmac::ImburseKey;
+    let fakes = fake_providers::Fakes::start(Default::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    let config = fakes.config();
+    let key = ImburseKey::new(config.imburse_public.clone(), &config.imburse_private_b64, KeyEncoding::Base64).unwrap_or_else(|e| panic!("{e}"));
+    let http = reqwest::Client::new();
+    tokensource_operator::transport::install_crypto_provider();
+    let url = fakes.endpoint_url(Endpoint::ImburseManagement);
+    let send = |auth: String| {
+        let http = http.clone();
+        let url = url.clone();
+        async move { http.post(url).header("Authorization", auth).send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    };
+    let now = jiff::Timestamp::now().as_second();
+    assert_eq!(send(key.authorization("nonce-1", now, b"")).await, 200);
+    assert_eq!(send(key.authorization("nonce-1", now, b"")).await, 401, "a replayed nonce");
+    assert_eq!(send(key.authorization("nonce-2", now - 301, b"")).await, 401, "a timestamp over five minutes old");
+    assert_eq!(send(key.authorization("nonce-3", now, b"{}")).await, 401, "signed over a body that was not sent");
+    let other = ImburseKey::new(config.imburse_public.clone(), "b3RoZXIta2V5", KeyEncoding::Base64).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(send(other.authorization("nonce-4", now, b"")).await, 401, "signed with another key");
+    let reasons: Vec<String> = fakes.rejections().into_iter().map(|(_, r)| r).collect();
+    assert_eq!(reasons, vec!["nonce reused", "request timestamp is more than five minutes off", "signature does not match", "signature does not match"]);
+    // A payout request needs a currently valid management token.
+    let payout = http.post(fakes.endpoint_url(Endpoint::ImbursePayout)).header("Authorization", "Bearer forged").json(&json!({"customerRef": "c", "orderRef": "1", "instructionRef": "1"})).send().await;
+    assert_eq!(payout.map(|r| r.status().as_u16()).unwrap_or(0), 401);
+}
