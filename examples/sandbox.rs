@@ -43,7 +43,9 @@ struct Args {
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
-    schedule::parse_duration(s).map_err(|e| e.to_string()).and_then(|d| Duration::try_from(d).map_err(|e| e.to_string()))
+    schedule::parse_duration(s)
+        .map_err(|e| e.to_string())
+        .and_then(|d| Duration::try_from(d).map_err(|e| e.to_string()))
 }
 
 fn now() -> String {
@@ -52,24 +54,33 @@ fn now() -> String {
 
 fn short(token: &str) -> String {
     let n = token.chars().count();
-    if n <= 12 { token.to_string() } else { format!("{}…{}", token.chars().take(6).collect::<String>(), token.chars().skip(n - 4).collect::<String>()) }
+    if n <= 12 {
+        token.to_string()
+    } else {
+        format!("{}…{}", token.chars().take(6).collect::<String>(), token.chars().skip(n - 4).collect::<String>())
+    }
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     telemetry::init(&args.log_level, telemetry::LogFormat::Text);
-    let kubeconfig = args.kubeconfig.clone().unwrap_or_else(|| std::env::temp_dir().join("tokensource-sandbox.kubeconfig"));
-    let sim = kubesim::KubeSim::start_with(kubesim::Options { kubeconfig: Some(kubeconfig.clone()), ..Default::default() }).await?;
+    let kubeconfig =
+        args.kubeconfig.clone().unwrap_or_else(|| std::env::temp_dir().join("tokensource-sandbox.kubeconfig"));
+    let sim =
+        kubesim::KubeSim::start_with(kubesim::Options { kubeconfig: Some(kubeconfig.clone()), ..Default::default() })
+            .await?;
     let client = sim.client();
     let fakes = Fakes::start(FakeConfig { lifetime: args.lifetime, ..Default::default() }).await?;
 
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch("tokensources.tokensource.dev", &PatchParams::apply("sandbox"), &Patch::Apply(TokenSource::crd())).await?;
+    crds.patch("tokensources.tokensource.dev", &PatchParams::apply("sandbox"), &Patch::Apply(TokenSource::crd()))
+        .await?;
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/examples");
     for file in examples::FILES {
         for doc in examples::load(&dir.join(file), &fakes)? {
-            let (api_version, kind) = (doc["apiVersion"].as_str().unwrap_or_default(), doc["kind"].as_str().unwrap_or_default());
+            let (api_version, kind) =
+                (doc["apiVersion"].as_str().unwrap_or_default(), doc["kind"].as_str().unwrap_or_default());
             let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
             let plural = format!("{}s", kind.to_lowercase());
             let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), &plural);
@@ -81,9 +92,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let config = Config { allow_http: true, propagation_margin: Duration::from_secs(5), ..Default::default() };
-    let operator = tokio::spawn(controller::run(client.clone(), config, Arc::new(Metrics::default()), Arc::new(Health::default()), async {
-        let _ = stop_rx.await;
-    }));
+    let operator = tokio::spawn(controller::run(
+        client.clone(),
+        config,
+        Arc::new(Metrics::default()),
+        Arc::new(Health::default()),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
 
     println!("tokensource-operator sandbox");
     println!("  Kubernetes API (kubesim): {}", sim.url());

@@ -25,10 +25,15 @@ async fn apply(env: &Env, doc: Value) {
     let api_version = doc["apiVersion"].as_str().unwrap_or_default().to_string();
     let kind = doc["kind"].as_str().unwrap_or_default().to_string();
     let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
-    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, &kind), &format!("{}s", kind.to_lowercase()));
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(group, version, &kind),
+        &format!("{}s", kind.to_lowercase()),
+    );
     let api: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), &env.ns, &ar);
     let name = doc["metadata"]["name"].as_str().unwrap_or_default().to_string();
-    api.patch(&name, &PatchParams::apply("e2e").force(), &Patch::Apply(&doc)).await.unwrap_or_else(|e| panic!("applying {kind} {name}: {e}"));
+    api.patch(&name, &PatchParams::apply("e2e").force(), &Patch::Apply(&doc))
+        .await
+        .unwrap_or_else(|e| panic!("applying {kind} {name}: {e}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,11 +57,15 @@ async fn every_example_flow_gets_a_valid_token() {
     let podero = env.secret_data("podero-token").await.unwrap_or_default();
     assert_eq!(podero.get("authorization"), Some(&format!("Bearer {}", podero["token"])));
     let mgmt = env.secret_data("imburse-management-token").await.unwrap_or_default();
-    let expires: jiff::Timestamp = mgmt.get("expires_at").and_then(|e| e.parse().ok()).unwrap_or_else(|| panic!("{mgmt:?}"));
+    let expires: jiff::Timestamp =
+        mgmt.get("expires_at").and_then(|e| e.parse().ok()).unwrap_or_else(|| panic!("{mgmt:?}"));
     let left = expires.duration_since(jiff::Timestamp::now()).as_secs();
     assert!((3500..=3600).contains(&left), "Imburse expiry read from milliseconds: {left}s left");
     // The payout request carried the body from the example, with the value from the Secret.
-    assert_eq!(env.fakes.payout_bodies(), vec![json!({"customerRef": "my-customer-ref", "orderRef": "1", "instructionRef": "1"})]);
+    assert_eq!(
+        env.fakes.payout_bodies(),
+        vec![json!({"customerRef": "my-customer-ref", "orderRef": "1", "instructionRef": "1"})]
+    );
     let tenant = env.fakes.config();
     let tokens: Vec<String> = futures::future::join_all(targets.iter().map(|(_, s, _)| env.secret_data(s)))
         .await
@@ -64,7 +73,11 @@ async fn every_example_flow_gets_a_valid_token() {
         .filter_map(|d| d.and_then(|d| d.get("token").cloned()))
         .collect();
     let mut needles: Vec<&str> = tokens.iter().map(String::as_str).collect();
-    needles.extend([tenant.imburse_private_b64.as_str(), tenant.podero.secret.as_str(), tenant.interswitch.secret.as_str()]);
+    needles.extend([
+        tenant.imburse_private_b64.as_str(),
+        tenant.podero.secret.as_str(),
+        tenant.interswitch.secret.as_str(),
+    ]);
     env.assert_nothing_leaks(&needles, &targets.map(|t| t.1)).await;
 }
 
@@ -85,7 +98,10 @@ async fn the_chain_survives_upstream_refreshes_and_reports_its_loss() {
     // The management token renews (6s lifetime); the payout token keeps working untouched.
     let second_mgmt = env.wait_token("imburse-management-token", Some(&first_mgmt)).await;
     env.wait_token("imburse-management-token", Some(&second_mgmt)).await;
-    assert_eq!(env.secret_data("imburse-payout-token").await.and_then(|d| d.get("token").cloned()), Some(payout.clone()));
+    assert_eq!(
+        env.secret_data("imburse-payout-token").await.and_then(|d| d.get("token").cloned()),
+        Some(payout.clone())
+    );
     assert_eq!(env.fakes.calls(Endpoint::ImbursePayout), 1);
     assert!(env.fakes.is_valid(&payout));
     env.wait_ready("imburse-payout", "True", "TokenValid").await;
@@ -160,7 +176,8 @@ async fn the_imburse_fake_rejects_replays_stale_clocks_and_bad_signatures() {
     use tokensource_operator::providers::hmac::ImburseKey;
     let fakes = fake_providers::Fakes::start(Default::default()).await.unwrap_or_else(|e| panic!("{e}"));
     let config = fakes.config();
-    let key = ImburseKey::new(config.imburse_public.clone(), &config.imburse_private_b64, KeyEncoding::Base64).unwrap_or_else(|e| panic!("{e}"));
+    let key = ImburseKey::new(config.imburse_public.clone(), &config.imburse_private_b64, KeyEncoding::Base64)
+        .unwrap_or_else(|e| panic!("{e}"));
     let http = reqwest::Client::new();
     tokensource_operator::transport::install_crypto_provider();
     let url = fakes.endpoint_url(Endpoint::ImburseManagement);
@@ -174,11 +191,25 @@ async fn the_imburse_fake_rejects_replays_stale_clocks_and_bad_signatures() {
     assert_eq!(send(key.authorization("nonce-1", now, b"")).await, 401, "a replayed nonce");
     assert_eq!(send(key.authorization("nonce-2", now - 301, b"")).await, 401, "a timestamp over five minutes old");
     assert_eq!(send(key.authorization("nonce-3", now, b"{}")).await, 401, "signed over a body that was not sent");
-    let other = ImburseKey::new(config.imburse_public.clone(), "b3RoZXIta2V5", KeyEncoding::Base64).unwrap_or_else(|e| panic!("{e}"));
+    let other = ImburseKey::new(config.imburse_public.clone(), "b3RoZXIta2V5", KeyEncoding::Base64)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(send(other.authorization("nonce-4", now, b"")).await, 401, "signed with another key");
     let reasons: Vec<String> = fakes.rejections().into_iter().map(|(_, r)| r).collect();
-    assert_eq!(reasons, vec!["nonce reused", "request timestamp is more than five minutes off", "signature does not match", "signature does not match"]);
+    assert_eq!(
+        reasons,
+        vec![
+            "nonce reused",
+            "request timestamp is more than five minutes off",
+            "signature does not match",
+            "signature does not match"
+        ]
+    );
     // A payout request needs a currently valid management token.
-    let payout = http.post(fakes.endpoint_url(Endpoint::ImbursePayout)).header("Authorization", "Bearer forged").json(&json!({"customerRef": "c", "orderRef": "1", "instructionRef": "1"})).send().await;
+    let payout = http
+        .post(fakes.endpoint_url(Endpoint::ImbursePayout))
+        .header("Authorization", "Bearer forged")
+        .json(&json!({"customerRef": "c", "orderRef": "1", "instructionRef": "1"}))
+        .send()
+        .await;
     assert_eq!(payout.map(|r| r.status().as_u16()).unwrap_or(0), 401);
 }
