@@ -33,7 +33,7 @@ pub const GROUP: &str = "tokensource.dev";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("oneOf" = [{"required": ["oauth2"]}, {"required": ["http"]}]))]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "has(self.oauth2) != has(self.http)", "message": "set exactly one of oauth2 and http"}]))]
 pub struct TokenSourceSpec {
     /// An OAuth 2.0 client-credentials token request (RFC 6749 section 4.4). Set exactly one of
     /// `oauth2` and `http`.
@@ -63,7 +63,7 @@ pub struct TokenSourceSpec {
 /// exactly one of `value` and `secretKeyRef`.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("oneOf" = [{"required": ["value"]}, {"required": ["secretKeyRef"]}]))]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "has(self.value) != has(self.secretKeyRef)", "message": "set exactly one of value and secretKeyRef"}]))]
 pub struct ValueSource {
     /// The value itself. Use it for identifiers that are not secret; keep secrets in a Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -187,7 +187,7 @@ pub enum HttpMethod {
 /// use `{{ name }}` placeholders, filled from `values`.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("not" = {"anyOf": [{"required": ["raw", "json"]}, {"required": ["raw", "form"]}, {"required": ["json", "form"]}]}))]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "(has(self.raw) ? 1 : 0) + (has(self.json) ? 1 : 0) + (has(self.form) ? 1 : 0) <= 1", "message": "set at most one of raw, json and form"}]))]
 pub struct HttpBody {
     /// A body sent as is (after placeholders are filled), with `contentType`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -214,7 +214,7 @@ pub struct HttpBody {
 /// How a generic token request is authenticated. Set at most one of `basic`, `hmac` and `bearer`.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("not" = {"anyOf": [{"required": ["basic", "hmac"]}, {"required": ["basic", "bearer"]}, {"required": ["hmac", "bearer"]}]}))]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "(has(self.basic) ? 1 : 0) + (has(self.hmac) ? 1 : 0) + (has(self.bearer) ? 1 : 0) <= 1", "message": "set at most one of basic, hmac and bearer"}]))]
 pub struct HttpAuth {
     /// HTTP Basic authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -339,7 +339,7 @@ pub enum ExpiryFormat {
 /// When a token is renewed. Set at most one of `renewBefore` and `renewBeforePercentage`.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("not" = {"required": ["renewBefore", "renewBeforePercentage"]}))]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "!(has(self.renewBefore) && has(self.renewBeforePercentage))", "message": "set at most one of renewBefore and renewBeforePercentage"}]))]
 pub struct RefreshSpec {
     /// How long before expiry to renew, as a duration such as `10m` or `1h30m`. Default: when a
     /// third of the token's lifetime is left.

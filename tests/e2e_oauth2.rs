@@ -252,7 +252,24 @@ async fn invalid_input_is_reported_without_provider_calls() {
         .await
         .err()
         .unwrap_or_else(|| panic!("oauth2 and http together were accepted"));
-    assert!(matches!(&err, kube::Error::Api(s) if s.code == 422), "{err}");
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 422 && s.message.contains("set exactly one of oauth2 and http")),
+        "{err}"
+    );
+    let mut both_values = podero(&env, "values", "x");
+    both_values["spec"]["oauth2"]["clientId"]["value"] = json!("literal");
+    both_values["apiVersion"] = json!("tokensource.dev/v1alpha1");
+    both_values["kind"] = json!("TokenSource");
+    let obj: kube::api::DynamicObject = serde_json::from_value(both_values).unwrap_or_else(|e| panic!("{e}"));
+    let err = api
+        .create(&PostParams::default(), &obj)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("value and secretKeyRef together were accepted"));
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 422 && s.message.contains("spec.oauth2.clientId") && s.message.contains("set exactly one of value and secretKeyRef")),
+        "{err}"
+    );
 
     // Caught by the operator: a missing Secret, a missing key, a bad JSONPath.
     env.create(podero(&env, "nocreds", "nocreds-token")).await;

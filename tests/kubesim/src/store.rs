@@ -92,6 +92,8 @@ pub struct State {
     pub compacted: u64,
     pub history_limit: usize,
     tx: broadcast::Sender<Arc<WatchEvent>>,
+    /// Evaluates CRDs' `x-kubernetes-validations` (CEL) rules.
+    cel: kube_cel::Validator,
 }
 
 pub fn now() -> String {
@@ -153,6 +155,7 @@ impl State {
             compacted: 0,
             history_limit,
             tx: tx.clone(),
+            cel: kube_cel::Validator::new(),
         };
         for def in registry::builtins() {
             s.defs.insert(def.gr(), def);
@@ -448,7 +451,11 @@ impl State {
             && let Some(schema) = Self::schema_of(ctx)
         {
             let (c, unknown) = schema::process(body, schema);
+            let structural_ok = c.is_empty();
             causes.extend(c);
+            if structural_ok && schema.to_string().contains("x-kubernetes-validations") {
+                causes.extend(self.cel_causes(schema, body, old));
+            }
             match ctx.field_validation.as_deref() {
                 Some("Strict") if !unknown.is_empty() => {
                     let list: Vec<String> =
@@ -484,6 +491,26 @@ impl State {
             return Err(ApiError::invalid(&ctx.def.kind, &ctx.def.group, &name, &causes));
         }
         Ok(warnings)
+    }
+
+    /// Runs the schema's CEL rules, with the stored object as `oldSelf` for transition rules.
+    fn cel_causes(&self, schema: &Value, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
+        match self.cel.validate(schema, obj, old) {
+            Ok(()) => vec![],
+            Err(errors) => errors
+                .iter()
+                .map(|e| {
+                    let field = if e.field_path.is_empty() { "<root>".to_string() } else { e.field_path.clone() };
+                    let reason = match e.reason.as_deref() {
+                        Some("FieldValueRequired") => "FieldValueRequired",
+                        Some("FieldValueForbidden") => "FieldValueForbidden",
+                        Some("FieldValueDuplicate") => "FieldValueDuplicate",
+                        _ => "FieldValueInvalid",
+                    };
+                    Cause::new(reason, field, format!("Invalid value: \"object\": {}", e.message))
+                })
+                .collect(),
+        }
     }
 
     fn prepare_secret(&self, body: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {

@@ -547,3 +547,64 @@ async fn apply_removes_a_struct_whose_fields_are_no_longer_applied() {
     let cm = cms.patch("n", &PatchParams::apply("op"), &Patch::Apply(&fewer)).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cm.metadata.annotations, None, "an emptied map is removed, not left as {{}}");
 }
+
+#[tokio::test]
+async fn cel_validation_rules_are_enforced() {
+    let sim = start().await;
+    let crds: Api<DynamicObject> = Api::all_with(
+        sim.client(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+            "customresourcedefinitions",
+        ),
+    );
+    let crd: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "ranges.example.com"},
+        "spec": {
+            "group": "example.com", "scope": "Namespaced",
+            "names": {"plural": "ranges", "singular": "range", "kind": "Range"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                "type": "object",
+                "properties": {"spec": {
+                    "type": "object",
+                    "x-kubernetes-validations": [
+                        {"rule": "self.min <= self.max", "message": "min must not exceed max"},
+                        {"rule": "self.id == oldSelf.id", "message": "id is immutable"}
+                    ],
+                    "properties": {"min": {"type": "integer"}, "max": {"type": "integer"}, "id": {"type": "string"}}
+                }}
+            }}}]
+        }
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    crds.create(&PostParams::default(), &crd).await.unwrap_or_else(|e| panic!("{e}"));
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("example.com", "v1", "Range"), "ranges");
+    let api: Api<DynamicObject> = Api::namespaced_with(sim.client(), "default", &ar);
+    let range = |min: i64, max: i64, id: &str| -> DynamicObject {
+        serde_json::from_value(json!({"apiVersion": "example.com/v1", "kind": "Range", "metadata": {"name": "r"}, "spec": {"min": min, "max": max, "id": id}}))
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let (code, _, message) = api_error(
+        api.create(&PostParams::default(), &range(5, 1, "a"))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("CEL rule not enforced")),
+    );
+    assert_eq!(code, 422);
+    assert!(message.contains("min must not exceed max") && message.contains("spec"), "{message}");
+    api.create(&PostParams::default(), &range(1, 5, "a")).await.unwrap_or_else(|e| panic!("{e}"));
+    let patch = json!({"spec": {"id": "b"}});
+    let (code, _, message) = api_error(
+        api.patch("r", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("transition rule not enforced")),
+    );
+    assert_eq!(code, 422);
+    assert!(message.contains("id is immutable"), "{message}");
+    api.patch("r", &PatchParams::default(), &Patch::Merge(json!({"spec": {"max": 9}})))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
