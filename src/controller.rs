@@ -172,7 +172,7 @@ impl Context {
                 .get(&key)
                 .and_then(|c| c.data.get(&r.key))
                 .ok_or_else(|| Error::ReadCredentials(format!("Secret {:?} has no key {:?}", r.name, r.key)))?;
-            creds.insert(r.clone(), value.clone());
+            creds.insert(r, value.clone());
         }
         Ok(creds)
     }
@@ -220,6 +220,59 @@ impl Context {
         (stored.owner.as_deref() == Some(upstream.name_any().as_str()) && stored.valid_at(now))
             .then(|| secret::token_of(&s))
             .flatten()
+    }
+
+    /// Adds the spec's client certificate and CA bundle to a request.
+    async fn with_tls(
+        &self,
+        ts: &TokenSource,
+        creds: &Credentials,
+        mut request: providers::Request,
+    ) -> Result<providers::Request, Error> {
+        let Some(spec) = &ts.spec.tls else { return Ok(request) };
+        let source = |r: crate::crd::SecretKeyRef| crate::crd::ValueSource { value: None, secret_key_ref: Some(r) };
+        let mut tls = providers::Tls::default();
+        if let Some((crt, key)) = ts.spec.client_certificate_refs() {
+            let mut pem = creds.bytes(&source(crt), "tls.clientCertificateSecretRef")?;
+            pem.push(b'\n');
+            let key_pem = creds.bytes(&source(key), "tls.clientCertificateSecretRef")?;
+            request.secrets.push(key_pem.clone());
+            pem.extend(key_pem);
+            tls.identity_pem = Some(pem);
+        }
+        if let Some(ca) = &spec.ca_bundle {
+            tls.ca_pem = Some(match (&ca.secret_key_ref, &ca.config_map_key_ref) {
+                (Some(r), None) => creds.bytes(&source(r.clone()), "tls.caBundle")?,
+                (None, Some(r)) => {
+                    let ns = ts.namespace().unwrap_or_default();
+                    let cm = self
+                        .api::<k8s_openapi::api::core::v1::ConfigMap>(&ns)
+                        .get_opt(&r.name)
+                        .await
+                        .map_err(Error::Kube)?
+                        .ok_or_else(|| {
+                            Error::ReadCredentials(format!("tls.caBundle: ConfigMap {:?} not found", r.name))
+                        })?;
+                    cm.data
+                        .and_then(|d| d.get(&r.key).cloned())
+                        .ok_or_else(|| {
+                            Error::ReadCredentials(format!(
+                                "tls.caBundle: ConfigMap {:?} has no key {:?}",
+                                r.name, r.key
+                            ))
+                        })?
+                        .into_bytes()
+                }
+                _ => {
+                    return Err(Error::InvalidSpec(
+                        "tls.caBundle: set exactly one of secretKeyRef and configMapKeyRef".into(),
+                    ));
+                }
+            });
+        }
+        crate::transport::check_tls(&tls).map_err(|e| Error::ReadCredentials(format!("tls: {e}")))?;
+        request.tls = Some(tls);
+        Ok(request)
     }
 
     async fn fetch(
@@ -345,6 +398,10 @@ impl Context {
             (Some(o), _) => providers::oauth2::request(o, &creds, self.config.allow_http),
             (None, Some(h)) => providers::http::request(h, &creds, upstream_token.as_deref(), self.config.allow_http),
             (None, None) => Err(Error::InvalidSpec("set exactly one of spec.oauth2 and spec.http".into())),
+        };
+        let request = match request {
+            Ok(r) => self.with_tls(ts, &creds, r).await,
+            Err(e) => Err(e),
         };
         let request = match request {
             Ok(r) => r,

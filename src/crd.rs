@@ -33,7 +33,10 @@ pub const GROUP: &str = "tokensource.dev";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [{"rule": "has(self.oauth2) != has(self.http)", "message": "set exactly one of oauth2 and http"}]))]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.oauth2) != has(self.http)", "message": "set exactly one of oauth2 and http"},
+    {"rule": "!has(self.oauth2) || !has(self.oauth2.clientAuthentication) || self.oauth2.clientAuthentication != 'tlsClientAuth' || (has(self.tls) && has(self.tls.clientCertificateSecretRef))", "message": "clientAuthentication tlsClientAuth needs tls.clientCertificateSecretRef"}
+]))]
 pub struct TokenSourceSpec {
     /// An OAuth 2.0 client-credentials token request (RFC 6749 section 4.4). Set exactly one of
     /// `oauth2` and `http`.
@@ -54,6 +57,10 @@ pub struct TokenSourceSpec {
     /// When to renew the token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh: Option<RefreshSpec>,
+
+    /// TLS for the token request: a client certificate (mutual TLS) and a CA bundle for private CAs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
 
     /// The Secret the token is written to.
     pub target: TargetSpec,
@@ -89,6 +96,10 @@ pub struct SecretKeyRef {
 /// An OAuth 2.0 client-credentials token request.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "(has(self.clientAuthentication) && self.clientAuthentication in ['privateKeyJwt', 'tlsClientAuth']) || has(self.clientSecret)", "message": "clientSecret is required for basic and body authentication"},
+    {"rule": "!has(self.clientAuthentication) || self.clientAuthentication != 'privateKeyJwt' || has(self.privateKeyJwt)", "message": "clientAuthentication privateKeyJwt needs privateKeyJwt"}
+]))]
 pub struct OAuth2Spec {
     /// The token endpoint, for example `https://app.podero.com/oauth2/token/`.
     #[schemars(length(min = 1), regex(pattern = r"^https?://"))]
@@ -97,14 +108,21 @@ pub struct OAuth2Spec {
     /// The client identifier.
     pub client_id: ValueSource,
 
-    /// The client secret.
-    pub client_secret: ValueSource,
+    /// The client secret, for `basic` and `body` authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<ValueSource>,
 
     /// How the client authenticates: `basic` sends `Authorization: Basic base64(id:secret)`
     /// (RFC 6749 section 2.3.1, the default); `body` sends `client_id` and `client_secret` as
-    /// request parameters.
+    /// request parameters; `privateKeyJwt` sends a signed client assertion (RFC 7523, see
+    /// `privateKeyJwt`); `tlsClientAuth` relies on the client certificate in `spec.tls` (RFC 8705)
+    /// and sends only `client_id`.
     #[serde(default)]
     pub client_authentication: ClientAuthentication,
+
+    /// The key and claims of the client assertion for `clientAuthentication: privateKeyJwt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_jwt: Option<PrivateKeyJwt>,
 
     /// How the request parameters are encoded: `form` (`application/x-www-form-urlencoded`, as
     /// RFC 6749 requires, the default) or `json` (a JSON object, as Podero expects).
@@ -133,6 +151,63 @@ pub enum ClientAuthentication {
     Basic,
     /// `client_id` and `client_secret` in the request body.
     Body,
+    /// A JWT client assertion signed with the client's private key (RFC 7523 section 2.2).
+    PrivateKeyJwt,
+    /// Mutual TLS with the client certificate from `spec.tls` (RFC 8705 section 2).
+    TlsClientAuth,
+}
+
+/// A client assertion (RFC 7523): a short-lived JWT with `iss` and `sub` set to the client id, a
+/// fresh `jti`, and `exp` one minute after `iat`, signed for every token request.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrivateKeyJwt {
+    /// The Secret key holding the PEM private key (PKCS#8; PKCS#1 for RSA is accepted too).
+    pub private_key: SecretKeyRef,
+    /// The signing algorithm: `RS256` (the default) or `ES256` (P-256).
+    #[serde(default)]
+    pub algorithm: JwtAlgorithm,
+    /// The `kid` header, when the provider wants to know which registered key signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// The `aud` claim; the token URL by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+}
+
+/// JWS algorithms for client assertions.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum JwtAlgorithm {
+    #[default]
+    RS256,
+    ES256,
+}
+
+/// TLS settings for the token request.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// A `kubernetes.io/tls` Secret (keys `tls.crt` and `tls.key`) whose certificate is presented to
+    /// the token endpoint (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate_secret_ref: Option<LocalRef>,
+    /// PEM CA certificates to trust for the token endpoint, instead of the system roots (a private
+    /// CA). From a Secret key or a ConfigMap key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<CaBundle>,
+}
+
+/// Where a CA bundle is. Set exactly one of `secretKeyRef` and `configMapKeyRef`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "has(self.secretKeyRef) != has(self.configMapKeyRef)", "message": "set exactly one of secretKeyRef and configMapKeyRef"}]))]
+pub struct CaBundle {
+    /// A key of a Secret in the TokenSource's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
+    /// A key of a ConfigMap in the TokenSource's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<SecretKeyRef>,
 }
 
 /// How token request parameters are encoded.
@@ -500,12 +575,17 @@ impl TokenSourceSpec {
             .map(|b| b.token_source_ref.name.as_str())
     }
 
-    /// Every Secret key the spec reads credentials from.
-    pub fn secret_refs(&self) -> Vec<&SecretKeyRef> {
+    /// Every Secret key the spec reads credentials from, the client certificate included.
+    pub fn secret_refs(&self) -> Vec<SecretKeyRef> {
         let mut sources: Vec<&ValueSource> = vec![];
+        let mut refs: Vec<&SecretKeyRef> = vec![];
         if let Some(o) = &self.oauth2 {
             sources.push(&o.client_id);
-            sources.push(&o.client_secret);
+            sources.extend(&o.client_secret);
+            refs.extend(o.private_key_jwt.as_ref().map(|j| &j.private_key));
+        }
+        if let Some(tls) = &self.tls {
+            refs.extend(tls.ca_bundle.as_ref().and_then(|c| c.secret_key_ref.as_ref()));
         }
         if let Some(h) = &self.http {
             sources.extend(h.headers.values());
@@ -526,7 +606,24 @@ impl TokenSourceSpec {
                 }
             }
         }
-        sources.into_iter().filter_map(|s| s.secret_key_ref.as_ref()).collect()
+        refs.extend(sources.into_iter().filter_map(|s| s.secret_key_ref.as_ref()));
+        let mut out: Vec<SecretKeyRef> = refs.into_iter().cloned().collect();
+        if let Some((crt, key)) = self.client_certificate_refs() {
+            out.push(crt);
+            out.push(key);
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The Secret keys of the client certificate, when mutual TLS is configured.
+    pub fn client_certificate_refs(&self) -> Option<(SecretKeyRef, SecretKeyRef)> {
+        let name = &self.tls.as_ref()?.client_certificate_secret_ref.as_ref()?.name;
+        Some((
+            SecretKeyRef { name: name.clone(), key: "tls.crt".into() },
+            SecretKeyRef { name: name.clone(), key: "tls.key".into() },
+        ))
     }
 }
 

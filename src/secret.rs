@@ -218,6 +218,7 @@ mod tests {
                 http: None,
                 response: None,
                 refresh: None,
+                tls: None,
                 target: TargetSpec {
                     secret_name: "podero-token".into(),
                     deletion_policy: policy,

@@ -8,7 +8,9 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::error::ProviderError;
-use crate::providers::{Method, Request, hmac};
+use sha2::{Digest, Sha256};
+
+use crate::providers::{Method, Request, Tls, hmac};
 
 /// Limits for talking to token endpoints.
 #[derive(Clone, Debug)]
@@ -34,18 +36,74 @@ pub struct Transport {
     client: reqwest::Client,
     options: Options,
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Clients for requests with their own TLS material, by a hash of it.
+    tls_clients: Mutex<HashMap<[u8; 32], reqwest::Client>>,
+}
+
+/// How many distinct TLS setups are kept before the cache starts over.
+const MAX_TLS_CLIENTS: usize = 1024;
+
+/// Checks TLS material before it is used, so mistakes read as credential errors.
+pub fn check_tls(tls: &Tls) -> Result<(), String> {
+    if let Some(ca) = &tls.ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(ca)
+            .map_err(|_| "the CA bundle is not PEM certificates".to_string())?;
+        if certs.is_empty() {
+            return Err("the CA bundle holds no certificate".into());
+        }
+    }
+    if let Some(id) = &tls.identity_pem {
+        reqwest::Identity::from_pem(id).map_err(|_| "the client certificate or key is not valid PEM".to_string())?;
+    }
+    Ok(())
 }
 
 impl Transport {
     pub fn new(options: Options) -> Result<Self, reqwest::Error> {
         install_crypto_provider();
-        let client = reqwest::Client::builder()
+        let client = Self::builder(&options).build()?;
+        Ok(Self { client, options, hosts: Mutex::default(), tls_clients: Mutex::default() })
+    }
+
+    fn builder(options: &Options) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
             .connect_timeout(options.connect_timeout)
             .timeout(options.timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("tokensource-operator/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self { client, options, hosts: Mutex::default() })
+    }
+
+    /// The client for a request: the shared one, or one built for its TLS material.
+    fn client_for(&self, tls: Option<&Tls>) -> Result<reqwest::Client, ProviderError> {
+        let Some(tls) = tls.filter(|t| t.ca_pem.is_some() || t.identity_pem.is_some()) else {
+            return Ok(self.client.clone());
+        };
+        let mut h = Sha256::new();
+        for part in [&tls.ca_pem, &tls.identity_pem] {
+            let bytes = part.as_deref().unwrap_or_default();
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(bytes);
+        }
+        let key: [u8; 32] = h.finalize().into();
+        let mut clients = self.tls_clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let setup = |e: String| ProviderError::Unreachable(format!("TLS setup: {e}"));
+        let mut builder = Self::builder(&self.options);
+        if let Some(ca) = &tls.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(ca).map_err(|e| setup(e.to_string()))?;
+            builder = builder.tls_certs_only(certs);
+        }
+        if let Some(id) = &tls.identity_pem {
+            builder = builder.identity(reqwest::Identity::from_pem(id).map_err(|e| setup(e.to_string()))?);
+        }
+        let client = builder.build().map_err(|e| setup(e.to_string()))?;
+        if clients.len() >= MAX_TLS_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(key, client.clone());
+        Ok(client)
     }
 
     fn host_limit(&self, req: &Request) -> Arc<Semaphore> {
@@ -64,7 +122,8 @@ impl Transport {
             Method::Post => reqwest::Method::POST,
             Method::Put => reqwest::Method::PUT,
         };
-        let mut builder = self.client.request(method, req.url.clone());
+        let client = self.client_for(req.tls.as_ref())?;
+        let mut builder = client.request(method, req.url.clone());
         let has_accept = req.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("accept"));
         if !has_accept {
             builder = builder.header(reqwest::header::ACCEPT, "application/json");

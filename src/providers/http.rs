@@ -130,7 +130,7 @@ pub fn request(
     if method == Method::Get && !body.is_empty() {
         return Err(Error::InvalidSpec("http: a GET request cannot have a body".into()));
     }
-    Ok(Request { method, url, headers, body, content_type, auth, secrets })
+    Ok(Request { method, url, headers, body, content_type, auth, secrets, tls: None })
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod hmac;
 pub mod http;
+pub mod jwt;
 pub mod oauth2;
 
 use std::collections::BTreeMap;
@@ -82,6 +83,17 @@ pub struct Request {
     pub auth: Auth,
     /// Values that must never appear in anything the operator writes or logs.
     pub secrets: Vec<Vec<u8>>,
+    /// A client certificate and CA bundle for this request, when the spec has them.
+    pub tls: Option<Tls>,
+}
+
+/// PEM material for one request's TLS connection.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Tls {
+    /// CA certificates to trust instead of the system roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The client certificate chain followed by its private key.
+    pub identity_pem: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for Request {

@@ -4,29 +4,67 @@ use crate::crd::{ClientAuthentication, OAuth2Spec, RequestFormat};
 use crate::error::Error;
 use crate::providers::{Auth, Credentials, Method, Request, check_headers, parse_url};
 
-/// Builds the token request for an `oauth2` spec.
+/// Builds the token request for an `oauth2` spec. A `privateKeyJwt` assertion is signed here,
+/// fresh for the attempt.
 pub fn request(spec: &OAuth2Spec, creds: &Credentials, allow_http: bool) -> Result<Request, Error> {
     let url = parse_url("oauth2.tokenUrl", &spec.token_url, allow_http)?;
     let client_id = creds.string(&spec.client_id, "oauth2.clientId")?;
-    let client_secret = creds.string(&spec.client_secret, "oauth2.clientSecret")?;
     if client_id.is_empty() {
         return Err(Error::ReadCredentials("oauth2.clientId is empty".into()));
     }
+    let secret = || -> Result<String, Error> {
+        let source = spec.client_secret.as_ref().ok_or_else(|| {
+            Error::InvalidSpec("oauth2.clientSecret is required for basic and body authentication".into())
+        })?;
+        creds.string(source, "oauth2.clientSecret")
+    };
     let mut params: Vec<(String, String)> = vec![("grant_type".into(), "client_credentials".into())];
     if !spec.scopes.is_empty() {
         params.push(("scope".into(), spec.scopes.join(" ")));
     }
     for (k, v) in &spec.parameters {
-        if matches!(k.as_str(), "grant_type" | "client_id" | "client_secret") {
+        if matches!(
+            k.as_str(),
+            "grant_type" | "client_id" | "client_secret" | "client_assertion" | "client_assertion_type"
+        ) {
             return Err(Error::InvalidSpec(format!("oauth2.parameters: {k} is set by the operator")));
         }
         params.push((k.clone(), v.clone()));
     }
+    let mut secrets = vec![];
     let auth = match spec.client_authentication {
-        ClientAuthentication::Basic => Auth::Basic { username: client_id.clone(), password: client_secret.clone() },
+        ClientAuthentication::Basic => {
+            let client_secret = secret()?;
+            secrets.push(client_secret.clone().into_bytes());
+            Auth::Basic { username: client_id.clone(), password: client_secret }
+        }
         ClientAuthentication::Body => {
+            let client_secret = secret()?;
+            secrets.push(client_secret.clone().into_bytes());
             params.push(("client_id".into(), client_id.clone()));
-            params.push(("client_secret".into(), client_secret.clone()));
+            params.push(("client_secret".into(), client_secret));
+            Auth::None
+        }
+        ClientAuthentication::PrivateKeyJwt => {
+            let jwt = spec.private_key_jwt.as_ref().ok_or_else(|| {
+                Error::InvalidSpec("oauth2.privateKeyJwt is required for clientAuthentication privateKeyJwt".into())
+            })?;
+            let key = creds.bytes(
+                &crate::crd::ValueSource { value: None, secret_key_ref: Some(jwt.private_key.clone()) },
+                "oauth2.privateKeyJwt.privateKey",
+            )?;
+            let audience = jwt.audience.clone().unwrap_or_else(|| spec.token_url.clone());
+            let now = jiff::Timestamp::now().as_second();
+            let assertion =
+                super::jwt::client_assertion(jwt.algorithm, &key, &client_id, &audience, jwt.key_id.as_deref(), now)?;
+            secrets.push(assertion.clone().into_bytes());
+            params.push(("client_id".into(), client_id.clone()));
+            params.push(("client_assertion_type".into(), super::jwt::ASSERTION_TYPE.into()));
+            params.push(("client_assertion".into(), assertion));
+            Auth::None
+        }
+        ClientAuthentication::TlsClientAuth => {
+            params.push(("client_id".into(), client_id.clone()));
             Auth::None
         }
     };
@@ -53,7 +91,8 @@ pub fn request(spec: &OAuth2Spec, creds: &Credentials, allow_http: bool) -> Resu
         body,
         content_type: Some(content_type.into()),
         auth,
-        secrets: vec![client_secret.into_bytes()],
+        secrets,
+        tls: None,
     })
 }
 
@@ -66,11 +105,12 @@ mod tests {
         OAuth2Spec {
             token_url: "https://auth.example.com/oauth2/token/".into(),
             client_id: ValueSource { value: Some("my-id".into()), secret_key_ref: None },
-            client_secret: ValueSource {
+            client_secret: Some(ValueSource {
                 value: None,
                 secret_key_ref: Some(SecretKeyRef { name: "c".into(), key: "secret".into() }),
-            },
+            }),
             client_authentication: auth,
+            private_key_jwt: None,
             request_format: format,
             scopes: vec!["read".into(), "write".into()],
             parameters: [("audience".to_string(), "api".to_string())].into(),
@@ -107,6 +147,37 @@ mod tests {
         assert!(r.authorization(0, "").is_none());
         assert_eq!(r.scrub("echo s3cr3t back"), "echo [redacted] back");
         assert!(!format!("{r:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn private_key_jwt_and_tls_client_auth_send_no_secret() {
+        let mut s = spec(ClientAuthentication::PrivateKeyJwt, RequestFormat::Form);
+        s.client_secret = None;
+        s.private_key_jwt = Some(crate::crd::PrivateKeyJwt {
+            private_key: SecretKeyRef { name: "jwt".into(), key: "key.pem".into() },
+            algorithm: crate::crd::JwtAlgorithm::ES256,
+            key_id: None,
+            audience: None,
+        });
+        let mut c = creds();
+        c.insert(
+            SecretKeyRef { name: "jwt".into(), key: "key.pem".into() },
+            include_bytes!("../../tests/providers/fixtures/jwt-ec.key").to_vec(),
+        );
+        let r = request(&s, &c, false).unwrap_or_else(|e| panic!("{e}"));
+        let form: Vec<(String, String)> = url::form_urlencoded::parse(&r.body).into_owned().collect();
+        let get = |k: &str| form.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
+        assert_eq!(get("client_assertion_type").as_deref(), Some(super::super::jwt::ASSERTION_TYPE));
+        assert_eq!(get("client_id").as_deref(), Some("my-id"));
+        assert!(get("client_assertion").is_some_and(|a| a.split('.').count() == 3));
+        assert!(get("client_secret").is_none() && r.authorization(0, "").is_none());
+        let mut t = spec(ClientAuthentication::TlsClientAuth, RequestFormat::Form);
+        t.client_secret = None;
+        let r = request(&t, &creds(), false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            String::from_utf8_lossy(&r.body),
+            "grant_type=client_credentials&scope=read+write&audience=api&client_id=my-id"
+        );
     }
 
     #[test]

@@ -57,7 +57,16 @@ impl Env {
         Self::start_with(FakeConfig::default()).await
     }
 
+    /// The fakes over HTTPS (certificate from the fixtures' test CA); the operator allows no http.
+    pub async fn start_tls() -> Self {
+        Self::start_inner(FakeConfig::default(), true).await
+    }
+
     pub async fn start_with(fake_config: FakeConfig) -> Self {
+        Self::start_inner(fake_config, false).await
+    }
+
+    async fn start_inner(fake_config: FakeConfig, tls: bool) -> Self {
         if let Ok(level) = std::env::var("TEST_LOG") {
             tokensource_operator::telemetry::init(&level, tokensource_operator::telemetry::LogFormat::Text);
         }
@@ -92,11 +101,15 @@ impl Env {
             )
             .await
             .unwrap_or_else(|e| panic!("creating namespace {ns}: {e}"));
-        let fakes = Fakes::start(fake_config).await.unwrap_or_else(|e| panic!("fakes: {e}"));
+        let (fakes, allow_http) = if tls {
+            (Fakes::start_tls(fake_config).await.unwrap_or_else(|e| panic!("fakes: {e}")), false)
+        } else {
+            (Fakes::start(fake_config).await.unwrap_or_else(|e| panic!("fakes: {e}")), true)
+        };
         let config = Config {
             namespace: Some(ns.clone()),
             propagation_margin: Duration::from_secs(1),
-            allow_http: true,
+            allow_http,
             ..Default::default()
         };
         let mut env = Self { sim, client, fakes, ns, config, operator: None, metrics: Arc::new(Metrics::default()) };

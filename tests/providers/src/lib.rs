@@ -11,6 +11,7 @@
 //! last request was rejected; and they can make the next answers fail.
 
 pub mod examples;
+pub mod tls;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -37,6 +38,10 @@ pub enum Endpoint {
     ImburseManagement,
     ImbursePayoutHmac,
     ImbursePayout,
+    /// RFC 8705 mutual TLS client authentication (HTTPS fakes only).
+    MtlsToken,
+    /// RFC 7523 private_key_jwt client authentication (HTTPS fakes only).
+    JwtToken,
 }
 
 impl Endpoint {
@@ -47,6 +52,8 @@ impl Endpoint {
             Self::ImburseManagement => "/identity/v1/hmac/management",
             Self::ImbursePayoutHmac => "/identity/v1/hmac/payout",
             Self::ImbursePayout => "/v1/identity/payout",
+            Self::MtlsToken => "/mtls/token",
+            Self::JwtToken => "/jwt/token",
         }
     }
 }
@@ -66,6 +73,10 @@ pub struct Config {
     /// Imburse tenant API key: public key and base64 private key.
     pub imburse_public: String,
     pub imburse_private_b64: String,
+    /// The client id registered for the client certificate in `fixtures/client.crt`.
+    pub mtls_client_id: String,
+    /// The client id whose assertions are signed with `fixtures/jwt-*.key`.
+    pub jwt_client_id: String,
     pub lifetime: Duration,
 }
 
@@ -76,6 +87,8 @@ impl Default for Config {
             interswitch: Client { id: "IKIA-interswitch".into(), secret: "interswitch-secret-0001".into() },
             imburse_public: "imburse-public-key".into(),
             imburse_private_b64: base64::engine::general_purpose::STANDARD.encode(b"imburse-private-key-bytes"),
+            mtls_client_id: "mtls-client".into(),
+            jwt_client_id: "jwt-client".into(),
             lifetime: Duration::from_secs(3600),
         }
     }
@@ -88,31 +101,33 @@ struct Injected {
 }
 
 #[derive(Default)]
-struct Inner {
+pub(crate) struct Inner {
     calls: HashMap<Endpoint, usize>,
     issued: HashMap<Endpoint, usize>,
     lifetimes: HashMap<Endpoint, Duration>,
     failures: HashMap<Endpoint, VecDeque<Injected>>,
-    nonces: HashSet<String>,
+    pub(crate) nonces: HashSet<String>,
     /// Token -> (endpoint, expiry).
     tokens: HashMap<String, (Endpoint, Timestamp)>,
     rejections: Vec<(Endpoint, String)>,
     payout_bodies: Vec<Value>,
 }
 
-struct Shared {
-    config: Mutex<Config>,
-    inner: Mutex<Inner>,
+pub(crate) struct Shared {
+    pub(crate) config: Mutex<Config>,
+    pub(crate) inner: Mutex<Inner>,
+    pub(crate) port: Mutex<u16>,
 }
 
 /// A running set of fake token endpoints.
 pub struct Fakes {
     addr: SocketAddr,
+    https: bool,
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -122,24 +137,49 @@ impl Fakes {
     }
 
     pub async fn start_on(config: Config, addr: SocketAddr) -> std::io::Result<Self> {
-        let shared = Arc::new(Shared { config: Mutex::new(config), inner: Mutex::default() });
-        let app = Router::new()
+        let shared = Arc::new(Shared { config: Mutex::new(config), inner: Mutex::default(), port: Mutex::new(0) });
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let app = Self::router(&shared);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, https: false, shared, task })
+    }
+
+    /// The same endpoints over HTTPS (a certificate for `localhost` from the fixtures' test CA),
+    /// plus the mutual-TLS and private_key_jwt endpoints. Use `https://localhost:PORT`.
+    pub async fn start_tls(config: Config) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared { config: Mutex::new(config), inner: Mutex::default(), port: Mutex::new(0) });
+        let listener = tls::listener(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = axum::serve::Listener::local_addr(&listener)?.addr;
+        *lock(&shared.port) = addr.port();
+        let app = Self::router(&shared)
+            .merge(
+                Router::new()
+                    .route(Endpoint::MtlsToken.path(), post(tls::mtls_token))
+                    .route(Endpoint::JwtToken.path(), post(tls::jwt_token))
+                    .with_state(shared.clone()),
+            )
+            .into_make_service_with_connect_info::<tls::Peer>();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, https: true, shared, task })
+    }
+
+    fn router(shared: &Arc<Shared>) -> Router {
+        Router::new()
             .route(Endpoint::Podero.path(), post(podero))
             .route(Endpoint::Interswitch.path(), post(interswitch))
             .route(Endpoint::ImburseManagement.path(), post(imburse_management))
             .route(Endpoint::ImbursePayoutHmac.path(), post(imburse_payout_hmac))
             .route(Endpoint::ImbursePayout.path(), post(imburse_payout))
-            .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(Self { addr, shared, task })
+            .with_state(shared.clone())
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.https { format!("https://localhost:{}", self.addr.port()) } else { format!("http://{}", self.addr) }
     }
 
     pub fn endpoint_url(&self, e: Endpoint) -> String {
@@ -200,17 +240,17 @@ impl Drop for Fakes {
     }
 }
 
-fn json_response(status: StatusCode, v: Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, v: Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
 }
 
-fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+pub(crate) fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     json_response(status, json!({"error": error, "error_description": description}))
 }
 
 impl Shared {
     /// Counts the call and returns an injected failure, if one is queued.
-    fn enter(&self, e: Endpoint) -> Option<Response> {
+    pub(crate) fn enter(&self, e: Endpoint) -> Option<Response> {
         let mut inner = lock(&self.inner);
         *inner.calls.entry(e).or_default() += 1;
         let injected = inner.failures.get_mut(&e).and_then(VecDeque::pop_front)?;
@@ -226,19 +266,19 @@ impl Shared {
         Some(resp)
     }
 
-    fn reject(&self, e: Endpoint, why: impl Into<String>, resp: Response) -> Response {
+    pub(crate) fn reject(&self, e: Endpoint, why: impl Into<String>, resp: Response) -> Response {
         let why = why.into();
         tracing::debug!(endpoint = ?e, %why, "fake provider rejected a request");
         lock(&self.inner).rejections.push((e, why));
         resp
     }
 
-    fn lifetime(&self, e: Endpoint) -> Duration {
+    pub(crate) fn lifetime(&self, e: Endpoint) -> Duration {
         let default = lock(&self.config).lifetime;
         lock(&self.inner).lifetimes.get(&e).copied().unwrap_or(default)
     }
 
-    fn issue(&self, e: Endpoint, token: String, lifetime: Duration) -> Timestamp {
+    pub(crate) fn issue(&self, e: Endpoint, token: String, lifetime: Duration) -> Timestamp {
         let exp = Timestamp::now() + lifetime;
         let mut inner = lock(&self.inner);
         *inner.issued.entry(e).or_default() += 1;
@@ -247,7 +287,7 @@ impl Shared {
     }
 }
 
-fn random_token(len: usize) -> String {
+pub(crate) fn random_token(len: usize) -> String {
     use rand::Rng;
     const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
@@ -272,7 +312,7 @@ fn check_basic(headers: &HeaderMap, client: &Client) -> Result<(), &'static str>
     Ok(())
 }
 
-fn media_type(headers: &HeaderMap) -> String {
+pub(crate) fn media_type(headers: &HeaderMap) -> String {
     header_str(headers, header::CONTENT_TYPE).unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase()
 }
 
