@@ -462,6 +462,11 @@ impl WatchFilter {
         if !self.opts.labels.matches(&ev.obj["metadata"]["labels"]) || !self.opts.fields.matches(&ev.obj) {
             return None;
         }
+        let as_stored = self.ctx.def.group != "events.k8s.io"
+            && ev.obj["apiVersion"].as_str() == Some(self.ctx.def.api_version(&self.ctx.version).as_str());
+        if matches!(self.render, Render::Full) && as_stored {
+            return Some(ev.line());
+        }
         let obj = State::present(&self.ctx, &ev.obj);
         Some(match &self.render {
             Render::Table(include) => event_line(

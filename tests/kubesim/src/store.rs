@@ -41,6 +41,25 @@ pub struct WatchEvent {
     pub storage: GroupResource,
     pub namespace: String,
     pub obj: Value,
+    /// The watch line for the stored representation, serialised once for all watchers.
+    line: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl WatchEvent {
+    pub fn new(rv: u64, kind: &'static str, storage: GroupResource, namespace: String, obj: Value) -> Self {
+        Self { rv, kind, storage, namespace, obj, line: std::sync::OnceLock::new() }
+    }
+
+    /// `{"type": ..., "object": ...}` and a newline, for watchers that need no conversion.
+    pub fn line(&self) -> bytes::Bytes {
+        self.line
+            .get_or_init(|| {
+                let mut s = json!({"type": self.kind, "object": self.obj}).to_string();
+                s.push('\n');
+                bytes::Bytes::from(s)
+            })
+            .clone()
+    }
 }
 
 /// Everything a request says about where and how it acts.
@@ -290,16 +309,13 @@ impl State {
                 .map(|b| {
                     b.iter()
                         .map(|((ns, _), e)| {
-                            Arc::new(WatchEvent {
-                                rv: e.obj["metadata"]["resourceVersion"]
-                                    .as_str()
-                                    .and_then(|s| s.parse().ok())
-                                    .unwrap_or(0),
-                                kind: "ADDED",
-                                storage: ctx.def.storage.clone(),
-                                namespace: ns.clone(),
-                                obj: e.rendered(),
-                            })
+                            Arc::new(WatchEvent::new(
+                                e.obj["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0),
+                                "ADDED",
+                                ctx.def.storage.clone(),
+                                ns.clone(),
+                                e.rendered(),
+                            ))
                         })
                         .collect()
                 })
@@ -309,8 +325,7 @@ impl State {
     }
 
     fn emit(&mut self, kind: &'static str, storage: &GroupResource, namespace: &str, obj: Value) {
-        let ev =
-            Arc::new(WatchEvent { rv: self.rv, kind, storage: storage.clone(), namespace: namespace.to_string(), obj });
+        let ev = Arc::new(WatchEvent::new(self.rv, kind, storage.clone(), namespace.to_string(), obj));
         self.history.push_back(ev.clone());
         while self.history.len() > self.history_limit {
             if let Some(old) = self.history.pop_front() {
