@@ -57,6 +57,9 @@ async fn short_lived_tokens_are_renewed_before_they_expire() {
     let env = Env::start().await;
     env.fakes.set_lifetime(Endpoint::Podero, Duration::from_secs(6));
     podero_credentials(&env).await;
+    if let Some(sim) = &env.sim {
+        sim.faults().reset_counts();
+    }
     env.create(podero(&env, "short", "short-token")).await;
     let mut current = env.wait_token("short-token", None).await;
     let mut seen = vec![current.clone()];
@@ -80,6 +83,14 @@ async fn short_lived_tokens_are_renewed_before_they_expire() {
     // A 6s token renews when about a third of it is left: every ~4s, so 4 or 5 tokens in ~14s.
     assert!((4..=6).contains(&calls), "{calls} calls to the provider in 14s");
     assert_eq!(seen.len(), calls, "every token fetched reached the Secret");
+    if let Some(sim) = &env.sim {
+        // One Secret write per token, and about one status write per token.
+        let secret_writes = sim.faults().count("patch", "secrets");
+        let status_writes = sim.faults().count("patch", "tokensources/status");
+        eprintln!("{calls} tokens: {secret_writes} Secret writes, {status_writes} status writes");
+        assert_eq!(secret_writes, calls as u64);
+        assert!(status_writes <= calls as u64 + 2, "{status_writes} status writes for {calls} tokens");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -210,6 +210,57 @@ mod tests {
     }
 
     #[test]
+    fn basic_auth_headers_from_secrets_and_form_bodies() {
+        let spec = HttpSpec {
+            url: "https://x.example/token".into(),
+            method: HttpMethod::Post,
+            headers: [
+                ("X-Api-Key".to_string(), secret("imburse", "customer")),
+                ("Accept".to_string(), ValueSource { value: Some("application/json".into()), secret_key_ref: None }),
+            ]
+            .into(),
+            body: Some(HttpBody {
+                raw: None,
+                json: None,
+                form: Some(
+                    [(
+                        "grant_type".to_string(),
+                        ValueSource { value: Some("client_credentials".into()), secret_key_ref: None },
+                    )]
+                    .into(),
+                ),
+                values: BTreeMap::new(),
+                content_type: None,
+            }),
+            auth: Some(HttpAuth {
+                basic: Some(crate::crd::BasicAuth {
+                    username: ValueSource { value: Some("user".into()), secret_key_ref: None },
+                    password: secret("imburse", "public"),
+                }),
+                hmac: None,
+                bearer: None,
+            }),
+        };
+        let r = request(&spec, &creds(), None, false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            r.headers,
+            vec![
+                ("Accept".to_string(), "application/json".to_string()),
+                ("X-Api-Key".to_string(), "cust-9".to_string())
+            ]
+        );
+        assert_eq!(String::from_utf8_lossy(&r.body), "grant_type=client_credentials");
+        assert_eq!(r.content_type.as_deref(), Some("application/x-www-form-urlencoded"));
+        // base64("user:pub-123")
+        assert_eq!(r.authorization(0, "").as_deref(), Some("Basic dXNlcjpwdWItMTIz"));
+        assert_eq!(
+            r.scrub("cust-9 pub-123"),
+            "[redacted] [redacted]",
+            "header and password values from Secrets are scrubbed"
+        );
+    }
+
+    #[test]
     fn unknown_placeholders_are_spec_errors() {
         let spec = HttpSpec {
             url: "https://x.example/token".into(),

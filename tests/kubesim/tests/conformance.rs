@@ -608,3 +608,43 @@ async fn cel_validation_rules_are_enforced() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[tokio::test]
+async fn fault_injection_over_http() {
+    let sim = start().await;
+    let api: Api<Secret> = Api::default_namespaced(sim.client());
+    let client = sim.client();
+    let post = |path: &str, body: Value| {
+        let client = client.clone();
+        let req =
+            http::Request::post(path).header("content-type", "application/json").body(body.to_string().into_bytes());
+        async move { client.request_text(req.unwrap_or_else(|e| panic!("{e}"))).await }
+    };
+    post("/kubesim/fail", json!({"verb": "get", "resource": "secrets", "count": 1, "code": 500}))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(api_error(api.get("x").await.err().unwrap_or_else(|| panic!("no failure"))).0, 500);
+    assert_eq!(api_error(api.get("x").await.err().unwrap_or_else(|| panic!("x does not exist"))).0, 404);
+    let counts: Value = serde_json::from_str(
+        &client
+            .request_text(http::Request::get("/kubesim/counts").body(vec![]).unwrap_or_else(|e| panic!("{e}")))
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap_or_default();
+    assert_eq!(counts["get secrets"], 2);
+    post("/kubesim/latency", json!({"verb": "list", "resource": "secrets", "millis": 200}))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let t = std::time::Instant::now();
+    api.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(t.elapsed() >= Duration::from_millis(200));
+    let rv = sim.resource_version();
+    post("/kubesim/compact", json!({})).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut stream =
+        api.watch(&WatchParams::default(), &rv.to_string()).await.unwrap_or_else(|e| panic!("{e}")).boxed();
+    match tokio::time::timeout(Duration::from_secs(3), stream.try_next()).await {
+        Ok(Ok(Some(WatchEvent::Error(e)))) => assert_eq!(e.code, 410),
+        other => panic!("expected 410 after compaction over HTTP, got {other:?}"),
+    }
+}

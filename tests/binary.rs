@@ -1,0 +1,158 @@
+//! The real `tokensource-operator` binary: `run` against kubesim with its flags, the probe and
+//! metrics endpoint, and a clean shutdown on SIGTERM; `crd` prints what `crds/` holds.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fake_providers::{Endpoint, Fakes};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use tokensource_operator::crd::TokenSource;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokensource-operator");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(18080)
+}
+
+async fn http_get(url: &str) -> Option<(u16, String)> {
+    tokensource_operator::transport::install_crypto_provider();
+    let r = reqwest::get(url).await.ok()?;
+    let code = r.status().as_u16();
+    Some((code, r.text().await.unwrap_or_default()))
+}
+
+#[test]
+fn crd_subcommand_prints_the_committed_crd() {
+    let out = Command::new(BIN).arg("crd").output().unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.status.success());
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/tokensource.dev_tokensources.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), committed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_probes_and_metrics_issues_tokens_and_stops_on_sigterm() {
+    let sim = kubesim::KubeSim::start().await.unwrap_or_else(|e| panic!("{e}"));
+    let client = sim.client();
+    let fakes = Fakes::start(Default::default()).await.unwrap_or_else(|e| panic!("{e}"));
+
+    // Before the CRD exists the operator refuses to start, and says why.
+    let out = Command::new(BIN)
+        .args(["run", "--kubeconfig"])
+        .arg(sim.kubeconfig_path())
+        .args(["--admin-addr", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is the CRD installed?"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch("tokensources.tokensource.dev", &PatchParams::apply("test"), &Patch::Apply(TokenSource::crd()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "team"}})).unwrap_or_default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--namespace",
+            "team",
+            "--allow-insecure-http",
+            "--log-format",
+            "json",
+            "--propagation-margin",
+            "1s",
+        ])
+        .args(["--kubeconfig"])
+        .arg(sim.kubeconfig_path())
+        .args(["--admin-addr", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some((200, _)) = http_get(&format!("{base}/readyz")).await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the operator never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(http_get(&format!("{base}/healthz")).await.map(|r| r.0), Some(200));
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "team");
+    let c = fakes.config().podero;
+    let creds = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "podero-credentials"}, "stringData": {"client_id": c.id, "client_secret": c.secret}});
+    secrets
+        .create(&PostParams::default(), &serde_json::from_value(creds).unwrap_or_default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sources: Api<TokenSource> = Api::namespaced(client.clone(), "team");
+    let ts = json!({"apiVersion": "tokensource.dev/v1alpha1", "kind": "TokenSource", "metadata": {"name": "podero"}, "spec": {
+        "oauth2": {"tokenUrl": fakes.endpoint_url(Endpoint::Podero), "requestFormat": "json",
+                   "clientId": {"secretKeyRef": {"name": "podero-credentials", "key": "client_id"}},
+                   "clientSecret": {"secretKeyRef": {"name": "podero-credentials", "key": "client_secret"}}},
+        "target": {"secretName": "podero-token"}}});
+    sources
+        .create(&PostParams::default(), &serde_json::from_value(ts).unwrap_or_else(|e| panic!("{e}")))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while secrets.get_opt("podero-token").await.ok().flatten().is_none() {
+        assert!(Instant::now() < deadline, "no token from the binary");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, metrics) = http_get(&format!("{base}/metrics")).await.unwrap_or_default();
+    assert_eq!(code, 200);
+    assert!(metrics.contains("tokensource_secret_writes_total 1"), "{metrics}");
+    assert!(metrics.contains("tokensource_token_requests_total{host=\"127.0.0.1\",result=\"Success\"} 1"), "{metrics}");
+
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the operator did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut logs = String::new();
+    child.stderr.take().map(|mut e| e.read_to_string(&mut logs));
+    assert!(status.success(), "exit {status:?}: {logs}");
+    // JSON logs, and never the secret or the token.
+    let token = secrets
+        .get("podero-token")
+        .await
+        .ok()
+        .and_then(|s| s.data)
+        .and_then(|d| d.get("token").map(|t| String::from_utf8_lossy(&t.0).to_string()))
+        .unwrap_or_default();
+    assert!(
+        logs.lines().filter(|l| !l.is_empty()).all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+        "{logs}"
+    );
+    assert!(logs.contains("requesting a token"), "{logs}");
+    assert!(
+        !logs.contains(&c.secret) && !token.is_empty() && !logs.contains(&token),
+        "a credential or token reached the logs"
+    );
+}
