@@ -459,18 +459,26 @@ impl WatchFilter {
         if self.ctx.def.namespaced && self.ctx.namespace.as_ref().is_some_and(|ns| *ns != ev.namespace) {
             return None;
         }
-        if !self.opts.labels.matches(&ev.obj["metadata"]["labels"]) || !self.opts.fields.matches(&ev.obj) {
-            return None;
-        }
+        let matches = |o: &Value| self.opts.labels.matches(&o["metadata"]["labels"]) && self.opts.fields.matches(o);
+        let now = matches(&ev.obj);
+        let before = ev.old.as_ref().map(matches);
+        // As the real server does for filtered watches: leaving the selection is a DELETED,
+        // entering it an ADDED.
+        let kind = match (ev.kind, before, now) {
+            ("MODIFIED", Some(true), false) => "DELETED",
+            ("MODIFIED", Some(false), true) => "ADDED",
+            (_, _, false) => return None,
+            (k, _, true) => k,
+        };
         let as_stored = self.ctx.def.group != "events.k8s.io"
             && ev.obj["apiVersion"].as_str() == Some(self.ctx.def.api_version(&self.ctx.version).as_str());
-        if matches!(self.render, Render::Full) && as_stored {
+        if matches!(self.render, Render::Full) && as_stored && kind == ev.kind {
             return Some(ev.line());
         }
         let obj = State::present(&self.ctx, &ev.obj);
         Some(match &self.render {
             Render::Table(include) => event_line(
-                ev.kind,
+                kind,
                 &table::render(
                     &self.ctx.def,
                     &self.ctx.version,
@@ -479,8 +487,8 @@ impl WatchFilter {
                     include,
                 ),
             ),
-            Render::Metadata => event_line(ev.kind, &partial(&obj)),
-            Render::Full => event_line(ev.kind, &obj),
+            Render::Metadata => event_line(kind, &partial(&obj)),
+            Render::Full => event_line(kind, &obj),
         })
     }
 

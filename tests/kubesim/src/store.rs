@@ -41,13 +41,16 @@ pub struct WatchEvent {
     pub storage: GroupResource,
     pub namespace: String,
     pub obj: Value,
+    /// For MODIFIED: the labels and fields before the change, so a watch with a selector can
+    /// turn "stopped matching" into DELETED and "started matching" into ADDED.
+    pub old: Option<Value>,
     /// The watch line for the stored representation, serialised once for all watchers.
     line: std::sync::OnceLock<bytes::Bytes>,
 }
 
 impl WatchEvent {
     pub fn new(rv: u64, kind: &'static str, storage: GroupResource, namespace: String, obj: Value) -> Self {
-        Self { rv, kind, storage, namespace, obj, line: std::sync::OnceLock::new() }
+        Self { rv, kind, storage, namespace, obj, old: None, line: std::sync::OnceLock::new() }
     }
 
     /// `{"type": ..., "object": ...}` and a newline, for watchers that need no conversion.
@@ -324,8 +327,10 @@ impl State {
         Ok((backlog, rx))
     }
 
-    fn emit(&mut self, kind: &'static str, storage: &GroupResource, namespace: &str, obj: Value) {
-        let ev = Arc::new(WatchEvent::new(self.rv, kind, storage.clone(), namespace.to_string(), obj));
+    fn emit(&mut self, kind: &'static str, storage: &GroupResource, namespace: &str, obj: Value, old: Option<Value>) {
+        let mut ev = WatchEvent::new(self.rv, kind, storage.clone(), namespace.to_string(), obj);
+        ev.old = old;
+        let ev = Arc::new(ev);
         self.history.push_back(ev.clone());
         while self.history.len() > self.history_limit {
             if let Some(old) = self.history.pop_front() {
@@ -605,7 +610,8 @@ impl State {
         let rendered = entry.rendered();
         let storage = ctx.def.storage.clone();
         self.objects.entry(storage.clone()).or_default().insert(key.clone(), entry);
-        self.emit(if old.is_some() { "MODIFIED" } else { "ADDED" }, &storage, &key.0, rendered.clone());
+        let before = old.map(|o| o.obj.clone());
+        self.emit(if before.is_some() { "MODIFIED" } else { "ADDED" }, &storage, &key.0, rendered.clone(), before);
         if finishing {
             self.remove(&storage, &key);
         } else if old.is_none() {
@@ -1005,7 +1011,7 @@ impl State {
         self.rv += 1;
         let mut obj = entry.rendered();
         obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        self.emit("DELETED", storage, &key.0, obj.clone());
+        self.emit("DELETED", storage, &key.0, obj.clone(), None);
         let uid = meta_str(&obj, "uid").to_string();
         if storage.group == "apiextensions.k8s.io" {
             self.unregister_crd(&obj);

@@ -648,3 +648,36 @@ async fn fault_injection_over_http() {
         other => panic!("expected 410 after compaction over HTTP, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn filtered_watches_see_objects_enter_and_leave_the_selection() {
+    let sim = start().await;
+    let api: Api<Secret> = Api::default_namespaced(sim.client());
+    let rv = sim.resource_version().to_string();
+    let mut stream = api
+        .watch(&WatchParams::default().labels("team=a").timeout(10), &rv)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .boxed();
+    api.create(&PostParams::default(), &secret("s", json!({}))).await.unwrap_or_else(|e| panic!("{e}"));
+    let label = |v: Option<&str>| json!({"metadata": {"labels": {"team": v}}});
+    api.patch("s", &PatchParams::default(), &Patch::Merge(label(Some("a")))).await.unwrap_or_else(|e| panic!("{e}"));
+    api.patch("s", &PatchParams::default(), &Patch::Merge(json!({"data": {"k": "dg=="}})))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    api.patch("s", &PatchParams::default(), &Patch::Merge(label(Some("b")))).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut kinds = vec![];
+    while kinds.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(3), stream.try_next()).await {
+            Ok(Ok(Some(WatchEvent::Added(_)))) => kinds.push("ADDED"),
+            Ok(Ok(Some(WatchEvent::Modified(_)))) => kinds.push("MODIFIED"),
+            Ok(Ok(Some(WatchEvent::Deleted(s)))) => {
+                assert_eq!(s.metadata.labels.and_then(|l| l.get("team").cloned()).as_deref(), Some("b"));
+                kinds.push("DELETED")
+            }
+            Ok(Ok(Some(WatchEvent::Bookmark(_)))) => {}
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+    assert_eq!(kinds, vec!["ADDED", "MODIFIED", "DELETED"]);
+}
