@@ -25,6 +25,38 @@ fn schema_name(def: &ResourceDef, version: &str) -> String {
     format!("{}.{version}.{}", reversed_group(&def.group), def.kind)
 }
 
+/// The schema of a built-in kind, generated from k8s-openapi's types, and the definitions it
+/// refers to (as `#/components/schemas/...`).
+fn builtin_schema(def: &ResourceDef) -> Option<(Value, Map<String, Value>)> {
+    use k8s_openapi::api;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    fn generate<T: schemars::JsonSchema>() -> Option<(Value, Map<String, Value>)> {
+        let generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+        let mut root = serde_json::to_value(generator.into_root_schema_for::<T>()).ok()?;
+        let map = root.as_object_mut()?;
+        map.remove("$schema");
+        let components = map.remove("components").and_then(|mut c| c.get_mut("schemas").map(Value::take));
+        let defs = components.and_then(|c| c.as_object().cloned()).unwrap_or_default();
+        Some((root, defs))
+    }
+    match (def.group.as_str(), def.plural.as_str()) {
+        ("", "namespaces") => generate::<api::core::v1::Namespace>(),
+        ("", "secrets") => generate::<api::core::v1::Secret>(),
+        ("", "configmaps") => generate::<api::core::v1::ConfigMap>(),
+        ("", "serviceaccounts") => generate::<api::core::v1::ServiceAccount>(),
+        ("", "events") => generate::<api::core::v1::Event>(),
+        ("events.k8s.io", "events") => generate::<api::events::v1::Event>(),
+        ("coordination.k8s.io", "leases") => generate::<api::coordination::v1::Lease>(),
+        ("apps", "deployments") => generate::<api::apps::v1::Deployment>(),
+        ("rbac.authorization.k8s.io", "clusterroles") => generate::<api::rbac::v1::ClusterRole>(),
+        ("rbac.authorization.k8s.io", "clusterrolebindings") => generate::<api::rbac::v1::ClusterRoleBinding>(),
+        ("rbac.authorization.k8s.io", "roles") => generate::<api::rbac::v1::Role>(),
+        ("rbac.authorization.k8s.io", "rolebindings") => generate::<api::rbac::v1::RoleBinding>(),
+        ("apiextensions.k8s.io", "customresourcedefinitions") => generate::<CustomResourceDefinition>(),
+        _ => None,
+    }
+}
+
 fn param(name: &str) -> Value {
     json!({"name": name, "in": "query", "description": name, "schema": {"type": "string", "uniqueItems": true}})
 }
@@ -55,26 +87,30 @@ pub fn document(defs: &[&ResourceDef], group: &str, version: &str) -> Value {
         };
         let name = schema_name(def, version);
         let gvk = json!([{"group": def.group, "version": version, "kind": def.kind}]);
-        let mut schema =
-            v.schema.clone().unwrap_or_else(|| json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
+        let builtin = if def.custom { None } else { builtin_schema(def) };
+        let mut schema = match builtin {
+            Some((root, defs)) => {
+                schemas.extend(defs);
+                root
+            }
+            None => v
+                .schema
+                .clone()
+                .unwrap_or_else(|| json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})),
+        };
         schema["x-kubernetes-group-version-kind"] = gvk;
         if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
             props.entry("apiVersion").or_insert(json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}));
             props.entry("kind").or_insert(json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}));
-            props.insert("metadata".into(), json!({"type": "object", "description": "Standard object's metadata."}));
+            props.entry("metadata").or_insert(json!({"type": "object", "description": "Standard object's metadata."}));
         }
         schemas.insert(name.clone(), schema);
         let schema_ref = json!({"$ref": format!("#/components/schemas/{name}")});
-        let patch_types: &[&str] = if def.custom {
-            &["application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml"]
-        } else {
-            &[
-                "application/json-patch+json",
-                "application/merge-patch+json",
-                "application/strategic-merge-patch+json",
-                "application/apply-patch+yaml",
-            ]
-        };
+        // The server accepts strategic merge patches for built-in kinds, but the documents do not
+        // say so: k8s-openapi's schemas carry no patch-merge-key extensions, and kubectl would
+        // compute its patches from them wrongly. Unadvertised, kubectl uses its compiled-in types.
+        let patch_types: &[&str] =
+            &["application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml"];
         let base = if def.namespaced {
             format!("/{}/namespaces/{{namespace}}/{}", gv_path(group, version), def.plural)
         } else {

@@ -226,3 +226,26 @@ async fn reqwest_free_status_patch(sim: &KubeSim) -> bool {
     let status = serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
     api.patch_status("w", &PatchParams::default(), &Patch::Merge(&status)).await.is_ok()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_side_apply_of_built_in_kinds_and_explain() {
+    let sim = start().await;
+    let k = Kubectl { sim: &sim };
+    tokio::task::block_in_place(|| {
+        let v1 = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, labels: {tier: web}}\nspec:\n  replicas: 1\n  selector: {matchLabels: {a: b}}\n  template:\n    metadata: {labels: {a: b}}\n    spec:\n      containers:\n      - {name: c, image: i, env: [{name: A, value: \"1\"}]}\n";
+        let v2 = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  replicas: 2\n  selector: {matchLabels: {a: b}}\n  template:\n    metadata: {labels: {a: b}}\n    spec:\n      containers:\n      - {name: c, image: i2}\n";
+        assert!(k.ok_with(&["apply", "-f", "-"], Some(v1)).contains("deployment.apps/d created"));
+        assert!(k.ok_with(&["apply", "-f", "-"], Some(v2)).contains("deployment.apps/d configured"));
+        // The three-way strategic merge removes what the manifest no longer has.
+        let got = k.ok(&[
+            "get",
+            "deploy",
+            "d",
+            "-o",
+            "jsonpath={.spec.replicas} {.metadata.labels} {.spec.template.spec.containers}",
+        ]);
+        assert_eq!(got, "2  [{\"image\":\"i2\",\"name\":\"c\"}]");
+        assert!(k.ok(&["explain", "secret.data"]).contains("Data contains the secret data"));
+        assert!(k.ok(&["explain", "deployment.spec.replicas"]).contains("<integer>"));
+    });
+}
