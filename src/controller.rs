@@ -174,7 +174,28 @@ impl Context {
                 .ok_or_else(|| Error::ReadCredentials(format!("Secret {:?} has no key {:?}", r.name, r.key)))?;
             creds.insert(r, value.clone());
         }
+        self.prune_caches(&mut cache);
         Ok(creds)
+    }
+
+    /// Forgets cached credential Secrets and failure fingerprints nothing refers to any more,
+    /// once the caches have grown well past what the TokenSources need.
+    fn prune_caches(&self, cache: &mut HashMap<(String, String), CachedSecret>) {
+        let sources = self.sources.state();
+        if cache.len() <= sources.len() * 4 + 64 {
+            return;
+        }
+        let referenced: std::collections::HashSet<(String, String)> = sources
+            .iter()
+            .flat_map(|ts| {
+                let ns = ts.namespace().unwrap_or_default();
+                ts.spec.secret_refs().into_iter().map(move |r| (ns.clone(), r.name))
+            })
+            .collect();
+        cache.retain(|k, _| referenced.contains(k));
+        let live: std::collections::HashSet<ObjectRef<TokenSource>> =
+            sources.iter().map(|ts| ObjectRef::from_obj(&**ts)).collect();
+        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|k, _| live.contains(k));
     }
 
     /// The target Secret: from the cache, or from the API when the cache does not have it (a

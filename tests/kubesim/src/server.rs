@@ -86,6 +86,14 @@ async fn handle(
                 Ok(ok(&list))
             }
         }
+        // An empty OpenAPI v2 document (the protobuf encoding of nothing): old kubectl versions
+        // read v2 before anything else and go on to use v3 or plain requests.
+        ["openapi", "v2"] => Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/com.github.proto-openapi.spec.v2.v1.0+protobuf")],
+            Vec::<u8>::new(),
+        )
+            .into_response()),
         ["openapi", "v3"] => Ok(ok(&openapi_index(&shared))),
         ["openapi", "v3", "api", v] => Ok(ok(&openapi_doc(&shared, "", v))),
         ["openapi", "v3", "apis", g, v] => Ok(ok(&openapi_doc(&shared, g, v))),
