@@ -237,50 +237,33 @@ async fn deletion_policies() {
 async fn invalid_input_is_reported_without_provider_calls() {
     let env = Env::start().await;
     // Caught by the CRD schema at apply time.
-    let mut no_target = podero(&env, "schema", "x");
-    no_target["spec"].as_object_mut().map(|s| s.remove("target"));
-    no_target["apiVersion"] = json!("tokensource.dev/v1alpha1");
-    no_target["kind"] = json!("TokenSource");
     let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
         env.client.clone(),
         &env.ns,
         &kube::api::ApiResource::erase::<tokensource_operator::crd::TokenSource>(&()),
     );
-    let obj: kube::api::DynamicObject = serde_json::from_value(no_target).unwrap_or_else(|e| panic!("{e}"));
-    let err = api
-        .create(&PostParams::default(), &obj)
-        .await
-        .err()
-        .unwrap_or_else(|| panic!("a TokenSource without target was accepted"));
-    assert!(matches!(&err, kube::Error::Api(s) if s.code == 422 && s.message.contains("spec.target")), "{err}");
+    let rejected = |mut doc: serde_json::Value| {
+        let api = api.clone();
+        doc["apiVersion"] = json!("tokensource.dev/v1alpha1");
+        doc["kind"] = json!("TokenSource");
+        async move {
+            let obj: kube::api::DynamicObject = serde_json::from_value(doc).unwrap_or_else(|e| panic!("{e}"));
+            match api.create(&PostParams::default(), &obj).await {
+                Err(kube::Error::Api(s)) if s.code == 422 => s.message,
+                other => panic!("expected 422 Invalid, got {other:?}"),
+            }
+        }
+    };
+    let mut no_target = podero(&env, "schema", "x");
+    no_target["spec"].as_object_mut().map(|s| s.remove("target"));
+    assert!(rejected(no_target).await.contains("spec.target"));
     let mut both = podero(&env, "both", "x");
     both["spec"]["http"] = json!({"url": "https://example.com/token"});
-    both["apiVersion"] = json!("tokensource.dev/v1alpha1");
-    both["kind"] = json!("TokenSource");
-    let obj: kube::api::DynamicObject = serde_json::from_value(both).unwrap_or_else(|e| panic!("{e}"));
-    let err = api
-        .create(&PostParams::default(), &obj)
-        .await
-        .err()
-        .unwrap_or_else(|| panic!("oauth2 and http together were accepted"));
-    assert!(
-        matches!(&err, kube::Error::Api(s) if s.code == 422 && s.message.contains("set exactly one of oauth2 and http")),
-        "{err}"
-    );
+    assert!(rejected(both).await.contains("set exactly one of oauth2 and http"));
     let mut both_values = podero(&env, "values", "x");
     both_values["spec"]["oauth2"]["clientId"]["value"] = json!("literal");
-    both_values["apiVersion"] = json!("tokensource.dev/v1alpha1");
-    both_values["kind"] = json!("TokenSource");
-    let obj: kube::api::DynamicObject = serde_json::from_value(both_values).unwrap_or_else(|e| panic!("{e}"));
-    let err = api
-        .create(&PostParams::default(), &obj)
-        .await
-        .err()
-        .unwrap_or_else(|| panic!("value and secretKeyRef together were accepted"));
-    assert!(
-        matches!(&err, kube::Error::Api(s) if s.code == 422 && s.message.contains("spec.oauth2.clientId") && s.message.contains("set exactly one of value and secretKeyRef")),
-        "{err}"
-    );
+    let m = rejected(both_values).await;
+    assert!(m.contains("spec.oauth2.clientId") && m.contains("set exactly one of value and secretKeyRef"), "{m}");
 
     // Caught by the operator: a missing Secret, a missing key, a bad JSONPath.
     env.create(podero(&env, "nocreds", "nocreds-token")).await;

@@ -49,7 +49,8 @@ impl Cause {
     }
 }
 
-fn short_value(v: &Value) -> String {
+/// A value as the API server quotes it in messages.
+pub fn short_value(v: &Value) -> String {
     match v {
         Value::String(s) => format!("{s:?}"),
         Value::Object(_) => "\"object\"".to_string(),

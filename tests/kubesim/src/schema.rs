@@ -4,7 +4,7 @@
 use base64::Engine;
 use serde_json::{Map, Value};
 
-use crate::error::Cause;
+use crate::error::{Cause, short_value};
 
 fn join(path: &str, key: &str) -> String {
     if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
@@ -108,15 +108,6 @@ fn type_name(value: &Value) -> &'static str {
     }
 }
 
-fn shown(value: &Value) -> String {
-    match value {
-        Value::String(s) => format!("{s:?}"),
-        Value::Object(_) => "\"object\"".into(),
-        Value::Array(_) => "\"array\"".into(),
-        other => other.to_string(),
-    }
-}
-
 /// Validates `value` at `path` against `schema`, appending one cause per violation.
 pub fn validate(value: &Value, schema: &Value, path: &str, causes: &mut Vec<Cause>) {
     let here = if path.is_empty() { "<root>" } else { path };
@@ -141,7 +132,7 @@ pub fn validate(value: &Value, schema: &Value, path: &str, causes: &mut Vec<Caus
                 here,
                 format!(
                     "Invalid value: {}: {here} in body must be of type integer or string: {:?}",
-                    shown(value),
+                    short_value(value),
                     type_name(value)
                 ),
             ));
@@ -165,11 +156,11 @@ pub fn validate(value: &Value, schema: &Value, path: &str, causes: &mut Vec<Caus
     if let Some(options) = schema["enum"].as_array()
         && !options.contains(value)
     {
-        let list: Vec<String> = options.iter().map(shown).collect();
+        let list: Vec<String> = options.iter().map(short_value).collect();
         causes.push(Cause::new(
             "FieldValueNotSupported",
             here,
-            format!("Unsupported value: {}: supported values: {}", shown(value), list.join(", ")),
+            format!("Unsupported value: {}: supported values: {}", short_value(value), list.join(", ")),
         ));
     }
 
@@ -286,7 +277,7 @@ fn validate_array(items: &[Value], schema: &Value, path: &str, here: &str, cause
                     causes.push(Cause::new(
                         "FieldValueDuplicate",
                         format!("{path}[{i}]"),
-                        format!("Duplicate value: {}", shown(item)),
+                        format!("Duplicate value: {}", short_value(item)),
                     ));
                 }
             }
@@ -370,7 +361,7 @@ fn validate_combinators(value: &Value, schema: &Value, path: &str, here: &str, c
                 here,
                 format!(
                     "Invalid value: {}: {here} in body must validate one and only one schema (oneOf). {found}",
-                    shown(value)
+                    short_value(value)
                 ),
             ));
         }
@@ -381,14 +372,14 @@ fn validate_combinators(value: &Value, schema: &Value, path: &str, here: &str, c
         causes.push(Cause::new(
             "FieldValueInvalid",
             here,
-            format!("Invalid value: {}: {here} in body must validate at least one schema (anyOf)", shown(value)),
+            format!("Invalid value: {}: {here} in body must validate at least one schema (anyOf)", short_value(value)),
         ));
     }
     if schema["not"].is_object() && passes(&schema["not"]) {
         causes.push(Cause::new(
             "FieldValueInvalid",
             here,
-            format!("Invalid value: {}: {here} in body should not validate the schema (not)", shown(value)),
+            format!("Invalid value: {}: {here} in body should not validate the schema (not)", short_value(value)),
         ));
     }
 }

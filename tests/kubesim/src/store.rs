@@ -740,16 +740,29 @@ impl State {
             body = events::to_core(&body);
         }
         let old = self.entry(ctx, name)?;
-        let sent_rv = meta_str(&body, "resourceVersion").to_string();
+        self.replace(ctx, name, &old, body, subresource)
+    }
+
+    /// The common end of update and patch: the optimistic-concurrency check, the parts a write
+    /// may not change, validation, field ownership, and the commit.
+    fn replace(
+        &mut self,
+        ctx: &Ctx,
+        name: &str,
+        old: &Entry,
+        mut new: Value,
+        subresource: bool,
+    ) -> ApiResult<(Value, Vec<String>)> {
+        let sent_rv = meta_str(&new, "resourceVersion").to_string();
         if !sent_rv.is_empty() && sent_rv != meta_str(&old.obj, "resourceVersion") {
             return Err(ApiError::stale(&ctx.def.gr(), name));
         }
-        let sent_managers = Self::sent_managers(&old, &body);
-        Self::carry_over(ctx, &old.obj, &mut body, subresource)?;
-        let warnings = self.prepare(ctx, &mut body, Some(&old.obj))?;
+        let sent_managers = Self::sent_managers(old, &new);
+        Self::carry_over(ctx, &old.obj, &mut new, subresource)?;
+        let warnings = self.prepare(ctx, &mut new, Some(&old.obj))?;
         let mut managers = sent_managers.unwrap_or_else(|| old.managers.clone());
-        Self::record_update(ctx, &mut managers, &old.obj, &body, Self::schema_of(ctx), subresource);
-        let out = self.commit(ctx, Self::key(ctx, name), Some(&old), Entry { obj: body, managers })?;
+        Self::record_update(ctx, &mut managers, &old.obj, &new, Self::schema_of(ctx), subresource);
+        let out = self.commit(ctx, Self::key(ctx, name), Some(old), Entry { obj: new, managers })?;
         Ok((out, warnings))
     }
 
@@ -784,17 +797,7 @@ impl State {
             }
             PatchKind::Apply { .. } => {}
         }
-        let sent_rv = meta_str(&new, "resourceVersion").to_string();
-        if !sent_rv.is_empty() && sent_rv != meta_str(&old.obj, "resourceVersion") {
-            return Err(ApiError::stale(&ctx.def.gr(), name));
-        }
-        let sent_managers = Self::sent_managers(&old, &new);
-        Self::carry_over(ctx, &old.obj, &mut new, subresource)?;
-        let warnings = self.prepare(ctx, &mut new, Some(&old.obj))?;
-        let mut managers = sent_managers.unwrap_or_else(|| old.managers.clone());
-        Self::record_update(ctx, &mut managers, &old.obj, &new, Self::schema_of(ctx), subresource);
-        let out = self.commit(ctx, Self::key(ctx, name), Some(&old), Entry { obj: new, managers })?;
-        Ok((out, warnings))
+        self.replace(ctx, name, &old, new, subresource)
     }
 
     /// Server-side apply: merges the applied configuration, checks it against the fields other
