@@ -344,3 +344,33 @@ async fn interswitch_expiry_comes_from_the_jwt() {
     let m = env.wait_ready("interswitch-json", "False", "ProviderRejected").await;
     assert!(m.contains("400") && m.contains("invalid_request"), "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_faults_are_survived() {
+    let env = Env::start().await;
+    let Some(sim) = env.sim.as_ref() else {
+        eprintln!("api_server_faults_are_survived needs kubesim's fault injection; skipped against a real cluster");
+        return;
+    };
+    podero_credentials(&env).await;
+    // The first two Secret writes and the first status write fail with 500.
+    sim.faults().fail_next(kubesim::Matcher::new("patch", "secrets").named(&env.ns, "faulty-token"), 2, 500, None);
+    sim.faults().fail_next(kubesim::Matcher::new("patch", "tokensources/status"), 1, 500, None);
+    env.create(podero(&env, "faulty", "faulty-token")).await;
+    let token = env.wait_token("faulty-token", None).await;
+    assert!(env.fakes.is_valid(&token));
+    env.wait_ready("faulty", "True", "TokenValid").await;
+    // Each lost Secret write cost a token: the provider saw three requests, no more.
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 3);
+
+    // Dropped watches and a compacted history (410 on resume): the operator re-lists and still
+    // notices a credential rotation.
+    sim.compact();
+    sim.faults().end_watches();
+    let rotated = FakeClient { id: "podero-client".into(), secret: "rotated-after-faults".into() };
+    env.fakes.set_podero_client(rotated.clone());
+    env.put_secret("podero-credentials", &[("client_id", &rotated.id), ("client_secret", &rotated.secret)]).await;
+    let second = env.wait_token("faulty-token", Some(&token)).await;
+    assert!(env.fakes.is_valid(&second));
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 4);
+}
