@@ -67,9 +67,21 @@ pub struct Context {
     targets: Store<Secret>,
     secret_meta: Store<PartialObjectMeta<Secret>>,
     credentials: tokio::sync::Mutex<HashMap<(String, String), CachedSecret>>,
-    failures: std::sync::Mutex<HashMap<ObjectRef<TokenSource>, String>>,
+    /// The last failed attempt per TokenSource, and what produced it: the backoff holds even when
+    /// a reconcile sees a cached object from before its own status write.
+    failures: std::sync::Mutex<HashMap<ObjectRef<TokenSource>, FailureMemory>>,
+    /// The last token this instance wrote per TokenSource, for the same reason: a cache that has
+    /// not caught up with the write must not cause a second fetch.
+    issued: std::sync::Mutex<HashMap<ObjectRef<TokenSource>, Stored>>,
     recorder: Recorder,
     pub metrics: Arc<Metrics>,
+}
+
+#[derive(Clone, Debug)]
+struct FailureMemory {
+    fingerprint: String,
+    retry_at: Timestamp,
+    failures: u32,
 }
 
 struct CachedSecret {
@@ -196,6 +208,7 @@ impl Context {
         let live: std::collections::HashSet<ObjectRef<TokenSource>> =
             sources.iter().map(|ts| ObjectRef::from_obj(&**ts)).collect();
         self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|k, _| live.contains(k));
+        self.issued.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|k, _| live.contains(k));
     }
 
     /// The target Secret: from the cache, or from the API when the cache does not have it (a
@@ -379,7 +392,12 @@ impl Context {
         let mut status = old.clone();
         status.observed_generation = generation;
         let target = self.target(ts).await?;
-        let stored = target.as_ref().map(Stored::of);
+        let cached = target.as_ref().map(Stored::of);
+        let mine = self.issued.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&ts_ref(ts)).cloned();
+        let stored = match (cached, mine) {
+            (Some(c), Some(m)) if c.owner == m.owner && c.refreshed_at < m.refreshed_at => Some(m),
+            (c, _) => c,
+        };
         let name = ts.name_any();
         let secret_ok = stored.as_ref().is_none_or(|s| s.owner.as_deref() == Some(name.as_str()));
         let valid_until = stored.as_ref().filter(|s| secret_ok && s.valid_at(now)).and_then(|s| s.expires_at);
@@ -464,6 +482,7 @@ impl Context {
             token_type: token.token_type.clone(),
             scope: token.scope.clone(),
         };
+        self.issued.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(ts_ref(ts), issued.clone());
         let was_ready = old.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
         let event = (!was_ready).then(|| {
             (
@@ -525,8 +544,14 @@ impl Context {
         // on every reconcile) is not a new failure: count and time stay, so status settles.
         let repeated = err.retry_class().is_none()
             && status.last_failure.as_ref().is_some_and(|f| f.reason == reason && f.message == message);
+        let remembered = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&ts_ref(ts))
+            .map_or(0, |f| f.failures);
         if !repeated {
-            status.failures = status.failures.saturating_add(1);
+            status.failures = status.failures.max(remembered).saturating_add(1);
             status.last_failure =
                 Some(Failure { time: now.to_string(), reason: reason.into(), message: message.clone() });
         }
@@ -548,8 +573,9 @@ impl Context {
                     _ => None,
                 };
                 let at = schedule::retry_at(now, status.failures, class, retry_after, valid_until, jitter());
-                if let Some(fp) = fingerprint {
-                    self.remember_failure(ts, fp);
+                if let Some(fingerprint) = fingerprint {
+                    let memory = FailureMemory { fingerprint, retry_at: at, failures: status.failures };
+                    self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(ts_ref(ts), memory);
                 }
                 status.next_refresh_at = Some(at.to_string());
                 Some(until(now, at))
@@ -568,15 +594,12 @@ impl Context {
         Outcome { status, requeue, event }
     }
 
-    fn remember_failure(&self, ts: &TokenSource, fingerprint: String) {
-        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(ts_ref(ts), fingerprint);
-    }
-
     fn forget_failure(&self, ts: &TokenSource) {
         self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&ts_ref(ts));
     }
 
-    /// The pending retry time after a failure, when nothing that produced it has changed.
+    /// The pending retry time after a failure, when nothing that produced it has changed. This
+    /// instance's own record decides; after a restart, the status does.
     fn backoff_pending(
         &self,
         ts: &TokenSource,
@@ -584,16 +607,14 @@ impl Context {
         fingerprint: &str,
         now: Timestamp,
     ) -> Option<Timestamp> {
-        if status.failures == 0 {
+        let failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(f) = failures.get(&ts_ref(ts)) {
+            return (f.fingerprint == fingerprint && f.retry_at > now).then_some(f.retry_at);
+        }
+        if status.failures == 0 || status.observed_generation != ts.meta().generation {
             return None;
         }
-        let retry_at = status.next_refresh_at.as_deref()?.parse::<Timestamp>().ok().filter(|t| *t > now)?;
-        let failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let unchanged = match failures.get(&ts_ref(ts)) {
-            Some(fp) => fp == fingerprint,
-            None => status.observed_generation == ts.meta().generation,
-        };
-        unchanged.then_some(retry_at)
+        status.next_refresh_at.as_deref()?.parse::<Timestamp>().ok().filter(|t| *t > now)
     }
 }
 
@@ -601,7 +622,7 @@ async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result<Action, Er
     if ts.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let now = Timestamp::now();
+    let now = schedule::whole_second(Timestamp::now());
     let outcome = match ctx.attempt(&ts, now).await {
         Ok(o) => o,
         Err(e) => {
@@ -757,6 +778,7 @@ pub async fn run(
         secret_meta,
         credentials: tokio::sync::Mutex::default(),
         failures: std::sync::Mutex::default(),
+        issued: std::sync::Mutex::default(),
         metrics: metrics.clone(),
         config: config.clone(),
     });

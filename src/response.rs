@@ -83,6 +83,7 @@ impl Reader {
         default_lifetime: Option<SignedDuration>,
         now: Timestamp,
     ) -> Result<Token, ProviderError> {
+        let now = crate::schedule::whole_second(now);
         let raw: Value = serde_json::from_slice(body)
             .map_err(|e| ProviderError::BadResponse(format!("the reply is not JSON ({e})")))?;
         let access_token = match first(&self.token, &raw) {
@@ -97,6 +98,7 @@ impl Reader {
             }
         };
         let (expires_at, lifetime_source) = self.expiry(&raw, &access_token, default_lifetime, now)?;
+        let expires_at = crate::schedule::whole_second(expires_at);
         if expires_at <= now {
             return Err(ProviderError::BadResponse(format!("the token expired already ({expires_at})")));
         }
@@ -278,7 +280,8 @@ mod tests {
         };
         let t = read(Some(spec), json!({"accessToken": "tok", "expires": "1800000900115"}), None)
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(t.expires_at, Timestamp::from_millisecond(1_800_000_900_115).unwrap_or(now()));
+        // Whole seconds, rounded down: the reported expiry is never later than the real one.
+        assert_eq!(t.expires_at, Timestamp::from_second(1_800_000_900).unwrap_or(now()));
         assert_eq!(t.lifetime_source, LifetimeSource::ExpiresAt);
     }
 

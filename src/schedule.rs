@@ -20,6 +20,13 @@ pub struct Policy {
     pub propagation_margin: SignedDuration,
 }
 
+/// Drops the fraction of a second: every time the operator writes is whole seconds (RFC 3339
+/// without fractions, as Kubernetes writes them), and rounding down never makes a token look
+/// valid for longer than it is.
+pub fn whole_second(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
 /// Parses a duration such as `90s`, `10m` or `1h30m`.
 pub fn parse_duration(s: &str) -> Result<SignedDuration, Error> {
     let bad = || Error::InvalidSpec(format!("{s:?} is not a duration such as 90s, 10m or 1h30m"));
@@ -94,7 +101,7 @@ impl Policy {
         let jittered = before + before.mul_f64(0.1 * jitter.clamp(0.0, 1.0));
         let floor = SignedDuration::from_secs(1).max(lifetime / 100).min(lifetime / 2);
         let at = expires - jittered.min(lifetime - floor);
-        at.max(issued + floor)
+        whole_second(at.max(issued + floor))
     }
 }
 
@@ -137,7 +144,7 @@ pub fn retry_at(
         let latest = now + (remaining - SignedDuration::from_secs(1)).max(remaining / 2);
         at = at.min(latest);
     }
-    at
+    whole_second(at)
 }
 
 #[cfg(test)]
