@@ -73,6 +73,9 @@ pub struct Context {
     /// The last token this instance wrote per TokenSource, for the same reason: a cache that has
     /// not caught up with the write must not cause a second fetch.
     issued: std::sync::Mutex<HashMap<ObjectRef<TokenSource>, Stored>>,
+    references: Arc<References>,
+    /// When the Ready gauge was last counted (it walks every TokenSource).
+    ready_counted: std::sync::Mutex<std::time::Instant>,
     recorder: Recorder,
     pub metrics: Arc<Metrics>,
 }
@@ -190,13 +193,31 @@ impl Context {
         Ok(creds)
     }
 
+    /// Sets the Ready gauge, at most every five seconds: counting walks every TokenSource.
+    fn count_ready(&self) {
+        let mut last = self.ready_counted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.elapsed() < Duration::from_secs(5) {
+            return;
+        }
+        *last = std::time::Instant::now();
+        let ready = self
+            .sources
+            .state()
+            .iter()
+            .filter(|t| {
+                t.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count();
+        self.metrics.ready_sources.set(ready as i64);
+    }
+
     /// Forgets cached credential Secrets and failure fingerprints nothing refers to any more,
     /// once the caches have grown well past what the TokenSources need.
     fn prune_caches(&self, cache: &mut HashMap<(String, String), CachedSecret>) {
-        let sources = self.sources.state();
-        if cache.len() <= sources.len() * 4 + 64 {
+        if cache.len() <= self.sources.len() * 4 + 64 {
             return;
         }
+        let sources = self.sources.state();
         let referenced: std::collections::HashSet<(String, String)> = sources
             .iter()
             .flat_map(|ts| {
@@ -209,6 +230,7 @@ impl Context {
             sources.iter().map(|ts| ObjectRef::from_obj(&**ts)).collect();
         self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|k, _| live.contains(k));
         self.issued.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|k, _| live.contains(k));
+        self.references.retain(&live);
     }
 
     /// The target Secret: from the cache, or from the API when the cache does not have it (a
@@ -622,6 +644,7 @@ async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result<Action, Er
     if ts.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
+    ctx.references.record(&ts);
     let now = schedule::whole_second(Timestamp::now());
     let outcome = match ctx.attempt(&ts, now).await {
         Ok(o) => o,
@@ -662,22 +685,96 @@ fn error_policy(_ts: Arc<TokenSource>, err: &Error, _ctx: Arc<Context>) -> Actio
     Action::requeue(Duration::from_secs(2) + Duration::from_millis((jitter() * 3000.0) as u64))
 }
 
-/// The TokenSources affected by a change to a Secret: those that read it, and for a target
-/// Secret its owner and every TokenSource chained to the owner.
-fn affected(sources: &Store<TokenSource>, ns: &str, name: &str, owner: Option<&str>) -> Vec<ObjectRef<TokenSource>> {
-    sources
-        .state()
-        .iter()
-        .filter(|ts| ts.namespace().as_deref() == Some(ns))
-        .filter(|ts| {
-            let reads = ts.spec.secret_refs().iter().any(|r| r.name == name);
-            let owns = owner.is_some_and(|o| ts.name_any() == o);
-            let chained = owner.is_some_and(|o| ts.spec.upstream() == Some(o));
-            let writes = ts.spec.target.secret_name == name;
-            reads || owns || chained || writes
-        })
-        .map(|ts| ObjectRef::from_obj(&**ts))
-        .collect()
+/// What a TokenSource refers to, as index keys.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum RefKey {
+    /// A Secret it reads credentials from or writes its token to.
+    Secret(String, String),
+    /// The TokenSource it takes its bearer token from.
+    Upstream(String, String),
+    /// The TokenSource itself, by name.
+    Source(String, String),
+}
+
+/// Which TokenSources refer to which Secrets and upstream TokenSources, so a Secret event finds
+/// the TokenSources it affects without scanning them all. Every reconcile records its
+/// TokenSource's references; references only change with the spec, and a spec change reconciles.
+#[derive(Default)]
+pub struct References {
+    inner: std::sync::Mutex<ReferencesInner>,
+}
+
+#[derive(Default)]
+struct ReferencesInner {
+    by_source: HashMap<ObjectRef<TokenSource>, Vec<RefKey>>,
+    by_key: HashMap<RefKey, std::collections::HashSet<ObjectRef<TokenSource>>>,
+}
+
+impl References {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReferencesInner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records what `ts` refers to now.
+    pub fn record(&self, ts: &TokenSource) {
+        let ns = ts.namespace().unwrap_or_default();
+        let mut keys: Vec<RefKey> =
+            ts.spec.secret_refs().into_iter().map(|r| RefKey::Secret(ns.clone(), r.name)).collect();
+        keys.push(RefKey::Secret(ns.clone(), ts.spec.target.secret_name.clone()));
+        keys.push(RefKey::Source(ns.clone(), ts.name_any()));
+        if let Some(up) = ts.spec.upstream() {
+            keys.push(RefKey::Upstream(ns.clone(), up.to_string()));
+        }
+        keys.sort_by_key(|k| format!("{k:?}"));
+        keys.dedup();
+        let r = ts_ref(ts);
+        let mut inner = self.lock();
+        if inner.by_source.get(&r) == Some(&keys) {
+            return;
+        }
+        Self::remove(&mut inner, &r);
+        for k in &keys {
+            inner.by_key.entry(k.clone()).or_default().insert(r.clone());
+        }
+        inner.by_source.insert(r, keys);
+    }
+
+    fn remove(inner: &mut ReferencesInner, r: &ObjectRef<TokenSource>) {
+        for k in inner.by_source.remove(r).unwrap_or_default() {
+            if let Some(set) = inner.by_key.get_mut(&k) {
+                set.remove(r);
+                if set.is_empty() {
+                    inner.by_key.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// Forgets TokenSources that no longer exist.
+    fn retain(&self, live: &std::collections::HashSet<ObjectRef<TokenSource>>) {
+        let mut inner = self.lock();
+        let gone: Vec<ObjectRef<TokenSource>> =
+            inner.by_source.keys().filter(|r| !live.contains(*r)).cloned().collect();
+        for r in gone {
+            Self::remove(&mut inner, &r);
+        }
+    }
+
+    /// The TokenSources affected by a change to a Secret: those that read or write it, and for a
+    /// target Secret its owner and every TokenSource chained to the owner.
+    pub fn affected(&self, ns: &str, name: &str, owner: Option<&str>) -> Vec<ObjectRef<TokenSource>> {
+        let inner = self.lock();
+        let mut keys = vec![RefKey::Secret(ns.into(), name.into())];
+        if let Some(o) = owner {
+            keys.push(RefKey::Source(ns.into(), o.into()));
+            keys.push(RefKey::Upstream(ns.into(), o.into()));
+        }
+        let mut out: Vec<ObjectRef<TokenSource>> =
+            keys.iter().filter_map(|k| inner.by_key.get(k)).flat_map(|set| set.iter().cloned()).collect();
+        out.sort_by_key(|r| r.to_string());
+        out.dedup();
+        out
+    }
 }
 
 fn scoped<K>(client: Client, ns: Option<&str>) -> Api<K>
@@ -755,14 +852,15 @@ pub async fn run(
         .touched_objects();
 
     let (tx, rx) = mpsc::channel::<ObjectRef<TokenSource>>(4096);
-    let s1 = sources.clone();
+    let references = Arc::new(References::default());
+    let r1 = references.clone();
     forward(targets_stream, tx.clone(), move |s: &Secret| {
         let owner = s.labels().get(secret::NAME_LABEL).cloned();
-        affected(&s1, &s.namespace().unwrap_or_default(), &s.name_any(), owner.as_deref())
+        r1.affected(&s.namespace().unwrap_or_default(), &s.name_any(), owner.as_deref())
     });
-    let s2 = sources.clone();
+    let r2 = references.clone();
     forward(meta_stream, tx, move |m: &PartialObjectMeta<Secret>| {
-        affected(&s2, &m.namespace().unwrap_or_default(), &m.name_any(), None)
+        r2.affected(&m.namespace().unwrap_or_default(), &m.name_any(), None)
     });
     targets.wait_until_ready().await.map_err(|e| anyhow_free::Error::Startup(e.to_string()))?;
     secret_meta.wait_until_ready().await.map_err(|e| anyhow_free::Error::Startup(e.to_string()))?;
@@ -779,6 +877,8 @@ pub async fn run(
         credentials: tokio::sync::Mutex::default(),
         failures: std::sync::Mutex::default(),
         issued: std::sync::Mutex::default(),
+        references,
+        ready_counted: std::sync::Mutex::new(std::time::Instant::now()),
         metrics: metrics.clone(),
         config: config.clone(),
     });
@@ -790,17 +890,7 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| {
-            let ready = ctx
-                .sources
-                .state()
-                .iter()
-                .filter(|t| {
-                    t.status
-                        .as_ref()
-                        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-                })
-                .count();
-            ctx.metrics.ready_sources.set(ready as i64);
+            ctx.count_ready();
             if let Err(e) = res {
                 tracing::debug!(error = %e, "controller event");
             }
@@ -823,6 +913,7 @@ pub mod anyhow_free {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn t(s: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + s).unwrap_or(Timestamp::UNIX_EPOCH)
@@ -873,6 +964,43 @@ mod tests {
             decide(Some(&stored("fp", 0, 3600)), "fp", "u", &policy(), t(3600)),
             Decision::Fetch { why: "Expired" }
         );
+    }
+
+    fn source(name: &str, creds: &str, target: &str, upstream: Option<&str>) -> TokenSource {
+        let auth = match upstream {
+            Some(u) => json!({"bearer": {"tokenSourceRef": {"name": u}}}),
+            None => {
+                json!({"basic": {"username": {"value": "u"}, "password": {"secretKeyRef": {"name": creds, "key": "p"}}}})
+            }
+        };
+        let mut ts: TokenSource = serde_json::from_value(json!({
+            "apiVersion": "tokensource.dev/v1alpha1", "kind": "TokenSource",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"http": {"url": "https://x.example/t", "auth": auth}, "target": {"secretName": target}}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        ts.metadata.namespace = Some("ns".into());
+        ts
+    }
+
+    #[test]
+    fn references_find_affected_sources_without_a_scan() {
+        let refs = References::default();
+        let a = source("a", "creds", "a-token", None);
+        let b = source("b", "other", "b-token", Some("a"));
+        refs.record(&a);
+        refs.record(&b);
+        let names = |v: Vec<ObjectRef<TokenSource>>| v.into_iter().map(|r| r.name).collect::<Vec<_>>();
+        assert_eq!(names(refs.affected("ns", "creds", None)), vec!["a"]);
+        assert_eq!(names(refs.affected("other-ns", "creds", None)), Vec::<String>::new());
+        // a's target Secret changed: a itself and b, which is chained to a.
+        assert_eq!(names(refs.affected("ns", "a-token", Some("a"))), vec!["a", "b"]);
+        // A spec change moves a's credentials to another Secret.
+        refs.record(&source("a", "rotated", "a-token", None));
+        assert!(refs.affected("ns", "creds", None).is_empty());
+        assert_eq!(names(refs.affected("ns", "rotated", None)), vec!["a"]);
+        refs.retain(&[ts_ref(&b)].into_iter().collect());
+        assert!(refs.affected("ns", "rotated", None).is_empty());
     }
 
     #[test]
