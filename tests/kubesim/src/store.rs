@@ -116,6 +116,17 @@ pub struct State {
     tx: broadcast::Sender<Arc<WatchEvent>>,
     /// Evaluates CRDs' `x-kubernetes-validations` (CEL) rules.
     cel: kube_cel::Validator,
+    /// Where each uid lives, for owner lookups.
+    uids: std::collections::HashMap<String, (GroupResource, Key)>,
+    /// The objects whose ownerReferences name each uid, for garbage collection.
+    dependents: std::collections::HashMap<String, std::collections::BTreeSet<(GroupResource, Key)>>,
+}
+
+fn owner_uids(obj: &Value) -> Vec<String> {
+    obj["metadata"]["ownerReferences"]
+        .as_array()
+        .map(|refs| refs.iter().filter_map(|r| r["uid"].as_str().map(String::from)).collect())
+        .unwrap_or_default()
 }
 
 pub fn now() -> String {
@@ -178,6 +189,8 @@ impl State {
             history_limit,
             tx: tx.clone(),
             cel: kube_cel::Validator::new(),
+            uids: Default::default(),
+            dependents: Default::default(),
         };
         for def in registry::builtins() {
             s.defs.insert(def.gr(), def);
@@ -609,6 +622,7 @@ impl State {
         }
         let rendered = entry.rendered();
         let storage = ctx.def.storage.clone();
+        self.index(&storage, &key, old.map(|o| &o.obj), Some(&entry.obj));
         self.objects.entry(storage.clone()).or_default().insert(key.clone(), entry);
         let before = old.map(|o| o.obj.clone());
         self.emit(if before.is_some() { "MODIFIED" } else { "ADDED" }, &storage, &key.0, rendered.clone(), before);
@@ -1011,6 +1025,7 @@ impl State {
     /// Removes an object for good, then lets the garbage collector act on its dependents.
     fn remove(&mut self, storage: &GroupResource, key: &Key) -> Option<Value> {
         let entry = self.objects.get_mut(storage)?.remove(key)?;
+        self.index(storage, key, Some(&entry.obj), None);
         self.rv += 1;
         let mut obj = entry.rendered();
         obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
@@ -1039,23 +1054,38 @@ impl State {
         self.defs.remove(&gr);
     }
 
-    fn dependents_of(&self, uid: &str) -> Vec<(GroupResource, Key)> {
-        let mut out = vec![];
-        for (gr, bucket) in &self.objects {
-            for (k, e) in bucket {
-                let owned = e.obj["metadata"]["ownerReferences"]
-                    .as_array()
-                    .is_some_and(|refs| refs.iter().any(|r| r["uid"].as_str() == Some(uid)));
-                if owned {
-                    out.push((gr.clone(), k.clone()));
+    /// Keeps the uid and owner indexes in step with a write (`new`) or a removal (no `new`).
+    fn index(&mut self, gr: &GroupResource, key: &Key, old: Option<&Value>, new: Option<&Value>) {
+        let place = (gr.clone(), key.clone());
+        for owner in old.map(owner_uids).unwrap_or_default() {
+            if let Some(set) = self.dependents.get_mut(&owner) {
+                set.remove(&place);
+                if set.is_empty() {
+                    self.dependents.remove(&owner);
                 }
             }
         }
-        out
+        match new {
+            Some(obj) => {
+                self.uids.insert(meta_str(obj, "uid").to_string(), place.clone());
+                for owner in owner_uids(obj) {
+                    self.dependents.entry(owner).or_default().insert(place.clone());
+                }
+            }
+            None => {
+                if let Some(obj) = old {
+                    self.uids.remove(meta_str(obj, "uid"));
+                }
+            }
+        }
+    }
+
+    fn dependents_of(&self, uid: &str) -> Vec<(GroupResource, Key)> {
+        self.dependents.get(uid).map(|set| set.iter().cloned().collect()).unwrap_or_default()
     }
 
     fn uid_exists(&self, uid: &str) -> bool {
-        self.objects.values().any(|b| b.values().any(|e| meta_str(&e.obj, "uid") == uid))
+        self.uids.contains_key(uid)
     }
 
     fn internal_ctx(&self, gr: &GroupResource, ns: &str) -> Option<Ctx> {
