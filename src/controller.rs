@@ -823,12 +823,12 @@ pub async fn run(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> anyhow_free::Result<()> {
+) -> Result<(), StartError> {
     let ns = config.namespace.clone();
     let sources_api: Api<TokenSource> = scoped(client.clone(), ns.as_deref());
     // Fail fast with a clear message when the CRD is not installed.
     sources_api.list(&ListParams::default().limit(1)).await.map_err(|e| {
-        anyhow_free::Error::Startup(format!(
+        StartError(format!(
             "cannot list TokenSources ({e}); is the CRD installed? (tokensource-operator crd | kubectl apply -f -)"
         ))
     })?;
@@ -862,10 +862,10 @@ pub async fn run(
     forward(meta_stream, tx, move |m: &PartialObjectMeta<Secret>| {
         r2.affected(&m.namespace().unwrap_or_default(), &m.name_any(), None)
     });
-    targets.wait_until_ready().await.map_err(|e| anyhow_free::Error::Startup(e.to_string()))?;
-    secret_meta.wait_until_ready().await.map_err(|e| anyhow_free::Error::Startup(e.to_string()))?;
+    targets.wait_until_ready().await.map_err(|e| StartError(e.to_string()))?;
+    secret_meta.wait_until_ready().await.map_err(|e| StartError(e.to_string()))?;
 
-    let transport = Transport::new(config.transport.clone()).map_err(|e| anyhow_free::Error::Startup(e.to_string()))?;
+    let transport = Transport::new(config.transport.clone()).map_err(|e| StartError(e.to_string()))?;
     let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
@@ -900,15 +900,10 @@ pub async fn run(
     Ok(())
 }
 
-/// Startup errors, without pulling in a catch-all error crate.
-pub mod anyhow_free {
-    #[derive(Debug, thiserror::Error)]
-    pub enum Error {
-        #[error("{0}")]
-        Startup(String),
-    }
-    pub type Result<T> = std::result::Result<T, Error>;
-}
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
 
 #[cfg(test)]
 mod tests {

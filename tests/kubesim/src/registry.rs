@@ -65,10 +65,7 @@ impl ResourceDef {
 
     /// An entry of an `APIResourceList`.
     pub fn api_resources(&self, v: &str) -> Vec<Value> {
-        let mut verbs = vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
-        if self.plural == "events" && self.group.is_empty() {
-            verbs.sort();
-        }
+        let verbs = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
         let mut main = json!({
             "name": self.plural,
             "singularName": self.singular,

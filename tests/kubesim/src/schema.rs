@@ -49,9 +49,6 @@ pub fn apply_defaults(value: &mut Value, schema: &Value) {
 pub fn prune(value: &mut Value, schema: &Value, path: &str, unknown: &mut Vec<String>) {
     match value {
         Value::Object(map) => {
-            if schema["x-kubernetes-embedded-resource"].as_bool() == Some(true) && path.is_empty() {
-                // handled by the caller for the root object
-            }
             let props = schema["properties"].as_object();
             let additional = &schema["additionalProperties"];
             let keep_all = preserves_unknown(schema) || additional.as_bool() == Some(true);

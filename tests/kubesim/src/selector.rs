@@ -124,7 +124,7 @@ impl FieldSelector {
         })
     }
 
-    /// The `metadata.name` an equality requirement pins, if any (kubectl's `get NAME -w`).
+    /// Whether the selector has no requirement.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
