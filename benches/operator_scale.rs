@@ -19,16 +19,6 @@ use tokensource_operator::controller::{self, Config};
 use tokensource_operator::crd::TokenSource;
 use tokensource_operator::metrics::Metrics;
 
-fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
 fn start_operator(client: kube::Client) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let config = Config { allow_http: true, ..Default::default() };
@@ -110,7 +100,7 @@ async fn main() {
         f.count("create", "events"),
         f.count("get", "secrets"),
     );
-    println!("rss: {:.1} MiB (kubesim, the fake, the operator and its caches)", rss_mib());
+    println!("rss: {:.1} MiB (kubesim, the fake, the operator and its caches)", kubesim::resident_mib());
 
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;

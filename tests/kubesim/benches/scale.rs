@@ -18,16 +18,6 @@ fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
 #[tokio::main]
 async fn main() {
     let secrets = env("SECRETS", 10_000);
@@ -37,7 +27,7 @@ async fn main() {
     let api: Api<Secret> = Api::default_namespaced(sim.client());
     let start_rv = sim.resource_version().to_string();
     println!("kubesim scale benchmark: {secrets} Secrets, {watchers} watchers, {creators} concurrent creators");
-    println!("rss at start: {:.1} MiB", rss_mib());
+    println!("rss at start: {:.1} MiB", kubesim::resident_mib());
 
     // Watchers first, from the current resourceVersion, each on its own client connection.
     let seen = Arc::new(AtomicUsize::new(0));
@@ -143,6 +133,6 @@ async fn main() {
     );
     println!(
         "rss at end: {:.1} MiB (the emulator, 100 client connections and the benchmark in one process)",
-        rss_mib()
+        kubesim::resident_mib()
     );
 }

@@ -134,6 +134,17 @@ impl KubeSim {
     }
 }
 
+/// This process's resident memory in MiB (from /proc; 0 where there is none), for the benchmarks.
+pub fn resident_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
 impl Drop for KubeSim {
     fn drop(&mut self) {
         self.task.abort();
