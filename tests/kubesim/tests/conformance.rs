@@ -681,3 +681,26 @@ async fn filtered_watches_see_objects_enter_and_leave_the_selection() {
     }
     assert_eq!(kinds, vec!["ADDED", "MODIFIED", "DELETED"]);
 }
+
+#[tokio::test]
+async fn streaming_lists_send_initial_events_and_their_end() {
+    let sim = start().await;
+    let api: Api<Secret> = Api::default_namespaced(sim.client());
+    for name in ["x", "y"] {
+        api.create(&PostParams::default(), &secret(name, json!({}))).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let (reader, writer) = reflector::store();
+    let stream =
+        reflector(writer, watcher(api.clone(), watcher::Config::default().streaming_lists())).applied_objects();
+    let task = tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while stream.next().await.is_some() {}
+    });
+    tokio::time::timeout(Duration::from_secs(5), reader.wait_until_ready())
+        .await
+        .unwrap_or_else(|_| panic!("the initial-events-end bookmark never came"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reader.len(), 2);
+    assert_eq!(sim.faults().count("list", "secrets"), 0, "a streaming list needs no list request");
+    task.abort();
+}
