@@ -154,7 +154,9 @@ pub fn render_data(ts: &TokenSource, token: &Token) -> Result<BTreeMap<String, S
                 return Err(Error::RenderSecret(format!("target.templates: {key:?} is not a valid Secret key")));
             }
             let rendered = env.render_str(template, minijinja::value::Serde(&ctx)).map_err(|e| {
-                Error::RenderSecret(format!("target.templates.{key}: {}", e.detail().unwrap_or(&e.to_string())))
+                let detail = e.detail().map(String::from).unwrap_or_else(|| e.to_string());
+                let detail = crate::providers::redact(&detail, [token.access_token.as_str()]);
+                Error::RenderSecret(format!("target.templates.{key}: {detail}"))
             })?;
             data.insert(key.clone(), rendered);
         }
@@ -162,7 +164,7 @@ pub fn render_data(ts: &TokenSource, token: &Token) -> Result<BTreeMap<String, S
     Ok(data)
 }
 
-/// Checks templates against a sample reply, so mistakes are reported before any provider call.
+/// Parses the templates, so syntax mistakes are reported before any provider call.
 pub fn check_templates(ts: &TokenSource) -> Result<(), Error> {
     let env = template_env();
     for (key, template) in &ts.spec.target.templates {

@@ -20,7 +20,8 @@ fn fill(
     if !template.contains("{{") && !template.contains("{%") {
         return Ok(template.to_string());
     }
-    env.render_str(template, minijinja::value::Serde(values)).map_err(|e| Error::InvalidSpec(format!("{field}: {e}")))
+    env.render_str(template, minijinja::value::Serde(values))
+        .map_err(|e| Error::InvalidSpec(super::redact(&format!("{field}: {e}"), values.values().map(String::as_str))))
 }
 
 fn fill_json(env: &Environment<'_>, field: &str, v: &Value, values: &BTreeMap<String, String>) -> Result<Value, Error> {

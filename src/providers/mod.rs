@@ -123,16 +123,20 @@ impl Request {
 
     /// Replaces every credential value that appears in `text` by `[redacted]`.
     pub fn scrub(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for s in &self.secrets {
-            if let Ok(v) = std::str::from_utf8(s)
-                && v.len() >= 4
-            {
-                out = out.replace(v, "[redacted]");
-            }
-        }
-        out
+        redact(text, self.secrets.iter().filter_map(|s| std::str::from_utf8(s).ok()))
     }
+}
+
+/// Replaces each of `secrets` (four characters or longer) in `text` by `[redacted]`: the last
+/// guard before a provider's reply or an error message reaches a condition, an Event or a log.
+pub fn redact<'a>(text: &str, secrets: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = text.to_string();
+    for v in secrets {
+        if v.len() >= 4 {
+            out = out.replace(v, "[redacted]");
+        }
+    }
+    out
 }
 
 /// Parses and checks a token endpoint URL.

@@ -123,11 +123,6 @@ impl FieldSelector {
             (have == *want) == *eq
         })
     }
-
-    /// Whether the selector has no requirement.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 #[cfg(test)]

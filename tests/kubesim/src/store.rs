@@ -116,6 +116,9 @@ pub struct State {
     tx: broadcast::Sender<Arc<WatchEvent>>,
     /// Evaluates CRDs' `x-kubernetes-validations` (CEL) rules.
     cel: kube_cel::Validator,
+    /// The CEL rules of each served custom resource version that has any, compiled once when
+    /// the CRD is written rather than on every object write.
+    cel_rules: std::collections::HashMap<(GroupResource, String), Arc<kube_cel::CompiledSchema>>,
     /// Where each uid lives, for owner lookups.
     uids: std::collections::HashMap<String, (GroupResource, Key)>,
     /// The objects whose ownerReferences name each uid, for garbage collection.
@@ -189,6 +192,7 @@ impl State {
             history_limit,
             tx: tx.clone(),
             cel: kube_cel::Validator::new(),
+            cel_rules: Default::default(),
             uids: Default::default(),
             dependents: Default::default(),
         };
@@ -486,8 +490,8 @@ impl State {
             let (c, unknown) = schema::process(body, schema);
             let structural_ok = c.is_empty();
             causes.extend(c);
-            if structural_ok && schema.to_string().contains("x-kubernetes-validations") {
-                causes.extend(self.cel_causes(schema, body, old));
+            if let Some(rules) = self.cel_rules.get(&(ctx.def.gr(), ctx.version.clone())).filter(|_| structural_ok) {
+                causes.extend(self.cel_causes(rules, body, old));
             }
             match ctx.field_validation.as_deref() {
                 Some("Strict") if !unknown.is_empty() => {
@@ -527,8 +531,8 @@ impl State {
     }
 
     /// Runs the schema's CEL rules, with the stored object as `oldSelf` for transition rules.
-    fn cel_causes(&self, schema: &Value, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
-        match self.cel.validate(schema, obj, old) {
+    fn cel_causes(&self, rules: &kube_cel::CompiledSchema, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
+        match self.cel.validate_compiled(rules, obj, old) {
             Ok(()) => vec![],
             Err(errors) => errors
                 .iter()
@@ -618,7 +622,7 @@ impl State {
         if ctx.def.plural == "customresourcedefinitions"
             && let Ok(def) = registry::from_crd(&entry.obj)
         {
-            self.defs.insert(def.gr(), def);
+            self.register(def);
         }
         let rendered = entry.rendered();
         let storage = ctx.def.storage.clone();
@@ -1041,6 +1045,18 @@ impl State {
         Some(obj)
     }
 
+    /// Serves a custom resource type, compiling its CEL rules once.
+    fn register(&mut self, def: ResourceDef) {
+        let gr = def.gr();
+        self.cel_rules.retain(|(g, _), _| *g != gr);
+        for v in &def.versions {
+            if let Some(schema) = v.schema.as_ref().filter(|s| s.to_string().contains("x-kubernetes-validations")) {
+                self.cel_rules.insert((gr.clone(), v.name.clone()), Arc::new(kube_cel::compile_schema(schema)));
+            }
+        }
+        self.defs.insert(gr, def);
+    }
+
     /// A deleted CRD takes its custom objects with it and stops being served.
     fn unregister_crd(&mut self, crd: &Value) {
         let Ok(def) = registry::from_crd(crd) else {
@@ -1052,6 +1068,7 @@ impl State {
             self.remove(&gr, &key);
         }
         self.defs.remove(&gr);
+        self.cel_rules.retain(|(g, _), _| *g != gr);
     }
 
     /// Keeps the uid and owner indexes in step with a write (`new`) or a removal (no `new`).
