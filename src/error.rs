@@ -1,9 +1,19 @@
-//! The operator's errors, each with a stable PascalCase reason used for conditions, Events and
-//! metrics, and a retry class.
+//! The operator's errors. One table ([`Error::classify`]) gives each its reason (the PascalCase
+//! word of conditions, Events and metrics) and its retry class together.
 
 use std::time::Duration;
 
-use crate::schedule::RetryClass;
+use crate::conditions::Reason;
+
+/// How a failure is retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryClass {
+    /// Timeouts, connection errors, 5xx, 408, 429: retry soon.
+    Transient,
+    /// The endpoint rejected the request (4xx) or answered something unusable: retry slowly; a
+    /// spec or credential change retries at once.
+    Rejected,
+}
 
 /// What went wrong talking to a token endpoint. Messages carry what the endpoint answered, never
 /// what was sent.
@@ -21,22 +31,21 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
-    pub fn reason(&self) -> &'static str {
+    /// The reason and retry class of a provider failure.
+    pub fn classify(&self) -> (Reason, RetryClass) {
+        use RetryClass::{Rejected, Transient};
         match self {
-            Self::Unreachable(_) => "ProviderUnreachable",
-            Self::Status { status: 429, .. } => "ProviderThrottled",
-            Self::Status { status, .. } if *status >= 500 => "ProviderUnavailable",
-            Self::Status { .. } => "ProviderRejected",
-            Self::BadResponse(_) => "BadProviderResponse",
+            Self::Unreachable(_) => (Reason::ProviderUnreachable, Transient),
+            Self::Status { status: 429, .. } => (Reason::ProviderThrottled, Transient),
+            Self::Status { status: 408, .. } => (Reason::ProviderUnavailable, Transient),
+            Self::Status { status, .. } if *status >= 500 => (Reason::ProviderUnavailable, Transient),
+            Self::Status { .. } => (Reason::ProviderRejected, Rejected),
+            Self::BadResponse(_) => (Reason::BadProviderResponse, Rejected),
         }
     }
 
-    pub fn class(&self) -> RetryClass {
-        match self {
-            Self::Status { status, .. } if *status != 429 && *status != 408 && *status < 500 => RetryClass::Rejected,
-            Self::BadResponse(_) => RetryClass::Rejected,
-            _ => RetryClass::Transient,
-        }
+    pub fn reason(&self) -> Reason {
+        self.classify().0
     }
 
     pub fn retry_after(&self) -> Option<Duration> {
@@ -47,23 +56,35 @@ impl ProviderError {
     }
 }
 
+/// Why a chained TokenSource cannot use its upstream yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamState {
+    /// The upstream TokenSource does not exist.
+    Missing,
+    /// It exists but its Secret holds no valid token.
+    NotReady,
+}
+
 /// A reconcile failure.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The spec cannot work as written; nothing is retried until it changes.
     #[error("{0}")]
     InvalidSpec(String),
-    /// A referenced credential Secret or key is missing.
+    /// A referenced Secret, ConfigMap or key is missing.
     #[error("{0}")]
-    ReadCredentials(String),
+    CredentialsNotFound(String),
+    /// A referenced credential exists but cannot be used.
+    #[error("{0}")]
+    CredentialsInvalid(String),
     /// The target Secret exists and was not created for this TokenSource.
     #[error(
         "Secret {0:?} already exists and is not managed by this TokenSource; delete it or choose another target.secretName"
     )]
     SecretConflict(String),
-    /// A chained TokenSource has no usable token yet.
-    #[error("{0}")]
-    WaitingForUpstream(String),
+    /// A chained TokenSource has no usable token.
+    #[error("{}", upstream_message(name, *state))]
+    Upstream { name: String, state: UpstreamState },
     /// The token request failed.
     #[error(transparent)]
     FetchToken(#[from] ProviderError),
@@ -81,32 +102,86 @@ pub enum Error {
     Kube(#[source] kube::Error),
 }
 
+fn upstream_message(name: &str, state: UpstreamState) -> String {
+    match state {
+        UpstreamState::Missing => format!("TokenSource {name:?} not found"),
+        UpstreamState::NotReady => format!("TokenSource {name:?} has no valid token yet"),
+    }
+}
+
 impl Error {
-    /// A stable PascalCase word for conditions, Events and metric labels.
-    pub fn reason(&self) -> &'static str {
+    /// The reason and the retry class: `None` waits for a change to the TokenSource or to what it
+    /// reads (all of it is watched).
+    pub fn classify(&self) -> (Reason, Option<RetryClass>) {
         match self {
-            Self::InvalidSpec(_) => "InvalidSpec",
-            Self::ReadCredentials(_) => "CredentialsNotFound",
-            Self::SecretConflict(_) => "SecretConflict",
-            Self::WaitingForUpstream(_) => "WaitingForUpstream",
-            Self::FetchToken(p) => p.reason(),
-            Self::RenderSecret(_) => "InvalidSpec",
-            Self::ApplySecret(_) => "ApplySecretFailed",
-            Self::UpdateStatus(_) => "UpdateStatusFailed",
-            Self::Kube(_) => "KubernetesError",
+            Self::InvalidSpec(_) | Self::RenderSecret(_) => (Reason::InvalidSpec, None),
+            Self::CredentialsNotFound(_) => (Reason::CredentialsNotFound, None),
+            Self::CredentialsInvalid(_) => (Reason::CredentialsInvalid, None),
+            Self::SecretConflict(_) => (Reason::SecretConflict, None),
+            Self::Upstream { .. } => (Reason::WaitingForUpstream, None),
+            Self::FetchToken(p) => {
+                let (reason, class) = p.classify();
+                (reason, Some(class))
+            }
+            Self::ApplySecret(_) => (Reason::ApplySecretFailed, Some(RetryClass::Transient)),
+            Self::UpdateStatus(_) => (Reason::UpdateStatusFailed, Some(RetryClass::Transient)),
+            Self::Kube(_) => (Reason::KubernetesError, Some(RetryClass::Transient)),
         }
     }
 
-    /// Whether the operator retries on its own; `None` waits for a change to the TokenSource or
-    /// the Secrets it reads.
+    pub fn reason(&self) -> Reason {
+        self.classify().0
+    }
+
     pub fn retry_class(&self) -> Option<RetryClass> {
+        self.classify().1
+    }
+
+    /// Whether a stored token stays usable despite this failure: not when the spec or the
+    /// Secret's ownership is wrong, and not when the chain it came from is gone.
+    pub fn keeps_token(&self) -> bool {
+        !matches!(
+            self,
+            Self::InvalidSpec(_)
+                | Self::SecretConflict(_)
+                | Self::RenderSecret(_)
+                | Self::Upstream { state: UpstreamState::Missing, .. }
+        )
+    }
+
+    /// The `Retry-After` the provider asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::InvalidSpec(_) | Self::ReadCredentials(_) | Self::SecretConflict(_) | Self::RenderSecret(_) => None,
-            Self::WaitingForUpstream(_) => None,
-            Self::FetchToken(p) => Some(p.class()),
-            Self::ApplySecret(_) | Self::UpdateStatus(_) | Self::Kube(_) => Some(RetryClass::Transient),
+            Self::FetchToken(p) => p.retry_after(),
+            _ => None,
         }
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> ProviderError {
+        ProviderError::Status { status: code, detail: None, retry_after: None }
+    }
+
+    #[test]
+    fn one_table_gives_reason_and_class() {
+        assert_eq!(status(401).classify(), (Reason::ProviderRejected, RetryClass::Rejected));
+        assert_eq!(status(408).classify(), (Reason::ProviderUnavailable, RetryClass::Transient));
+        assert_eq!(status(429).classify(), (Reason::ProviderThrottled, RetryClass::Transient));
+        assert_eq!(status(503).classify(), (Reason::ProviderUnavailable, RetryClass::Transient));
+        assert_eq!(
+            ProviderError::Unreachable("x".into()).classify(),
+            (Reason::ProviderUnreachable, RetryClass::Transient)
+        );
+        assert_eq!(Error::CredentialsInvalid("x".into()).classify(), (Reason::CredentialsInvalid, None));
+        let gone = Error::Upstream { name: "mgmt".into(), state: UpstreamState::Missing };
+        assert_eq!(gone.to_string(), "TokenSource \"mgmt\" not found");
+        assert!(!gone.keeps_token());
+        assert!(Error::Upstream { name: "mgmt".into(), state: UpstreamState::NotReady }.keeps_token());
+    }
+}

@@ -1,13 +1,18 @@
 //! tokensource-operator: keeps short-lived API bearer tokens fresh in Kubernetes Secrets.
 
 pub mod admin;
+pub mod conditions;
 pub mod controller;
 pub mod crd;
+pub mod credentials;
 pub mod error;
 pub mod metrics;
+pub mod names;
 pub mod providers;
+pub mod redact;
 pub mod response;
 pub mod schedule;
 pub mod secret;
 pub mod telemetry;
+pub mod template;
 pub mod transport;

@@ -57,7 +57,7 @@ impl Reader {
             |field: &str, given: &Option<String>, fallback: &str| compile(field, given.as_deref().unwrap_or(fallback));
         let mut fields = vec![];
         for (key, p) in &s.fields {
-            if !crate::secret::valid_key(key) {
+            if !crate::names::is_secret_key(key) {
                 return Err(Error::InvalidSpec(format!("response.fields: {key:?} is not a valid Secret key")));
             }
             fields.push((key.clone(), compile(&format!("fields.{key}"), p)?));
@@ -233,7 +233,7 @@ mod tests {
     }
 
     fn read(spec: Option<ResponseSpec>, body: Value, default: Option<SignedDuration>) -> Result<Token, ProviderError> {
-        Reader::new(spec.as_ref()).unwrap_or_else(|e| panic!("{e}")).read(body.to_string().as_bytes(), default, now())
+        Reader::new(spec.as_ref()).unwrap().read(body.to_string().as_bytes(), default, now())
     }
 
     #[test]
@@ -243,7 +243,7 @@ mod tests {
             json!({"access_token": "abc", "expires_in": 36000, "token_type": "Bearer", "scope": "read write"}),
             None,
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         assert_eq!(t.access_token, "abc");
         assert_eq!(t.expires_at, now() + SignedDuration::from_secs(36000));
         assert_eq!(t.lifetime_source, LifetimeSource::ExpiresIn);
@@ -263,7 +263,7 @@ mod tests {
             ..Default::default()
         };
         let t = read(Some(spec), json!({"access_token": token, "token_type": "bearer", "scope": "profile", "merchant_code": "MX1", "requestor_id": 12}), None)
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         assert_eq!(t.expires_at, Timestamp::from_second(1_800_003_600).unwrap_or(now()));
         assert_eq!(t.lifetime_source, LifetimeSource::JwtExp);
         assert_eq!(t.fields.get("merchant_code").map(String::as_str), Some("MX1"));
@@ -278,8 +278,7 @@ mod tests {
             expires_at_format: Some(ExpiryFormat::UnixMilliseconds),
             ..Default::default()
         };
-        let t = read(Some(spec), json!({"accessToken": "tok", "expires": "1800000900115"}), None)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let t = read(Some(spec), json!({"accessToken": "tok", "expires": "1800000900115"}), None).unwrap();
         // Whole seconds, rounded down: the reported expiry is never later than the real one.
         assert_eq!(t.expires_at, Timestamp::from_second(1_800_000_900).unwrap_or(now()));
         assert_eq!(t.lifetime_source, LifetimeSource::ExpiresAt);
@@ -308,8 +307,7 @@ mod tests {
         assert!(e.is_some_and(|e| e.to_string().contains("expiresAtFormat")));
         let e = read(None, json!({"access_token": "opaque"}), None).err();
         assert!(e.is_some_and(|e| e.to_string().contains("refresh.defaultLifetime")));
-        let t = read(None, json!({"access_token": "opaque"}), Some(SignedDuration::from_mins(5)))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let t = read(None, json!({"access_token": "opaque"}), Some(SignedDuration::from_mins(5))).unwrap();
         assert_eq!(t.lifetime_source, LifetimeSource::Default);
         assert!(read(None, json!({"access_token": "t", "expires_in": 0}), None).is_err());
         assert!(

@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
+use sha2::{Digest, Sha256};
+
 use crate::crd::RefreshSpec;
-use crate::error::Error;
+use crate::error::{Error, RetryClass};
 
 /// How the renewal time of a token is chosen.
 #[derive(Clone, Debug, PartialEq)]
@@ -105,14 +107,15 @@ impl Policy {
     }
 }
 
-/// How a failure is retried.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RetryClass {
-    /// Timeouts, connection errors, 5xx, 429: retry soon.
-    Transient,
-    /// The endpoint rejected the request (4xx): retry slowly; a spec or credential change
-    /// retries at once.
-    Rejected,
+/// A jitter in `[0, 1)` fixed for one token of one TokenSource, so every reconcile computes the
+/// same renewal time for it while tokens issued together still spread out.
+pub fn jitter_for(uid: &str, issued: Timestamp) -> f64 {
+    let mut h = Sha256::new();
+    h.update(uid.as_bytes());
+    h.update(issued.as_millisecond().to_be_bytes());
+    let d = h.finalize();
+    let n = u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
+    (n >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// When to try again after `failures` consecutive failures. The delay doubles from a base to a
@@ -156,7 +159,7 @@ mod tests {
     }
 
     fn policy(spec: Option<RefreshSpec>) -> Policy {
-        Policy::new(spec.as_ref(), Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"))
+        Policy::new(spec.as_ref(), Duration::from_secs(120)).unwrap()
     }
 
     #[test]

@@ -2,18 +2,15 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine;
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Resource;
 use kube::api::ObjectMeta;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use crate::crd::{DeletionPolicy, TokenSource};
 use crate::error::Error;
-use crate::providers::Credentials;
 use crate::response::Token;
 
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -28,47 +25,6 @@ pub const TOKEN_KEY: &str = "token";
 pub const TOKEN_TYPE_KEY: &str = "token_type";
 pub const EXPIRES_AT_KEY: &str = "expires_at";
 pub const SCOPE_KEY: &str = "scope";
-
-/// Whether `key` is a valid Secret data key.
-pub fn valid_key(key: &str) -> bool {
-    !key.is_empty()
-        && key.len() <= 253
-        && key != "."
-        && key != ".."
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-}
-
-/// The template engine for Secret keys and request bodies: strict about undefined names, bounded
-/// in how much work one template may do.
-pub fn template_env() -> minijinja::Environment<'static> {
-    let mut env = minijinja::Environment::new();
-    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    env.set_fuel(Some(50_000));
-    env.add_filter("b64encode", |s: String| base64::engine::general_purpose::STANDARD.encode(s));
-    env
-}
-
-/// A hash of everything that shaped the token: the request and reply specs, the templates and the
-/// credential values, salted with the TokenSource's uid. A change means a new token is needed;
-/// the credentials cannot be recovered from it.
-pub fn fingerprint(ts: &TokenSource, creds: &Credentials) -> String {
-    let spec = &ts.spec;
-    let shape = json!({
-        "oauth2": spec.oauth2,
-        "http": spec.http,
-        "response": spec.response,
-        "templates": spec.target.templates,
-        "type": spec.target.type_,
-    });
-    let mut h = Sha256::new();
-    h.update(ts.meta().uid.as_deref().unwrap_or_default().as_bytes());
-    h.update(shape.to_string().as_bytes());
-    for v in creds.secret_values() {
-        h.update((v.len() as u64).to_be_bytes());
-        h.update(v);
-    }
-    h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
-}
 
 /// What an existing target Secret says.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -100,6 +56,19 @@ impl Stored {
         }
     }
 
+    /// What the operator writes for a new token from `owner`'s request with `fingerprint`.
+    pub fn issued(owner: String, fingerprint: String, token: &Token) -> Self {
+        Self {
+            owner: Some(owner),
+            fingerprint: Some(fingerprint),
+            expires_at: Some(token.expires_at),
+            refreshed_at: Some(token.issued_at),
+            has_token: true,
+            token_type: token.token_type.clone(),
+            scope: token.scope.clone(),
+        }
+    }
+
     /// The token is present and has not expired at `now`.
     pub fn valid_at(&self, now: Timestamp) -> bool {
         self.has_token && self.expires_at.is_some_and(|e| e > now)
@@ -108,17 +77,6 @@ impl Stored {
 
 fn text(secret: &Secret, key: &str) -> Option<String> {
     secret.data.as_ref()?.get(key).and_then(|b| String::from_utf8(b.0.clone()).ok())
-}
-
-/// A jitter in `[0, 1)` fixed for one token of one TokenSource, so every reconcile computes the
-/// same renewal time for it while tokens issued together still spread out.
-pub fn jitter_for(uid: &str, issued: Timestamp) -> f64 {
-    let mut h = Sha256::new();
-    h.update(uid.as_bytes());
-    h.update(issued.as_millisecond().to_be_bytes());
-    let d = h.finalize();
-    let n = u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
-    (n >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// The token a managed Secret holds, for chained requests.
@@ -140,7 +98,7 @@ pub fn render_data(ts: &TokenSource, token: &Token) -> Result<BTreeMap<String, S
     }
     data.extend(token.fields.clone());
     if !ts.spec.target.templates.is_empty() {
-        let env = template_env();
+        let env = crate::template::env();
         let ctx = json!({
             "token": token.access_token,
             "token_type": token.token_type,
@@ -150,12 +108,12 @@ pub fn render_data(ts: &TokenSource, token: &Token) -> Result<BTreeMap<String, S
             "response": token.raw,
         });
         for (key, template) in &ts.spec.target.templates {
-            if !valid_key(key) {
+            if !crate::names::is_secret_key(key) {
                 return Err(Error::RenderSecret(format!("target.templates: {key:?} is not a valid Secret key")));
             }
             let rendered = env.render_str(template, minijinja::value::Serde(&ctx)).map_err(|e| {
                 let detail = e.detail().map(String::from).unwrap_or_else(|| e.to_string());
-                let detail = crate::providers::redact(&detail, [token.access_token.as_str()]);
+                let detail = crate::redact::redact(&detail, [token.access_token.as_str()]);
                 Error::RenderSecret(format!("target.templates.{key}: {detail}"))
             })?;
             data.insert(key.clone(), rendered);
@@ -166,9 +124,9 @@ pub fn render_data(ts: &TokenSource, token: &Token) -> Result<BTreeMap<String, S
 
 /// Parses the templates, so syntax mistakes are reported before any provider call.
 pub fn check_templates(ts: &TokenSource) -> Result<(), Error> {
-    let env = template_env();
+    let env = crate::template::env();
     for (key, template) in &ts.spec.target.templates {
-        if !valid_key(key) {
+        if !crate::names::is_secret_key(key) {
             return Err(Error::RenderSecret(format!("target.templates: {key:?} is not a valid Secret key")));
         }
         env.template_from_str(template).map_err(|e| Error::RenderSecret(format!("target.templates.{key}: {e}")))?;
@@ -255,7 +213,7 @@ mod tests {
 
     #[test]
     fn default_keys_labels_and_owner() {
-        let s = desired(&ts(BTreeMap::new(), DeletionPolicy::Delete), &token(), "fp").unwrap_or_else(|e| panic!("{e}"));
+        let s = desired(&ts(BTreeMap::new(), DeletionPolicy::Delete), &token(), "fp").unwrap();
         assert_eq!(text(&s, "token").as_deref(), Some("tok"));
         assert_eq!(text(&s, "token_type").as_deref(), Some("Bearer"));
         assert_eq!(text(&s, "expires_at").as_deref(), Some("2026-01-01T10:00:00Z"));
@@ -269,8 +227,7 @@ mod tests {
         let owner = s.metadata.owner_references.unwrap_or_default();
         assert_eq!(owner.len(), 1);
         assert_eq!(owner[0].controller, Some(true));
-        let retained =
-            desired(&ts(BTreeMap::new(), DeletionPolicy::Retain), &token(), "fp").unwrap_or_else(|e| panic!("{e}"));
+        let retained = desired(&ts(BTreeMap::new(), DeletionPolicy::Retain), &token(), "fp").unwrap();
         assert!(retained.metadata.owner_references.is_none());
     }
 
@@ -285,7 +242,7 @@ mod tests {
             ("auth".to_string(), "{{ ('user:' ~ token) | b64encode }}".to_string()),
         ]
         .into();
-        let s = desired(&ts(templates, DeletionPolicy::Delete), &token(), "fp").unwrap_or_else(|e| panic!("{e}"));
+        let s = desired(&ts(templates, DeletionPolicy::Delete), &token(), "fp").unwrap();
         assert_eq!(text(&s, "authorization").as_deref(), Some("Bearer tok"));
         assert_eq!(text(&s, "config.json").as_deref(), Some("{\"token\": \"tok\", \"region\": \"eu\"}"));
         assert_eq!(text(&s, "auth").as_deref(), Some("dXNlcjp0b2s="));
@@ -295,21 +252,5 @@ mod tests {
         assert!(matches!(check_templates(&unparsable), Err(Error::RenderSecret(_))));
         let bad_key = ts([("no/slash".to_string(), "x".to_string())].into(), DeletionPolicy::Delete);
         assert!(check_templates(&bad_key).is_err());
-    }
-
-    #[test]
-    fn fingerprint_tracks_credentials_and_spec_not_refresh() {
-        let a = ts(BTreeMap::new(), DeletionPolicy::Delete);
-        let mut creds = Credentials::default();
-        let fp1 = fingerprint(&a, &creds);
-        creds.insert(crate::crd::SecretKeyRef { name: "c".into(), key: "k".into() }, b"v2".to_vec());
-        let fp2 = fingerprint(&a, &creds);
-        assert_ne!(fp1, fp2);
-        let mut b = a.clone();
-        b.spec.refresh = Some(crate::crd::RefreshSpec { renew_before: Some("5m".into()), ..Default::default() });
-        assert_eq!(fingerprint(&b, &creds), fp2);
-        b.spec.target.templates.insert("x".into(), "{{ token }}".into());
-        assert_ne!(fingerprint(&b, &creds), fp2);
-        assert!(!fp2.contains("v2"));
     }
 }

@@ -25,7 +25,7 @@ impl ImburseKey {
         let key = match encoding {
             KeyEncoding::Base64 => {
                 base64::engine::general_purpose::STANDARD.decode(private_key.trim()).map_err(|_| {
-                    Error::ReadCredentials(
+                    Error::CredentialsInvalid(
                         "hmac.privateKey is not valid base64; set privateKeyEncoding: raw if the key is used as is"
                             .into(),
                     )
@@ -34,7 +34,7 @@ impl ImburseKey {
             KeyEncoding::Raw => private_key.as_bytes().to_vec(),
         };
         if key.is_empty() {
-            return Err(Error::ReadCredentials("hmac.privateKey is empty".into()));
+            return Err(Error::CredentialsInvalid("hmac.privateKey is empty".into()));
         }
         Ok(Self { public_key, key })
     }
@@ -89,7 +89,7 @@ mod tests {
     const BODY: &[u8] = br#"{"customerRef":"my-customer-ref","orderRef":"1","instructionRef":"1"}"#;
 
     fn key() -> ImburseKey {
-        ImburseKey::new("pub-123".into(), KEY_B64, KeyEncoding::Base64).unwrap_or_else(|e| panic!("{e}"))
+        ImburseKey::new("pub-123".into(), KEY_B64, KeyEncoding::Base64).unwrap()
     }
 
     #[test]
@@ -102,7 +102,7 @@ mod tests {
         assert_eq!(key().signature("nonce-abc", 1535617532, b""), EMPTY_BODY_SIG);
         assert_eq!(key().message("nonce-abc", 1535617532, BODY), format!("pub-123:nonce-abc:1535617532:{BODY_HASH}"));
         assert_eq!(key().signature("nonce-abc", 1535617532, BODY), BODY_SIG);
-        let raw = ImburseKey::new("pub-123".into(), "raw-key", KeyEncoding::Raw).unwrap_or_else(|e| panic!("{e}"));
+        let raw = ImburseKey::new("pub-123".into(), "raw-key", KeyEncoding::Raw).unwrap();
         assert_eq!(raw.signature("n", 1, b""), RAW_SIG);
         assert_eq!(
             key().authorization("nonce-abc", 1535617532, b""),

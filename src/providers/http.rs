@@ -7,8 +7,9 @@ use minijinja::Environment;
 use serde_json::Value;
 
 use crate::crd::{HmacScheme, HttpMethod, HttpSpec};
+use crate::credentials::Credentials;
 use crate::error::Error;
-use crate::providers::{Auth, Credentials, Method, Request, check_headers, hmac::ImburseKey, parse_url};
+use crate::providers::{Auth, Method, Request, check_headers, hmac::ImburseKey, parse_url};
 
 /// Fills `{{ name }}` placeholders from `values`; an unknown name is an error.
 fn fill(
@@ -17,11 +18,12 @@ fn fill(
     template: &str,
     values: &BTreeMap<String, String>,
 ) -> Result<String, Error> {
-    if !template.contains("{{") && !template.contains("{%") {
+    if !crate::template::has_syntax(template) {
         return Ok(template.to_string());
     }
-    env.render_str(template, minijinja::value::Serde(values))
-        .map_err(|e| Error::InvalidSpec(super::redact(&format!("{field}: {e}"), values.values().map(String::as_str))))
+    env.render_str(template, minijinja::value::Serde(values)).map_err(|e| {
+        Error::InvalidSpec(crate::redact::redact(&format!("{field}: {e}"), values.values().map(String::as_str)))
+    })
 }
 
 fn fill_json(env: &Environment<'_>, field: &str, v: &Value, values: &BTreeMap<String, String>) -> Result<Value, Error> {
@@ -58,7 +60,7 @@ pub fn request(
         return Err(Error::InvalidSpec("http: set the Authorization header or http.auth, not both".into()));
     }
 
-    let env = crate::secret::template_env();
+    let env = crate::template::env();
     let (body, content_type) = match &spec.body {
         None => (vec![], None),
         Some(b) => {
@@ -112,9 +114,10 @@ pub fn request(
                     Auth::Hmac(ImburseKey::new(public, &private, h.private_key_encoding)?)
                 }
             },
-            (None, None, Some(_)) => {
-                let token = upstream_token.ok_or_else(|| {
-                    Error::WaitingForUpstream("the upstream TokenSource has no valid token yet".into())
+            (None, None, Some(b)) => {
+                let token = upstream_token.ok_or_else(|| Error::Upstream {
+                    name: b.token_source_ref.name.clone(),
+                    state: crate::error::UpstreamState::NotReady,
                 })?;
                 secrets.push(token.as_bytes().to_vec());
                 Auth::Bearer(token.to_string())
@@ -173,7 +176,7 @@ mod tests {
                 bearer: None,
             }),
         };
-        let r = request(&spec, &creds(), None, false).unwrap_or_else(|e| panic!("{e}"));
+        let r = request(&spec, &creds(), None, false).unwrap();
         assert!(r.body.is_empty());
         // Same vector as the signer's known-answer test.
         assert_eq!(
@@ -201,8 +204,11 @@ mod tests {
                 bearer: Some(BearerAuth { token_source_ref: LocalRef { name: "mgmt".into() } }),
             }),
         };
-        assert!(matches!(request(&spec, &creds(), None, false), Err(Error::WaitingForUpstream(_))));
-        let r = request(&spec, &creds(), Some("mgmt-token"), false).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            request(&spec, &creds(), None, false),
+            Err(Error::Upstream { state: crate::error::UpstreamState::NotReady, .. })
+        ));
+        let r = request(&spec, &creds(), Some("mgmt-token"), false).unwrap();
         let body: Value = serde_json::from_slice(&r.body).unwrap_or_default();
         assert_eq!(body, json!({"customerRef": "cust-9", "orderRef": "1", "instructionRef": "1"}));
         assert_eq!(r.content_type.as_deref(), Some("application/json"));
@@ -242,7 +248,7 @@ mod tests {
                 bearer: None,
             }),
         };
-        let r = request(&spec, &creds(), None, false).unwrap_or_else(|e| panic!("{e}"));
+        let r = request(&spec, &creds(), None, false).unwrap();
         assert_eq!(
             r.headers,
             vec![

@@ -21,7 +21,7 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 fn key_error(what: &str) -> Error {
-    Error::ReadCredentials(format!("oauth2.privateKeyJwt.privateKey: {what}"))
+    Error::CredentialsInvalid(format!("oauth2.privateKeyJwt.privateKey: {what}"))
 }
 
 /// Signs a client assertion at `now` (Unix seconds) with a fresh `jti`.
@@ -98,7 +98,7 @@ mod tests {
             Some("k1"),
             1_800_000_000,
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         let (h, c, sig, input) = parts(&jwt);
         assert_eq!(h, json!({"alg": "RS256", "typ": "JWT", "kid": "k1"}));
         assert_eq!(
@@ -106,9 +106,9 @@ mod tests {
             (Some("client-1"), Some("client-1"), Some("https://idp.example/token"))
         );
         assert_eq!(c["exp"].as_i64().unwrap_or(0) - c["iat"].as_i64().unwrap_or(0), 60);
-        let der = PrivateKeyDer::from_pem_slice(RSA).unwrap_or_else(|e| panic!("{e}"));
-        let PrivateKeyDer::Pkcs8(k) = der else { panic!("fixture is PKCS#8") };
-        let pair = RsaKeyPair::from_pkcs8(k.secret_pkcs8_der()).unwrap_or_else(|e| panic!("{e}"));
+        let der = PrivateKeyDer::from_pem_slice(RSA).unwrap();
+        let PrivateKeyDer::Pkcs8(k) = der else { panic!("the fixture is PKCS#8") };
+        let pair = RsaKeyPair::from_pkcs8(k.secret_pkcs8_der()).unwrap();
         let public = UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, pair.public_key().as_ref().to_vec());
         assert!(public.verify(input.as_bytes(), &sig).is_ok());
         assert!(public.verify(b"tampered", &sig).is_err());
@@ -119,30 +119,32 @@ mod tests {
 
     #[test]
     fn es256_assertion_verifies_with_the_public_key() {
-        let jwt = client_assertion(JwtAlgorithm::ES256, EC, "client-2", "aud", None, 1_800_000_000)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let jwt = client_assertion(JwtAlgorithm::ES256, EC, "client-2", "aud", None, 1_800_000_000).unwrap();
         let (h, _, sig, input) = parts(&jwt);
         assert_eq!(h["alg"], "ES256");
         assert_eq!(sig.len(), 64, "JWS ES256 signatures are r||s");
-        let der = PrivateKeyDer::from_pem_slice(EC).unwrap_or_else(|e| panic!("{e}"));
-        let PrivateKeyDer::Pkcs8(k) = der else { panic!("fixture is PKCS#8") };
+        let der = PrivateKeyDer::from_pem_slice(EC).unwrap();
+        let PrivateKeyDer::Pkcs8(k) = der else { panic!("the fixture is PKCS#8") };
         let pair =
             EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, k.secret_pkcs8_der(), &SystemRandom::new())
-                .unwrap_or_else(|e| panic!("{e}"));
+                .unwrap();
         let public = UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, pair.public_key().as_ref().to_vec());
         assert!(public.verify(input.as_bytes(), &sig).is_ok());
     }
 
     #[test]
     fn wrong_keys_are_credential_errors() {
-        assert!(matches!(client_assertion(JwtAlgorithm::RS256, EC, "c", "a", None, 0), Err(Error::ReadCredentials(_))));
+        assert!(matches!(
+            client_assertion(JwtAlgorithm::RS256, EC, "c", "a", None, 0),
+            Err(Error::CredentialsInvalid(_))
+        ));
         assert!(matches!(
             client_assertion(JwtAlgorithm::ES256, RSA, "c", "a", None, 0),
-            Err(Error::ReadCredentials(_))
+            Err(Error::CredentialsInvalid(_))
         ));
         assert!(matches!(
             client_assertion(JwtAlgorithm::RS256, b"not pem", "c", "a", None, 0),
-            Err(Error::ReadCredentials(_))
+            Err(Error::CredentialsInvalid(_))
         ));
     }
 }

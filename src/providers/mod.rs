@@ -6,54 +6,11 @@ pub mod http;
 pub mod jwt;
 pub mod oauth2;
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use base64::Engine;
 
-use crate::crd::{SecretKeyRef, ValueSource};
 use crate::error::Error;
-
-/// Credential values read from Secrets, by Secret and key.
-#[derive(Clone, Default)]
-pub struct Credentials {
-    values: BTreeMap<SecretKeyRef, Vec<u8>>,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials").field("keys", &self.values.keys().collect::<Vec<_>>()).finish_non_exhaustive()
-    }
-}
-
-impl Credentials {
-    pub fn insert(&mut self, r: SecretKeyRef, value: Vec<u8>) {
-        self.values.insert(r, value);
-    }
-
-    pub fn bytes(&self, source: &ValueSource, field: &str) -> Result<Vec<u8>, Error> {
-        match (&source.value, &source.secret_key_ref) {
-            (Some(v), None) => Ok(v.as_bytes().to_vec()),
-            (None, Some(r)) => self.values.get(r).cloned().ok_or_else(|| {
-                Error::ReadCredentials(format!("{field}: key {:?} of Secret {:?} is not available", r.key, r.name))
-            }),
-            _ => Err(Error::InvalidSpec(format!("{field}: set exactly one of value and secretKeyRef"))),
-        }
-    }
-
-    pub fn string(&self, source: &ValueSource, field: &str) -> Result<String, Error> {
-        let b = self.bytes(source, field)?;
-        let s = String::from_utf8(b)
-            .map_err(|_| Error::ReadCredentials(format!("{field}: the value is not UTF-8 text")))?;
-        // A trailing newline is the usual accident of `echo secret | kubectl create secret`.
-        Ok(s.trim_end_matches(['\r', '\n']).to_string())
-    }
-
-    /// Every secret value, for scrubbing provider replies before they reach a log or condition.
-    pub fn secret_values(&self) -> impl Iterator<Item = &[u8]> {
-        self.values.values().map(Vec::as_slice)
-    }
-}
 
 /// How a request authenticates, applied when it is sent.
 #[derive(Clone)]
@@ -123,20 +80,8 @@ impl Request {
 
     /// Replaces every credential value that appears in `text` by `[redacted]`.
     pub fn scrub(&self, text: &str) -> String {
-        redact(text, self.secrets.iter().filter_map(|s| std::str::from_utf8(s).ok()))
+        crate::redact::redact(text, self.secrets.iter().filter_map(|s| std::str::from_utf8(s).ok()))
     }
-}
-
-/// Replaces each of `secrets` (four characters or longer) in `text` by `[redacted]`: the last
-/// guard before a provider's reply or an error message reaches a condition, an Event or a log.
-pub fn redact<'a>(text: &str, secrets: impl IntoIterator<Item = &'a str>) -> String {
-    let mut out = text.to_string();
-    for v in secrets {
-        if v.len() >= 4 {
-            out = out.replace(v, "[redacted]");
-        }
-    }
-    out
 }
 
 /// Parses and checks a token endpoint URL.

@@ -1,8 +1,9 @@
 //! OAuth 2.0 client credentials grant (RFC 6749 section 4.4).
 
 use crate::crd::{ClientAuthentication, OAuth2Spec, RequestFormat};
+use crate::credentials::Credentials;
 use crate::error::Error;
-use crate::providers::{Auth, Credentials, Method, Request, check_headers, parse_url};
+use crate::providers::{Auth, Method, Request, check_headers, parse_url};
 
 /// Builds the token request for an `oauth2` spec. A `privateKeyJwt` assertion is signed here,
 /// fresh for the attempt.
@@ -10,7 +11,7 @@ pub fn request(spec: &OAuth2Spec, creds: &Credentials, allow_http: bool) -> Resu
     let url = parse_url("oauth2.tokenUrl", &spec.token_url, allow_http)?;
     let client_id = creds.string(&spec.client_id, "oauth2.clientId")?;
     if client_id.is_empty() {
-        return Err(Error::ReadCredentials("oauth2.clientId is empty".into()));
+        return Err(Error::CredentialsInvalid("oauth2.clientId is empty".into()));
     }
     let secret = || -> Result<String, Error> {
         let source = spec.client_secret.as_ref().ok_or_else(|| {
@@ -49,14 +50,11 @@ pub fn request(spec: &OAuth2Spec, creds: &Credentials, allow_http: bool) -> Resu
             let jwt = spec.private_key_jwt.as_ref().ok_or_else(|| {
                 Error::InvalidSpec("oauth2.privateKeyJwt is required for clientAuthentication privateKeyJwt".into())
             })?;
-            let key = creds.bytes(
-                &crate::crd::ValueSource { value: None, secret_key_ref: Some(jwt.private_key.clone()) },
-                "oauth2.privateKeyJwt.privateKey",
-            )?;
+            let key = creds.get(&jwt.private_key, "oauth2.privateKeyJwt.privateKey")?;
             let audience = jwt.audience.clone().unwrap_or_else(|| spec.token_url.clone());
             let now = jiff::Timestamp::now().as_second();
             let assertion =
-                super::jwt::client_assertion(jwt.algorithm, &key, &client_id, &audience, jwt.key_id.as_deref(), now)?;
+                super::jwt::client_assertion(jwt.algorithm, key, &client_id, &audience, jwt.key_id.as_deref(), now)?;
             secrets.push(assertion.clone().into_bytes());
             params.push(("client_id".into(), client_id.clone()));
             params.push(("client_assertion_type".into(), super::jwt::ASSERTION_TYPE.into()));
@@ -126,8 +124,7 @@ mod tests {
 
     #[test]
     fn basic_auth_form_body() {
-        let r = request(&spec(ClientAuthentication::Basic, RequestFormat::Form), &creds(), false)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let r = request(&spec(ClientAuthentication::Basic, RequestFormat::Form), &creds(), false).unwrap();
         assert_eq!(String::from_utf8_lossy(&r.body), "grant_type=client_credentials&scope=read+write&audience=api");
         assert_eq!(r.content_type.as_deref(), Some("application/x-www-form-urlencoded"));
         // base64("my-id:s3cr3t"): the trailing newline of the Secret value is not part of it.
@@ -137,8 +134,7 @@ mod tests {
 
     #[test]
     fn body_auth_json_body() {
-        let r = request(&spec(ClientAuthentication::Body, RequestFormat::Json), &creds(), false)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let r = request(&spec(ClientAuthentication::Body, RequestFormat::Json), &creds(), false).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
         assert_eq!(v["grant_type"], "client_credentials");
         assert_eq!(v["client_id"], "my-id");
@@ -164,7 +160,7 @@ mod tests {
             SecretKeyRef { name: "jwt".into(), key: "key.pem".into() },
             include_bytes!("../../tests/providers/fixtures/jwt-ec.key").to_vec(),
         );
-        let r = request(&s, &c, false).unwrap_or_else(|e| panic!("{e}"));
+        let r = request(&s, &c, false).unwrap();
         let form: Vec<(String, String)> = url::form_urlencoded::parse(&r.body).into_owned().collect();
         let get = |k: &str| form.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
         assert_eq!(get("client_assertion_type").as_deref(), Some(super::super::jwt::ASSERTION_TYPE));
@@ -173,7 +169,7 @@ mod tests {
         assert!(get("client_secret").is_none() && r.authorization(0, "").is_none());
         let mut t = spec(ClientAuthentication::TlsClientAuth, RequestFormat::Form);
         t.client_secret = None;
-        let r = request(&t, &creds(), false).unwrap_or_else(|e| panic!("{e}"));
+        let r = request(&t, &creds(), false).unwrap();
         assert_eq!(
             String::from_utf8_lossy(&r.body),
             "grant_type=client_credentials&scope=read+write&audience=api&client_id=my-id"
@@ -192,6 +188,6 @@ mod tests {
         s.parameters.insert("grant_type".into(), "password".into());
         assert!(matches!(request(&s, &creds(), false), Err(Error::InvalidSpec(_))));
         let s = spec(ClientAuthentication::Basic, RequestFormat::Form);
-        assert!(matches!(request(&s, &Credentials::default(), false), Err(Error::ReadCredentials(_))));
+        assert!(matches!(request(&s, &Credentials::default(), false), Err(Error::CredentialsNotFound(_))));
     }
 }

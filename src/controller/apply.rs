@@ -1,0 +1,31 @@
+//! The apply step: the target Secret, written with server-side apply under the operator's field
+//! manager.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+
+use super::{Context, MANAGER};
+use crate::crd::TokenSource;
+use crate::error::Error;
+
+impl Context {
+    /// Applies `desired` (built by [`crate::secret::desired`], without managed fields) as the
+    /// TokenSource's target Secret.
+    pub(super) async fn apply_secret(&self, ts: &TokenSource, desired: &Secret) -> Result<(), Error> {
+        let patch = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": desired.metadata,
+            "type": desired.type_,
+            "data": desired.data,
+        });
+        self.api::<Secret>(&ts.namespace().unwrap_or_default())
+            .patch(&ts.spec.target.secret_name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+            .await
+            .map_err(Error::ApplySecret)?;
+        self.metrics.secret_writes.inc();
+        Ok(())
+    }
+}

@@ -1,0 +1,29 @@
+//! How the controller runs.
+
+use std::time::Duration;
+
+/// How the controller runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Watch only this namespace; all namespaces when unset.
+    pub namespace: Option<String>,
+    /// How long before expiry a new token must be in the Secret at the latest.
+    pub propagation_margin: Duration,
+    /// Allow `http://` token endpoints (tests and local sandboxes only).
+    pub allow_http: bool,
+    /// How many TokenSources are reconciled at once.
+    pub concurrency: u16,
+    pub transport: crate::transport::Options,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            propagation_margin: Duration::from_secs(120),
+            allow_http: false,
+            concurrency: 16,
+            transport: crate::transport::Options::default(),
+        }
+    }
+}

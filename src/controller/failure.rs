@@ -1,0 +1,233 @@
+//! The failure policy, as a pure function: given the status, the error and what is remembered,
+//! does Ready stay true, is this failure new, how many failures are there now, when is the next
+//! attempt, and which Event says so.
+
+use jiff::Timestamp;
+
+use super::memory::FailureRecord;
+use super::status::{Note, Outcome, condition, set_condition, until};
+use crate::conditions::ConditionType;
+use crate::crd::{Failure, TokenSourceStatus};
+use crate::error::Error;
+use crate::schedule;
+
+/// Everything the failure policy decides from.
+pub struct FailureInput<'a> {
+    pub error: &'a Error,
+    /// The status so far (its `observedGeneration` already the current generation).
+    pub status: TokenSourceStatus,
+    /// The consecutive failures this instance remembers, which a lagging cached status may not
+    /// show yet.
+    pub remembered_failures: u32,
+    /// The expiry of the valid token the target Secret holds, if it holds one.
+    pub valid_until: Option<Timestamp>,
+    /// The fingerprint of the spec and credentials that failed, once it is known.
+    pub fingerprint: Option<&'a str>,
+    pub generation: Option<i64>,
+    pub target: &'a str,
+    pub now: Timestamp,
+    /// In `[0, 1)`: spreads retries.
+    pub jitter: f64,
+}
+
+/// The outcome of a failure, and the record to remember for the backoff (retryable failures only).
+pub fn on_failure(input: FailureInput<'_>) -> (Outcome, Option<FailureRecord>) {
+    let FailureInput {
+        error,
+        mut status,
+        remembered_failures,
+        valid_until,
+        fingerprint,
+        generation,
+        target,
+        now,
+        jitter,
+    } = input;
+    let (reason, class) = error.classify();
+    let message = error.to_string();
+    let keep_ready = valid_until.is_some() && error.keeps_token();
+    // The same failure seen again without a new attempt (a spec or credential problem found on
+    // every reconcile) is not a new failure: count and time stay, so the status settles.
+    let repeated =
+        class.is_none() && status.last_failure.as_ref().is_some_and(|f| reason == f.reason && f.message == message);
+    if !repeated {
+        status.failures = status.failures.max(remembered_failures).saturating_add(1);
+        status.last_failure =
+            Some(Failure { time: now.to_string(), reason: reason.to_string(), message: message.clone() });
+    }
+    let ready = if keep_ready {
+        let until = valid_until.map(|v| v.to_string()).unwrap_or_default();
+        let msg = format!("Secret {target:?} holds a token valid until {until}; renewing it failed");
+        condition(ConditionType::Ready, true, crate::conditions::Reason::TokenValid, msg, generation, now)
+    } else {
+        condition(ConditionType::Ready, false, reason, message.clone(), generation, now)
+    };
+    set_condition(&mut status.conditions, ready);
+    set_condition(
+        &mut status.conditions,
+        condition(ConditionType::Degraded, true, reason, message.clone(), generation, now),
+    );
+    let mut record = None;
+    let requeue = match class {
+        Some(class) => {
+            let at = schedule::retry_at(now, status.failures, class, error.retry_after(), valid_until, jitter);
+            record = fingerprint.map(|fp| FailureRecord {
+                fingerprint: fp.to_string(),
+                retry_at: at,
+                failures: status.failures,
+            });
+            status.next_refresh_at = Some(at.to_string());
+            Some(until(now, at))
+        }
+        None => {
+            // Nothing to retry until the spec or a watched object changes; a valid token still
+            // needs attention before it expires.
+            status.next_refresh_at = None;
+            valid_until.map(|v| until(now, v))
+        }
+    };
+    if !keep_ready {
+        status.expires_at = valid_until.map(|v| v.to_string()).or(status.expires_at);
+    }
+    let event = (!repeated).then_some(Note { warning: true, reason, message });
+    (Outcome { status, requeue, event }, record)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::conditions::Reason;
+    use crate::error::{ProviderError, UpstreamState};
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    fn input<'a>(error: &'a Error, status: TokenSourceStatus, valid_until: Option<i64>) -> FailureInput<'a> {
+        FailureInput {
+            error,
+            status,
+            remembered_failures: 0,
+            valid_until: valid_until.map(t),
+            fingerprint: Some("fp"),
+            generation: Some(1),
+            target: "tok",
+            now: t(0),
+            jitter: 1.0,
+        }
+    }
+
+    fn cond(o: &Outcome, type_: ConditionType) -> (String, String) {
+        let c = o.status.conditions.iter().find(|c| type_ == c.type_).unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+
+    fn http(status: u16, retry_after: Option<u64>) -> Error {
+        Error::FetchToken(ProviderError::Status {
+            status,
+            detail: Some("maintenance".into()),
+            retry_after: retry_after.map(Duration::from_secs),
+        })
+    }
+
+    #[test]
+    fn a_transient_failure_with_a_valid_token_keeps_ready_and_degrades() {
+        let err = http(503, None);
+        let (o, record) = on_failure(input(&err, TokenSourceStatus::default(), Some(3600)));
+        assert_eq!(cond(&o, ConditionType::Ready), ("True".into(), "TokenValid".into()));
+        assert_eq!(cond(&o, ConditionType::Degraded), ("True".into(), "ProviderUnavailable".into()));
+        assert_eq!(o.status.failures, 1);
+        assert_eq!(o.status.last_failure.as_ref().map(|f| f.reason.as_str()), Some("ProviderUnavailable"));
+        assert_eq!(o.requeue, Some(Duration::from_secs(2)), "transient: 2 s first");
+        assert_eq!(record, Some(FailureRecord { fingerprint: "fp".into(), retry_at: t(2), failures: 1 }));
+        let ev = o.event.unwrap();
+        assert!(ev.warning && ev.reason == Reason::ProviderUnavailable && ev.message.contains("maintenance"));
+    }
+
+    #[test]
+    fn an_invalid_spec_is_not_ready_even_with_a_valid_token_and_is_not_retried() {
+        let err = Error::InvalidSpec("response.tokenPath: bad".into());
+        let (o, record) = on_failure(input(&err, TokenSourceStatus::default(), Some(3600)));
+        assert_eq!(cond(&o, ConditionType::Ready), ("False".into(), "InvalidSpec".into()));
+        assert_eq!(o.status.next_refresh_at, None);
+        assert_eq!(o.requeue, Some(Duration::from_secs(3600)), "woken at expiry to report it");
+        assert_eq!(o.status.expires_at, Some(t(3600).to_string()));
+        assert_eq!(record, None, "nothing to back off from");
+    }
+
+    #[test]
+    fn a_missing_upstream_is_not_ready_an_unready_one_keeps_the_token() {
+        let missing = Error::Upstream { name: "mgmt".into(), state: UpstreamState::Missing };
+        let (o, _) = on_failure(input(&missing, TokenSourceStatus::default(), Some(3600)));
+        assert_eq!(cond(&o, ConditionType::Ready), ("False".into(), "WaitingForUpstream".into()));
+        let not_ready = Error::Upstream { name: "mgmt".into(), state: UpstreamState::NotReady };
+        let (o, _) = on_failure(input(&not_ready, TokenSourceStatus::default(), Some(3600)));
+        assert_eq!(cond(&o, ConditionType::Ready), ("True".into(), "TokenValid".into()));
+        assert_eq!(cond(&o, ConditionType::Degraded), ("True".into(), "WaitingForUpstream".into()));
+        let (o, _) = on_failure(input(&not_ready, TokenSourceStatus::default(), None));
+        assert_eq!(cond(&o, ConditionType::Ready), ("False".into(), "WaitingForUpstream".into()));
+        assert_eq!(o.requeue, None, "woken by the upstream's Secret, not by a timer");
+    }
+
+    #[test]
+    fn a_repeated_non_retryable_failure_neither_counts_nor_announces_itself_again() {
+        let err = Error::CredentialsNotFound("Secret \"creds\" not found".into());
+        let (first, _) = on_failure(input(&err, TokenSourceStatus::default(), None));
+        assert_eq!(first.status.failures, 1);
+        assert!(first.event.is_some());
+        let mut later = input(&err, first.status.clone(), None);
+        later.now = t(60);
+        let (second, _) = on_failure(later);
+        assert_eq!(second.status, first.status, "the status settles");
+        assert_eq!(second.event, None);
+        // A retryable failure counts every attempt.
+        let err = http(401, None);
+        let (a, _) = on_failure(input(&err, TokenSourceStatus::default(), None));
+        let (b, _) = on_failure(input(&err, a.status.clone(), None));
+        assert_eq!((a.status.failures, b.status.failures), (1, 2));
+        assert!(b.event.is_some());
+    }
+
+    #[test]
+    fn the_remembered_count_wins_over_a_lagging_status() {
+        let err = http(500, None);
+        let mut i = input(&err, TokenSourceStatus::default(), None);
+        i.remembered_failures = 4;
+        let (o, record) = on_failure(i);
+        assert_eq!(o.status.failures, 5);
+        assert_eq!(record.map(|r| r.failures), Some(5));
+    }
+
+    #[test]
+    fn a_retry_never_sleeps_past_expiry() {
+        let err = http(401, None);
+        let mut i = input(&err, TokenSourceStatus::default(), Some(10));
+        i.remembered_failures = 10;
+        let (o, _) = on_failure(i);
+        let next: Timestamp = o.status.next_refresh_at.unwrap().parse().unwrap();
+        assert!(next < t(10), "{next}");
+        assert!(o.requeue.unwrap() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn retry_after_is_honoured() {
+        let err = http(429, Some(120));
+        let (o, record) = on_failure(input(&err, TokenSourceStatus::default(), None));
+        assert_eq!(cond(&o, ConditionType::Ready), ("False".into(), "ProviderThrottled".into()));
+        assert_eq!(o.requeue, Some(Duration::from_secs(120)));
+        assert_eq!(record.map(|r| r.retry_at), Some(t(120)));
+    }
+
+    #[test]
+    fn failures_before_the_fingerprint_is_known_leave_no_record() {
+        let err = Error::Kube(kube::Error::LinesCodecMaxLineLengthExceeded);
+        let mut i = input(&err, TokenSourceStatus::default(), None);
+        i.fingerprint = None;
+        let (o, record) = on_failure(i);
+        assert_eq!(cond(&o, ConditionType::Ready), ("False".into(), "KubernetesError".into()));
+        assert!(o.requeue.is_some());
+        assert_eq!(record, None);
+    }
+}

@@ -1,0 +1,149 @@
+//! The load step: what a reconcile reads besides the TokenSource itself — the target Secret and
+//! what it holds, the credential values, the upstream of a chain, ConfigMap values.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+
+use super::Context;
+use crate::crd::{SecretKeyRef, TokenSource};
+use crate::credentials::Credentials;
+use crate::error::{Error, UpstreamState};
+use crate::secret::{self, Stored};
+
+/// Credential Secrets' data, by namespace and name, kept while the resourceVersion the metadata
+/// watch reports has not moved.
+#[derive(Default)]
+pub struct CredentialCache {
+    secrets: tokio::sync::Mutex<HashMap<(String, String), CachedSecret>>,
+}
+
+struct CachedSecret {
+    resource_version: String,
+    data: BTreeMap<String, Vec<u8>>,
+}
+
+impl Context {
+    /// The target Secret: from the cache of managed Secrets, or from the API when the cache does
+    /// not have it (a Secret the operator did not create carries no label and is not cached).
+    pub(super) async fn target(&self, ts: &TokenSource) -> Result<Option<Secret>, Error> {
+        let ns = ts.namespace().unwrap_or_default();
+        let name = &ts.spec.target.secret_name;
+        if let Some(s) = self.targets.get(&ObjectRef::new(name).within(&ns)) {
+            return Ok(Some((*s).clone()));
+        }
+        self.api::<Secret>(&ns).get_opt(name).await.map_err(Error::Kube)
+    }
+
+    /// What the target Secret holds, or the token this instance wrote last if the cache lags.
+    pub(super) async fn stored(&self, ts: &TokenSource) -> Result<Option<Stored>, Error> {
+        let cached = self.target(ts).await?.as_ref().map(Stored::of);
+        Ok(self.memory.newest(&ObjectRef::from_obj(ts), cached))
+    }
+
+    /// Reads the credential Secrets a spec refers to, from a cache kept fresh by resourceVersion.
+    pub(super) async fn credentials(&self, ts: &TokenSource) -> Result<Credentials, Error> {
+        let ns = ts.namespace().unwrap_or_default();
+        let mut creds = Credentials::default();
+        let mut cache = self.credentials.secrets.lock().await;
+        for r in ts.spec.secret_refs() {
+            let key = (ns.clone(), r.name.clone());
+            let current_rv = self
+                .secret_meta
+                .get(&ObjectRef::new(&r.name).within(&ns))
+                .and_then(|m| m.metadata.resource_version.clone());
+            let fresh = matches!((cache.get(&key), &current_rv), (Some(c), Some(rv)) if &c.resource_version == rv);
+            if !fresh {
+                match self.api::<Secret>(&ns).get_opt(&r.name).await.map_err(Error::Kube)? {
+                    Some(s) => {
+                        let data = s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+                        let resource_version = s.metadata.resource_version.unwrap_or_default();
+                        cache.insert(key.clone(), CachedSecret { resource_version, data });
+                    }
+                    None => {
+                        cache.remove(&key);
+                        return Err(Error::CredentialsNotFound(format!("Secret {:?} not found", r.name)));
+                    }
+                }
+            }
+            let value = cache
+                .get(&key)
+                .and_then(|c| c.data.get(&r.key))
+                .ok_or_else(|| Error::CredentialsNotFound(format!("Secret {:?} has no key {:?}", r.name, r.key)))?;
+            creds.insert(r, value.clone());
+        }
+        self.prune(&mut cache);
+        Ok(creds)
+    }
+
+    /// A key of a ConfigMap in the TokenSource's namespace; `field` names the spec field.
+    pub(super) async fn config_map_value(&self, ns: &str, r: &SecretKeyRef, field: &str) -> Result<Vec<u8>, Error> {
+        let cm = self
+            .api::<ConfigMap>(ns)
+            .get_opt(&r.name)
+            .await
+            .map_err(Error::Kube)?
+            .ok_or_else(|| Error::CredentialsNotFound(format!("{field}: ConfigMap {:?} not found", r.name)))?;
+        cm.data.and_then(|d| d.get(&r.key).cloned()).map(String::into_bytes).ok_or_else(|| {
+            Error::CredentialsNotFound(format!("{field}: ConfigMap {:?} has no key {:?}", r.name, r.key))
+        })
+    }
+
+    /// Follows the bearer chain: the upstream TokenSource must exist and the chain must not loop.
+    pub(super) fn upstream(&self, ts: &TokenSource) -> Result<Option<Arc<TokenSource>>, Error> {
+        let Some(first) = ts.spec.upstream() else { return Ok(None) };
+        let ns = ts.namespace().unwrap_or_default();
+        let me = ts.name_any();
+        if first == me {
+            return Err(Error::InvalidSpec("http.auth.bearer.tokenSourceRef refers to this TokenSource itself".into()));
+        }
+        let get = |name: &str| self.sources.get(&ObjectRef::new(name).within(&ns));
+        let upstream =
+            get(first).ok_or_else(|| Error::Upstream { name: first.to_string(), state: UpstreamState::Missing })?;
+        let mut seen = vec![me.clone(), first.to_string()];
+        let mut next = upstream.spec.upstream().map(String::from);
+        while let Some(name) = next {
+            if seen.contains(&name) {
+                seen.push(name);
+                return Err(Error::InvalidSpec(format!("bearer tokenSourceRef chain loops: {}", seen.join(" -> "))));
+            }
+            seen.push(name.clone());
+            next = get(&name).and_then(|t| t.spec.upstream().map(String::from));
+        }
+        Ok(Some(upstream))
+    }
+
+    /// The upstream's current token, if its Secret holds a valid one.
+    pub(super) fn upstream_token(&self, upstream: &TokenSource, now: Timestamp) -> Option<String> {
+        let ns = upstream.namespace().unwrap_or_default();
+        let s = self.targets.get(&ObjectRef::new(&upstream.spec.target.secret_name).within(&ns))?;
+        let stored = Stored::of(&s);
+        (stored.owner.as_deref() == Some(upstream.name_any().as_str()) && stored.valid_at(now))
+            .then(|| secret::token_of(&s))
+            .flatten()
+    }
+
+    /// Forgets cached credential Secrets, and records of TokenSources, that nothing refers to
+    /// any more, once the cache has grown well past what the TokenSources need.
+    fn prune(&self, cache: &mut HashMap<(String, String), CachedSecret>) {
+        if cache.len() <= self.sources.len() * 4 + 64 {
+            return;
+        }
+        let sources = self.sources.state();
+        let referenced: HashSet<(String, String)> = sources
+            .iter()
+            .flat_map(|ts| {
+                let ns = ts.namespace().unwrap_or_default();
+                ts.spec.secret_refs().into_iter().map(move |r| (ns.clone(), r.name))
+            })
+            .collect();
+        cache.retain(|k, _| referenced.contains(k));
+        let live: HashSet<ObjectRef<TokenSource>> = sources.iter().map(|ts| ObjectRef::from_obj(&**ts)).collect();
+        self.memory.retain(&live);
+        self.references.retain(&live);
+    }
+}

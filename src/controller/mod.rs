@@ -1,0 +1,94 @@
+//! The controller. Each reconcile of a TokenSource is one pipeline, one file per step:
+//!
+//! ```text
+//!  load.rs          validate.rs        decide.rs                                    status.rs
+//!  target Secret ─▶ spec checks   ─▶  keep or fetch? ── keep ──────────────────────▶ Ready, requeue
+//!  credentials      (pure)            backoff pending?  (pure)                       at renewal
+//!  upstream                                  │ fetch
+//!                                            ▼
+//!                                  fetch.rs ──▶ secret.rs ──▶ apply.rs ──▶ status.rs
+//!                                  provider     render the    write the     Ready, TokenIssued
+//!                                  request      Secret        Secret (SSA)
+//!
+//!  any error ──▶ failure.rs (pure policy: Ready?, count, retry time, Event) ──▶ status.rs
+//! ```
+//!
+//! `reconcile.rs` runs the pipeline; `memory.rs` is what this instance remembers between
+//! reconciles (issued tokens and failures, until the TokenSource goes); `index.rs` maps Secrets
+//! to the TokenSources that use them; `watch.rs` wires the watches and starts the controller.
+
+mod apply;
+mod config;
+mod decide;
+mod failure;
+mod fetch;
+mod index;
+mod load;
+mod memory;
+mod reconcile;
+mod status;
+mod validate;
+mod watch;
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::Store;
+use kube::{Client, Resource};
+
+pub use config::Config;
+pub use decide::{Decision, decide};
+pub use watch::{StartError, run};
+
+use crate::crd::TokenSource;
+use crate::metrics::Metrics;
+use crate::transport::Transport;
+
+/// The field manager for everything the operator writes.
+pub const MANAGER: &str = "tokensource-operator";
+
+/// What every reconcile shares: the client, the caches, the memory and the token transport.
+pub struct Context {
+    client: Client,
+    config: Config,
+    transport: Transport,
+    sources: Store<TokenSource>,
+    targets: Store<Secret>,
+    secret_meta: Store<PartialObjectMeta<Secret>>,
+    credentials: load::CredentialCache,
+    memory: memory::Memory,
+    references: Arc<index::References>,
+    /// When the Ready gauge was last counted (it walks every TokenSource).
+    ready_counted: std::sync::Mutex<std::time::Instant>,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+}
+
+impl Context {
+    /// The API for `K` in one namespace.
+    fn api<K>(&self, ns: &str) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        scoped(&self.client, Some(ns))
+    }
+}
+
+/// The API for `K` in one namespace, or across all of them.
+fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}

@@ -1,0 +1,204 @@
+//! What a reconcile reports: the status it computes (conditions, times, failures), the Event it
+//! emits, and the writes of both.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::{Context, MANAGER};
+use crate::conditions::{ConditionStatus, ConditionType, Reason};
+use crate::crd::{Condition, TokenSource, TokenSourceStatus};
+use crate::error::Error;
+use crate::secret::Stored;
+
+/// An Event to publish about the TokenSource.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Note {
+    pub warning: bool,
+    pub reason: Reason,
+    pub message: String,
+}
+
+/// The result of one reconcile, before it is written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub status: TokenSourceStatus,
+    /// When to reconcile again without a change; `None` waits for one.
+    pub requeue: Option<Duration>,
+    pub event: Option<Note>,
+}
+
+/// The time from `now` until `at`, zero if it has passed.
+pub fn until(now: Timestamp, at: Timestamp) -> Duration {
+    Duration::try_from(at.duration_since(now).max(SignedDuration::ZERO)).unwrap_or_default()
+}
+
+/// A condition computed at `now` for `generation`.
+pub fn condition(
+    type_: ConditionType,
+    status: bool,
+    reason: Reason,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    Condition {
+        type_: type_.to_string(),
+        status: ConditionStatus::from(status).to_string(),
+        reason: reason.to_string(),
+        message,
+        last_transition_time: now.to_string(),
+        observed_generation: generation,
+    }
+}
+
+/// Sets a condition; `lastTransitionTime` changes only when the status does.
+pub fn set_condition(conds: &mut Vec<Condition>, new: Condition) {
+    match conds.iter_mut().find(|c| c.type_ == new.type_) {
+        Some(c) => {
+            let time =
+                if c.status == new.status { c.last_transition_time.clone() } else { new.last_transition_time.clone() };
+            *c = Condition { last_transition_time: time, ..new };
+        }
+        None => conds.push(new),
+    }
+}
+
+/// Whether the status says the Secret holds a valid token.
+pub fn is_ready(status: &TokenSourceStatus) -> bool {
+    status.conditions.iter().any(|c| ConditionType::Ready == c.type_ && ConditionStatus::True == c.status)
+}
+
+/// The status of a TokenSource whose Secret holds the valid token `stored`, renewed at
+/// `refresh_at`: Ready, not Degraded, failures cleared.
+pub fn ready(
+    mut status: TokenSourceStatus,
+    stored: &Stored,
+    target: &str,
+    refresh_at: Timestamp,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Outcome {
+    status.expires_at = stored.expires_at.map(|e| e.to_string());
+    status.refreshed_at = stored.refreshed_at.map(|r| r.to_string());
+    status.token_type = stored.token_type.clone();
+    status.scopes = stored.scope.clone();
+    status.next_refresh_at = Some(refresh_at.to_string());
+    status.failures = 0;
+    status.last_failure = None;
+    let msg = format!("Secret {target:?} holds a valid token");
+    set_condition(
+        &mut status.conditions,
+        condition(ConditionType::Ready, true, Reason::TokenValid, msg, generation, now),
+    );
+    set_condition(
+        &mut status.conditions,
+        condition(ConditionType::Degraded, false, Reason::AsExpected, String::new(), generation, now),
+    );
+    Outcome { status, requeue: Some(until(now, refresh_at)), event: None }
+}
+
+/// After a new token was written: Ready, with a `TokenIssued` Event when it was not Ready before.
+pub fn issued(
+    status: TokenSourceStatus,
+    stored: &Stored,
+    target: &str,
+    refresh_at: Timestamp,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Outcome {
+    let was_ready = is_ready(&status);
+    let mut outcome = ready(status, stored, target, refresh_at, generation, now);
+    outcome.event = (!was_ready).then(|| Note {
+        warning: false,
+        reason: Reason::TokenIssued,
+        message: format!(
+            "Wrote a token to Secret {target:?}; it expires at {}",
+            stored.expires_at.map(|e| e.to_string()).unwrap_or_default()
+        ),
+    });
+    outcome
+}
+
+/// A fetch is due but a backoff after failures still holds until `retry_at`.
+pub fn backing_off(mut status: TokenSourceStatus, retry_at: Timestamp, now: Timestamp) -> Outcome {
+    status.next_refresh_at = Some(retry_at.to_string());
+    Outcome { status, requeue: Some(until(now, retry_at)), event: None }
+}
+
+impl Context {
+    /// Writes the status with server-side apply, unless it is what the object already shows.
+    pub(super) async fn write_status(&self, ts: &TokenSource, status: &TokenSourceStatus) -> Result<(), Error> {
+        if ts.status.as_ref() == Some(status) {
+            return Ok(());
+        }
+        let patch = json!({
+            "apiVersion": TokenSource::api_version(&()),
+            "kind": TokenSource::kind(&()),
+            "status": status,
+        });
+        self.api::<TokenSource>(&ts.namespace().unwrap_or_default())
+            .patch_status(&ts.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+            .await
+            .map_err(Error::UpdateStatus)?;
+        self.metrics.status_writes.inc();
+        Ok(())
+    }
+
+    /// Publishes an Event about the TokenSource; a failure to do so is logged, not fatal.
+    pub(super) async fn publish(&self, ts: &TokenSource, note: Note) {
+        let ev = Event {
+            type_: if note.warning { EventType::Warning } else { EventType::Normal },
+            reason: note.reason.to_string(),
+            note: Some(note.message),
+            action: "GetToken".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &ts.object_ref(&())).await {
+            tracing::warn!(error = %e, "could not publish an Event");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time() {
+        let mut conds = vec![];
+        set_condition(&mut conds, condition(ConditionType::Ready, true, Reason::TokenValid, "m".into(), Some(1), t(0)));
+        set_condition(
+            &mut conds,
+            condition(ConditionType::Ready, true, Reason::InvalidSpec, "n".into(), Some(2), t(5)),
+        );
+        assert_eq!(conds.len(), 1);
+        assert_eq!(conds[0].last_transition_time, t(0).to_string());
+        assert_eq!(conds[0].reason, "InvalidSpec");
+        set_condition(
+            &mut conds,
+            condition(ConditionType::Ready, false, Reason::InvalidSpec, "o".into(), Some(2), t(9)),
+        );
+        assert_eq!(conds[0].last_transition_time, t(9).to_string());
+    }
+
+    #[test]
+    fn a_first_token_is_announced_a_renewal_is_not() {
+        let stored =
+            Stored { expires_at: Some(t(3600)), refreshed_at: Some(t(0)), has_token: true, ..Default::default() };
+        let first = issued(TokenSourceStatus::default(), &stored, "tok", t(2400), Some(1), t(0));
+        assert!(is_ready(&first.status));
+        assert_eq!(first.event.as_ref().map(|e| e.reason), Some(Reason::TokenIssued));
+        assert_eq!(first.requeue, Some(Duration::from_secs(2400)));
+        let renewal = issued(first.status, &stored, "tok", t(2400), Some(1), t(0));
+        assert_eq!(renewal.event, None);
+    }
+}

@@ -1,0 +1,163 @@
+//! The watch wiring: the TokenSource controller, the caches of managed Secrets and of every
+//! Secret's metadata, and the triggers that turn a Secret event into reconciles of the
+//! TokenSources it affects.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, PartialObjectMeta};
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use tokio::sync::mpsc;
+
+use super::index::References;
+use super::{Config, Context, MANAGER, reconcile, scoped};
+use crate::admin::Health;
+use crate::crd::TokenSource;
+use crate::metrics::Metrics;
+use crate::secret;
+use crate::transport::Transport;
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+/// Forwards the objects a watch touches into the trigger channel.
+fn forward<K, S>(
+    stream: S,
+    tx: mpsc::Sender<ObjectRef<TokenSource>>,
+    map: impl Fn(&K) -> Vec<ObjectRef<TokenSource>> + Send + 'static,
+) where
+    K: Send + 'static,
+    S: Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(obj) => {
+                    for r in map(&obj) {
+                        if tx.send(r).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "watch error; retrying"),
+            }
+        }
+    });
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), StartError> {
+    let ns = config.namespace.clone();
+    let sources_api: Api<TokenSource> = scoped(&client, ns.as_deref());
+    // Fail fast with a clear message when the CRD is not installed.
+    sources_api.list(&ListParams::default().limit(1)).await.map_err(|e| {
+        StartError(format!(
+            "cannot list TokenSources ({e}); is the CRD installed? (tokensource-operator crd | kubectl apply -f -)"
+        ))
+    })?;
+    let controller = Controller::new(sources_api, watcher::Config::default().any_semantic());
+    let sources = controller.store();
+
+    // Managed Secrets, whole: their tokens drive chains and their deletion or tampering is noticed.
+    let (targets, targets_writer) = reflector::store();
+    let selector = format!("{}={}", secret::MANAGED_BY_LABEL, secret::MANAGED_BY);
+    let targets_stream = reflector::reflector(
+        targets_writer,
+        watcher(scoped::<Secret>(&client, ns.as_deref()), watcher::Config::default().labels(&selector)),
+    )
+    .default_backoff()
+    .touched_objects();
+    // Every Secret, metadata only: credential changes without caching every Secret's data.
+    let (secret_meta, meta_writer) = reflector::store();
+    let meta_stream = reflector::reflector(
+        meta_writer,
+        watcher(scoped::<PartialObjectMeta<Secret>>(&client, ns.as_deref()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+
+    let (tx, rx) = mpsc::channel::<ObjectRef<TokenSource>>(4096);
+    let references = Arc::new(References::default());
+    let by_target = references.clone();
+    forward(targets_stream, tx.clone(), move |s: &Secret| {
+        let owner = s.labels().get(secret::NAME_LABEL).cloned();
+        by_target.affected(&s.namespace().unwrap_or_default(), &s.name_any(), owner.as_deref())
+    });
+    let by_secret = references.clone();
+    forward(meta_stream, tx, move |m: &PartialObjectMeta<Secret>| {
+        by_secret.affected(&m.namespace().unwrap_or_default(), &m.name_any(), None)
+    });
+    targets.wait_until_ready().await.map_err(|e| StartError(e.to_string()))?;
+    secret_meta.wait_until_ready().await.map_err(|e| StartError(e.to_string()))?;
+
+    let transport = Transport::new(config.transport.clone()).map_err(|e| StartError(e.to_string()))?;
+    let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        transport,
+        sources,
+        targets,
+        secret_meta,
+        credentials: Default::default(),
+        memory: Default::default(),
+        references,
+        ready_counted: std::sync::Mutex::new(std::time::Instant::now()),
+        metrics: metrics.clone(),
+        config: config.clone(),
+    });
+    health.ready.store(true, Ordering::Relaxed);
+    tracing::info!(namespace = ns.as_deref().unwrap_or("<all>"), "controller running");
+    controller
+        .with_config(controller::Config::default().concurrency(config.concurrency))
+        .reconcile_on(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+        .for_each(|res| {
+            ctx.count_ready();
+            match res {
+                // A requeue of a TokenSource deleted since: forget what was kept about it.
+                Err(controller::Error::ObjectNotFound(r)) => {
+                    let gone =
+                        ObjectRef::<TokenSource>::new(&r.name).within(r.namespace.as_deref().unwrap_or_default());
+                    ctx.memory.forget(&gone);
+                    ctx.references.forget(&gone);
+                }
+                Err(e) => tracing::debug!(error = %e, "controller event"),
+                Ok(_) => {}
+            }
+            futures::future::ready(())
+        })
+        .await;
+    Ok(())
+}
+
+impl Context {
+    /// Sets the Ready gauge, at most every five seconds: counting walks every TokenSource.
+    fn count_ready(&self) {
+        let mut last = self.ready_counted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.elapsed() < Duration::from_secs(5) {
+            return;
+        }
+        *last = std::time::Instant::now();
+        let ready =
+            self.sources.state().iter().filter(|t| t.status.as_ref().is_some_and(super::status::is_ready)).count();
+        self.metrics.ready_sources.set(ready as i64);
+    }
+}
