@@ -44,22 +44,17 @@ async fn managed(secrets: &Api<Secret>) -> usize {
 }
 
 #[tokio::main]
-async fn main() {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: usize = std::env::var("TOKENSOURCES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
-    let sim = kubesim::KubeSim::start().await.unwrap_or_else(|e| panic!("{e}"));
+    let sim = kubesim::KubeSim::start().await?;
     let client = sim.client();
-    let fakes = Fakes::start(Default::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    let fakes = Fakes::start(Default::default()).await?;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch("tokensources.tokensource.dev", &PatchParams::apply("bench"), &Patch::Apply(TokenSource::crd()))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    crds.patch("tokensources.tokensource.dev", &PatchParams::apply("bench"), &Patch::Apply(TokenSource::crd())).await?;
     let secrets: Api<Secret> = Api::default_namespaced(client.clone());
     let c = fakes.config().podero;
     let creds = json!({"metadata": {"name": "podero-credentials"}, "stringData": {"client_id": c.id, "client_secret": c.secret}});
-    secrets
-        .create(&PostParams::default(), &serde_json::from_value(creds).unwrap_or_default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    secrets.create(&PostParams::default(), &serde_json::from_value(creds).unwrap_or_default()).await?;
     let sources: Api<TokenSource> = Api::default_namespaced(client.clone());
     println!(
         "operator scale probe: {n} TokenSources, one credentials Secret, Podero fake with 1h tokens, 2 cores, all in one process"
@@ -71,10 +66,7 @@ async fn main() {
                        "clientId": {"secretKeyRef": {"name": "podero-credentials", "key": "client_id"}},
                        "clientSecret": {"secretKeyRef": {"name": "podero-credentials", "key": "client_secret"}}},
             "target": {"secretName": format!("ts-{i:05}-token")}}});
-        sources
-            .create(&PostParams::default(), &serde_json::from_value(ts).unwrap_or_else(|e| panic!("{e}")))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        sources.create(&PostParams::default(), &serde_json::from_value(ts)?).await?;
     }
     println!("created {n} TokenSources in {:.2}s", created.elapsed().as_secs_f64());
     sim.faults().reset_counts();
@@ -118,4 +110,5 @@ async fn main() {
     );
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
+    Ok(())
 }

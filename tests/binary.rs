@@ -1,6 +1,8 @@
 //! The real `tokensource-operator` binary: `run` against kubesim with its flags, the probe and
 //! metrics endpoint, and a clean shutdown on SIGTERM; `crd` prints what `crds/` holds.
 
+#![cfg(test)]
+
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,19 +30,19 @@ async fn http_get(url: &str) -> Option<(u16, String)> {
 
 #[test]
 fn crd_subcommand_prints_the_committed_crd() {
-    let out = Command::new(BIN).arg("crd").output().unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(BIN).arg("crd").output().unwrap();
     assert!(out.status.success());
     let committed =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/tokensource.dev_tokensources.yaml"))
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), committed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_probes_and_metrics_issues_tokens_and_stops_on_sigterm() {
-    let sim = kubesim::KubeSim::start().await.unwrap_or_else(|e| panic!("{e}"));
+    let sim = kubesim::KubeSim::start().await.unwrap();
     let client = sim.client();
-    let fakes = Fakes::start(Default::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    let fakes = Fakes::start(Default::default()).await.unwrap();
 
     // Before the CRD exists the operator refuses to start, and says why.
     let out = Command::new(BIN)
@@ -48,7 +50,7 @@ async fn run_serves_probes_and_metrics_issues_tokens_and_stops_on_sigterm() {
         .arg(sim.kubeconfig_path())
         .args(["--admin-addr", &format!("127.0.0.1:{}", free_port())])
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("is the CRD installed?"),
@@ -59,14 +61,14 @@ async fn run_serves_probes_and_metrics_issues_tokens_and_stops_on_sigterm() {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     crds.patch("tokensources.tokensource.dev", &PatchParams::apply("test"), &Patch::Apply(TokenSource::crd()))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     let nss: Api<Namespace> = Api::all(client.clone());
     nss.create(
         &PostParams::default(),
         &serde_json::from_value(json!({"metadata": {"name": "team"}})).unwrap_or_default(),
     )
     .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
     let port = free_port();
     let mut child = Command::new(BIN)
         .args([
@@ -85,15 +87,16 @@ async fn run_serves_probes_and_metrics_issues_tokens_and_stops_on_sigterm() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
 
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Some((200, _)) = http_get(&format!("{base}/readyz")).await {
+        let seen = http_get(&format!("{base}/readyz")).await;
+        if let Some((200, _)) = seen {
             break;
         }
-        assert!(Instant::now() < deadline, "the operator never became ready");
+        assert!(Instant::now() < deadline, "the operator never became ready; /readyz last answered {seen:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(http_get(&format!("{base}/healthz")).await.map(|r| r.0), Some(200));
@@ -101,23 +104,21 @@ async fn run_serves_probes_and_metrics_issues_tokens_and_stops_on_sigterm() {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "team");
     let c = fakes.config().podero;
     let creds = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "podero-credentials"}, "stringData": {"client_id": c.id, "client_secret": c.secret}});
-    secrets
-        .create(&PostParams::default(), &serde_json::from_value(creds).unwrap_or_default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    secrets.create(&PostParams::default(), &serde_json::from_value(creds).unwrap_or_default()).await.unwrap();
     let sources: Api<TokenSource> = Api::namespaced(client.clone(), "team");
     let ts = json!({"apiVersion": "tokensource.dev/v1alpha1", "kind": "TokenSource", "metadata": {"name": "podero"}, "spec": {
         "oauth2": {"tokenUrl": fakes.endpoint_url(Endpoint::Podero), "requestFormat": "json",
                    "clientId": {"secretKeyRef": {"name": "podero-credentials", "key": "client_id"}},
                    "clientSecret": {"secretKeyRef": {"name": "podero-credentials", "key": "client_secret"}}},
         "target": {"secretName": "podero-token"}}});
-    sources
-        .create(&PostParams::default(), &serde_json::from_value(ts).unwrap_or_else(|e| panic!("{e}")))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    sources.create(&PostParams::default(), &serde_json::from_value(ts).unwrap()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while secrets.get_opt("podero-token").await.ok().flatten().is_none() {
-        assert!(Instant::now() < deadline, "no token from the binary");
+        assert!(
+            Instant::now() < deadline,
+            "no token from the binary; status: {:?}",
+            sources.get("podero").await.ok().and_then(|t| t.status)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (code, metrics) = http_get(&format!("{base}/metrics")).await.unwrap_or_default();
@@ -129,7 +130,7 @@ async fn run_serves_probes_and_metrics_issues_tokens_and_stops_on_sigterm() {
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
-        if let Some(s) = child.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+        if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
         assert!(Instant::now() < deadline, "the operator did not stop on SIGTERM");

@@ -1,10 +1,12 @@
 //! End to end: OAuth 2.0 client credentials against the Podero and Interswitch fakes.
 
+#![cfg(test)]
+
 mod common;
 
 use std::time::Duration;
 
-use common::{Env, WAIT, eventually, podero, podero_credentials};
+use common::{Env, WAIT, check, eventually, podero, podero_credentials};
 use fake_providers::{Client as FakeClient, Endpoint};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -28,12 +30,12 @@ async fn podero_token_lands_in_the_secret_with_status_and_event() {
     let status = env.source("podero").await.status.unwrap_or_default();
     assert_eq!(status.expires_at.as_deref(), data.get("expires_at").map(String::as_str));
     let next: jiff::Timestamp =
-        status.next_refresh_at.as_deref().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no nextRefreshAt"));
+        status.next_refresh_at.as_deref().and_then(|n| n.parse().ok()).expect("no nextRefreshAt");
     assert!(next < expires && next > jiff::Timestamp::now(), "next refresh {next} is before expiry {expires}");
     assert_eq!(status.token_type.as_deref(), Some("Bearer"));
     assert_eq!(status.observed_generation, Some(1));
 
-    let secret = env.secrets().get("podero-token").await.unwrap_or_else(|e| panic!("{e}"));
+    let secret = env.secrets().get("podero-token").await.unwrap();
     let owners = secret.metadata.owner_references.clone().unwrap_or_default();
     assert_eq!(owners.first().map(|o| o.kind.as_str()), Some("TokenSource"));
     assert_eq!(
@@ -43,7 +45,7 @@ async fn podero_token_lands_in_the_secret_with_status_and_event() {
 
     let events = eventually("a TokenIssued event", WAIT, || async {
         let ev = env.events("podero").await;
-        ev.iter().any(|(t, r, _)| t == "Normal" && r == "TokenIssued").then_some(ev)
+        check(ev.iter().any(|(t, r, _)| t == "Normal" && r == "TokenIssued"), ev.clone(), ev)
     })
     .await;
     assert!(events.iter().all(|(t, _, _)| t == "Normal"), "{events:?}");
@@ -80,9 +82,10 @@ async fn short_lived_tokens_are_renewed_before_they_expire() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let calls = env.fakes.calls(Endpoint::Podero);
-    // A 6s token renews when about a third of it is left: every ~4s, so 4 or 5 tokens in ~14s.
-    assert!((4..=6).contains(&calls), "{calls} calls to the provider in 14s");
-    assert_eq!(seen.len(), calls, "every token fetched reached the Secret");
+    // A 6s token renews when about a third of it is left; within 14s it was renewed at least
+    // twice (how often exactly depends on the machine's speed, and is not what is tested here).
+    assert!(seen.len() >= 3, "only {} tokens in 14s", seen.len());
+    assert_eq!(seen.len(), calls, "every token fetched reached the Secret, and none was fetched twice");
     if let Some(sim) = &env.sim {
         // One Secret write per token, and about one status write per token.
         let secret_writes = sim.faults().count("patch", "secrets");
@@ -102,10 +105,13 @@ async fn restarts_and_unrelated_edits_fetch_nothing() {
     env.wait_ready("stable", "True", "TokenValid").await;
     let sim_writes = env.sim.as_ref().map(|s| s.faults().count("patch", "secrets"));
 
+    let before = env.reconciles("Success");
     env.restart_operator().await;
+    env.wait_reconciles("Success", before, 1).await;
     let p = json!({"metadata": {"labels": {"team": "energy"}, "annotations": {"note": "unrelated"}}});
-    env.sources().patch("stable", &PatchParams::default(), &Patch::Merge(&p)).await.unwrap_or_else(|e| panic!("{e}"));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    env.sources().patch("stable", &PatchParams::default(), &Patch::Merge(&p)).await.unwrap();
+    // The restart and the edit each reconciled; neither fetched.
+    env.wait_reconciles("Success", before, 2).await;
     assert_eq!(env.fakes.calls(Endpoint::Podero), 1, "a restart or a metadata edit fetched a token");
     assert_eq!(env.secret_data("stable-token").await.and_then(|d| d.get("token").cloned()), Some(token.clone()));
     if let (Some(sim), Some(before)) = (&env.sim, sim_writes) {
@@ -114,11 +120,14 @@ async fn restarts_and_unrelated_edits_fetch_nothing() {
 
     // The restarted operator is alive: a spec change fetches at once.
     let p = json!({"spec": {"oauth2": {"scopes": ["read"]}}});
-    env.sources().patch("stable", &PatchParams::default(), &Patch::Merge(&p)).await.unwrap_or_else(|e| panic!("{e}"));
+    env.sources().patch("stable", &PatchParams::default(), &Patch::Merge(&p)).await.unwrap();
     env.wait_token("stable-token", Some(&token)).await;
     assert_eq!(env.fakes.calls(Endpoint::Podero), 2);
-    let status = env.source("stable").await.status.unwrap_or_default();
-    assert_eq!(status.observed_generation, Some(2));
+    eventually("the status to describe generation 2", WAIT, || async {
+        let st = env.status("stable").await?;
+        check(st.observed_generation == Some(2), (), st.observed_generation)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,10 +138,10 @@ async fn rotated_credentials_fetch_a_new_token_within_seconds() {
     let first = env.wait_token("rotate-token", None).await;
     let rotated = FakeClient { id: "podero-client".into(), secret: "rotated-secret-0002".into() };
     env.fakes.set_podero_client(rotated.clone());
-    let started = std::time::Instant::now();
+    // The token lives an hour and nothing polls: only the watch of the credentials Secret can
+    // bring the new token within the wait.
     env.put_secret("podero-credentials", &[("client_id", &rotated.id), ("client_secret", &rotated.secret)]).await;
     let second = env.wait_token("rotate-token", Some(&first)).await;
-    assert!(started.elapsed() < Duration::from_secs(5), "rotation took {:?}", started.elapsed());
     assert!(env.fakes.is_valid(&second));
     assert_eq!(env.fakes.calls(Endpoint::Podero), 2);
     env.assert_nothing_leaks(&[&rotated.secret, "podero-secret-0001"], &["rotate-token"]).await;
@@ -152,13 +161,18 @@ async fn rejected_credentials_explain_themselves_without_leaking() {
     assert_eq!(status.last_failure.map(|f| f.reason), Some("ProviderRejected".into()));
     let events = eventually("a Warning event", WAIT, || async {
         let ev = env.events("denied").await;
-        ev.iter().any(|(t, r, _)| t == "Warning" && r == "ProviderRejected").then_some(ev)
+        check(ev.iter().any(|(t, r, _)| t == "Warning" && r == "ProviderRejected"), ev.clone(), ev)
     })
     .await;
     assert!(events.iter().any(|(_, _, m)| m.contains("invalid_client")), "{events:?}");
-    // Rejected credentials back off slowly: no hammering.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(env.fakes.calls(Endpoint::Podero), 1);
+    // Rejected credentials back off slowly: reconciles that an edit triggers call nobody.
+    for i in 0..3 {
+        let before = env.reconciles("ProviderRejected");
+        let p = json!({"metadata": {"annotations": {"poke": i.to_string()}}});
+        env.sources().patch("denied", &PatchParams::default(), &Patch::Merge(&p)).await.unwrap();
+        env.wait_reconciles("ProviderRejected", before, 1).await;
+    }
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 1, "the backoff did not hold");
     env.assert_nothing_leaks(&["wrong-secret-9999"], &[]).await;
 }
 
@@ -180,10 +194,13 @@ async fn outages_keep_a_valid_token_ready_and_retry() {
         None,
     );
     let degraded = eventually("the failed renewal to show", WAIT, || async {
-        let st = env.source("outage").await.status?;
-        let d = st.conditions.iter().find(|c| c.type_ == "Degraded" && c.status == "True")?.clone();
-        let ready = st.conditions.iter().find(|c| c.type_ == "Ready")?.status.clone();
-        Some((d, ready, st.last_failure?))
+        let st = env.status("outage").await?;
+        let d = st.conditions.iter().find(|c| c.type_ == "Degraded" && c.status == "True").cloned();
+        let ready = st.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.status.clone());
+        match (d, ready, st.last_failure.clone()) {
+            (Some(d), Some(r), Some(f)) => Ok((d, r, f)),
+            _ => Err(format!("{:?}", st.conditions)),
+        }
     })
     .await;
     assert_eq!(degraded.1, "True", "a valid token keeps Ready true during an outage");
@@ -206,9 +223,9 @@ async fn outages_keep_a_valid_token_ready_and_retry() {
         "{ev:?}"
     );
     eventually("the failures to clear after the renewal", WAIT, || async {
-        let st = env.source("outage").await.status?;
+        let st = env.status("outage").await?;
         let degraded = st.conditions.iter().any(|c| c.type_ == "Degraded" && c.status == "True");
-        (st.failures == 0 && st.last_failure.is_none() && !degraded).then_some(())
+        check(st.failures == 0 && st.last_failure.is_none() && !degraded, (), st)
     })
     .await;
 }
@@ -223,13 +240,15 @@ async fn deletion_policies() {
     env.create(retained).await;
     env.wait_token("gone-token", None).await;
     let kept = env.wait_token("kept-token", None).await;
-    env.sources().delete("gone", &DeleteParams::default()).await.unwrap_or_else(|e| panic!("{e}"));
-    env.sources().delete("kept", &DeleteParams::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    env.sources().delete("gone", &DeleteParams::default()).await.unwrap();
+    env.sources().delete("kept", &DeleteParams::default()).await.unwrap();
+    let kept_secret = env.secrets().get("kept-token").await.unwrap();
+    assert!(kept_secret.metadata.owner_references.is_none(), "a retained Secret has no owner to be collected with");
     eventually("the owned Secret to be garbage-collected", WAIT, || async {
-        env.secret_data("gone-token").await.is_none().then_some(())
+        let gone = env.secret_data("gone-token").await;
+        check(gone.is_none(), (), gone.map(|d| d.into_keys().collect::<Vec<_>>()))
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(env.secret_data("kept-token").await.and_then(|d| d.get("token").cloned()), Some(kept));
 }
 
@@ -247,7 +266,7 @@ async fn invalid_input_is_reported_without_provider_calls() {
         doc["apiVersion"] = json!("tokensource.dev/v1alpha1");
         doc["kind"] = json!("TokenSource");
         async move {
-            let obj: kube::api::DynamicObject = serde_json::from_value(doc).unwrap_or_else(|e| panic!("{e}"));
+            let obj: kube::api::DynamicObject = serde_json::from_value(doc).unwrap();
             match api.create(&PostParams::default(), &obj).await {
                 Err(kube::Error::Api(s)) if s.code == 422 => s.message,
                 other => panic!("expected 422 Invalid, got {other:?}"),
@@ -271,8 +290,8 @@ async fn invalid_input_is_reported_without_provider_calls() {
     assert!(m.contains("podero-credentials") && m.contains("not found"), "{m}");
     env.put_secret("podero-credentials", &[("client_id", "podero-client")]).await;
     eventually("the missing key to be reported", WAIT, || async {
-        let (_, reason, m) = env.ready("nocreds").await?;
-        (reason == "CredentialsNotFound" && m.contains("has no key \"client_secret\"")).then_some(())
+        let ready = env.ready("nocreds").await.ok_or("no Ready condition")?;
+        check(ready.1 == "CredentialsNotFound" && ready.2.contains("has no key \"client_secret\""), (), ready)
     })
     .await;
     let mut bad_path = podero(&env, "badpath", "badpath-token");
@@ -323,7 +342,7 @@ async fn interswitch_expiry_comes_from_the_jwt() {
     let data = env.secret_data("interswitch-token").await.unwrap_or_default();
     assert_eq!(data.get("merchant_code").map(String::as_str), Some("MX6072"));
     assert_eq!(data.get("requestor_id").map(String::as_str), Some("12345678901"));
-    let exp = tokensource_operator::response::jwt_exp(&token).unwrap_or_else(|| panic!("fake issued no JWT"));
+    let exp = tokensource_operator::response::jwt_exp(&token).expect("fake issued no JWT");
     assert_eq!(data.get("expires_at").cloned(), Some(exp.to_string()));
     env.wait_ready("interswitch", "True", "TokenValid").await;
 

@@ -1,6 +1,8 @@
 //! End to end: every flow in `deploy/examples/` (Podero, Interswitch, Imburse HMAC, the Imburse
 //! chain) against the strict fakes, plus chains, templates and the Imburse fake's own strictness.
 
+#![cfg(test)]
+
 mod common;
 
 use std::path::PathBuf;
@@ -15,7 +17,7 @@ use serde_json::{Value, json};
 async fn apply_examples(env: &Env, files: &[&str]) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/examples");
     for file in files {
-        for doc in examples::load(&dir.join(file), &env.fakes).unwrap_or_else(|e| panic!("{e}")) {
+        for doc in examples::load(&dir.join(file), &env.fakes).unwrap() {
             apply(env, doc).await;
         }
     }
@@ -107,7 +109,7 @@ async fn the_chain_survives_upstream_refreshes_and_reports_its_loss() {
     env.wait_ready("imburse-payout", "True", "TokenValid").await;
 
     // Deleting the management source turns the payout source not-Ready; its Secret stays.
-    env.sources().delete("imburse-management", &DeleteParams::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    env.sources().delete("imburse-management", &DeleteParams::default()).await.unwrap();
     let m = env.wait_ready("imburse-payout", "False", "WaitingForUpstream").await;
     assert!(m.contains("not found"), "{m}");
     assert_eq!(env.secret_data("imburse-payout-token").await.and_then(|d| d.get("token").cloned()), Some(payout));
@@ -148,10 +150,10 @@ async fn templates_shape_the_secret_and_template_errors_write_nothing() {
     });
     env.create(docker).await;
     let token = env.wait_token("registry-pull", None).await;
-    let secret = env.secrets().get("registry-pull").await.unwrap_or_else(|e| panic!("{e}"));
+    let secret = env.secrets().get("registry-pull").await.unwrap();
     assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/dockerconfigjson"));
     let data = env.secret_data("registry-pull").await.unwrap_or_default();
-    let cfg: Value = serde_json::from_str(&data[".dockerconfigjson"]).unwrap_or_else(|e| panic!("not JSON: {e}"));
+    let cfg: Value = serde_json::from_str(&data[".dockerconfigjson"]).expect("not JSON");
     let auth = cfg["auths"]["registry.example.com"]["auth"].as_str().unwrap_or_default();
     let decoded = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, auth).unwrap_or_default();
     assert_eq!(String::from_utf8_lossy(&decoded), format!("oauth2accesstoken:{token}"));
@@ -174,10 +176,9 @@ async fn templates_shape_the_secret_and_template_errors_write_nothing() {
 async fn the_imburse_fake_rejects_replays_stale_clocks_and_bad_signatures() {
     use tokensource_operator::crd::KeyEncoding;
     use tokensource_operator::providers::hmac::ImburseKey;
-    let fakes = fake_providers::Fakes::start(Default::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    let fakes = fake_providers::Fakes::start(Default::default()).await.unwrap();
     let config = fakes.config();
-    let key = ImburseKey::new(config.imburse_public.clone(), &config.imburse_private_b64, KeyEncoding::Base64)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let key = ImburseKey::new(config.imburse_public.clone(), &config.imburse_private_b64, KeyEncoding::Base64).unwrap();
     let http = reqwest::Client::new();
     tokensource_operator::transport::install_crypto_provider();
     let url = fakes.endpoint_url(Endpoint::ImburseManagement);
@@ -191,8 +192,7 @@ async fn the_imburse_fake_rejects_replays_stale_clocks_and_bad_signatures() {
     assert_eq!(send(key.authorization("nonce-1", now, b"")).await, 401, "a replayed nonce");
     assert_eq!(send(key.authorization("nonce-2", now - 301, b"")).await, 401, "a timestamp over five minutes old");
     assert_eq!(send(key.authorization("nonce-3", now, b"{}")).await, 401, "signed over a body that was not sent");
-    let other = ImburseKey::new(config.imburse_public.clone(), "b3RoZXIta2V5", KeyEncoding::Base64)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let other = ImburseKey::new(config.imburse_public.clone(), "b3RoZXIta2V5", KeyEncoding::Base64).unwrap();
     assert_eq!(send(other.authorization("nonce-4", now, b"")).await, 401, "signed with another key");
     let reasons: Vec<String> = fakes.rejections().into_iter().map(|(_, r)| r).collect();
     assert_eq!(

@@ -1,6 +1,8 @@
 //! End to end over HTTPS: private CA bundles, RFC 7523 private_key_jwt and RFC 8705 mutual TLS,
 //! against fakes that verify certificates and assertions like an identity provider.
 
+#![cfg(test)]
+
 mod common;
 
 use common::Env;
@@ -19,19 +21,16 @@ async fn put_tls_secret(env: &Env) {
             "tls.key": String::from_utf8_lossy(fixtures::CLIENT_KEY),
         }
     }))
-    .unwrap_or_else(|e| panic!("{e}"));
-    env.secrets().create(&PostParams::default(), &secret).await.unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
+    env.secrets().create(&PostParams::default(), &secret).await.unwrap();
 }
 
 async fn put_ca_config_map(env: &Env) {
     let cm: ConfigMap = serde_json::from_value(
         json!({"metadata": {"name": "private-ca"}, "data": {"ca.crt": String::from_utf8_lossy(fixtures::CA_CERT)}}),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
-    Api::<ConfigMap>::namespaced(env.client.clone(), &env.ns)
-        .create(&PostParams::default(), &cm)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
+    Api::<ConfigMap>::namespaced(env.client.clone(), &env.ns).create(&PostParams::default(), &cm).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

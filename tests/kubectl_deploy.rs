@@ -1,6 +1,8 @@
 //! The install manifests and examples, applied with the real kubectl (to kubesim), read back the
 //! way users read them.
 
+#![cfg(test)]
+
 use std::process::Command;
 
 fn kubectl(sim: &kubesim::KubeSim, args: &[&str]) -> (bool, String, String) {
@@ -10,13 +12,13 @@ fn kubectl(sim: &kubesim::KubeSim, args: &[&str]) -> (bool, String, String) {
         .env("KUBECONFIG", sim.kubeconfig_path())
         .env("HOME", std::env::temp_dir())
         .output()
-        .unwrap_or_else(|e| panic!("kubectl is required for this test: {e}"));
+        .expect("kubectl is required for this test");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deploy_and_examples_apply_cleanly() {
-    let sim = kubesim::KubeSim::start().await.unwrap_or_else(|e| panic!("{e}"));
+    let sim = kubesim::KubeSim::start().await.unwrap();
     tokio::task::block_in_place(|| {
         let (ok, out, err) = kubectl(&sim, &["apply", "-k", "deploy/"]);
         assert!(ok, "kubectl apply -k deploy/ failed: {err}");
@@ -51,7 +53,7 @@ async fn deploy_and_examples_apply_cleanly() {
         // A mistake the schema catches is rejected at apply time with the rule's message.
         let bad = "apiVersion: tokensource.dev/v1alpha1\nkind: TokenSource\nmetadata: {name: bad}\nspec:\n  oauth2:\n    tokenUrl: https://x.example/token\n    clientId: {value: a}\n    clientSecret: {value: b}\n    clientAuthentication: bearer\n  target: {secretName: bad}\n";
         let path = std::env::temp_dir().join(format!("bad-tokensource-{}.yaml", std::process::id()));
-        std::fs::write(&path, bad).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, bad).unwrap();
         let (ok, _, err) = kubectl(&sim, &["apply", "-f", &path.to_string_lossy()]);
         let _ = std::fs::remove_file(&path);
         assert!(!ok && err.contains("spec.oauth2.clientAuthentication: Unsupported value: \"bearer\""), "{err}");

@@ -2,6 +2,7 @@
 //! `TOKENSOURCE_E2E_KUBECONFIG` names a kubeconfig), the fake providers, and the real controller
 //! running in-process, scoped to a fresh namespace.
 #![allow(dead_code)]
+#![cfg(test)]
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use serde_json::{Value, json};
 use tokensource_operator::admin::Health;
 use tokensource_operator::controller::{self, Config};
 use tokensource_operator::crd::TokenSource;
-use tokensource_operator::metrics::Metrics;
+use tokensource_operator::metrics::{Metrics, ResultLabels};
 
 pub struct Env {
     pub sim: Option<kubesim::KubeSim>,
@@ -30,20 +31,30 @@ pub struct Env {
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// Polls `f` every 50ms until it yields `Some`, or fails the test after `timeout`.
+/// Polls `f` every 50ms until it yields `Ok`, or fails the test after `timeout` with the last
+/// state `f` described in its `Err`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
+    Fut: Future<Output = Result<T, String>>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        let last = match f().await {
+            Ok(v) => return v,
+            Err(seen) => seen,
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; last seen: {last}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `Ok(v)` when `cond` holds, else the state seen, for [`eventually`].
+pub fn check<T, S: std::fmt::Debug>(cond: bool, v: T, seen: S) -> Result<T, String> {
+    if cond { Ok(v) } else { Err(format!("{seen:?}")) }
 }
 
 fn unique(prefix: &str) -> String {
@@ -73,13 +84,11 @@ impl Env {
         let (sim, client) = match std::env::var("TOKENSOURCE_E2E_KUBECONFIG") {
             Ok(path) if !path.is_empty() => {
                 let kc = kube::config::Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
-                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
-                (None, Client::try_from(cfg).unwrap_or_else(|e| panic!("{e}")))
+                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+                (None, Client::try_from(cfg).unwrap())
             }
             _ => {
-                let sim = kubesim::KubeSim::start().await.unwrap_or_else(|e| panic!("kubesim: {e}"));
+                let sim = kubesim::KubeSim::start().await.expect("kubesim");
                 let client = sim.client();
                 (Some(sim), client)
             }
@@ -91,7 +100,7 @@ impl Env {
             &Patch::Apply(TokenSource::crd()),
         )
         .await
-        .unwrap_or_else(|e| panic!("installing the CRD: {e}"));
+        .expect("installing the CRD");
         let ns = unique("e2e");
         let namespaces: Api<Namespace> = Api::all(client.clone());
         namespaces
@@ -102,9 +111,9 @@ impl Env {
             .await
             .unwrap_or_else(|e| panic!("creating namespace {ns}: {e}"));
         let (fakes, allow_http) = if tls {
-            (Fakes::start_tls(fake_config).await.unwrap_or_else(|e| panic!("fakes: {e}")), false)
+            (Fakes::start_tls(fake_config).await.expect("fakes"), false)
         } else {
-            (Fakes::start(fake_config).await.unwrap_or_else(|e| panic!("fakes: {e}")), true)
+            (Fakes::start(fake_config).await.expect("fakes"), true)
         };
         let config = Config {
             namespace: Some(ns.clone()),
@@ -171,20 +180,17 @@ impl Env {
         let mut v = ts;
         v["apiVersion"] = json!("tokensource.dev/v1alpha1");
         v["kind"] = json!("TokenSource");
-        let obj: TokenSource = serde_json::from_value(v).unwrap_or_else(|e| panic!("bad TokenSource in test: {e}"));
-        self.sources()
-            .create(&PostParams::default(), &obj)
-            .await
-            .unwrap_or_else(|e| panic!("creating TokenSource: {e}"))
+        let obj: TokenSource = serde_json::from_value(v).expect("bad TokenSource in test");
+        self.sources().create(&PostParams::default(), &obj).await.expect("creating TokenSource")
     }
 
     pub async fn source(&self, name: &str) -> TokenSource {
-        self.sources().get(name).await.unwrap_or_else(|e| panic!("{e}"))
+        self.sources().get(name).await.unwrap()
     }
 
     /// The Secret's data as text.
     pub async fn secret_data(&self, name: &str) -> Option<std::collections::BTreeMap<String, String>> {
-        let s = self.secrets().get_opt(name).await.unwrap_or_else(|e| panic!("{e}"))?;
+        let s = self.secrets().get_opt(name).await.unwrap()?;
         Some(
             s.data
                 .unwrap_or_default()
@@ -197,9 +203,12 @@ impl Env {
     /// Waits until the Secret holds a token different from `not`.
     pub async fn wait_token(&self, secret: &str, not: Option<&str>) -> String {
         eventually(&format!("a new token in Secret {secret}"), WAIT, || async {
-            let data = self.secret_data(secret).await?;
-            let t = data.get("token")?.clone();
-            (Some(t.as_str()) != not).then_some(t)
+            let Some(data) = self.secret_data(secret).await else { return Err("no Secret".into()) };
+            match data.get("token") {
+                Some(t) if Some(t.as_str()) != not => Ok(t.clone()),
+                Some(_) => Err("the same token as before".into()),
+                None => Err(format!("a Secret with keys {:?}", data.keys().collect::<Vec<_>>())),
+            }
         })
         .await
     }
@@ -213,9 +222,36 @@ impl Env {
 
     /// Waits for Ready to have `status` and `reason`; returns the message.
     pub async fn wait_ready(&self, name: &str, status: &str, reason: &str) -> String {
-        eventually(&format!("{name} Ready={status} ({reason}); last seen {:?}", "see status"), WAIT, || async {
-            let (s, r, m) = self.ready(name).await?;
-            (s == status && r == reason).then_some(m)
+        eventually(&format!("{name} Ready={status} ({reason})"), WAIT, || async {
+            match self.ready(name).await {
+                Some((s, r, m)) if s == status && r == reason => Ok(m),
+                Some(seen) => Err(format!("Ready={seen:?}")),
+                None => Err("no Ready condition".into()),
+            }
+        })
+        .await
+    }
+
+    /// The status of `name`, once it has one; the last state seen otherwise.
+    pub async fn status(&self, name: &str) -> Result<tokensource_operator::crd::TokenSourceStatus, String> {
+        match self.sources().get_opt(name).await {
+            Ok(Some(ts)) => ts.status.ok_or_else(|| "no status".to_string()),
+            Ok(None) => Err(format!("no TokenSource {name}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// How many reconciles this operator (across restarts) finished with `result` (`Success` or
+    /// a failure reason).
+    pub fn reconciles(&self, result: &str) -> u64 {
+        self.metrics.reconciles.get_or_create(&ResultLabels { result: result.into() }).get()
+    }
+
+    /// Waits until `more` reconciles with `result` have finished since `before` was read.
+    pub async fn wait_reconciles(&self, result: &str, before: u64, more: u64) {
+        eventually(&format!("{more} more {result} reconciles"), WAIT, || async {
+            let now = self.reconciles(result);
+            check(now >= before + more, (), format!("{} of them", now - before))
         })
         .await
     }
@@ -225,7 +261,7 @@ impl Env {
         let api: Api<CoreEvent> = Api::namespaced(self.client.clone(), &self.ns);
         api.list(&ListParams::default())
             .await
-            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap()
             .items
             .into_iter()
             .filter(|e| e.involved_object.name.as_deref() == Some(name))
@@ -238,14 +274,14 @@ impl Env {
     pub async fn assert_nothing_leaks(&self, needles: &[&str], targets: &[&str]) {
         let mut haystack = String::new();
         let events: Api<CoreEvent> = Api::namespaced(self.client.clone(), &self.ns);
-        for e in events.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items {
+        for e in events.list(&ListParams::default()).await.unwrap().items {
             haystack.push_str(&serde_json::to_string(&e).unwrap_or_default());
         }
-        for t in self.sources().list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items {
+        for t in self.sources().list(&ListParams::default()).await.unwrap().items {
             haystack.push_str(&serde_json::to_string(&t.status).unwrap_or_default());
             haystack.push_str(&serde_json::to_string(&t.metadata).unwrap_or_default());
         }
-        for s in self.secrets().list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items {
+        for s in self.secrets().list(&ListParams::default()).await.unwrap().items {
             if targets.contains(&s.name_any().as_str()) {
                 haystack.push_str(&serde_json::to_string(&s.metadata.annotations).unwrap_or_default());
                 haystack.push_str(&serde_json::to_string(&s.metadata.labels).unwrap_or_default());

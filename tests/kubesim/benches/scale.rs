@@ -19,11 +19,11 @@ fn env(name: &str, default: usize) -> usize {
 }
 
 #[tokio::main]
-async fn main() {
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let secrets = env("SECRETS", 10_000);
     let watchers = env("WATCHERS", 100);
     let creators = env("CREATORS", 8);
-    let sim = kubesim::KubeSim::start().await.unwrap_or_else(|e| panic!("{e}"));
+    let sim = kubesim::KubeSim::start().await?;
     let api: Api<Secret> = Api::default_namespaced(sim.client());
     let start_rv = sim.resource_version().to_string();
     println!("kubesim scale benchmark: {secrets} Secrets, {watchers} watchers, {creators} concurrent creators");
@@ -40,8 +40,7 @@ async fn main() {
             let mut n = 0usize;
             let mut rv = rv;
             while n < secrets {
-                let stream =
-                    api.watch(&WatchParams::default().timeout(290), &rv).await.unwrap_or_else(|e| panic!("{e}"));
+                let stream = api.watch(&WatchParams::default().timeout(290), &rv).await?;
                 futures::pin_mut!(stream);
                 while let Ok(Some(ev)) = stream.try_next().await {
                     match ev {
@@ -54,12 +53,12 @@ async fn main() {
                             }
                         }
                         WatchEvent::Bookmark(b) => rv = b.metadata.resource_version,
-                        WatchEvent::Error(e) => panic!("watch error: {e:?}"),
+                        WatchEvent::Error(e) => return Err(format!("watch error: {e:?}").into()),
                         _ => {}
                     }
                 }
             }
-            n
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(n)
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -76,19 +75,20 @@ async fn main() {
                     "data": {"token": "dG9rZW4tdmFsdWUtZm9yLWJlbmNobWFyaw==", "expires_at": "MjAyNi0xMS0yMlQwMDowMDowMFo="}
                 }))
                 .unwrap_or_default();
-                api.create(&PostParams::default(), &s).await.unwrap_or_else(|e| panic!("{e}"));
+                api.create(&PostParams::default(), &s).await?;
             }
+            Ok::<_, kube::Error>(())
         }));
     }
     for m in makers {
-        m.await.unwrap_or_else(|e| panic!("{e}"));
+        m.await??;
     }
     let create_secs = created.elapsed().as_secs_f64();
     println!("create: {secrets} in {create_secs:.2}s = {:.0} creates/s", secrets as f64 / create_secs);
 
     let fanout = Instant::now();
     for t in tasks {
-        let n = t.await.unwrap_or_else(|e| panic!("{e}"));
+        let n = t.await??;
         assert_eq!(n, secrets, "a watcher missed events");
     }
     let total_events = seen.load(Ordering::Relaxed);
@@ -109,7 +109,7 @@ async fn main() {
         if let Some(t) = &token {
             lp = lp.continue_token(t);
         }
-        let page = api.list(&lp).await.unwrap_or_else(|e| panic!("{e}"));
+        let page = api.list(&lp).await?;
         pages += 1;
         items += page.items.len();
         token = page.metadata.continue_.filter(|c| !c.is_empty());
@@ -125,7 +125,7 @@ async fn main() {
     );
 
     let selected = Instant::now();
-    let shard = api.list(&ListParams::default().labels("shard=3")).await.unwrap_or_else(|e| panic!("{e}"));
+    let shard = api.list(&ListParams::default().labels("shard=3")).await?;
     println!(
         "list with labelSelector (1 in 10): {} items in {:.3}s",
         shard.items.len(),
@@ -135,4 +135,5 @@ async fn main() {
         "rss at end: {:.1} MiB (the emulator, 100 client connections and the benchmark in one process)",
         kubesim::resident_mib()
     );
+    Ok(())
 }

@@ -241,7 +241,7 @@ mod tests {
     fn decodes_kubectl_create_secret() {
         // Captured from `kubectl create secret generic s1 --from-literal=a=b` (kubectl 1.32).
         let body = b"k8s\x00\n\x0c\n\x02v1\x12\x06Secret\x12\x1e\n\x12\n\x02s1\x12\x00\x1a\x00\"\x00*\x002\x008\x00B\x00\x12\x06\n\x01a\x12\x01b\x1a\x00\x1a\x00\"\x00";
-        let v = decode(body).unwrap_or_else(|e| panic!("{e}"));
+        let v = decode(body).unwrap();
         assert_eq!(v["kind"], "Secret");
         assert_eq!(v["metadata"]["name"], "s1");
         assert_eq!(v["data"]["a"], "Yg==");

@@ -1,5 +1,7 @@
 //! Conformance of kubesim through kube-rs: what the operator and kube's runtime rely on.
 
+#![cfg(test)]
+
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -21,7 +23,7 @@ fn api_error(e: kube::Error) -> (u16, String, String) {
 
 fn secret(name: &str, data: Value) -> Secret {
     serde_json::from_value(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": data}))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap()
 }
 
 fn widget_crd() -> Value {
@@ -60,8 +62,8 @@ async fn widgets(sim: &KubeSim) -> Api<DynamicObject> {
             "customresourcedefinitions",
         ),
     );
-    let crd: DynamicObject = serde_json::from_value(widget_crd()).unwrap_or_else(|e| panic!("{e}"));
-    crds.create(&PostParams::default(), &crd).await.unwrap_or_else(|e| panic!("create CRD: {e}"));
+    let crd: DynamicObject = serde_json::from_value(widget_crd()).unwrap();
+    crds.create(&PostParams::default(), &crd).await.expect("create CRD");
     let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("example.com", "v1", "Widget"), "widgets");
     Api::namespaced_with(sim.client(), "default", &ar)
 }
@@ -70,67 +72,56 @@ fn widget(name: &str, spec: Value) -> DynamicObject {
     serde_json::from_value(
         json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": name}, "spec": spec}),
     )
-    .unwrap_or_else(|e| panic!("{e}"))
+    .unwrap()
 }
 
 async fn start() -> KubeSim {
-    KubeSim::start().await.unwrap_or_else(|e| panic!("kubesim: {e}"))
+    KubeSim::start().await.expect("kubesim")
 }
 
 #[tokio::test]
 async fn crud_conflicts_and_not_found() {
     let sim = start().await;
     let api: Api<Secret> = Api::default_namespaced(sim.client());
-    let created =
-        api.create(&PostParams::default(), &secret("a", json!({"k": "dg=="}))).await.unwrap_or_else(|e| panic!("{e}"));
+    let created = api.create(&PostParams::default(), &secret("a", json!({"k": "dg=="}))).await.unwrap();
     let meta = &created.metadata;
     assert!(meta.uid.is_some() && meta.creation_timestamp.is_some());
     assert_eq!(meta.namespace.as_deref(), Some("default"));
     assert_eq!(created.type_.as_deref(), Some("Opaque"));
 
     let (code, reason, message) = api_error(
-        api.create(&PostParams::default(), &secret("a", json!({})))
-            .await
-            .err()
-            .unwrap_or_else(|| panic!("duplicate create succeeded")),
+        api.create(&PostParams::default(), &secret("a", json!({}))).await.expect_err("duplicate create succeeded"),
     );
     assert_eq!((code, reason.as_str(), message.as_str()), (409, "AlreadyExists", "secrets \"a\" already exists"));
 
     let mut stale = created.clone();
     let mut fresh = created.clone();
     fresh.data = Some(Default::default());
-    api.replace("a", &PostParams::default(), &fresh).await.unwrap_or_else(|e| panic!("{e}"));
+    api.replace("a", &PostParams::default(), &fresh).await.unwrap();
     stale.string_data = Some([("x".to_string(), "y".to_string())].into());
-    let (code, reason, _) = api_error(
-        api.replace("a", &PostParams::default(), &stale)
-            .await
-            .err()
-            .unwrap_or_else(|| panic!("stale update succeeded")),
-    );
+    let (code, reason, _) =
+        api_error(api.replace("a", &PostParams::default(), &stale).await.expect_err("stale update succeeded"));
     assert_eq!((code, reason.as_str()), (409, "Conflict"));
 
     let raw: Api<DynamicObject> = Api::default_namespaced_with(sim.client(), &ApiResource::erase::<Secret>(&()));
     let bad: DynamicObject = serde_json::from_value(
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "b"}, "data": {"k": "not base64!"}}),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let (code, reason, message) = api_error(
-        raw.create(&PostParams::default(), &bad).await.err().unwrap_or_else(|| panic!("bad base64 accepted")),
-    );
+    .unwrap();
+    let (code, reason, message) =
+        api_error(raw.create(&PostParams::default(), &bad).await.expect_err("bad base64 accepted"));
     assert_eq!((code, reason.as_str()), (422, "Invalid"));
     assert!(message.contains("data[k]") && message.contains("illegal base64 data"), "{message}");
 
-    api.delete("a", &DeleteParams::default()).await.unwrap_or_else(|e| panic!("{e}"));
-    let (code, reason, message) =
-        api_error(api.get("a").await.err().unwrap_or_else(|| panic!("deleted secret still there")));
+    api.delete("a", &DeleteParams::default()).await.unwrap();
+    let (code, reason, message) = api_error(api.get("a").await.expect_err("deleted secret still there"));
     assert_eq!((code, reason.as_str(), message.as_str()), (404, "NotFound", "secrets \"a\" not found"));
     let other: Api<Secret> = Api::namespaced(sim.client(), "nowhere");
     let (code, _, message) = api_error(
         other
             .create(&PostParams::default(), &secret("x", json!({})))
             .await
-            .err()
-            .unwrap_or_else(|| panic!("created in a missing namespace")),
+            .expect_err("created in a missing namespace"),
     );
     assert_eq!((code, message.as_str()), (404, "namespaces \"nowhere\" not found"));
 }
@@ -139,9 +130,8 @@ async fn crud_conflicts_and_not_found() {
 async fn no_op_update_keeps_resource_version() {
     let sim = start().await;
     let api: Api<Secret> = Api::default_namespaced(sim.client());
-    let a =
-        api.create(&PostParams::default(), &secret("a", json!({"k": "dg=="}))).await.unwrap_or_else(|e| panic!("{e}"));
-    let b = api.replace("a", &PostParams::default(), &a).await.unwrap_or_else(|e| panic!("{e}"));
+    let a = api.create(&PostParams::default(), &secret("a", json!({"k": "dg=="}))).await.unwrap();
+    let b = api.replace("a", &PostParams::default(), &a).await.unwrap();
     assert_eq!(a.metadata.resource_version, b.metadata.resource_version);
 }
 
@@ -151,8 +141,8 @@ async fn pagination_and_selectors() {
     let api: Api<ConfigMap> = Api::default_namespaced(sim.client());
     for i in 0..25 {
         let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": format!("cm-{i:02}"), "labels": {"parity": if i % 2 == 0 { "even" } else { "odd" }, "n": i.to_string()}}}))
-            .unwrap_or_else(|e| panic!("{e}"));
-        api.create(&PostParams::default(), &cm).await.unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
+        api.create(&PostParams::default(), &cm).await.unwrap();
     }
     let mut names = vec![];
     let mut token: Option<String> = None;
@@ -162,7 +152,7 @@ async fn pagination_and_selectors() {
         if let Some(t) = &token {
             lp = lp.continue_token(t);
         }
-        let page = api.list(&lp).await.unwrap_or_else(|e| panic!("{e}"));
+        let page = api.list(&lp).await.unwrap();
         pages += 1;
         names.extend(page.items.iter().filter_map(|c| c.metadata.name.clone()));
         token = page.metadata.continue_.filter(|c| !c.is_empty());
@@ -177,7 +167,7 @@ async fn pagination_and_selectors() {
 
     let count = |sel: &'static str| {
         let api = api.clone();
-        async move { api.list(&ListParams::default().labels(sel)).await.unwrap_or_else(|e| panic!("{e}")).items.len() }
+        async move { api.list(&ListParams::default().labels(sel)).await.unwrap().items.len() }
     };
     assert_eq!(count("parity=even").await, 13);
     assert_eq!(count("parity!=even").await, 12);
@@ -185,24 +175,22 @@ async fn pagination_and_selectors() {
     assert_eq!(count("n notin (1,2,3)").await, 22);
     assert_eq!(count("parity").await, 25);
     assert_eq!(count("!parity").await, 0);
-    let by_name =
-        api.list(&ListParams::default().fields("metadata.name=cm-07")).await.unwrap_or_else(|e| panic!("{e}"));
+    let by_name = api.list(&ListParams::default().fields("metadata.name=cm-07")).await.unwrap();
     assert_eq!(by_name.items.len(), 1);
     let all: Api<ConfigMap> = Api::all(sim.client());
-    assert_eq!(all.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items.len(), 25);
+    assert_eq!(all.list(&ListParams::default()).await.unwrap().items.len(), 25);
 }
 
 #[tokio::test]
 async fn watch_resumes_sends_bookmarks_and_expires() {
     let sim = start().await;
     let api: Api<Secret> = Api::default_namespaced(sim.client());
-    let first = api.create(&PostParams::default(), &secret("w", json!({}))).await.unwrap_or_else(|e| panic!("{e}"));
+    let first = api.create(&PostParams::default(), &secret("w", json!({}))).await.unwrap();
     let rv = first.metadata.resource_version.clone().unwrap_or_default();
-    api.create(&PostParams::default(), &secret("w2", json!({}))).await.unwrap_or_else(|e| panic!("{e}"));
+    api.create(&PostParams::default(), &secret("w2", json!({}))).await.unwrap();
 
     // Resuming from the first object's version replays what came after it.
-    let mut stream =
-        api.watch(&WatchParams::default().timeout(10), &rv).await.unwrap_or_else(|e| panic!("{e}")).boxed();
+    let mut stream = api.watch(&WatchParams::default().timeout(10), &rv).await.unwrap().boxed();
     let mut saw_added = false;
     let mut saw_bookmark = false;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -223,7 +211,7 @@ async fn watch_resumes_sends_bookmarks_and_expires() {
 
     // After a compaction, resuming from an old version is 410 Gone.
     sim.compact();
-    let mut stream = api.watch(&WatchParams::default(), &rv).await.unwrap_or_else(|e| panic!("{e}")).boxed();
+    let mut stream = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
     match tokio::time::timeout(Duration::from_secs(3), stream.try_next()).await {
         Ok(Ok(Some(WatchEvent::Error(e)))) => assert_eq!(e.code, 410),
         Ok(Err(kube::Error::Api(e))) => assert_eq!(e.code, 410),
@@ -241,7 +229,7 @@ async fn reflector_recovers_from_dropped_watches_and_compaction() {
         futures::pin_mut!(stream);
         while stream.next().await.is_some() {}
     });
-    reader.wait_until_ready().await.unwrap_or_else(|e| panic!("{e}"));
+    reader.wait_until_ready().await.unwrap();
     let wait_for = |n: usize| {
         let reader = reader.clone();
         async move {
@@ -252,17 +240,17 @@ async fn reflector_recovers_from_dropped_watches_and_compaction() {
             }
         }
     };
-    api.create(&PostParams::default(), &secret("one", json!({}))).await.unwrap_or_else(|e| panic!("{e}"));
+    api.create(&PostParams::default(), &secret("one", json!({}))).await.unwrap();
     wait_for(1).await;
     let watches_before = sim.faults().count("watch", "secrets");
     sim.faults().end_watches();
-    api.create(&PostParams::default(), &secret("two", json!({}))).await.unwrap_or_else(|e| panic!("{e}"));
+    api.create(&PostParams::default(), &secret("two", json!({}))).await.unwrap();
     wait_for(2).await;
     assert!(sim.faults().count("watch", "secrets") > watches_before, "the watcher reconnected");
     let lists_before = sim.faults().count("list", "secrets");
     sim.compact();
     sim.faults().end_watches();
-    api.create(&PostParams::default(), &secret("three", json!({}))).await.unwrap_or_else(|e| panic!("{e}"));
+    api.create(&PostParams::default(), &secret("three", json!({}))).await.unwrap();
     wait_for(3).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while sim.faults().count("list", "secrets") == lists_before {
@@ -277,12 +265,10 @@ async fn server_side_apply_merges_and_conflicts() {
     let sim = start().await;
     let api: Api<Secret> = Api::default_namespaced(sim.client());
     let a = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ssa", "labels": {"owner": "a"}}, "data": {"a": "YQ=="}});
-    let applied =
-        api.patch("ssa", &PatchParams::apply("manager-a"), &Patch::Apply(&a)).await.unwrap_or_else(|e| panic!("{e}"));
+    let applied = api.patch("ssa", &PatchParams::apply("manager-a"), &Patch::Apply(&a)).await.unwrap();
     assert_eq!(applied.metadata.managed_fields.as_ref().map(Vec::len), Some(1));
     let b = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ssa"}, "data": {"b": "Yg=="}});
-    let merged =
-        api.patch("ssa", &PatchParams::apply("manager-b"), &Patch::Apply(&b)).await.unwrap_or_else(|e| panic!("{e}"));
+    let merged = api.patch("ssa", &PatchParams::apply("manager-b"), &Patch::Apply(&b)).await.unwrap();
     let keys: Vec<String> = merged.data.as_ref().map(|d| d.keys().cloned().collect()).unwrap_or_default();
     assert_eq!(keys, vec!["a", "b"]);
 
@@ -290,30 +276,20 @@ async fn server_side_apply_merges_and_conflicts() {
     let (code, reason, message) = api_error(
         api.patch("ssa", &PatchParams::apply("manager-b"), &Patch::Apply(&steal))
             .await
-            .err()
-            .unwrap_or_else(|| panic!("conflict not detected")),
+            .expect_err("conflict not detected"),
     );
     assert_eq!((code, reason.as_str()), (409, "Conflict"));
     assert!(message.contains("conflict with \"manager-a\"") && message.contains(".data.a"), "{message}");
-    let forced = api
-        .patch("ssa", &PatchParams::apply("manager-b").force(), &Patch::Apply(&steal))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let forced = api.patch("ssa", &PatchParams::apply("manager-b").force(), &Patch::Apply(&steal)).await.unwrap();
     assert_eq!(forced.data.as_ref().and_then(|d| d.get("a")).map(|b| b.0.clone()), Some(b"c".to_vec()));
     // manager-b stops applying data.b: it is removed; data.a, still applied, stays.
     let fewer = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ssa"}, "data": {"a": "Yw=="}});
-    let after = api
-        .patch("ssa", &PatchParams::apply("manager-b").force(), &Patch::Apply(&fewer))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let after = api.patch("ssa", &PatchParams::apply("manager-b").force(), &Patch::Apply(&fewer)).await.unwrap();
     let keys: Vec<String> = after.data.as_ref().map(|d| d.keys().cloned().collect()).unwrap_or_default();
     assert_eq!(keys, vec!["a"]);
     assert_eq!(after.metadata.labels.as_ref().and_then(|l| l.get("owner")).map(String::as_str), Some("a"));
     // Re-applying the same configuration writes nothing.
-    let again = api
-        .patch("ssa", &PatchParams::apply("manager-b").force(), &Patch::Apply(&fewer))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let again = api.patch("ssa", &PatchParams::apply("manager-b").force(), &Patch::Apply(&fewer)).await.unwrap();
     assert_eq!(again.metadata.resource_version, after.metadata.resource_version);
 }
 
@@ -321,15 +297,15 @@ async fn server_side_apply_merges_and_conflicts() {
 async fn strategic_merge_and_json_patch_on_builtins() {
     let sim = start().await;
     let api: Api<Secret> = Api::default_namespaced(sim.client());
-    api.create(&PostParams::default(), &secret("p", json!({"a": "YQ=="}))).await.unwrap_or_else(|e| panic!("{e}"));
+    api.create(&PostParams::default(), &secret("p", json!({"a": "YQ=="}))).await.unwrap();
     let p = json!({"metadata": {"finalizers": ["one"], "labels": {"x": "1"}}});
-    api.patch("p", &PatchParams::default(), &Patch::Strategic(&p)).await.unwrap_or_else(|e| panic!("{e}"));
+    api.patch("p", &PatchParams::default(), &Patch::Strategic(&p)).await.unwrap();
     let p = json!({"metadata": {"finalizers": ["two"]}});
-    let s = api.patch("p", &PatchParams::default(), &Patch::Strategic(&p)).await.unwrap_or_else(|e| panic!("{e}"));
+    let s = api.patch("p", &PatchParams::default(), &Patch::Strategic(&p)).await.unwrap();
     assert_eq!(s.metadata.finalizers, Some(vec!["one".to_string(), "two".to_string()]), "finalizers merge as a set");
-    let ops: json_patch::Patch = serde_json::from_value(json!([{"op": "remove", "path": "/metadata/finalizers"}]))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let s = api.patch("p", &PatchParams::default(), &Patch::<()>::Json(ops)).await.unwrap_or_else(|e| panic!("{e}"));
+    let ops: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "remove", "path": "/metadata/finalizers"}])).unwrap();
+    let s = api.patch("p", &PatchParams::default(), &Patch::<()>::Json(ops)).await.unwrap();
     assert_eq!(s.metadata.finalizers, None);
 }
 
@@ -337,10 +313,7 @@ async fn strategic_merge_and_json_patch_on_builtins() {
 async fn custom_resources_validate_default_and_separate_status() {
     let sim = start().await;
     let api = widgets(&sim).await;
-    let w = api
-        .create(&PostParams::default(), &widget("w", json!({"size": 2, "unknown": true})))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let w = api.create(&PostParams::default(), &widget("w", json!({"size": 2, "unknown": true}))).await.unwrap();
     assert_eq!(w.data["spec"]["color"], "red", "defaulted");
     assert!(w.data["spec"].get("unknown").is_none(), "pruned");
     assert_eq!(w.metadata.generation, Some(1));
@@ -348,41 +321,35 @@ async fn custom_resources_validate_default_and_separate_status() {
     let (code, reason, message) = api_error(
         api.create(&PostParams::default(), &widget("bad", json!({"size": 0, "color": "green"})))
             .await
-            .err()
-            .unwrap_or_else(|| panic!("invalid widget accepted")),
+            .expect_err("invalid widget accepted"),
     );
     assert_eq!((code, reason.as_str()), (422, "Invalid"));
     assert!(message.starts_with("Widget.example.com \"bad\" is invalid: ["), "{message}");
     assert!(message.contains("spec.size") && message.contains("spec.color: Unsupported value: \"green\""), "{message}");
     let (code, _, message) = api_error(
-        api.create(&PostParams::default(), &widget("bad", json!({})))
-            .await
-            .err()
-            .unwrap_or_else(|| panic!("missing field accepted")),
+        api.create(&PostParams::default(), &widget("bad", json!({}))).await.expect_err("missing field accepted"),
     );
     assert_eq!(code, 422);
     assert!(message.contains("spec.size: Required value"), "{message}");
 
     // Status writes go through /status only, and do not bump generation.
     let status = json!({"status": {"phase": "Ready"}, "spec": {"size": 9}});
-    let s =
-        api.patch_status("w", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap_or_else(|e| panic!("{e}"));
+    let s = api.patch_status("w", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
     assert_eq!(s.data["status"]["phase"], "Ready");
     assert_eq!(s.data["spec"]["size"], 2, "spec is ignored on /status");
     assert_eq!(s.metadata.generation, Some(1));
     let main = json!({"status": {"phase": "Lost"}, "spec": {"size": 3}});
-    let m = api.patch("w", &PatchParams::default(), &Patch::Merge(&main)).await.unwrap_or_else(|e| panic!("{e}"));
+    let m = api.patch("w", &PatchParams::default(), &Patch::Merge(&main)).await.unwrap();
     assert_eq!(m.data["status"]["phase"], "Ready", "status is ignored on the main resource");
     assert_eq!(m.metadata.generation, Some(2));
     let meta_only = json!({"metadata": {"labels": {"a": "b"}}});
-    let m = api.patch("w", &PatchParams::default(), &Patch::Merge(&meta_only)).await.unwrap_or_else(|e| panic!("{e}"));
+    let m = api.patch("w", &PatchParams::default(), &Patch::Merge(&meta_only)).await.unwrap();
     assert_eq!(m.metadata.generation, Some(2), "metadata edits do not bump generation");
 
     let (code, reason, _) = api_error(
         api.patch("w", &PatchParams::default(), &Patch::Strategic(&meta_only))
             .await
-            .err()
-            .unwrap_or_else(|| panic!("strategic merge accepted on a custom resource")),
+            .expect_err("strategic merge accepted on a custom resource"),
     );
     assert_eq!((code, reason.as_str()), (415, "UnsupportedMediaType"));
 }
@@ -394,24 +361,19 @@ async fn finalizers_hold_deletion_and_owners_collect_dependents() {
     let secrets: Api<Secret> = Api::default_namespaced(sim.client());
     let mut w = widget("held", json!({"size": 1}));
     w.metadata.finalizers = Some(vec!["example.com/cleanup".into()]);
-    api.create(&PostParams::default(), &w).await.unwrap_or_else(|e| panic!("{e}"));
-    api.delete("held", &DeleteParams::default()).await.unwrap_or_else(|e| panic!("{e}"));
-    let held = api.get("held").await.unwrap_or_else(|e| panic!("{e}"));
+    api.create(&PostParams::default(), &w).await.unwrap();
+    api.delete("held", &DeleteParams::default()).await.unwrap();
+    let held = api.get("held").await.unwrap();
     assert!(held.metadata.deletion_timestamp.is_some());
-    api.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(api_error(api.get("held").await.err().unwrap_or_else(|| panic!("still there"))).0, 404);
+    api.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
+    assert_eq!(api_error(api.get("held").await.expect_err("still there")).0, 404);
 
     for (owner, policy) in [
         ("bg", None),
         ("orphan", Some(kube::api::PropagationPolicy::Orphan)),
         ("fg", Some(kube::api::PropagationPolicy::Foreground)),
     ] {
-        let o = api
-            .create(&PostParams::default(), &widget(owner, json!({"size": 1})))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let o = api.create(&PostParams::default(), &widget(owner, json!({"size": 1}))).await.unwrap();
         let mut s = secret(&format!("{owner}-child"), json!({}));
         s.metadata.owner_references = Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
             api_version: "example.com/v1".into(),
@@ -421,13 +383,13 @@ async fn finalizers_hold_deletion_and_owners_collect_dependents() {
             controller: Some(true),
             block_owner_deletion: Some(true),
         }]);
-        secrets.create(&PostParams::default(), &s).await.unwrap_or_else(|e| panic!("{e}"));
+        secrets.create(&PostParams::default(), &s).await.unwrap();
         let dp = DeleteParams { propagation_policy: policy.clone(), ..Default::default() };
-        api.delete(owner, &dp).await.unwrap_or_else(|e| panic!("{e}"));
-        let child = secrets.get_opt(&format!("{owner}-child")).await.unwrap_or_else(|e| panic!("{e}"));
+        api.delete(owner, &dp).await.unwrap();
+        let child = secrets.get_opt(&format!("{owner}-child")).await.unwrap();
         match policy {
             Some(kube::api::PropagationPolicy::Orphan) => {
-                let child = child.unwrap_or_else(|| panic!("orphaned child was deleted"));
+                let child = child.expect("orphaned child was deleted");
                 assert!(child.metadata.owner_references.unwrap_or_default().is_empty());
             }
             _ => assert!(child.is_none(), "{owner}: dependent survived its owner"),
@@ -442,8 +404,8 @@ async fn finalizers_hold_deletion_and_owners_collect_dependents() {
         uid: "00000000-0000-0000-0000-000000000000".into(),
         ..Default::default()
     }]);
-    secrets.create(&PostParams::default(), &s).await.unwrap_or_else(|e| panic!("{e}"));
-    assert!(secrets.get_opt("dangling").await.unwrap_or_else(|e| panic!("{e}")).is_none());
+    secrets.create(&PostParams::default(), &s).await.unwrap();
+    assert!(secrets.get_opt("dangling").await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -452,15 +414,10 @@ async fn fault_injection_controls() {
     let api: Api<Secret> = Api::default_namespaced(sim.client());
     sim.faults().fail_next(Matcher::new("create", "secrets"), 1, 500, None);
     let (code, reason, _) = api_error(
-        api.create(&PostParams::default(), &secret("f", json!({})))
-            .await
-            .err()
-            .unwrap_or_else(|| panic!("injected failure missing")),
+        api.create(&PostParams::default(), &secret("f", json!({}))).await.expect_err("injected failure missing"),
     );
     assert_eq!((code, reason.as_str()), (500, "InternalError"));
-    api.create(&PostParams::default(), &secret("f", json!({})))
-        .await
-        .unwrap_or_else(|e| panic!("only one failure was asked for: {e}"));
+    api.create(&PostParams::default(), &secret("f", json!({}))).await.expect("only one failure was asked for");
 
     // kube's client retries 503 and 429 itself, honouring Retry-After: the injected failures
     // show up as extra requests and as the wait.
@@ -468,35 +425,41 @@ async fn fault_injection_controls() {
     sim.faults().fail_next(Matcher::new("get", "secrets").named("default", "f"), 1, 503, None);
     sim.faults().fail_next(Matcher::new("get", "secrets").named("default", "f"), 1, 429, Some(1));
     let t = std::time::Instant::now();
-    api.get("f").await.unwrap_or_else(|e| panic!("retries should absorb two transient failures: {e}"));
+    api.get("f").await.expect("retries should absorb two transient failures");
     assert_eq!(sim.faults().count("get", "secrets"), 3);
     assert!(t.elapsed() >= Duration::from_secs(1), "Retry-After was not sent or not honoured");
     sim.faults().fail_next(Matcher::new("get", "secrets").named("default", "other"), 1, 403, None);
-    assert_eq!(api_error(api.get("other").await.err().unwrap_or_else(|| panic!("no 403"))).1, "Forbidden");
+    assert_eq!(api_error(api.get("other").await.expect_err("no 403")).1, "Forbidden");
 
     sim.faults().add_latency(Matcher::new("get", "secrets"), Duration::from_millis(300));
     let t = std::time::Instant::now();
-    api.get("f").await.unwrap_or_else(|e| panic!("{e}"));
+    api.get("f").await.unwrap();
     assert!(t.elapsed() >= Duration::from_millis(300));
     sim.faults().clear();
 
     sim.faults().pause();
+    let gets = sim.faults().count("get", "secrets");
     let pending = tokio::spawn({
         let api = api.clone();
         async move { api.get("f").await.map(|_| ()) }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The request has arrived (it is counted on arrival) and is held.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sim.faults().count("get", "secrets") == gets {
+        assert!(tokio::time::Instant::now() < deadline, "the request never reached the paused API");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(!pending.is_finished(), "a paused API answered");
     sim.faults().resume();
     tokio::time::timeout(Duration::from_secs(5), pending)
         .await
-        .unwrap_or_else(|_| panic!("resume did not release the request"))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("resume did not release the request")
+        .unwrap()
+        .unwrap();
 
     sim.faults().reset_counts();
-    api.get("f").await.unwrap_or_else(|e| panic!("{e}"));
-    api.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    api.get("f").await.unwrap();
+    api.list(&ListParams::default()).await.unwrap();
     assert_eq!(sim.faults().count("get", "secrets"), 1);
     assert_eq!(sim.faults().count("list", "secrets"), 1);
     assert_eq!(sim.faults().count("create", "secrets"), 0);
@@ -511,10 +474,10 @@ async fn events_are_one_store_under_two_apis() {
         "type": "Normal", "action": "Test", "reportingController": "tests", "reportingInstance": "t-1",
         "regarding": {"kind": "Secret", "name": "x", "namespace": "default"}
     }))
-    .unwrap_or_else(|e| panic!("{e}"));
-    new.create(&PostParams::default(), &ev).await.unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
+    new.create(&PostParams::default(), &ev).await.unwrap();
     let core: Api<k8s_openapi::api::core::v1::Event> = Api::default_namespaced(sim.client());
-    let c = core.get("e1").await.unwrap_or_else(|e| panic!("{e}"));
+    let c = core.get("e1").await.unwrap();
     assert_eq!(c.message.as_deref(), Some("hello"));
     assert_eq!(c.involved_object.name.as_deref(), Some("x"));
     assert_eq!(c.reporting_component.as_deref(), Some("tests"));
@@ -526,25 +489,19 @@ async fn apply_removes_a_struct_whose_fields_are_no_longer_applied() {
     let api = widgets(&sim).await;
     let mut w = widget("s", json!({"size": 1}));
     w.data["status"] = json!({});
-    api.create(&PostParams::default(), &w).await.unwrap_or_else(|e| panic!("{e}"));
+    api.create(&PostParams::default(), &w).await.unwrap();
     let with = json!({"apiVersion": "example.com/v1", "kind": "Widget", "status": {"phase": "Failed"}});
-    let s = api
-        .patch_status("s", &PatchParams::apply("op").force(), &Patch::Apply(&with))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let s = api.patch_status("s", &PatchParams::apply("op").force(), &Patch::Apply(&with)).await.unwrap();
     assert_eq!(s.data["status"]["phase"], "Failed");
     let without = json!({"apiVersion": "example.com/v1", "kind": "Widget", "status": {"observed": {}}});
-    let s = api
-        .patch_status("s", &PatchParams::apply("op").force(), &Patch::Apply(&without))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let s = api.patch_status("s", &PatchParams::apply("op").force(), &Patch::Apply(&without)).await.unwrap();
     assert!(s.data["status"].get("phase").is_none(), "{:?}", s.data);
     // Nested: a struct whose only field stops being applied disappears with it.
     let nested = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "n", "annotations": {"a": "1"}}, "data": {"k": "v"}});
     let cms: Api<ConfigMap> = Api::default_namespaced(sim.client());
-    cms.patch("n", &PatchParams::apply("op"), &Patch::Apply(&nested)).await.unwrap_or_else(|e| panic!("{e}"));
+    cms.patch("n", &PatchParams::apply("op"), &Patch::Apply(&nested)).await.unwrap();
     let fewer = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "n"}, "data": {"k": "v"}});
-    let cm = cms.patch("n", &PatchParams::apply("op"), &Patch::Apply(&fewer)).await.unwrap_or_else(|e| panic!("{e}"));
+    let cm = cms.patch("n", &PatchParams::apply("op"), &Patch::Apply(&fewer)).await.unwrap();
     assert_eq!(cm.metadata.annotations, None, "an emptied map is removed, not left as {{}}");
 }
 
@@ -578,35 +535,26 @@ async fn cel_validation_rules_are_enforced() {
             }}}]
         }
     }))
-    .unwrap_or_else(|e| panic!("{e}"));
-    crds.create(&PostParams::default(), &crd).await.unwrap_or_else(|e| panic!("{e}"));
+    .unwrap();
+    crds.create(&PostParams::default(), &crd).await.unwrap();
     let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("example.com", "v1", "Range"), "ranges");
     let api: Api<DynamicObject> = Api::namespaced_with(sim.client(), "default", &ar);
     let range = |min: i64, max: i64, id: &str| -> DynamicObject {
         serde_json::from_value(json!({"apiVersion": "example.com/v1", "kind": "Range", "metadata": {"name": "r"}, "spec": {"min": min, "max": max, "id": id}}))
-            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap()
     };
-    let (code, _, message) = api_error(
-        api.create(&PostParams::default(), &range(5, 1, "a"))
-            .await
-            .err()
-            .unwrap_or_else(|| panic!("CEL rule not enforced")),
-    );
+    let (code, _, message) =
+        api_error(api.create(&PostParams::default(), &range(5, 1, "a")).await.expect_err("CEL rule not enforced"));
     assert_eq!(code, 422);
     assert!(message.contains("min must not exceed max") && message.contains("spec"), "{message}");
-    api.create(&PostParams::default(), &range(1, 5, "a")).await.unwrap_or_else(|e| panic!("{e}"));
+    api.create(&PostParams::default(), &range(1, 5, "a")).await.unwrap();
     let patch = json!({"spec": {"id": "b"}});
     let (code, _, message) = api_error(
-        api.patch("r", &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .err()
-            .unwrap_or_else(|| panic!("transition rule not enforced")),
+        api.patch("r", &PatchParams::default(), &Patch::Merge(&patch)).await.expect_err("transition rule not enforced"),
     );
     assert_eq!(code, 422);
     assert!(message.contains("id is immutable"), "{message}");
-    api.patch("r", &PatchParams::default(), &Patch::Merge(json!({"spec": {"max": 9}})))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    api.patch("r", &PatchParams::default(), &Patch::Merge(json!({"spec": {"max": 9}}))).await.unwrap();
 }
 
 #[tokio::test]
@@ -618,31 +566,23 @@ async fn fault_injection_over_http() {
         let client = client.clone();
         let req =
             http::Request::post(path).header("content-type", "application/json").body(body.to_string().into_bytes());
-        async move { client.request_text(req.unwrap_or_else(|e| panic!("{e}"))).await }
+        async move { client.request_text(req.unwrap()).await }
     };
-    post("/kubesim/fail", json!({"verb": "get", "resource": "secrets", "count": 1, "code": 500}))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(api_error(api.get("x").await.err().unwrap_or_else(|| panic!("no failure"))).0, 500);
-    assert_eq!(api_error(api.get("x").await.err().unwrap_or_else(|| panic!("x does not exist"))).0, 404);
+    post("/kubesim/fail", json!({"verb": "get", "resource": "secrets", "count": 1, "code": 500})).await.unwrap();
+    assert_eq!(api_error(api.get("x").await.expect_err("no failure")).0, 500);
+    assert_eq!(api_error(api.get("x").await.expect_err("x does not exist")).0, 404);
     let counts: Value = serde_json::from_str(
-        &client
-            .request_text(http::Request::get("/kubesim/counts").body(vec![]).unwrap_or_else(|e| panic!("{e}")))
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
+        &client.request_text(http::Request::get("/kubesim/counts").body(vec![]).unwrap()).await.unwrap(),
     )
     .unwrap_or_default();
     assert_eq!(counts["get secrets"], 2);
-    post("/kubesim/latency", json!({"verb": "list", "resource": "secrets", "millis": 200}))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    post("/kubesim/latency", json!({"verb": "list", "resource": "secrets", "millis": 200})).await.unwrap();
     let t = std::time::Instant::now();
-    api.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    api.list(&ListParams::default()).await.unwrap();
     assert!(t.elapsed() >= Duration::from_millis(200));
     let rv = sim.resource_version();
-    post("/kubesim/compact", json!({})).await.unwrap_or_else(|e| panic!("{e}"));
-    let mut stream =
-        api.watch(&WatchParams::default(), &rv.to_string()).await.unwrap_or_else(|e| panic!("{e}")).boxed();
+    post("/kubesim/compact", json!({})).await.unwrap();
+    let mut stream = api.watch(&WatchParams::default(), &rv.to_string()).await.unwrap().boxed();
     match tokio::time::timeout(Duration::from_secs(3), stream.try_next()).await {
         Ok(Ok(Some(WatchEvent::Error(e)))) => assert_eq!(e.code, 410),
         other => panic!("expected 410 after compaction over HTTP, got {other:?}"),
@@ -654,18 +594,12 @@ async fn filtered_watches_see_objects_enter_and_leave_the_selection() {
     let sim = start().await;
     let api: Api<Secret> = Api::default_namespaced(sim.client());
     let rv = sim.resource_version().to_string();
-    let mut stream = api
-        .watch(&WatchParams::default().labels("team=a").timeout(10), &rv)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .boxed();
-    api.create(&PostParams::default(), &secret("s", json!({}))).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut stream = api.watch(&WatchParams::default().labels("team=a").timeout(10), &rv).await.unwrap().boxed();
+    api.create(&PostParams::default(), &secret("s", json!({}))).await.unwrap();
     let label = |v: Option<&str>| json!({"metadata": {"labels": {"team": v}}});
-    api.patch("s", &PatchParams::default(), &Patch::Merge(label(Some("a")))).await.unwrap_or_else(|e| panic!("{e}"));
-    api.patch("s", &PatchParams::default(), &Patch::Merge(json!({"data": {"k": "dg=="}})))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    api.patch("s", &PatchParams::default(), &Patch::Merge(label(Some("b")))).await.unwrap_or_else(|e| panic!("{e}"));
+    api.patch("s", &PatchParams::default(), &Patch::Merge(label(Some("a")))).await.unwrap();
+    api.patch("s", &PatchParams::default(), &Patch::Merge(json!({"data": {"k": "dg=="}}))).await.unwrap();
+    api.patch("s", &PatchParams::default(), &Patch::Merge(label(Some("b")))).await.unwrap();
     let mut kinds = vec![];
     while kinds.len() < 3 {
         match tokio::time::timeout(Duration::from_secs(3), stream.try_next()).await {
@@ -687,7 +621,7 @@ async fn streaming_lists_send_initial_events_and_their_end() {
     let sim = start().await;
     let api: Api<Secret> = Api::default_namespaced(sim.client());
     for name in ["x", "y"] {
-        api.create(&PostParams::default(), &secret(name, json!({}))).await.unwrap_or_else(|e| panic!("{e}"));
+        api.create(&PostParams::default(), &secret(name, json!({}))).await.unwrap();
     }
     let (reader, writer) = reflector::store();
     let stream =
@@ -698,8 +632,8 @@ async fn streaming_lists_send_initial_events_and_their_end() {
     });
     tokio::time::timeout(Duration::from_secs(5), reader.wait_until_ready())
         .await
-        .unwrap_or_else(|_| panic!("the initial-events-end bookmark never came"))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the initial-events-end bookmark never came")
+        .unwrap();
     assert_eq!(reader.len(), 2);
     assert_eq!(sim.faults().count("list", "secrets"), 0, "a streaming list needs no list request");
     task.abort();

@@ -1,5 +1,7 @@
 //! kubesim driven by the real kubectl, as users and the README drive it.
 
+#![cfg(test)]
+
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -24,11 +26,11 @@ impl Kubectl<'_> {
         let mut child =
             cmd.spawn().unwrap_or_else(|e| panic!("kubectl is required for these tests ({}): {e}", kubectl_path()));
         if let Some(input) = stdin {
-            child.stdin.take().map(|mut s| s.write_all(input.as_bytes())).transpose().unwrap_or_else(|e| panic!("{e}"));
+            child.stdin.take().map(|mut s| s.write_all(input.as_bytes())).transpose().unwrap();
         } else {
             drop(child.stdin.take());
         }
-        child.wait_with_output().unwrap_or_else(|e| panic!("{e}"))
+        child.wait_with_output().unwrap()
     }
 
     /// Runs kubectl and returns stdout; fails the test when kubectl fails.
@@ -96,7 +98,7 @@ fn widget(name: &str, size: i64) -> String {
 }
 
 async fn start() -> KubeSim {
-    KubeSim::start().await.unwrap_or_else(|e| panic!("kubesim: {e}"))
+    KubeSim::start().await.expect("kubesim")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -181,42 +183,74 @@ async fn secrets_all_namespaces_watch_and_wait() {
     });
 
     // `kubectl get -w` sees a change made after it started.
-    let watcher = {
-        let path = sim.kubeconfig_path().to_path_buf();
-        std::process::Command::new(kubectl_path())
-            .args(["get", "widgets", "-w", "--request-timeout=20s"])
-            .env("KUBECONFIG", path)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{e}"))
-    };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let watches = sim.faults().count("watch", "widgets");
+    let mut watcher = std::process::Command::new(kubectl_path())
+        .args(["get", "widgets", "-w", "--request-timeout=20s"])
+        .env("KUBECONFIG", sim.kubeconfig_path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_request(&sim, "watch", "widgets", watches);
     tokio::task::block_in_place(|| k.ok(&["patch", "wd", "w", "--type=merge", "-p", r#"{"spec":{"size":42}}"#]));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut watcher = watcher;
+    let lines = lines_of(watcher.stdout.take().unwrap());
+    let mut seen = vec![];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                let size = line.split_whitespace().nth(1).map(String::from);
+                seen.push(line.clone());
+                if line.starts_with("w ") && size.as_deref() == Some("42") {
+                    break;
+                }
+            }
+            Err(_) => panic!("kubectl get -w did not show the change; it printed: {seen:?}"),
+        }
+    }
     let _ = watcher.kill();
-    let out = watcher.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.lines().any(|l| l.starts_with("w ") && l.contains("42")),
-        "kubectl get -w did not show the change:\n{text}"
-    );
+    let _ = watcher.wait();
 
     // `kubectl wait --for=condition=Ready` returns once status says so.
+    let watches = sim.faults().count("watch", "widgets");
     let waiter = std::process::Command::new(kubectl_path())
         .args(["wait", "--for=condition=Ready", "widget/w", "--timeout=20s"])
         .env("KUBECONFIG", sim.kubeconfig_path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+        .unwrap();
+    // kubectl wait reads the object, then watches it: patch once it is watching.
+    wait_for_request(&sim, "watch", "widgets", watches);
     let client = reqwest_free_status_patch(&sim).await;
     assert!(client, "status patch failed");
-    let out = tokio::task::block_in_place(|| waiter.wait_with_output()).unwrap_or_else(|e| panic!("{e}"));
+    let out = tokio::task::block_in_place(|| waiter.wait_with_output()).unwrap();
     assert!(out.status.success(), "kubectl wait failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("condition met"));
+}
+
+/// Waits until kubesim has seen more than `before` requests of `verb` on `resource`.
+fn wait_for_request(sim: &KubeSim, verb: &str, resource: &str, before: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while sim.faults().count(verb, resource) <= before {
+        assert!(std::time::Instant::now() < deadline, "no {verb} request on {resource} arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The lines a child writes, as they come.
+fn lines_of(out: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 async fn reqwest_free_status_patch(sim: &KubeSim) -> bool {
