@@ -241,15 +241,41 @@ pub fn changed_fields(old: &Value, new: &Value, schema: Option<&Value>) -> (Fiel
     (changed, removed)
 }
 
+/// How a manager wrote its fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// Server-side apply: the fields are the manager's declared intent.
+    Apply,
+    /// Create, update or a non-apply patch.
+    Update,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Apply => "Apply",
+            Self::Update => "Update",
+        }
+    }
+}
+
 /// One manager's entry in `metadata.managedFields`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ManagedEntry {
     pub manager: String,
-    pub operation: &'static str,
+    pub operation: Operation,
     pub api_version: String,
     pub subresource: String,
     pub time: String,
     pub fields: FieldSet,
+}
+
+impl ManagedEntry {
+    /// Whether this entry is `manager`'s, written by `operation`, of `subresource` (empty for
+    /// the object itself): the key under which managedFields keeps one entry.
+    pub fn is(&self, manager: &str, operation: Operation, subresource: &str) -> bool {
+        self.manager == manager && self.operation == operation && self.subresource == subresource
+    }
 }
 
 /// Renders a field set as a FieldsV1 tree.
@@ -276,7 +302,7 @@ pub fn render(entries: &[ManagedEntry]) -> Value {
             .map(|e| {
                 let mut v = json!({
                     "manager": e.manager,
-                    "operation": e.operation,
+                    "operation": e.operation.as_str(),
                     "apiVersion": e.api_version,
                     "time": e.time,
                     "fieldsType": "FieldsV1",
@@ -319,7 +345,11 @@ pub fn parse(managed: &Value) -> Vec<ManagedEntry> {
                     parse_tree(&e["fieldsV1"], &mut vec![], &mut fields);
                     ManagedEntry {
                         manager: e["manager"].as_str().unwrap_or_default().to_string(),
-                        operation: if e["operation"].as_str() == Some("Apply") { "Apply" } else { "Update" },
+                        operation: if e["operation"].as_str() == Some("Apply") {
+                            Operation::Apply
+                        } else {
+                            Operation::Update
+                        },
                         api_version: e["apiVersion"].as_str().unwrap_or_default().to_string(),
                         subresource: e["subresource"].as_str().unwrap_or_default().to_string(),
                         time: e["time"].as_str().unwrap_or_default().to_string(),
@@ -372,7 +402,7 @@ mod tests {
         let obj = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"x": [1], "m": {}}});
         let entry = ManagedEntry {
             manager: "m".into(),
-            operation: "Apply",
+            operation: Operation::Apply,
             api_version: "v1".into(),
             subresource: String::new(),
             time: "t".into(),

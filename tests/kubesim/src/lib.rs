@@ -4,19 +4,20 @@
 //! kubeconfig for kubectl, hands out [`kube::Client`]s and a [`Faults`] handle for breaking the
 //! API on purpose. Dropping it stops the server.
 
-pub mod error;
-pub mod events;
-pub mod faults;
-pub mod fields;
-pub mod openapi;
-pub mod patch;
-pub mod proto;
-pub mod registry;
-pub mod schema;
-pub mod selector;
-pub mod server;
-pub mod store;
-pub mod table;
+mod error;
+mod events;
+mod faults;
+mod fields;
+mod kinds;
+mod openapi;
+mod patch;
+mod proto;
+mod registry;
+mod schema;
+mod selector;
+mod server;
+mod store;
+mod table;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -25,38 +25,6 @@ fn schema_name(def: &ResourceDef, version: &str) -> String {
     format!("{}.{version}.{}", reversed_group(&def.group), def.kind)
 }
 
-/// The schema of a built-in kind, generated from k8s-openapi's types, and the definitions it
-/// refers to (as `#/components/schemas/...`).
-fn builtin_schema(def: &ResourceDef) -> Option<(Value, Map<String, Value>)> {
-    use k8s_openapi::api;
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    fn generate<T: schemars::JsonSchema>() -> Option<(Value, Map<String, Value>)> {
-        let generator = schemars::generate::SchemaSettings::openapi3().into_generator();
-        let mut root = serde_json::to_value(generator.into_root_schema_for::<T>()).ok()?;
-        let map = root.as_object_mut()?;
-        map.remove("$schema");
-        let components = map.remove("components").and_then(|mut c| c.get_mut("schemas").map(Value::take));
-        let defs = components.and_then(|c| c.as_object().cloned()).unwrap_or_default();
-        Some((root, defs))
-    }
-    match (def.group.as_str(), def.plural.as_str()) {
-        ("", "namespaces") => generate::<api::core::v1::Namespace>(),
-        ("", "secrets") => generate::<api::core::v1::Secret>(),
-        ("", "configmaps") => generate::<api::core::v1::ConfigMap>(),
-        ("", "serviceaccounts") => generate::<api::core::v1::ServiceAccount>(),
-        ("", "events") => generate::<api::core::v1::Event>(),
-        ("events.k8s.io", "events") => generate::<api::events::v1::Event>(),
-        ("coordination.k8s.io", "leases") => generate::<api::coordination::v1::Lease>(),
-        ("apps", "deployments") => generate::<api::apps::v1::Deployment>(),
-        ("rbac.authorization.k8s.io", "clusterroles") => generate::<api::rbac::v1::ClusterRole>(),
-        ("rbac.authorization.k8s.io", "clusterrolebindings") => generate::<api::rbac::v1::ClusterRoleBinding>(),
-        ("rbac.authorization.k8s.io", "roles") => generate::<api::rbac::v1::Role>(),
-        ("rbac.authorization.k8s.io", "rolebindings") => generate::<api::rbac::v1::RoleBinding>(),
-        ("apiextensions.k8s.io", "customresourcedefinitions") => generate::<CustomResourceDefinition>(),
-        _ => None,
-    }
-}
-
 fn param(name: &str) -> Value {
     json!({"name": name, "in": "query", "description": name, "schema": {"type": "string", "uniqueItems": true}})
 }
@@ -87,7 +55,7 @@ pub fn document(defs: &[&ResourceDef], group: &str, version: &str) -> Value {
         };
         let name = schema_name(def, version);
         let gvk = json!([{"group": def.group, "version": version, "kind": def.kind}]);
-        let builtin = if def.custom { None } else { builtin_schema(def) };
+        let builtin = def.builtin.and_then(|b| b.schema());
         let mut schema = match builtin {
             Some((root, defs)) => {
                 schemas.extend(defs);

@@ -3,6 +3,7 @@
 use serde_json::{Value, json};
 
 use crate::error::GroupResource;
+use crate::kinds::Builtin;
 
 /// A printer column, as in a CRD's `additionalPrinterColumns`.
 #[derive(Clone, Debug)]
@@ -44,6 +45,8 @@ pub struct ResourceDef {
     pub custom: bool,
     /// Where the objects are kept; `events.k8s.io` events live with `core/v1` events.
     pub storage: GroupResource,
+    /// Which built-in kind this is; `None` for custom resources.
+    pub builtin: Option<Builtin>,
 }
 
 impl ResourceDef {
@@ -93,70 +96,9 @@ impl ResourceDef {
     }
 }
 
-fn builtin(
-    group: &str,
-    version: &str,
-    plural: &str,
-    kind: &str,
-    namespaced: bool,
-    short: &[&str],
-    status: bool,
-) -> ResourceDef {
-    ResourceDef {
-        group: group.into(),
-        plural: plural.into(),
-        singular: kind.to_lowercase(),
-        kind: kind.into(),
-        list_kind: format!("{kind}List"),
-        namespaced,
-        short_names: short.iter().map(|s| s.to_string()).collect(),
-        categories: vec![],
-        versions: vec![VersionDef {
-            name: version.into(),
-            served: true,
-            storage: true,
-            schema: None,
-            columns: vec![],
-            status_subresource: status,
-        }],
-        generation: false,
-        custom: false,
-        storage: GroupResource::new(group, plural),
-    }
-}
-
 /// The built-in resource types the emulator serves.
 pub fn builtins() -> Vec<ResourceDef> {
-    let mut deployments = builtin("apps", "v1", "deployments", "Deployment", true, &["deploy"], true);
-    deployments.generation = true;
-    deployments.categories = vec!["all".into()];
-    let mut crds = builtin(
-        "apiextensions.k8s.io",
-        "v1",
-        "customresourcedefinitions",
-        "CustomResourceDefinition",
-        false,
-        &["crd", "crds"],
-        true,
-    );
-    crds.generation = true;
-    let mut new_events = builtin("events.k8s.io", "v1", "events", "Event", true, &["ev"], false);
-    new_events.storage = GroupResource::new("", "events");
-    vec![
-        builtin("", "v1", "namespaces", "Namespace", false, &["ns"], true),
-        builtin("", "v1", "secrets", "Secret", true, &[], false),
-        builtin("", "v1", "configmaps", "ConfigMap", true, &["cm"], false),
-        builtin("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"], false),
-        builtin("", "v1", "events", "Event", true, &["ev"], false),
-        new_events,
-        builtin("coordination.k8s.io", "v1", "leases", "Lease", true, &[], false),
-        builtin("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", false, &[], false),
-        builtin("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", false, &[], false),
-        builtin("rbac.authorization.k8s.io", "v1", "roles", "Role", true, &[], false),
-        builtin("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", true, &[], false),
-        deployments,
-        crds,
-    ]
+    Builtin::ALL.iter().map(|b| b.def()).collect()
 }
 
 /// Reads a CustomResourceDefinition into the resource type it defines.
@@ -235,5 +177,6 @@ pub fn from_crd(crd: &Value) -> Result<ResourceDef, String> {
         generation: true,
         custom: true,
         storage: GroupResource::new(group, plural),
+        builtin: None,
     })
 }

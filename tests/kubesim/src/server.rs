@@ -396,8 +396,11 @@ async fn resource(
             };
             let is_apply = matches!(kind, PatchKind::Apply { .. });
             let obj = parse_body(&body, is_apply)?;
-            let existed = shared.state().get(&ctx, name).is_ok();
-            let (out, warnings) = shared.state().patch(&ctx, name, kind, obj, status_sub)?;
+            // Whether the apply created the object is decided under the same lock as the write.
+            let (existed, (out, warnings)) = {
+                let mut state = shared.state();
+                (state.get(&ctx, name).is_ok(), state.patch(&ctx, name, kind, obj, status_sub)?)
+            };
             let code = if is_apply && !existed { StatusCode::CREATED } else { StatusCode::OK };
             Ok(with_warnings(json_response(code, &out), &warnings))
         }
@@ -478,7 +481,7 @@ impl WatchFilter {
             (_, _, false) => return None,
             (k, _, true) => k,
         };
-        let as_stored = self.ctx.def.group != "events.k8s.io"
+        let as_stored = self.ctx.def.builtin != Some(crate::kinds::Builtin::EventV1)
             && ev.obj["apiVersion"].as_str() == Some(self.ctx.def.api_version(&self.ctx.version).as_str());
         if matches!(self.render, Render::Full) && as_stored && kind == ev.kind {
             return Some(ev.line());

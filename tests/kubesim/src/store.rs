@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use crate::error::{ApiError, ApiResult, Cause, GroupResource};
-use crate::fields::{self, FieldSet, ManagedEntry};
+use crate::fields::{self, FieldSet, ManagedEntry, Operation};
+use crate::kinds::{self, Builtin};
 use crate::registry::{self, ResourceDef};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::{events, patch, schema};
@@ -141,17 +142,6 @@ fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
     obj["metadata"][field].as_str().unwrap_or_default()
 }
 
-fn valid_dns_subdomain(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|part| {
-            !part.is_empty()
-                && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !part.starts_with('-')
-                && !part.ends_with('-')
-        })
-}
-
 fn random_suffix() -> String {
     use rand::Rng;
     const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -180,6 +170,20 @@ fn without_volatile(obj: &Value) -> Value {
     o
 }
 
+impl Ctx {
+    /// A managedFields entry of this request's manager.
+    fn managed_entry(&self, operation: Operation, subresource: &str, fields: FieldSet) -> ManagedEntry {
+        ManagedEntry {
+            manager: self.manager.clone(),
+            operation,
+            api_version: self.def.api_version(&self.version),
+            subresource: subresource.into(),
+            time: now(),
+            fields,
+        }
+    }
+}
+
 impl State {
     pub fn new(history_limit: usize) -> (Self, broadcast::Sender<Arc<WatchEvent>>) {
         let (tx, _) = broadcast::channel(1 << 16);
@@ -200,7 +204,9 @@ impl State {
             s.defs.insert(def.gr(), def);
         }
         let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}});
-        let ctx = s.ctx_for("", "namespaces", None).map(|c| Ctx { manager: "kubesim".into(), ..c });
+        let namespaces = Builtin::Namespace.gr();
+        let ctx =
+            s.ctx_for(&namespaces.group, &namespaces.resource, None).map(|c| Ctx { manager: "kubesim".into(), ..c });
         if let Ok(ctx) = ctx {
             let _ = s.create(&ctx, ns);
         }
@@ -227,7 +233,7 @@ impl State {
 
     /// How an object of `ctx`'s type and version looks to the client.
     pub fn present(ctx: &Ctx, obj: &Value) -> Value {
-        if ctx.def.group == "events.k8s.io" {
+        if ctx.def.builtin == Some(Builtin::EventV1) {
             return events::from_core(obj);
         }
         let mut o = obj.clone();
@@ -366,7 +372,7 @@ impl State {
     }
 
     pub fn create(&mut self, ctx: &Ctx, mut body: Value) -> ApiResult<(Value, Vec<String>)> {
-        if ctx.def.group == "events.k8s.io" {
+        if ctx.def.builtin == Some(Builtin::EventV1) {
             body = events::to_core(&body);
         }
         if !body.is_object() {
@@ -412,14 +418,7 @@ impl State {
         }
         let warnings = self.prepare(ctx, &mut body, None)?;
         let managed = fields::fields_of(&body, Self::schema_of(ctx));
-        let managers = vec![ManagedEntry {
-            manager: ctx.manager.clone(),
-            operation: "Update",
-            api_version: ctx.def.api_version(&ctx.version),
-            subresource: String::new(),
-            time: now(),
-            fields: managed,
-        }];
+        let managers = vec![ctx.managed_entry(Operation::Update, "", managed)];
         let out = self.commit(ctx, key, None, Entry { obj: body, managers })?;
         Ok((out, warnings))
     }
@@ -435,7 +434,7 @@ impl State {
                 "the namespace of the provided object does not match the namespace sent on the request",
             ));
         }
-        let nsgr = GroupResource::new("", "namespaces");
+        let nsgr = Builtin::Namespace.gr();
         match self.objects.get(&nsgr).and_then(|b| b.get(&(String::new(), ns.clone()))) {
             None => Err(ApiError::not_found(&nsgr, &ns)),
             Some(n) if n.obj["metadata"]["deletionTimestamp"].is_string() => Err(ApiError::new(
@@ -459,8 +458,10 @@ impl State {
         let name = meta_str(body, "name").to_string();
         let mut causes = vec![];
         let mut warnings = vec![];
-        let name_ok =
-            if ctx.def.plural == "customresourcedefinitions" { !name.is_empty() } else { valid_dns_subdomain(&name) };
+        let name_ok = match ctx.def.builtin {
+            Some(b) => b.name_is_valid(&name),
+            None => kinds::valid_dns_subdomain(&name),
+        };
         if !name_ok && old.is_none() {
             causes.push(Cause::invalid(
                 "metadata.name",
@@ -469,8 +470,11 @@ impl State {
             ));
         }
         body["kind"] = json!(ctx.def.kind);
-        body["apiVersion"] =
-            json!(if ctx.def.group == "events.k8s.io" { "v1".to_string() } else { ctx.def.api_version(&ctx.version) });
+        body["apiVersion"] = json!(if ctx.def.builtin == Some(Builtin::EventV1) {
+            "v1".to_string()
+        } else {
+            ctx.def.api_version(&ctx.version)
+        });
         for (field, what) in [("labels", "label"), ("annotations", "annotation")] {
             if let Some(m) = body["metadata"][field].as_object() {
                 for (k, v) in m {
@@ -503,26 +507,8 @@ impl State {
                 _ => warnings.extend(unknown.iter().map(|u| format!("unknown field {:?}", u.trim_start_matches('.')))),
             }
         }
-        match (ctx.def.group.as_str(), ctx.def.plural.as_str()) {
-            ("", "secrets") => self.prepare_secret(body, old, &mut causes),
-            ("", "namespaces") if body["status"]["phase"].is_null() => {
-                body["status"] = json!({"phase": "Active"});
-            }
-            ("apiextensions.k8s.io", "customresourcedefinitions") => {
-                if let Err(e) = registry::from_crd(body) {
-                    causes.push(Cause::new("FieldValueInvalid", "spec", e));
-                } else if let Ok(def) = registry::from_crd(body) {
-                    body["status"] = json!({
-                        "acceptedNames": {"plural": def.plural, "singular": def.singular, "kind": def.kind, "listKind": def.list_kind, "shortNames": def.short_names, "categories": def.categories},
-                        "conditions": [
-                            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now()},
-                            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now()}
-                        ],
-                        "storedVersions": def.versions.iter().filter(|v| v.storage).map(|v| v.name.clone()).collect::<Vec<_>>(),
-                    });
-                }
-            }
-            _ => {}
+        if let Some(b) = ctx.def.builtin {
+            b.prepare(body, old, &mut causes);
         }
         if !causes.is_empty() {
             return Err(ApiError::invalid(&ctx.def.kind, &ctx.def.group, &name, &causes));
@@ -550,51 +536,6 @@ impl State {
         }
     }
 
-    fn prepare_secret(&self, body: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
-        if let Some(Value::Object(sd)) = body.as_object_mut().and_then(|m| m.remove("stringData")) {
-            let data = body["data"].as_object().cloned().unwrap_or_default();
-            let mut data = Value::Object(data);
-            for (k, v) in sd {
-                data[k] = json!(base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or_default()));
-            }
-            body["data"] = data;
-        }
-        if let Some(data) = body["data"].as_object() {
-            for (k, v) in data {
-                let ok = v.as_str().is_some_and(|s| base64::engine::general_purpose::STANDARD.decode(s).is_ok());
-                if !ok {
-                    causes.push(Cause::invalid(format!("data[{k}]"), v, "illegal base64 data"));
-                }
-                let key_ok = !k.is_empty()
-                    && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-                if !key_ok {
-                    causes.push(Cause::invalid(
-                        format!("data[{k}]"),
-                        &json!(k),
-                        "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
-                    ));
-                }
-            }
-        }
-        if body["type"].is_null() {
-            body["type"] = json!("Opaque");
-        }
-        if let Some(old) = old {
-            if old["immutable"].as_bool() == Some(true)
-                && (old["data"] != body["data"] || body["immutable"] != old["immutable"])
-            {
-                causes.push(Cause::new(
-                    "FieldValueForbidden",
-                    "data",
-                    "Forbidden: field is immutable when `immutable` is set",
-                ));
-            }
-            if old["type"] != body["type"] {
-                causes.push(Cause::invalid("type", &body["type"], "field is immutable"));
-            }
-        }
-    }
-
     /// Stores a new version of an object (or the first), unless nothing changed.
     fn commit(&mut self, ctx: &Ctx, key: Key, old: Option<&Entry>, mut entry: Entry) -> ApiResult<Value> {
         if let Some(old) = old {
@@ -619,7 +560,7 @@ impl State {
             && entry.obj["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty());
         self.rv += 1;
         entry.obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        if ctx.def.plural == "customresourcedefinitions"
+        if ctx.def.builtin == Some(Builtin::CustomResourceDefinition)
             && let Ok(def) = registry::from_crd(&entry.obj)
         {
             self.register(def);
@@ -721,20 +662,12 @@ impl State {
             managers.retain(|m| !m.fields.is_empty());
             return;
         }
-        match managers.iter_mut().find(|m| m.manager == ctx.manager && m.operation == "Update" && m.subresource == sub)
-        {
+        match managers.iter_mut().find(|m| m.is(&ctx.manager, Operation::Update, sub)) {
             Some(m) => {
                 m.fields.extend(changed);
                 m.time = now();
             }
-            None => managers.push(ManagedEntry {
-                manager: ctx.manager.clone(),
-                operation: "Update",
-                api_version: ctx.def.api_version(&ctx.version),
-                subresource: sub.into(),
-                time: now(),
-                fields: changed,
-            }),
+            None => managers.push(ctx.managed_entry(Operation::Update, sub, changed)),
         }
         managers.retain(|m| !m.fields.is_empty());
     }
@@ -754,7 +687,7 @@ impl State {
         mut body: Value,
         subresource: bool,
     ) -> ApiResult<(Value, Vec<String>)> {
-        if ctx.def.group == "events.k8s.io" {
+        if ctx.def.builtin == Some(Builtin::EventV1) {
             body = events::to_core(&body);
         }
         let old = self.entry(ctx, name)?;
@@ -792,7 +725,7 @@ impl State {
         mut body: Value,
         subresource: bool,
     ) -> ApiResult<(Value, Vec<String>)> {
-        if ctx.def.group == "events.k8s.io" {
+        if ctx.def.builtin == Some(Builtin::EventV1) {
             body = events::patch_to_core(&body);
             if let Some(m) = body.as_object_mut() {
                 m.remove("apiVersion");
@@ -867,24 +800,16 @@ impl State {
             let (created, warnings) = self.create(ctx, obj)?;
             let key = Self::key(ctx, name);
             if let Some(e) = self.objects.get_mut(&ctx.def.storage).and_then(|b| b.get_mut(&key)) {
-                e.managers = vec![ManagedEntry {
-                    manager: ctx.manager.clone(),
-                    operation: "Apply",
-                    api_version: ctx.def.api_version(&ctx.version),
-                    subresource: String::new(),
-                    time: now(),
-                    fields: applied_fields,
-                }];
+                e.managers = vec![ctx.managed_entry(Operation::Apply, "", applied_fields)];
                 return Ok((Self::present(ctx, &e.rendered()), warnings));
             }
             return Ok((created, warnings));
         };
         let mut managers = old.managers.clone();
         let live = Self::present(ctx, &old.obj);
+        let mine = |m: &ManagedEntry| m.is(&ctx.manager, Operation::Apply, sub);
         let mut conflicts: Vec<(String, fields::FieldPath)> = vec![];
-        for m in
-            managers.iter().filter(|m| !(m.manager == ctx.manager && m.operation == "Apply" && m.subresource == sub))
-        {
+        for m in managers.iter().filter(|m| !mine(m)) {
             for p in m.fields.intersection(&applied_fields) {
                 if fields::get_at(&live, p) != fields::get_at(&applied, p) {
                     conflicts.push((m.manager.clone(), p.clone()));
@@ -908,16 +833,9 @@ impl State {
             return Err(e);
         }
         let taken: FieldSet = conflicts.into_iter().map(|(_, p)| p).collect();
-        let previous: FieldSet = managers
-            .iter()
-            .find(|m| m.manager == ctx.manager && m.operation == "Apply" && m.subresource == sub)
-            .map(|m| m.fields.clone())
-            .unwrap_or_default();
+        let previous: FieldSet = managers.iter().find(|m| mine(m)).map(|m| m.fields.clone()).unwrap_or_default();
         let mut new = live.clone();
-        let others: Vec<&ManagedEntry> = managers
-            .iter()
-            .filter(|m| !(m.manager == ctx.manager && m.operation == "Apply" && m.subresource == sub))
-            .collect();
+        let others: Vec<&ManagedEntry> = managers.iter().filter(|m| !mine(m)).collect();
         // A map or list that loses its last field with the removal goes too, unless someone
         // still sets something inside it (as the "." ownership of a struct works in FieldsV1).
         let kept = |prefix: &[String]| {
@@ -943,15 +861,8 @@ impl State {
         for m in managers.iter_mut() {
             m.fields.retain(|p| !taken.contains(p));
         }
-        managers.retain(|m| !(m.manager == ctx.manager && m.operation == "Apply" && m.subresource == sub));
-        managers.push(ManagedEntry {
-            manager: ctx.manager.clone(),
-            operation: "Apply",
-            api_version: ctx.def.api_version(&ctx.version),
-            subresource: sub.into(),
-            time: now(),
-            fields: applied_fields,
-        });
+        managers.retain(|m| !mine(m));
+        managers.push(ctx.managed_entry(Operation::Apply, sub, applied_fields));
         managers.retain(|m| !m.fields.is_empty());
         Self::carry_over(ctx, &old.obj, &mut new, subresource)?;
         let warnings = self.prepare(ctx, &mut new, Some(&old.obj))?;
@@ -1004,11 +915,12 @@ impl State {
             Some("Foreground") => self.delete_dependents(&uid),
             _ => {}
         }
-        if ctx.def.plural == "namespaces" && ctx.def.group.is_empty() {
+        let namespace = ctx.def.builtin == Some(Builtin::Namespace);
+        if namespace {
             self.delete_namespace_contents(name);
         }
         let has_finalizers = old.obj["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
-        let namespace_busy = ctx.def.plural == "namespaces" && self.namespace_has_content(name);
+        let namespace_busy = namespace && self.namespace_has_content(name);
         if has_finalizers || namespace_busy {
             if old.obj["metadata"]["deletionTimestamp"].is_string() {
                 return Ok(Self::present(ctx, &old.rendered()));
@@ -1016,7 +928,7 @@ impl State {
             let mut obj = old.obj.clone();
             obj["metadata"]["deletionTimestamp"] = json!(now());
             obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-            if ctx.def.plural == "namespaces" {
+            if namespace {
                 obj["status"]["phase"] = json!("Terminating");
             }
             let managers = old.managers.clone();
@@ -1035,7 +947,7 @@ impl State {
         obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
         self.emit("DELETED", storage, &key.0, obj.clone(), None);
         let uid = meta_str(&obj, "uid").to_string();
-        if storage.group == "apiextensions.k8s.io" {
+        if *storage == Builtin::CustomResourceDefinition.gr() {
             self.unregister_crd(&obj);
         }
         self.collect_dependents(&uid);
@@ -1195,7 +1107,7 @@ impl State {
     }
 
     fn finish_namespace_if_empty(&mut self, ns: &str) {
-        let nsgr = GroupResource::new("", "namespaces");
+        let nsgr = Builtin::Namespace.gr();
         let key = (String::new(), ns.to_string());
         let terminating = self
             .objects

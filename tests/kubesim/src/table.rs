@@ -35,7 +35,8 @@ pub fn human_duration(secs: i64) -> String {
     }
 }
 
-fn age_of(ts: &Value) -> Value {
+/// An age cell: how long ago `ts` was.
+pub(crate) fn age_of(ts: &Value) -> Value {
     match ts.as_str().and_then(|s| s.parse::<jiff::Timestamp>().ok()) {
         Some(t) => json!(human_duration(jiff::Timestamp::now().as_second() - t.as_second())),
         None => json!("<unknown>"),
@@ -89,87 +90,13 @@ fn cell(obj: &Value, col: &PrinterColumn) -> Value {
     first
 }
 
-fn column_defs(cols: &[(&str, &str, &str)]) -> Vec<Value> {
+/// Column definitions of a built-in kind's table.
+pub(crate) fn column_defs(cols: &[(&str, &str, &str)]) -> Vec<Value> {
     cols.iter()
         .map(|(name, ty, desc)| {
             json!({"name": name, "type": ty, "format": if *name == "Name" { "name" } else { "" }, "description": desc, "priority": 0})
         })
         .collect()
-}
-
-fn builtin_row(def: &ResourceDef, o: &Value) -> Option<(Vec<Value>, Vec<Value>)> {
-    let name = json!(o["metadata"]["name"]);
-    let age = age_of(&o["metadata"]["creationTimestamp"]);
-    let count = |v: &Value| json!(v.as_object().map_or(0, |m| m.len()) as i64);
-    let (cols, cells) = match (def.group.as_str(), def.plural.as_str()) {
-        ("", "secrets") => (
-            column_defs(&[
-                ("Name", "string", ""),
-                ("Type", "string", ""),
-                ("Data", "string", ""),
-                ("Age", "string", ""),
-            ]),
-            vec![name, o["type"].clone(), count(&o["data"]), age],
-        ),
-        ("", "configmaps") => (
-            column_defs(&[("Name", "string", ""), ("Data", "string", ""), ("Age", "string", "")]),
-            vec![
-                name,
-                json!(count(&o["data"]).as_i64().unwrap_or(0) + count(&o["binaryData"]).as_i64().unwrap_or(0)),
-                age,
-            ],
-        ),
-        ("", "namespaces") => (
-            column_defs(&[("Name", "string", ""), ("Status", "string", ""), ("Age", "string", "")]),
-            vec![name, o["status"]["phase"].clone(), age],
-        ),
-        ("", "events") | ("events.k8s.io", "events") => {
-            let last = [&o["lastTimestamp"], &o["eventTime"], &o["metadata"]["creationTimestamp"]]
-                .into_iter()
-                .find(|v| v.is_string())
-                .map(age_of)
-                .unwrap_or(json!("<unknown>"));
-            let inv = &o["involvedObject"];
-            let object =
-                format!("{}/{}", inv["kind"].as_str().unwrap_or("").to_lowercase(), inv["name"].as_str().unwrap_or(""));
-            (
-                column_defs(&[
-                    ("Last Seen", "string", ""),
-                    ("Type", "string", ""),
-                    ("Reason", "string", ""),
-                    ("Object", "string", ""),
-                    ("Message", "string", ""),
-                ]),
-                vec![last, o["type"].clone(), o["reason"].clone(), json!(object), o["message"].clone()],
-            )
-        }
-        ("coordination.k8s.io", "leases") => (
-            column_defs(&[("Name", "string", ""), ("Holder", "string", ""), ("Age", "string", "")]),
-            vec![name, o["spec"]["holderIdentity"].clone(), age],
-        ),
-        ("apps", "deployments") => {
-            let s = &o["status"];
-            let n = |v: &Value| v.as_i64().unwrap_or(0);
-            (
-                column_defs(&[
-                    ("Name", "string", ""),
-                    ("Ready", "string", ""),
-                    ("Up-to-date", "integer", ""),
-                    ("Available", "integer", ""),
-                    ("Age", "string", ""),
-                ]),
-                vec![
-                    name,
-                    json!(format!("{}/{}", n(&s["readyReplicas"]), o["spec"]["replicas"].as_i64().unwrap_or(1))),
-                    json!(n(&s["updatedReplicas"])),
-                    json!(n(&s["availableReplicas"])),
-                    age,
-                ],
-            )
-        }
-        _ => return None,
-    };
-    Some((cols, cells))
 }
 
 /// Renders objects as a Table; `include` is the `includeObject` parameter.
@@ -189,7 +116,7 @@ pub fn render(def: &ResourceDef, version: &str, objects: &[Value], list_meta: Va
             }
             (defs, cells)
         } else {
-            builtin_row(def, o).unwrap_or_else(|| {
+            def.builtin.and_then(|b| b.row(o)).unwrap_or_else(|| {
                 (
                     column_defs(&[
                         ("Name", "string", "Name must be unique within a namespace."),
@@ -220,7 +147,8 @@ pub fn render(def: &ResourceDef, version: &str, objects: &[Value], list_meta: Va
                 .cloned()
                 .unwrap_or_default()
         } else {
-            builtin_row(def, &sample)
+            def.builtin
+                .and_then(|b| b.row(&sample))
                 .map(|(c, _)| c)
                 .unwrap_or_else(|| column_defs(&[("Name", "string", ""), ("Created At", "date", "")]))
         };

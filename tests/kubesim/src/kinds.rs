@@ -1,0 +1,377 @@
+//! The built-in kinds, and everything particular to each in one place: how it is registered
+//! (scope, names, generation, storage), validated and defaulted before a write, described in
+//! OpenAPI, and printed as a table row. The lifecycles that reach across objects (a namespace's
+//! contents deleted with it, a CRD serving its resource and taking its objects with it) are keyed
+//! by the same enum in the store.
+
+use base64::Engine;
+use serde_json::{Map, Value, json};
+
+use crate::error::{Cause, GroupResource};
+use crate::registry::{self, ResourceDef, VersionDef};
+use crate::table::{age_of, column_defs};
+
+/// A built-in resource type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Builtin {
+    Namespace,
+    Secret,
+    ConfigMap,
+    ServiceAccount,
+    /// `core/v1` events.
+    Event,
+    /// `events.k8s.io/v1` events, stored with the `core/v1` ones and converted both ways.
+    EventV1,
+    Lease,
+    ClusterRole,
+    ClusterRoleBinding,
+    Role,
+    RoleBinding,
+    Deployment,
+    CustomResourceDefinition,
+}
+
+/// How a built-in kind is registered.
+struct Registration {
+    group: &'static str,
+    version: &'static str,
+    plural: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+    short_names: &'static [&'static str],
+    status: bool,
+    generation: bool,
+    categories: &'static [&'static str],
+}
+
+type SchemaParts = (Value, Map<String, Value>);
+type Row = (Vec<Value>, Vec<Value>);
+
+impl Builtin {
+    pub const ALL: [Builtin; 13] = [
+        Self::Namespace,
+        Self::Secret,
+        Self::ConfigMap,
+        Self::ServiceAccount,
+        Self::Event,
+        Self::EventV1,
+        Self::Lease,
+        Self::ClusterRole,
+        Self::ClusterRoleBinding,
+        Self::Role,
+        Self::RoleBinding,
+        Self::Deployment,
+        Self::CustomResourceDefinition,
+    ];
+
+    /// The table: group, version, names, scope, subresources and generation of each kind.
+    fn registration(self) -> Registration {
+        let r = |group, plural, kind, namespaced, short_names: &'static [&'static str], status| Registration {
+            group,
+            version: "v1",
+            plural,
+            kind,
+            namespaced,
+            short_names,
+            status,
+            generation: false,
+            categories: &[],
+        };
+        match self {
+            Self::Namespace => r("", "namespaces", "Namespace", false, &["ns"], true),
+            Self::Secret => r("", "secrets", "Secret", true, &[], false),
+            Self::ConfigMap => r("", "configmaps", "ConfigMap", true, &["cm"], false),
+            Self::ServiceAccount => r("", "serviceaccounts", "ServiceAccount", true, &["sa"], false),
+            Self::Event => r("", "events", "Event", true, &["ev"], false),
+            Self::EventV1 => r("events.k8s.io", "events", "Event", true, &["ev"], false),
+            Self::Lease => r("coordination.k8s.io", "leases", "Lease", true, &[], false),
+            Self::ClusterRole => r("rbac.authorization.k8s.io", "clusterroles", "ClusterRole", false, &[], false),
+            Self::ClusterRoleBinding => {
+                r("rbac.authorization.k8s.io", "clusterrolebindings", "ClusterRoleBinding", false, &[], false)
+            }
+            Self::Role => r("rbac.authorization.k8s.io", "roles", "Role", true, &[], false),
+            Self::RoleBinding => r("rbac.authorization.k8s.io", "rolebindings", "RoleBinding", true, &[], false),
+            Self::Deployment => Registration {
+                generation: true,
+                categories: &["all"],
+                ..r("apps", "deployments", "Deployment", true, &["deploy"], true)
+            },
+            Self::CustomResourceDefinition => Registration {
+                generation: true,
+                ..r(
+                    "apiextensions.k8s.io",
+                    "customresourcedefinitions",
+                    "CustomResourceDefinition",
+                    false,
+                    &["crd", "crds"],
+                    true,
+                )
+            },
+        }
+    }
+
+    /// The group and resource.
+    pub fn gr(self) -> GroupResource {
+        let r = self.registration();
+        GroupResource::new(r.group, r.plural)
+    }
+
+    /// The resource type as the registry serves it.
+    pub fn def(self) -> ResourceDef {
+        let r = self.registration();
+        let storage = match self {
+            Self::EventV1 => GroupResource::new("", "events"),
+            _ => GroupResource::new(r.group, r.plural),
+        };
+        ResourceDef {
+            group: r.group.into(),
+            plural: r.plural.into(),
+            singular: r.kind.to_lowercase(),
+            kind: r.kind.into(),
+            list_kind: format!("{}List", r.kind),
+            namespaced: r.namespaced,
+            short_names: r.short_names.iter().map(|s| s.to_string()).collect(),
+            categories: r.categories.iter().map(|s| s.to_string()).collect(),
+            versions: vec![VersionDef {
+                name: r.version.into(),
+                served: true,
+                storage: true,
+                schema: None,
+                columns: vec![],
+                status_subresource: r.status,
+            }],
+            generation: r.generation,
+            custom: false,
+            storage,
+            builtin: Some(self),
+        }
+    }
+
+    /// Whether `name` is a valid name for an object of this kind.
+    pub fn name_is_valid(self, name: &str) -> bool {
+        match self {
+            // Checked against the group and plural when the CRD is read.
+            Self::CustomResourceDefinition => !name.is_empty(),
+            _ => valid_dns_subdomain(name),
+        }
+    }
+
+    /// The OpenAPI v3 schema k8s-openapi's type generates, and the definitions it refers to.
+    pub fn schema(self) -> Option<SchemaParts> {
+        use k8s_openapi::api;
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        fn generate<T: schemars::JsonSchema>() -> Option<SchemaParts> {
+            let generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+            let mut root = serde_json::to_value(generator.into_root_schema_for::<T>()).ok()?;
+            let map = root.as_object_mut()?;
+            map.remove("$schema");
+            let components = map.remove("components").and_then(|mut c| c.get_mut("schemas").map(Value::take));
+            let defs = components.and_then(|c| c.as_object().cloned()).unwrap_or_default();
+            Some((root, defs))
+        }
+        match self {
+            Self::Namespace => generate::<api::core::v1::Namespace>(),
+            Self::Secret => generate::<api::core::v1::Secret>(),
+            Self::ConfigMap => generate::<api::core::v1::ConfigMap>(),
+            Self::ServiceAccount => generate::<api::core::v1::ServiceAccount>(),
+            Self::Event => generate::<api::core::v1::Event>(),
+            Self::EventV1 => generate::<api::events::v1::Event>(),
+            Self::Lease => generate::<api::coordination::v1::Lease>(),
+            Self::Deployment => generate::<api::apps::v1::Deployment>(),
+            Self::ClusterRole => generate::<api::rbac::v1::ClusterRole>(),
+            Self::ClusterRoleBinding => generate::<api::rbac::v1::ClusterRoleBinding>(),
+            Self::Role => generate::<api::rbac::v1::Role>(),
+            Self::RoleBinding => generate::<api::rbac::v1::RoleBinding>(),
+            Self::CustomResourceDefinition => generate::<CustomResourceDefinition>(),
+        }
+    }
+
+    /// The columns and cells `kubectl get` shows for an object of this kind; `None` for the
+    /// default (name and age).
+    pub fn row(self, o: &Value) -> Option<Row> {
+        let name = json!(o["metadata"]["name"]);
+        let age = age_of(&o["metadata"]["creationTimestamp"]);
+        let count = |v: &Value| v.as_object().map_or(0, |m| m.len()) as i64;
+        Some(match self {
+            Self::Secret => (
+                column_defs(&[
+                    ("Name", "string", ""),
+                    ("Type", "string", ""),
+                    ("Data", "string", ""),
+                    ("Age", "string", ""),
+                ]),
+                vec![name, o["type"].clone(), json!(count(&o["data"])), age],
+            ),
+            Self::ConfigMap => (
+                column_defs(&[("Name", "string", ""), ("Data", "string", ""), ("Age", "string", "")]),
+                vec![name, json!(count(&o["data"]) + count(&o["binaryData"])), age],
+            ),
+            Self::Namespace => (
+                column_defs(&[("Name", "string", ""), ("Status", "string", ""), ("Age", "string", "")]),
+                vec![name, o["status"]["phase"].clone(), age],
+            ),
+            Self::Event | Self::EventV1 => {
+                let last = [&o["lastTimestamp"], &o["eventTime"], &o["metadata"]["creationTimestamp"]]
+                    .into_iter()
+                    .find(|v| v.is_string())
+                    .map(age_of)
+                    .unwrap_or(json!("<unknown>"));
+                let inv = &o["involvedObject"];
+                let object = format!(
+                    "{}/{}",
+                    inv["kind"].as_str().unwrap_or("").to_lowercase(),
+                    inv["name"].as_str().unwrap_or("")
+                );
+                (
+                    column_defs(&[
+                        ("Last Seen", "string", ""),
+                        ("Type", "string", ""),
+                        ("Reason", "string", ""),
+                        ("Object", "string", ""),
+                        ("Message", "string", ""),
+                    ]),
+                    vec![last, o["type"].clone(), o["reason"].clone(), json!(object), o["message"].clone()],
+                )
+            }
+            Self::Lease => (
+                column_defs(&[("Name", "string", ""), ("Holder", "string", ""), ("Age", "string", "")]),
+                vec![name, o["spec"]["holderIdentity"].clone(), age],
+            ),
+            Self::Deployment => {
+                let s = &o["status"];
+                let n = |v: &Value| v.as_i64().unwrap_or(0);
+                (
+                    column_defs(&[
+                        ("Name", "string", ""),
+                        ("Ready", "string", ""),
+                        ("Up-to-date", "integer", ""),
+                        ("Available", "integer", ""),
+                        ("Age", "string", ""),
+                    ]),
+                    vec![
+                        name,
+                        json!(format!("{}/{}", n(&s["readyReplicas"]), o["spec"]["replicas"].as_i64().unwrap_or(1))),
+                        json!(n(&s["updatedReplicas"])),
+                        json!(n(&s["availableReplicas"])),
+                        age,
+                    ],
+                )
+            }
+            _ => return None,
+        })
+    }
+
+    /// Kind-specific validation and defaulting before a write; `old` is the stored object of an
+    /// update. Problems are added to `causes`.
+    pub fn prepare(self, body: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+        match self {
+            Self::Secret => prepare_secret(body, old, causes),
+            Self::Namespace if body["status"]["phase"].is_null() => body["status"] = json!({"phase": "Active"}),
+            Self::CustomResourceDefinition => match registry::from_crd(body) {
+                Err(e) => causes.push(Cause::new("FieldValueInvalid", "spec", e)),
+                Ok(def) => body["status"] = crd_status(&def),
+            },
+            _ => {}
+        }
+    }
+}
+
+/// Whether `name` is a lowercase RFC 1123 subdomain, as object names must be.
+pub(crate) fn valid_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        })
+}
+
+/// A served CRD's status: names accepted, established, its storage versions.
+fn crd_status(def: &ResourceDef) -> Value {
+    let now = crate::store::now();
+    json!({
+        "acceptedNames": {"plural": def.plural, "singular": def.singular, "kind": def.kind, "listKind": def.list_kind, "shortNames": def.short_names, "categories": def.categories},
+        "conditions": [
+            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
+            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now}
+        ],
+        "storedVersions": def.versions.iter().filter(|v| v.storage).map(|v| v.name.clone()).collect::<Vec<_>>(),
+    })
+}
+
+/// `stringData` folded into `data`, base64 and key syntax checked, `Opaque` by default, and
+/// `type` (and `data` of an immutable Secret) unchangeable.
+fn prepare_secret(body: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    if let Some(Value::Object(sd)) = body.as_object_mut().and_then(|m| m.remove("stringData")) {
+        let data = body["data"].as_object().cloned().unwrap_or_default();
+        let mut data = Value::Object(data);
+        for (k, v) in sd {
+            data[k] = json!(base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or_default()));
+        }
+        body["data"] = data;
+    }
+    if let Some(data) = body["data"].as_object() {
+        for (k, v) in data {
+            let ok = v.as_str().is_some_and(|s| base64::engine::general_purpose::STANDARD.decode(s).is_ok());
+            if !ok {
+                causes.push(Cause::invalid(format!("data[{k}]"), v, "illegal base64 data"));
+            }
+            let key_ok =
+                !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+            if !key_ok {
+                causes.push(Cause::invalid(
+                    format!("data[{k}]"),
+                    &json!(k),
+                    "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                ));
+            }
+        }
+    }
+    if body["type"].is_null() {
+        body["type"] = json!("Opaque");
+    }
+    if let Some(old) = old {
+        if old["immutable"].as_bool() == Some(true)
+            && (old["data"] != body["data"] || body["immutable"] != old["immutable"])
+        {
+            causes.push(Cause::new(
+                "FieldValueForbidden",
+                "data",
+                "Forbidden: field is immutable when `immutable` is set",
+            ));
+        }
+        if old["type"] != body["type"] {
+            causes.push(Cause::invalid("type", &body["type"], "field is immutable"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_registers_and_describes_itself() {
+        for b in Builtin::ALL {
+            let def = b.def();
+            assert_eq!(def.builtin, Some(b));
+            assert!(b.schema().is_some(), "{b:?} has an OpenAPI schema");
+        }
+        assert_eq!(Builtin::EventV1.def().storage, GroupResource::new("", "events"));
+        assert!(Builtin::Deployment.def().generation && !Builtin::Secret.def().generation);
+    }
+
+    #[test]
+    fn secrets_are_defaulted_and_checked() {
+        let mut causes = vec![];
+        let mut s = json!({"stringData": {"a": "b"}});
+        Builtin::Secret.prepare(&mut s, None, &mut causes);
+        assert_eq!(s, json!({"data": {"a": "Yg=="}, "type": "Opaque"}));
+        let mut changed = json!({"data": {}, "type": "kubernetes.io/tls"});
+        Builtin::Secret.prepare(&mut changed, Some(&s), &mut causes);
+        assert_eq!(causes.len(), 1, "the type is immutable");
+        assert!(Builtin::Secret.name_is_valid("a.b-c") && !Builtin::Secret.name_is_valid("A"));
+    }
+}
