@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use fake_providers::{Endpoint, Fakes};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::CustomResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokensource_operator::admin::Health;
@@ -50,7 +49,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = sim.client();
     let fakes = Fakes::start(Default::default()).await?;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch("tokensources.tokensource.dev", &PatchParams::apply("bench"), &Patch::Apply(TokenSource::crd())).await?;
+    crds.patch(
+        "tokensources.tokensource.dev",
+        &PatchParams::apply("bench"),
+        &Patch::Apply(tokensource_operator::crd::crd()),
+    )
+    .await?;
     let secrets: Api<Secret> = Api::default_namespaced(client.clone());
     let c = fakes.config().podero;
     let creds = json!({"metadata": {"name": "podero-credentials"}, "stringData": {"client_id": c.id, "client_secret": c.secret}});
@@ -62,10 +66,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let created = Instant::now();
     for i in 0..n {
         let ts = json!({"apiVersion": "tokensource.dev/v1alpha1", "kind": "TokenSource", "metadata": {"name": format!("ts-{i:05}")}, "spec": {
-            "oauth2": {"tokenUrl": fakes.endpoint_url(Endpoint::Podero), "requestFormat": "json",
-                       "clientId": {"secretKeyRef": {"name": "podero-credentials", "key": "client_id"}},
-                       "clientSecret": {"secretKeyRef": {"name": "podero-credentials", "key": "client_secret"}}},
-            "target": {"secretName": format!("ts-{i:05}-token")}}});
+            "type": "OAuth2",
+            "oauth2": {"tokenURL": fakes.endpoint_url(Endpoint::Podero), "bodyType": "JSON",
+                       "clientID": {"valueFrom": {"secretKeyRef": {"name": "podero-credentials", "key": "client_id"}}},
+                       "clientAuth": {"type": "ClientSecretBasic", "clientSecretRef": {"name": "podero-credentials", "key": "client_secret"}}},
+            "target": {"name": format!("ts-{i:05}-token")}}});
         sources.create(&PostParams::default(), &serde_json::from_value(ts)?).await?;
     }
     println!("created {n} TokenSources in {:.2}s", created.elapsed().as_secs_f64());

@@ -16,12 +16,11 @@ use fake_providers::{Config as FakeConfig, Endpoint, Fakes, examples};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{CustomResourceExt, ResourceExt};
 use tokensource_operator::admin::Health;
 use tokensource_operator::controller::{self, Config};
-use tokensource_operator::crd::TokenSource;
 use tokensource_operator::metrics::Metrics;
 use tokensource_operator::{schedule, telemetry};
 
@@ -74,8 +73,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fakes = Fakes::start(FakeConfig { lifetime: args.lifetime, ..Default::default() }).await?;
 
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch("tokensources.tokensource.dev", &PatchParams::apply("sandbox"), &Patch::Apply(TokenSource::crd()))
-        .await?;
+    crds.patch(
+        "tokensources.tokensource.dev",
+        &PatchParams::apply("sandbox"),
+        &Patch::Apply(tokensource_operator::crd::crd()),
+    )
+    .await?;
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/examples");
     for file in examples::FILES {
         for doc in examples::load(&dir.join(file), &fakes)? {

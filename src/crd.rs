@@ -1,16 +1,34 @@
 //! The `TokenSource` custom resource (`tokensource.dev/v1alpha1`).
 //!
 //! Every field's doc comment becomes its description in the CRD, which is what `kubectl explain`
-//! shows: write them for users.
+//! shows: write them for users. Conventions (README, "API conventions"): credentials are only
+//! ever references (`…SecretRef`); other values use the core `EnvVar` shape (`value` or
+//! `valueFrom`); every union has a `type` discriminator; behaviour decided by default is written
+//! into the schema as a default; every enum tolerates values from newer versions (`Unknown`), so
+//! an older operator refuses such a TokenSource instead of misreading it.
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
 /// The API group of the operator's resources.
 pub const GROUP: &str = "tokensource.dev";
+
+/// The Secret keys the operator writes with `mergePolicy: Merge`; templates and copied fields
+/// cannot use them (chained TokenSources read `token`).
+pub const RESERVED_KEYS: [&str; 4] = ["token", "token_type", "expires_at", "scope"];
+
+const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+const SECRET_KEY: &str = r"^[-._a-zA-Z0-9]+$";
+/// GEP-2257 durations: up to four parts such as `1h30m` or `500ms`.
+const DURATION: &str = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$";
+/// http(s) URLs without userinfo or whitespace.
+const URL: &str = r"^https?://[^/?#@\s]+([/?#][^\s]*)?$";
+const JSON_PATH: &str = r"^\$";
 
 /// A TokenSource obtains a short-lived API token from a token endpoint, keeps it in a Secret that
 /// pods mount, and renews it before it expires, for as long as the TokenSource exists.
@@ -26,152 +44,280 @@ pub const GROUP: &str = "tokensource.dev";
     status = "TokenSourceStatus",
     doc = "A TokenSource obtains a short-lived API token from a token endpoint, writes it into a target Secret and renews it before it expires.",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether the target Secret holds a valid token"}"#,
-    printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".spec.target.secretName","priority":1,"description":"The target Secret"}"#,
-    printcolumn = r#"{"name":"Expires","type":"string","format":"date-time","jsonPath":".status.expiresAt","description":"When the current token expires"}"#,
-    printcolumn = r#"{"name":"Next Refresh","type":"string","format":"date-time","jsonPath":".status.nextRefreshAt","description":"When the operator will fetch the next token"}"#,
+    printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".spec.target.name","priority":1,"description":"The target Secret"}"#,
+    printcolumn = r#"{"name":"Expires","type":"string","format":"date-time","jsonPath":".status.expirationTime","description":"When the current token expires"}"#,
+    printcolumn = r#"{"name":"Renewal","type":"string","format":"date-time","jsonPath":".status.renewalTime","description":"When the operator will next ask for a token"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","priority":1,"description":"Why the TokenSource is or is not ready"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "has(self.oauth2) != has(self.http)", "message": "set exactly one of oauth2 and http"},
-    {"rule": "!has(self.oauth2) || !has(self.oauth2.clientAuthentication) || self.oauth2.clientAuthentication != 'tlsClientAuth' || (has(self.tls) && has(self.tls.clientCertificateSecretRef))", "message": "clientAuthentication tlsClientAuth needs tls.clientCertificateSecretRef"}
+    {"rule": "self.type != 'OAuth2' || (has(self.oauth2) && !has(self.http))", "message": "type OAuth2 needs oauth2 and no http"},
+    {"rule": "self.type != 'HTTP' || (has(self.http) && !has(self.oauth2))", "message": "type HTTP needs http and no oauth2"},
+    {"rule": "!has(self.oauth2) || self.oauth2.clientAuth.type != 'TLSClientAuth' || (has(self.tls) && has(self.tls.clientCertificateSecretRef))", "message": "clientAuth type TLSClientAuth needs tls.clientCertificateSecretRef", "fieldPath": ".oauth2.clientAuth.type"},
+    {"rule": "!has(self.response.fields) || !has(self.target.template.data) || self.response.fields.all(f, !(f.key in self.target.template.data))", "message": "a Secret key is written by both response.fields and target.template.data", "fieldPath": ".response.fields"}
 ]))]
 pub struct TokenSourceSpec {
-    /// An OAuth 2.0 client-credentials token request (RFC 6749 section 4.4). Set exactly one of
-    /// `oauth2` and `http`.
+    /// The kind of token request: `OAuth2` (an OAuth 2.0 token request, set `oauth2`) or `HTTP`
+    /// (any other token request, set `http`).
+    #[serde(rename = "type")]
+    pub type_: RequestType,
+
+    /// An OAuth 2.0 token request (RFC 6749), for `type: OAuth2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oauth2: Option<OAuth2Spec>,
 
-    /// A token request for endpoints that are not plain OAuth 2.0: any URL, method, headers and
-    /// body, with Basic, HMAC-signed or chained bearer authentication. Set exactly one of `oauth2`
-    /// and `http`.
+    /// A token request for endpoints that are not plain OAuth 2.0, for `type: HTTP`: any URL,
+    /// method, headers and body, with Basic, HMAC-signed or bearer authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpSpec>,
 
-    /// Where the token, its lifetime and any extra fields are in the endpoint's JSON reply.
-    /// Without it, the RFC 6749 fields are read: `access_token`, `token_type`, `expires_in`, `scope`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response: Option<ResponseSpec>,
+    /// Where the token, its type, scopes and expiry are in the endpoint's JSON reply. The
+    /// defaults read the RFC 6749 fields (`access_token`, `token_type`, `scope`, `expires_in`).
+    #[serde(default)]
+    pub response: ResponseSpec,
 
-    /// When to renew the token.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refresh: Option<RefreshSpec>,
+    /// When the token is renewed.
+    #[serde(default)]
+    pub renewal: RenewalSpec,
 
-    /// TLS for the token request: a client certificate (mutual TLS) and a CA bundle for private CAs.
+    /// TLS for the token request: a client certificate (mutual TLS) and a CA bundle for private
+    /// CAs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+
+    /// How long one token request may take, such as `10s`. Unset: the operator's
+    /// `--request-timeout` (30s unless changed), which is also the most it allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION), length(max = 32))]
+    pub timeout: Option<String>,
 
     /// The Secret the token is written to.
     pub target: TargetSpec,
 }
 
-/// A value given inline or read from a key of a Secret in the TokenSource's namespace. Set
-/// exactly one of `value` and `secretKeyRef`.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [{"rule": "has(self.value) != has(self.secretKeyRef)", "message": "set exactly one of value and secretKeyRef"}]))]
-pub struct ValueSource {
-    /// The value itself. Use it for identifiers that are not secret; keep secrets in a Secret.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-
-    /// A key of a Secret in the TokenSource's namespace that holds the value.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret_key_ref: Option<SecretKeyRef>,
+/// The kinds of token request.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RequestType {
+    /// An OAuth 2.0 token request (`oauth2`).
+    OAuth2,
+    /// Any other HTTP token request (`http`).
+    #[serde(rename = "HTTP")]
+    Http,
+    /// A kind this version of the operator does not know (written by a newer version).
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
-/// A key of a Secret in the same namespace.
+/// A key of a Secret in the TokenSource's namespace.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// The Secret's name.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
     pub name: String,
     /// The key within the Secret's data.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY))]
     pub key: String,
 }
 
-/// An OAuth 2.0 client-credentials token request.
+/// A key of a ConfigMap in the TokenSource's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapKeyRef {
+    /// The ConfigMap's name.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
+    pub name: String,
+    /// The key within the ConfigMap's data.
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY))]
+    pub key: String,
+}
+
+/// A Secret in the TokenSource's namespace, as a whole.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalSecretRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
+    pub name: String,
+}
+
+/// Another TokenSource in the same namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenSourceRef {
+    /// The TokenSource's name.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
+    pub name: String,
+}
+
+/// Where a value that is not a secret is read from. Set exactly one of `secretKeyRef` and
+/// `configMapKeyRef`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "has(self.secretKeyRef) != has(self.configMapKeyRef)", "message": "set exactly one of secretKeyRef and configMapKeyRef"}]))]
+pub struct ValueFrom {
+    /// A key of a Secret in the TokenSource's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
+    /// A key of a ConfigMap in the TokenSource's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<ConfigMapKeyRef>,
+}
+
+/// A value that is not a secret, given inline (`value`) or read from a Secret or ConfigMap key
+/// (`valueFrom`), as a container's `env` does. Set exactly one.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "has(self.value) != has(self.valueFrom)", "message": "set exactly one of value and valueFrom"}]))]
+pub struct ValueSource {
+    /// The value itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub value: Option<String>,
+    /// Where to read the value from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<ValueFrom>,
+}
+
+/// A named value (a header, a form field, a parameter, a placeholder value), given inline
+/// (`value`) or read from a Secret or ConfigMap key (`valueFrom`). Set exactly one.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "has(self.value) != has(self.valueFrom)", "message": "set exactly one of value and valueFrom"}]))]
+pub struct NamedValue {
+    /// The name.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    /// The value itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub value: Option<String>,
+    /// Where to read the value from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<ValueFrom>,
+}
+
+impl NamedValue {
+    /// The value part, without the name.
+    pub fn source(&self) -> ValueSource {
+        ValueSource { value: self.value.clone(), value_from: self.value_from.clone() }
+    }
+}
+
+/// An OAuth 2.0 token request.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "(has(self.clientAuthentication) && self.clientAuthentication in ['privateKeyJwt', 'tlsClientAuth']) || has(self.clientSecret)", "message": "clientSecret is required for basic and body authentication"},
-    {"rule": "!has(self.clientAuthentication) || self.clientAuthentication != 'privateKeyJwt' || has(self.privateKeyJwt)", "message": "clientAuthentication privateKeyJwt needs privateKeyJwt"}
+    {"rule": "!has(self.headers) || self.headers.all(h, h.name.lowerAscii() != 'authorization')", "message": "the Authorization header belongs to clientAuth", "fieldPath": ".headers"},
+    {"rule": "!has(self.parameters) || self.parameters.all(p, !(p.name in ['grant_type', 'scope', 'client_id', 'client_secret', 'client_assertion', 'client_assertion_type']))", "message": "grant_type, scope, client_id, client_secret, client_assertion and client_assertion_type are set by the operator", "fieldPath": ".parameters"}
 ]))]
 pub struct OAuth2Spec {
-    /// The token endpoint, for example `https://app.podero.com/oauth2/token/`.
-    #[schemars(length(min = 1), regex(pattern = r"^https?://"))]
+    /// The token endpoint, for example `https://app.podero.com/oauth2/token/`: https (http only
+    /// when the operator allows it), no user or password in the URL.
+    #[serde(rename = "tokenURL")]
+    #[schemars(length(min = 1, max = 2048), regex(pattern = URL))]
     pub token_url: String,
 
+    /// The grant: `ClientCredentials` (RFC 6749 section 4.4).
+    #[serde(default)]
+    pub grant_type: GrantType,
+
     /// The client identifier.
+    #[serde(rename = "clientID")]
     pub client_id: ValueSource,
 
-    /// The client secret, for `basic` and `body` authentication.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_secret: Option<ValueSource>,
+    /// How the client authenticates to the token endpoint.
+    pub client_auth: ClientAuth,
 
-    /// How the client authenticates: `basic` sends `Authorization: Basic base64(id:secret)`
-    /// (RFC 6749 section 2.3.1, the default); `body` sends `client_id` and `client_secret` as
-    /// request parameters; `privateKeyJwt` sends a signed client assertion (RFC 7523, see
-    /// `privateKeyJwt`); `tlsClientAuth` relies on the client certificate in `spec.tls` (RFC 8705)
-    /// and sends only `client_id`.
+    /// How the request parameters are encoded: `Form` (`application/x-www-form-urlencoded`, as
+    /// RFC 6749 requires) or `JSON` (a JSON object, as Podero expects).
     #[serde(default)]
-    pub client_authentication: ClientAuthentication,
-
-    /// The key and claims of the client assertion for `clientAuthentication: privateKeyJwt`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub private_key_jwt: Option<PrivateKeyJwt>,
-
-    /// How the request parameters are encoded: `form` (`application/x-www-form-urlencoded`, as
-    /// RFC 6749 requires, the default) or `json` (a JSON object, as Podero expects).
-    #[serde(default)]
-    pub request_format: RequestFormat,
+    pub body_type: OAuth2BodyType,
 
     /// Scopes to request, sent space-separated in the `scope` parameter.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256), regex(pattern = r"^[!#-\[\]-~]+$")))]
     pub scopes: Vec<String>,
 
     /// Extra request parameters, such as `audience` or `resource`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub parameters: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub parameters: Vec<NamedValue>,
 
     /// Extra HTTP headers, such as `Cache-Control: no-cache`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), extend("x-kubernetes-validations" = [{"rule": "self.all(h, h.name.matches('^[-!#$%&\\'*+.^_`|~0-9A-Za-z]+$'))", "message": "header names are RFC 9110 tokens"}, {"rule": "self.all(h, !(h.name.lowerAscii() in ['host', 'content-length', 'content-type', 'transfer-encoding', 'connection']))", "message": "Host, Content-Length, Content-Type, Transfer-Encoding and Connection are set by the operator"}]))]
+    pub headers: Vec<NamedValue>,
 }
 
-/// How an OAuth 2.0 client authenticates to the token endpoint.
+/// OAuth 2.0 grants.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum ClientAuthentication {
-    /// HTTP Basic authentication with the client id and secret (RFC 6749 section 2.3.1).
+pub enum GrantType {
+    /// The client credentials grant (RFC 6749 section 4.4).
     #[default]
-    Basic,
-    /// `client_id` and `client_secret` in the request body.
-    Body,
-    /// A JWT client assertion signed with the client's private key (RFC 7523 section 2.2).
-    PrivateKeyJwt,
-    /// Mutual TLS with the client certificate from `spec.tls` (RFC 8705 section 2).
-    TlsClientAuth,
+    ClientCredentials,
+    /// A grant this version of the operator does not know.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
-/// A client assertion (RFC 7523): a short-lived JWT with `iss` and `sub` set to the client id, a
-/// fresh `jti`, and `exp` one minute after `iat`, signed for every token request.
+/// How an OAuth 2.0 client authenticates. `type` says which; its member holds the details.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "(self.type in ['ClientSecretBasic', 'ClientSecretPost']) == has(self.clientSecretRef)", "message": "clientSecretRef is required for ClientSecretBasic and ClientSecretPost, and only for them"},
+    {"rule": "(self.type == 'PrivateKeyJWT') == has(self.privateKeyJWT)", "message": "privateKeyJWT is required for PrivateKeyJWT, and only for it"}
+]))]
+pub struct ClientAuth {
+    /// `ClientSecretBasic`: `Authorization: Basic base64(id:secret)` (RFC 6749 section 2.3.1);
+    /// `ClientSecretPost`: `client_id` and `client_secret` as request parameters;
+    /// `PrivateKeyJWT`: a signed client assertion (RFC 7523); `TLSClientAuth`: the client
+    /// certificate of `spec.tls` (RFC 8705), only `client_id` is sent.
+    #[serde(rename = "type")]
+    pub type_: ClientAuthType,
+    /// The client secret, for `ClientSecretBasic` and `ClientSecretPost`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_ref: Option<SecretKeyRef>,
+    /// The key and claims of the client assertion, for `PrivateKeyJWT`.
+    #[serde(rename = "privateKeyJWT", default, skip_serializing_if = "Option::is_none")]
+    pub private_key_jwt: Option<PrivateKeyJwt>,
+}
+
+/// OAuth 2.0 client authentication methods (the names of the IANA registry, in UpperCamelCase).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ClientAuthType {
+    ClientSecretBasic,
+    ClientSecretPost,
+    #[serde(rename = "PrivateKeyJWT")]
+    PrivateKeyJwt,
+    #[serde(rename = "TLSClientAuth")]
+    TlsClientAuth,
+    /// A method this version of the operator does not know.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
+}
+
+/// A client assertion (RFC 7523): a JWT with `iss` and `sub` set to the client id, a fresh
+/// `jti`, and `exp` one minute after `iat`, signed for every token request.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PrivateKeyJwt {
     /// The Secret key holding the PEM private key (PKCS#8; PKCS#1 for RSA is accepted too).
-    pub private_key: SecretKeyRef,
-    /// The signing algorithm: `RS256` (the default) or `ES256` (P-256).
+    pub private_key_secret_ref: SecretKeyRef,
+    /// The signing algorithm: `RS256` or `ES256` (P-256).
     #[serde(default)]
     pub algorithm: JwtAlgorithm,
     /// The `kid` header, when the provider wants to know which registered key signed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "keyID", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub key_id: Option<String>,
-    /// The `aud` claim; the token URL by default.
+    /// The `aud` claim; the token URL when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     pub audience: Option<String>,
 }
 
@@ -181,69 +327,107 @@ pub enum JwtAlgorithm {
     #[default]
     RS256,
     ES256,
+    /// An algorithm this version of the operator does not know.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
+}
+
+/// How OAuth 2.0 request parameters are encoded.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum OAuth2BodyType {
+    /// `application/x-www-form-urlencoded`, as RFC 6749 specifies.
+    #[default]
+    Form,
+    /// A JSON object.
+    #[serde(rename = "JSON")]
+    Json,
+    /// An encoding this version of the operator does not know.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 /// TLS settings for the token request.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {
-    /// A `kubernetes.io/tls` Secret (keys `tls.crt` and `tls.key`) whose certificate is presented to
-    /// the token endpoint (mutual TLS).
+    /// A `kubernetes.io/tls` Secret (keys `tls.crt` and `tls.key`) whose certificate is presented
+    /// to the token endpoint (mutual TLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_certificate_secret_ref: Option<LocalRef>,
-    /// PEM CA certificates to trust for the token endpoint, instead of the system roots (a private
-    /// CA). From a Secret key or a ConfigMap key.
+    pub client_certificate_secret_ref: Option<LocalSecretRef>,
+    /// PEM CA certificates to trust for the token endpoint instead of the system roots (a private
+    /// CA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<CaBundle>,
 }
 
-/// Where a CA bundle is. Set exactly one of `secretKeyRef` and `configMapKeyRef`.
+/// Where a CA bundle is. `type` says which member holds it.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [{"rule": "has(self.secretKeyRef) != has(self.configMapKeyRef)", "message": "set exactly one of secretKeyRef and configMapKeyRef"}]))]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "(self.type == 'PEM') == has(self.pem)", "message": "pem is required for type PEM, and only for it"},
+    {"rule": "(self.type == 'SecretKeyRef') == has(self.secretKeyRef)", "message": "secretKeyRef is required for type SecretKeyRef, and only for it"},
+    {"rule": "(self.type == 'ConfigMapKeyRef') == has(self.configMapKeyRef)", "message": "configMapKeyRef is required for type ConfigMapKeyRef, and only for it"}
+]))]
 pub struct CaBundle {
+    /// `PEM` (inline), `SecretKeyRef` or `ConfigMapKeyRef`.
+    #[serde(rename = "type")]
+    pub type_: CaBundleType,
+    /// The PEM certificates themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 262144))]
+    pub pem: Option<String>,
     /// A key of a Secret in the TokenSource's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_key_ref: Option<SecretKeyRef>,
     /// A key of a ConfigMap in the TokenSource's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub config_map_key_ref: Option<SecretKeyRef>,
+    pub config_map_key_ref: Option<ConfigMapKeyRef>,
 }
 
-/// How token request parameters are encoded.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum RequestFormat {
-    /// `application/x-www-form-urlencoded`, as RFC 6749 specifies.
-    #[default]
-    Form,
-    /// A JSON object.
-    Json,
+/// Where a CA bundle is kept.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum CaBundleType {
+    #[serde(rename = "PEM")]
+    Pem,
+    SecretKeyRef,
+    ConfigMapKeyRef,
+    /// A source this version of the operator does not know.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 /// A token request for endpoints that are not plain OAuth 2.0.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.method != 'GET' || !has(self.body)", "message": "a GET request has no body", "fieldPath": ".body"},
+    {"rule": "self.auth.type == 'None' || !has(self.headers) || self.headers.all(h, h.name.lowerAscii() != 'authorization')", "message": "set the Authorization header or auth, not both", "fieldPath": ".headers"}
+]))]
 pub struct HttpSpec {
-    /// The token endpoint.
-    #[schemars(length(min = 1), regex(pattern = r"^https?://"))]
+    /// The token endpoint: https (http only when the operator allows it), no user or password in
+    /// the URL.
+    #[schemars(length(min = 1, max = 2048), regex(pattern = URL))]
     pub url: String,
 
-    /// The HTTP method; `POST` by default.
+    /// The HTTP method: `POST`, `GET` or `PUT`.
     #[serde(default)]
     pub method: HttpMethod,
 
-    /// Request headers, each given inline or from a Secret key.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, ValueSource>,
+    /// Request headers, each given inline or read from a Secret or ConfigMap key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), extend("x-kubernetes-validations" = [{"rule": "self.all(h, h.name.matches('^[-!#$%&\\'*+.^_`|~0-9A-Za-z]+$'))", "message": "header names are RFC 9110 tokens"}, {"rule": "self.all(h, !(h.name.lowerAscii() in ['host', 'content-length', 'content-type', 'transfer-encoding', 'connection']))", "message": "Host, Content-Length, Content-Type, Transfer-Encoding and Connection are set by the operator"}]))]
+    pub headers: Vec<NamedValue>,
 
-    /// The request body; none by default.
+    /// The request body; none when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<HttpBody>,
 
     /// How the request is authenticated.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth: Option<HttpAuth>,
+    #[serde(default)]
+    pub auth: HttpAuth,
 }
 
 /// An HTTP method for token requests.
@@ -256,41 +440,86 @@ pub enum HttpMethod {
     Get,
     #[serde(rename = "PUT")]
     Put,
+    /// A method this version of the operator does not know.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
-/// A request body. Set at most one of `raw`, `json` and `form`. Strings in `raw` and `json` may
-/// use `{{ name }}` placeholders, filled from `values`.
+/// A request body. `type` says which member holds it. Strings in `raw` and `json` may use
+/// `{{ name }}` placeholders, filled from `values`.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [{"rule": "(has(self.raw) ? 1 : 0) + (has(self.json) ? 1 : 0) + (has(self.form) ? 1 : 0) <= 1", "message": "set at most one of raw, json and form"}]))]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "(self.type == 'Raw') == has(self.raw)", "message": "raw is required for type Raw, and only for it"},
+    {"rule": "(self.type == 'JSON') == has(self.json)", "message": "json is required for type JSON, and only for it"},
+    {"rule": "(self.type == 'Form') == has(self.form)", "message": "form is required for type Form, and only for it"},
+    {"rule": "self.type == 'Raw' || !has(self.contentType)", "message": "contentType is only for type Raw", "fieldPath": ".contentType"},
+    {"rule": "self.type != 'Form' || !has(self.values)", "message": "values fill placeholders in raw and json bodies; a form takes its values directly", "fieldPath": ".values"}
+]))]
 pub struct HttpBody {
-    /// A body sent as is (after placeholders are filled), with `contentType`.
+    /// `Raw` (sent as is, with `contentType`), `JSON` (`application/json`) or `Form`
+    /// (`application/x-www-form-urlencoded`).
+    #[serde(rename = "type")]
+    pub type_: BodyType,
+
+    /// A body sent as is, after placeholders are filled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
     pub raw: Option<String>,
 
-    /// A JSON body; every string in it may use placeholders. Sent as `application/json`.
+    /// The Content-Type of a `Raw` body; `text/plain` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 256),
+        regex(pattern = r"^[-!#$%&'*+.^_`|~0-9A-Za-z]+/[-!#$%&'*+.^_`|~0-9A-Za-z]+( *;[ -~]*)?$")
+    )]
+    pub content_type: Option<String>,
+
+    /// A JSON body; every string in it may use placeholders.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
-    pub json: Option<serde_json::Value>,
+    pub json: Option<Value>,
 
-    /// Form fields, sent as `application/x-www-form-urlencoded`.
+    /// Form fields, in order; names may repeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub form: Option<BTreeMap<String, ValueSource>>,
+    #[schemars(length(min = 1, max = 64))]
+    pub form: Option<Vec<NamedValue>>,
 
-    /// Values for the placeholders in `raw` and `json`, each inline or from a Secret key.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub values: BTreeMap<String, ValueSource>,
-
-    /// The Content-Type of a `raw` body; `text/plain` by default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content_type: Option<String>,
+    /// Values for the placeholders in `raw` and `json`, each inline or read from a Secret or
+    /// ConfigMap key. Names are identifiers (`customer_ref`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), extend("x-kubernetes-validations" = [{"rule": "self.all(v, v.name.matches('^[A-Za-z_][A-Za-z0-9_]*$'))", "message": "placeholder names are identifiers such as customer_ref"}]))]
+    pub values: Vec<NamedValue>,
 }
 
-/// How a generic token request is authenticated. Set at most one of `basic`, `hmac` and `bearer`.
+/// Request body types.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum BodyType {
+    Raw,
+    #[serde(rename = "JSON")]
+    Json,
+    Form,
+    /// A body type this version of the operator does not know.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
+}
+
+/// How a generic token request is authenticated. `type` says which member holds the details;
+/// `None` sends no credentials.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [{"rule": "(has(self.basic) ? 1 : 0) + (has(self.hmac) ? 1 : 0) + (has(self.bearer) ? 1 : 0) <= 1", "message": "set at most one of basic, hmac and bearer"}]))]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "(self.type == 'Basic') == has(self.basic)", "message": "basic is required for type Basic, and only for it"},
+    {"rule": "(self.type == 'HMAC') == has(self.hmac)", "message": "hmac is required for type HMAC, and only for it"},
+    {"rule": "(self.type == 'Bearer') == has(self.bearer)", "message": "bearer is required for type Bearer, and only for it"}
+]))]
 pub struct HttpAuth {
+    /// `None`, `Basic`, `HMAC` or `Bearer`.
+    #[serde(rename = "type")]
+    pub type_: AuthType,
+
     /// HTTP Basic authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic: Option<BasicAuth>,
@@ -299,9 +528,32 @@ pub struct HttpAuth {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hmac: Option<HmacAuth>,
 
-    /// `Authorization: Bearer` with the token another TokenSource currently holds (chained tokens).
+    /// `Authorization: Bearer` with a token another TokenSource holds (a chain) or one kept in a
+    /// Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bearer: Option<BearerAuth>,
+}
+
+impl Default for HttpAuth {
+    fn default() -> Self {
+        Self { type_: AuthType::None, basic: None, hmac: None, bearer: None }
+    }
+}
+
+/// Request authentication types.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum AuthType {
+    /// No credentials are sent.
+    None,
+    Basic,
+    #[serde(rename = "HMAC")]
+    Hmac,
+    Bearer,
+    /// A type this version of the operator does not know: such a TokenSource is refused, never
+    /// sent unauthenticated.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 /// HTTP Basic credentials.
@@ -311,128 +563,234 @@ pub struct BasicAuth {
     /// The user name (client id).
     pub username: ValueSource,
     /// The password (client secret).
-    pub password: ValueSource,
+    pub password_secret_ref: SecretKeyRef,
 }
 
 /// An HMAC request-signing scheme.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HmacAuth {
-    /// The signing scheme. `imburse`: `Authorization: Hmac {publicKey}:{nonce}:{epoch}:{signature}`
+    /// The signing scheme. `Imburse`: `Authorization: Hmac {publicKey}:{nonce}:{epoch}:{signature}`
     /// with the signature an HMAC-SHA256 over `{publicKey}:{nonce}:{epoch}:{base64(sha256(body))}`.
     pub scheme: HmacScheme,
     /// The public key (key id).
     pub public_key: ValueSource,
     /// The private key.
-    pub private_key: ValueSource,
-    /// How the private key is encoded: `base64` (decoded to bytes before signing, as Imburse's
-    /// samples do; the default) or `raw` (its UTF-8 bytes are the key).
+    pub private_key_secret_ref: SecretKeyRef,
+    /// How the private key is encoded in its Secret: `Base64` (decoded to bytes before signing,
+    /// as Imburse's samples do) or `None` (its UTF-8 bytes are the key).
     #[serde(default)]
     pub private_key_encoding: KeyEncoding,
 }
 
 /// HMAC signing schemes.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
 pub enum HmacScheme {
     /// Imburse's tenant API key scheme.
     Imburse,
+    /// A scheme this version of the operator does not know.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 /// How a key is encoded in its Secret.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
 pub enum KeyEncoding {
     #[default]
     Base64,
-    Raw,
+    None,
+    /// An encoding this version of the operator does not know.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
-/// A bearer token taken from another TokenSource.
+/// Where a bearer token comes from. Set exactly one of `tokenSourceRef` and `tokenSecretRef`.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "has(self.tokenSourceRef) != has(self.tokenSecretRef)", "message": "set exactly one of tokenSourceRef and tokenSecretRef"}]))]
 pub struct BearerAuth {
-    /// The TokenSource, in the same namespace, whose current token authenticates this request.
-    pub token_source_ref: LocalRef,
-}
-
-/// A reference to an object in the same namespace.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct LocalRef {
-    /// The object's name.
-    #[schemars(length(min = 1, max = 253))]
-    pub name: String,
+    /// The TokenSource, in the same namespace, whose current token authenticates this request
+    /// (chained tokens). While it holds no valid token, this TokenSource waits and calls nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_source_ref: Option<TokenSourceRef>,
+    /// A Secret key holding a static bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<SecretKeyRef>,
 }
 
 /// Where the parts of a token reply are, as JSONPath (RFC 9535) expressions such as
 /// `$.accessToken`.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResponseSpec {
-    /// The token; `$.access_token` by default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token_path: Option<String>,
+    /// The token.
+    #[serde(default = "ReplyPath::access_token")]
+    pub token: ReplyPath,
 
-    /// The token type; `$.token_type` by default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token_type_path: Option<String>,
+    /// The token type (such as `Bearer`); not an error when the reply has none.
+    #[serde(default = "ReplyPath::token_type")]
+    pub token_type: ReplyPath,
 
-    /// The granted scopes; `$.scope` by default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scope_path: Option<String>,
+    /// The granted scopes, space-separated; not an error when the reply has none.
+    #[serde(default = "ReplyPath::scope")]
+    pub scope: ReplyPath,
 
-    /// A relative lifetime in seconds (a number or a numeric string); `$.expires_in` by default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_in_path: Option<String>,
+    /// When the token expires.
+    #[serde(default)]
+    pub expiry: ExpirySpec,
 
-    /// An absolute expiry, read with `expiresAtFormat`. Takes precedence over `expiresInPath`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at_path: Option<String>,
+    /// Extra reply fields to copy into the target Secret, such as
+    /// `{key: merchant_code, jsonPath: $.merchant_code}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["key"]))]
+    pub fields: Vec<ReplyField>,
+}
 
-    /// How the absolute expiry is written: `unixSeconds`, `unixMilliseconds` (numbers or numeric
-    /// strings, such as Imburse's `"1560514835115"`) or `rfc3339`. Default: `rfc3339` for
-    /// strings that are not numbers, otherwise `unixSeconds`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at_format: Option<ExpiryFormat>,
+impl Default for ResponseSpec {
+    fn default() -> Self {
+        Self {
+            token: ReplyPath::access_token(),
+            token_type: ReplyPath::token_type(),
+            scope: ReplyPath::scope(),
+            expiry: ExpirySpec::default(),
+            fields: vec![],
+        }
+    }
+}
 
-    /// Extra reply fields to copy into the target Secret: Secret key to JSONPath, for example
-    /// `merchant_code: $.merchant_code`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub fields: BTreeMap<String, String>,
+/// A place in the reply.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplyPath {
+    /// A JSONPath (RFC 9535), starting with `$`.
+    #[schemars(length(min = 1, max = 1024), regex(pattern = JSON_PATH))]
+    pub json_path: String,
+}
+
+impl ReplyPath {
+    fn at(path: &str) -> Self {
+        Self { json_path: path.into() }
+    }
+    fn access_token() -> Self {
+        Self::at("$.access_token")
+    }
+    fn token_type() -> Self {
+        Self::at("$.token_type")
+    }
+    fn scope() -> Self {
+        Self::at("$.scope")
+    }
+}
+
+/// A reply field copied into the Secret.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "!(self.key in ['token', 'token_type', 'expires_at', 'scope'])", "message": "token, token_type, expires_at and scope are written by the operator", "fieldPath": ".key"}]))]
+pub struct ReplyField {
+    /// The Secret key.
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY))]
+    pub key: String,
+    /// A JSONPath (RFC 9535) into the reply, starting with `$`.
+    #[schemars(length(min = 1, max = 1024), regex(pattern = JSON_PATH))]
+    pub json_path: String,
+}
+
+/// Where a token's expiry comes from. `type` says how it is read.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.type != 'ExpiresAt' || (has(self.jsonPath) && has(self.format))", "message": "type ExpiresAt needs jsonPath and format"},
+    {"rule": "self.type in ['ExpiresIn', 'ExpiresAt'] || !has(self.jsonPath)", "message": "jsonPath is for types ExpiresIn and ExpiresAt", "fieldPath": ".jsonPath"},
+    {"rule": "self.type == 'ExpiresAt' || !has(self.format)", "message": "format is for type ExpiresAt", "fieldPath": ".format"},
+    {"rule": "self.type == 'Auto' || !has(self.defaultLifetime)", "message": "defaultLifetime is for type Auto", "fieldPath": ".defaultLifetime"}
+]))]
+pub struct ExpirySpec {
+    /// `Auto`: `expires_in` if the reply has it, else the token's JWT `exp` claim, else
+    /// `defaultLifetime`. `ExpiresIn`: a lifetime in seconds at `jsonPath` (`$.expires_in` when
+    /// unset). `ExpiresAt`: an absolute time at `jsonPath` in `format`. `JWT`: the token's `exp`
+    /// claim (decoded, not verified).
+    #[serde(rename = "type", default)]
+    pub type_: ExpiryType,
+    /// Where the lifetime or the expiry is, for `ExpiresIn` and `ExpiresAt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = JSON_PATH))]
+    pub json_path: Option<String>,
+    /// How an `ExpiresAt` time is written: `UnixSeconds`, `UnixMilliseconds` (numbers or numeric
+    /// strings, such as Imburse's `"1560514835115"`) or `RFC3339`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<ExpiryFormat>,
+    /// For `Auto`: the lifetime to assume when the reply gives none, such as `1h`. Without it
+    /// such a reply is an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION), length(max = 32))]
+    pub default_lifetime: Option<String>,
+}
+
+impl Default for ExpirySpec {
+    fn default() -> Self {
+        Self { type_: ExpiryType::Auto, json_path: None, format: None, default_lifetime: None }
+    }
+}
+
+/// How a token's expiry is found.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ExpiryType {
+    #[default]
+    Auto,
+    ExpiresIn,
+    ExpiresAt,
+    #[serde(rename = "JWT")]
+    Jwt,
+    /// A type this version of the operator does not know.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 /// How an absolute expiry is written.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
 pub enum ExpiryFormat {
     UnixSeconds,
     UnixMilliseconds,
+    #[serde(rename = "RFC3339")]
     Rfc3339,
+    /// A format this version of the operator does not know.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
-/// When a token is renewed. Set at most one of `renewBefore` and `renewBeforePercentage`.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+/// When a token is renewed.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [{"rule": "!(has(self.renewBefore) && has(self.renewBeforePercentage))", "message": "set at most one of renewBefore and renewBeforePercentage"}]))]
-pub struct RefreshSpec {
-    /// How long before expiry to renew, as a duration such as `10m` or `1h30m`. Default: when a
-    /// third of the token's lifetime is left.
+pub struct RenewalSpec {
+    /// How long before expiry to renew, such as `10m` or `1h30m`. Takes precedence over
+    /// `renewBeforePercentage`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = DURATION), length(max = 32))]
     pub renew_before: Option<String>,
 
-    /// How much of the lifetime should be left when the token is renewed, in percent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// How much of the token's lifetime should be *left* when it is renewed, in percent (as
+    /// cert-manager counts; Vault Secrets Operator's `renewalPercent` counts the elapsed part).
+    /// A tenth of the renewal window is added at random per token, so tokens issued together do
+    /// not renew together.
+    #[serde(default = "RenewalSpec::default_percentage")]
     #[schemars(range(min = 1, max = 99))]
-    pub renew_before_percentage: Option<u8>,
+    pub renew_before_percentage: i32,
+}
 
-    /// The lifetime to assume when the reply gives none (no `expires_in`, no absolute expiry,
-    /// and the token is not a JWT with an `exp` claim), such as `1h`. Without it such a
-    /// token is an error.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
-    pub default_lifetime: Option<String>,
+impl RenewalSpec {
+    fn default_percentage() -> i32 {
+        33
+    }
+}
+
+impl Default for RenewalSpec {
+    fn default() -> Self {
+        Self { renew_before: None, renew_before_percentage: Self::default_percentage() }
+    }
 }
 
 /// The Secret the token is written to.
@@ -440,48 +798,143 @@ pub struct RefreshSpec {
 #[serde(rename_all = "camelCase")]
 pub struct TargetSpec {
     /// The Secret's name, in the TokenSource's namespace. The operator creates it and refuses to
-    /// take over a Secret it did not create.
+    /// take over a Secret it did not create. Cannot be changed.
     #[schemars(
         length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        regex(pattern = DNS_SUBDOMAIN),
+        extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "target.name cannot be changed; create another TokenSource"}])
     )]
-    pub secret_name: String,
+    pub name: String,
 
-    /// What happens to the Secret when the TokenSource is deleted: `Delete` (the default; the
-    /// Secret is owned by the TokenSource and garbage-collected) or `Retain`.
+    /// Who owns the Secret: `Owner` (the TokenSource; the Secret is deleted with it through its
+    /// owner reference) or `Orphan` (the Secret is kept when the TokenSource is deleted).
     #[serde(default)]
-    pub deletion_policy: DeletionPolicy,
+    pub creation_policy: CreationPolicy,
 
-    /// The Secret's type; `Opaque` by default. For `kubernetes.io/dockerconfigjson`, render the
-    /// `.dockerconfigjson` key with a template.
-    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
-    pub type_: Option<String>,
+    /// The shape of the Secret: its type, extra labels and annotations, and keys rendered from
+    /// templates.
+    #[serde(default)]
+    pub template: SecretTemplate,
+}
 
-    /// Extra Secret keys rendered from templates (MiniJinja, Jinja2 syntax) over the token
-    /// reply. Variables: `token`, `token_type`, `expires_at` (RFC 3339), `expires_at_unix`,
-    /// `scope`, `response` (the whole JSON reply). Filters include `b64encode` and `tojson`.
-    /// Example: `authorization: "Bearer {{ token }}"`. A key here replaces a default key of the
-    /// same name.
+/// Who owns the target Secret.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CreationPolicy {
+    /// The TokenSource owns the Secret; it is garbage-collected with it.
+    #[default]
+    Owner,
+    /// The Secret is kept when the TokenSource is deleted.
+    Orphan,
+    /// A policy this version of the operator does not know.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
+}
+
+/// The shape of the target Secret.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.mergePolicy != 'Replace' || size(self.data) > 0", "message": "mergePolicy Replace needs data: it writes only the template's keys"}
+]))]
+pub struct SecretTemplate {
+    /// The Secret's type, such as `Opaque` or `kubernetes.io/dockerconfigjson`. Cannot be changed.
+    #[serde(rename = "type", default = "SecretTemplate::opaque")]
+    #[schemars(
+        length(min = 1, max = 253),
+        extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "the Secret type cannot be changed; create another TokenSource"}])
+    )]
+    pub type_: String,
+
+    /// Extra labels and annotations for the Secret.
+    #[serde(default, skip_serializing_if = "TemplateMetadata::is_empty")]
+    pub metadata: TemplateMetadata,
+
+    /// The template language version: `v1` (MiniJinja, Jinja2 syntax; variables `token`,
+    /// `token_type`, `expires_at` (RFC 3339), `expires_at_unix`, `scope`, and `response`, the
+    /// whole JSON reply; filters include `b64encode`, `tojson` and `urlencode`).
+    #[serde(default)]
+    pub engine_version: EngineVersion,
+
+    /// `Merge`: the Secret holds `token`, `token_type`, `expires_at`, `scope`, the copied
+    /// `response.fields` and `data`. `Replace`: it holds only `data` (such a TokenSource cannot be
+    /// the upstream of a chain, which reads `token`).
+    #[serde(default)]
+    pub merge_policy: MergePolicy,
+
+    /// Secret keys rendered from templates, such as `authorization: "Bearer {{ token }}"`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub templates: BTreeMap<String, String>,
+    #[schemars(
+        length(max = 32),
+        extend("x-kubernetes-validations" = [
+            {"rule": "self.all(k, k.matches('^[-._a-zA-Z0-9]+$') && size(k) <= 253)", "message": "keys must be Secret keys: letters, digits, '-', '_' and '.'"},
+            {"rule": "self.all(k, !(k in ['token', 'token_type', 'expires_at', 'scope']))", "message": "token, token_type, expires_at and scope are written by the operator"}
+        ]),
+        extend("additionalProperties" = {"type": "string", "maxLength": 65536})
+    )]
+    pub data: BTreeMap<String, String>,
+}
 
-    /// Extra labels for the Secret.
+impl SecretTemplate {
+    fn opaque() -> String {
+        "Opaque".into()
+    }
+}
+
+impl Default for SecretTemplate {
+    fn default() -> Self {
+        Self {
+            type_: Self::opaque(),
+            metadata: TemplateMetadata::default(),
+            engine_version: EngineVersion::default(),
+            merge_policy: MergePolicy::default(),
+            data: BTreeMap::new(),
+        }
+    }
+}
+
+/// Extra labels and annotations.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateMetadata {
+    /// Extra labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(length(max = 64))]
     pub labels: BTreeMap<String, String>,
-
-    /// Extra annotations for the Secret.
+    /// Extra annotations.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(length(max = 64))]
     pub annotations: BTreeMap<String, String>,
 }
 
-/// What happens to the target Secret when its TokenSource is deleted.
+impl TemplateMetadata {
+    fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.annotations.is_empty()
+    }
+}
+
+/// Template language versions.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub enum DeletionPolicy {
-    /// The Secret is deleted with the TokenSource.
+pub enum EngineVersion {
     #[default]
-    Delete,
-    /// The Secret is kept.
-    Retain,
+    #[serde(rename = "v1")]
+    V1,
+    /// A version this version of the operator does not know.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
+}
+
+/// How the template's keys combine with the operator's.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum MergePolicy {
+    #[default]
+    Merge,
+    Replace,
+    /// A policy this version of the operator does not know.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 /// The observed state of a TokenSource.
@@ -490,127 +943,150 @@ pub enum DeletionPolicy {
 pub struct TokenSourceStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub observed_generation: Option<i64>,
 
     /// `Ready`: the target Secret holds a valid token. `Degraded`: the last attempt to get a token
-    /// failed (the Secret may still hold a valid one).
+    /// failed (the Secret may still hold a valid one); its reason and message say why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
 
-    /// When the token in the Secret expires (RFC 3339).
+    /// When the token in the Secret expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<String>,
+    pub expiration_time: Option<Time>,
 
-    /// When the token in the Secret was obtained (RFC 3339).
+    /// When the operator will next ask for a token: the scheduled renewal, or the next retry
+    /// after a failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refreshed_at: Option<String>,
+    pub renewal_time: Option<Time>,
 
-    /// When the operator will next ask for a token (RFC 3339): the scheduled renewal, or the next
-    /// retry after a failure.
+    /// When the token in the Secret was obtained.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_refresh_at: Option<String>,
+    pub last_renewal_time: Option<Time>,
 
     /// The token type the endpoint reported, such as `Bearer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_type: Option<String>,
 
-    /// The scopes the endpoint granted, space-separated.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scopes: Option<String>,
+    /// The scopes the endpoint granted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
 
-    /// Consecutive failed attempts since the last success.
+    /// Consecutive failed attempts to get a token since the last success.
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub failures: u32,
+    #[schemars(range(min = 0))]
+    pub failed_renewal_attempts: i32,
 
-    /// The most recent failure.
+    /// When the last attempt failed; the `Degraded` condition says why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_failure: Option<Failure>,
+    pub last_failure_time: Option<Time>,
 }
 
-fn is_zero(n: &u32) -> bool {
+fn is_zero(n: &i32) -> bool {
     *n == 0
 }
 
-/// A status condition, as the Kubernetes API conventions define it.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Condition {
-    /// The condition type, such as `Ready`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// `True`, `False` or `Unknown`.
-    pub status: String,
-    /// A PascalCase word for why the condition is as it is.
-    pub reason: String,
-    /// A human-readable explanation.
-    #[serde(default)]
-    pub message: String,
-    /// When `status` last changed (RFC 3339).
-    pub last_transition_time: String,
-    /// The generation the condition was computed for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-}
-
-/// A failed attempt to obtain a token.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Failure {
-    /// When it happened (RFC 3339).
-    pub time: String,
-    /// A PascalCase word for the kind of failure, such as `ProviderRejected`.
-    pub reason: String,
-    /// What went wrong, including what the token endpoint answered. Never holds a credential or token.
-    pub message: String,
+/// `metav1.Condition` with the checks the Kubernetes API applies to it (as controller-gen writes
+/// them), listed by type.
+fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut item = generator.subschema_for::<Condition>().to_value();
+    if let Some(reference) = item.get("$ref").and_then(Value::as_str).map(String::from) {
+        let name = reference.rsplit('/').next().unwrap_or_default().to_string();
+        item = generator.definitions().get(&name).cloned().unwrap_or(item);
+    }
+    let checks = json!({
+        "type": {"maxLength": 316, "pattern": r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"},
+        "status": {"enum": ["True", "False", "Unknown"]},
+        "observedGeneration": {"minimum": 0},
+        "reason": {"minLength": 1, "maxLength": 1024, "pattern": r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"},
+        "message": {"maxLength": 32768},
+        "lastTransitionTime": {"type": "string", "format": "date-time"},
+    });
+    if let (Some(props), Some(checks)) = (item.get_mut("properties").and_then(Value::as_object_mut), checks.as_object())
+    {
+        for (field, extra) in checks {
+            let Some(prop) = props.get_mut(field).and_then(Value::as_object_mut) else { continue };
+            prop.remove("$ref");
+            prop.remove("allOf");
+            for (k, v) in extra.as_object().into_iter().flatten() {
+                prop.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    let schema = json!({
+        "type": "array",
+        "maxItems": 8,
+        "items": item,
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+    });
+    schemars::Schema::try_from(schema).unwrap_or_default()
 }
 
 impl TokenSourceSpec {
-    /// The TokenSources this one takes its bearer token from.
+    /// The TokenSource this one takes its bearer token from, if any.
     pub fn upstream(&self) -> Option<&str> {
-        self.http
-            .as_ref()
-            .and_then(|h| h.auth.as_ref())
-            .and_then(|a| a.bearer.as_ref())
-            .map(|b| b.token_source_ref.name.as_str())
+        let http = self.http.as_ref()?;
+        if http.auth.type_ != AuthType::Bearer {
+            return None;
+        }
+        http.auth.bearer.as_ref()?.token_source_ref.as_ref().map(|r| r.name.as_str())
     }
 
-    /// Every Secret key the spec reads credentials from, the client certificate included.
-    pub fn secret_refs(&self) -> Vec<SecretKeyRef> {
-        let mut sources: Vec<&ValueSource> = vec![];
-        let mut refs: Vec<&SecretKeyRef> = vec![];
+    /// Every value source of the spec, with the field it belongs to.
+    fn value_sources(&self) -> Vec<ValueSource> {
+        let mut out = vec![];
         if let Some(o) = &self.oauth2 {
-            sources.push(&o.client_id);
-            sources.extend(&o.client_secret);
-            refs.extend(o.private_key_jwt.as_ref().map(|j| &j.private_key));
-        }
-        if let Some(tls) = &self.tls {
-            refs.extend(tls.ca_bundle.as_ref().and_then(|c| c.secret_key_ref.as_ref()));
+            out.push(o.client_id.clone());
+            out.extend(o.parameters.iter().chain(&o.headers).map(NamedValue::source));
         }
         if let Some(h) = &self.http {
-            sources.extend(h.headers.values());
+            out.extend(h.headers.iter().map(NamedValue::source));
             if let Some(b) = &h.body {
-                sources.extend(b.values.values());
-                if let Some(f) = &b.form {
-                    sources.extend(f.values());
-                }
+                out.extend(b.values.iter().chain(b.form.iter().flatten()).map(NamedValue::source));
             }
-            if let Some(a) = &h.auth {
-                if let Some(b) = &a.basic {
-                    sources.push(&b.username);
-                    sources.push(&b.password);
-                }
-                if let Some(m) = &a.hmac {
-                    sources.push(&m.public_key);
-                    sources.push(&m.private_key);
-                }
+            if let Some(b) = &h.auth.basic {
+                out.push(b.username.clone());
+            }
+            if let Some(m) = &h.auth.hmac {
+                out.push(m.public_key.clone());
             }
         }
-        refs.extend(sources.into_iter().filter_map(|s| s.secret_key_ref.as_ref()));
-        let mut out: Vec<SecretKeyRef> = refs.into_iter().cloned().collect();
+        out
+    }
+
+    /// Every Secret key the spec reads, the client certificate included.
+    pub fn secret_refs(&self) -> Vec<SecretKeyRef> {
+        let mut out: Vec<SecretKeyRef> =
+            self.value_sources().into_iter().filter_map(|v| v.value_from.and_then(|f| f.secret_key_ref)).collect();
+        if let Some(o) = &self.oauth2 {
+            out.extend(o.client_auth.client_secret_ref.clone());
+            out.extend(o.client_auth.private_key_jwt.as_ref().map(|j| j.private_key_secret_ref.clone()));
+        }
+        if let Some(h) = &self.http {
+            out.extend(h.auth.basic.as_ref().map(|b| b.password_secret_ref.clone()));
+            out.extend(h.auth.hmac.as_ref().map(|m| m.private_key_secret_ref.clone()));
+            out.extend(h.auth.bearer.as_ref().and_then(|b| b.token_secret_ref.clone()));
+        }
+        if let Some(tls) = &self.tls {
+            out.extend(tls.ca_bundle.as_ref().and_then(|c| c.secret_key_ref.clone()));
+        }
         if let Some((crt, key)) = self.client_certificate_refs() {
             out.push(crt);
             out.push(key);
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Every ConfigMap key the spec reads.
+    pub fn config_map_refs(&self) -> Vec<ConfigMapKeyRef> {
+        let mut out: Vec<ConfigMapKeyRef> =
+            self.value_sources().into_iter().filter_map(|v| v.value_from.and_then(|f| f.config_map_key_ref)).collect();
+        if let Some(tls) = &self.tls {
+            out.extend(tls.ca_bundle.as_ref().and_then(|c| c.config_map_key_ref.clone()));
         }
         out.sort();
         out.dedup();
@@ -627,8 +1103,54 @@ impl TokenSourceSpec {
     }
 }
 
+/// The CRD, with the schema cleaned of what the generator adds but Kubernetes conventions do not
+/// want: `nullable` on optional fields and `null` among enum values (an absent field is simply
+/// absent; the API server drops `null`s of fields that are not nullable), and descriptions
+/// reflowed (doc comments break lines at 100 columns; `kubectl explain` wraps them itself).
+pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    let mut crd = TokenSource::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut())
+            && let Ok(mut v) = serde_json::to_value(&*schema)
+        {
+            clean(&mut v);
+            if let Ok(cleaned) = serde_json::from_value(v) {
+                *schema = cleaned;
+            }
+        }
+    }
+    crd
+}
+
+fn clean(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            if map.get("nullable") == Some(&Value::Bool(true)) {
+                map.remove("nullable");
+            }
+            if let Some(Value::Array(values)) = map.get_mut("enum") {
+                values.retain(|e| !e.is_null());
+            }
+            if let Some(Value::String(d)) = map.get_mut("description") {
+                *d = reflow(d);
+            }
+            map.values_mut().for_each(clean);
+        }
+        Value::Array(items) => items.iter_mut().for_each(clean),
+        _ => {}
+    }
+}
+
+/// Joins the lines of each paragraph; paragraphs stay apart.
+fn reflow(text: &str) -> String {
+    text.split("\n\n")
+        .map(|p| p.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
 /// The CRD as YAML, as `tokensource-operator crd` prints it and `crds/` holds it.
 pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
-    use kube::CustomResourceExt;
-    serde_saphyr::to_string(&TokenSource::crd())
+    serde_saphyr::to_string(&crd())
 }

@@ -79,7 +79,7 @@ pub enum Error {
     CredentialsInvalid(String),
     /// The target Secret exists and was not created for this TokenSource.
     #[error(
-        "Secret {0:?} already exists and is not managed by this TokenSource; delete it or choose another target.secretName"
+        "Secret {0:?} already exists and is not managed by this TokenSource; delete it or choose another target.name"
     )]
     SecretConflict(String),
     /// A chained TokenSource has no usable token.
@@ -147,6 +147,14 @@ impl Error {
                 | Self::RenderSecret(_)
                 | Self::Upstream { state: UpstreamState::Missing, .. }
         )
+    }
+
+    /// The refusal of a value this version of the operator does not know (written by a newer
+    /// version): the TokenSource is refused, never half-understood.
+    pub fn unsupported(field: &str) -> Self {
+        Self::InvalidSpec(format!(
+            "{field} has a value this version of the operator does not support; upgrade the operator or change the TokenSource"
+        ))
     }
 
     /// The `Retry-After` the provider asked for, if any.

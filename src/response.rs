@@ -7,7 +7,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 use serde_json_path::JsonPath;
 
-use crate::crd::{ExpiryFormat, ResponseSpec};
+use crate::crd::{ExpiryFormat, ExpiryType, ResponseSpec};
 use crate::error::{Error, ProviderError};
 
 /// Where a token's expiry came from.
@@ -32,14 +32,26 @@ pub struct Token {
     pub raw: Value,
 }
 
+/// How the expiry is read, compiled.
+#[derive(Debug)]
+enum Expiry {
+    /// `expires_in` if the reply has it, else the JWT `exp`, else the default lifetime.
+    Auto {
+        expires_in: JsonPath,
+        default_lifetime: Option<SignedDuration>,
+    },
+    ExpiresIn(JsonPath),
+    ExpiresAt(JsonPath, ExpiryFormat),
+    Jwt,
+}
+
 /// The compiled JSONPaths of a response spec.
 #[derive(Debug)]
 pub struct Reader {
     token: JsonPath,
     token_type: JsonPath,
     scope: JsonPath,
-    expires_in: JsonPath,
-    expires_at: Option<(JsonPath, Option<ExpiryFormat>)>,
+    expiry: Expiry,
     fields: Vec<(String, JsonPath)>,
 }
 
@@ -49,40 +61,52 @@ fn compile(field: &str, path: &str) -> Result<JsonPath, Error> {
 }
 
 impl Reader {
-    /// Compiles the paths, or the RFC 6749 defaults when there is no response spec.
-    pub fn new(spec: Option<&ResponseSpec>) -> Result<Self, Error> {
-        let default = ResponseSpec::default();
-        let s = spec.unwrap_or(&default);
-        let path =
-            |field: &str, given: &Option<String>, fallback: &str| compile(field, given.as_deref().unwrap_or(fallback));
+    /// Compiles the paths of a response spec.
+    pub fn new(s: &ResponseSpec) -> Result<Self, Error> {
         let mut fields = vec![];
-        for (key, p) in &s.fields {
-            if !crate::names::is_secret_key(key) {
-                return Err(Error::InvalidSpec(format!("response.fields: {key:?} is not a valid Secret key")));
+        for f in &s.fields {
+            if !crate::names::is_secret_key(&f.key) {
+                return Err(Error::InvalidSpec(format!("response.fields: {:?} is not a valid Secret key", f.key)));
             }
-            fields.push((key.clone(), compile(&format!("fields.{key}"), p)?));
+            if crate::crd::RESERVED_KEYS.contains(&f.key.as_str()) {
+                return Err(Error::InvalidSpec(format!("response.fields: {:?} is written by the operator", f.key)));
+            }
+            fields.push((f.key.clone(), compile(&format!("fields[{}].jsonPath", f.key), &f.json_path)?));
         }
-        Ok(Self {
-            token: path("tokenPath", &s.token_path, "$.access_token")?,
-            token_type: path("tokenTypePath", &s.token_type_path, "$.token_type")?,
-            scope: path("scopePath", &s.scope_path, "$.scope")?,
-            expires_in: path("expiresInPath", &s.expires_in_path, "$.expires_in")?,
-            expires_at: s
-                .expires_at_path
+        let e = &s.expiry;
+        let path = |fallback: Option<&str>| -> Result<JsonPath, Error> {
+            let p = e
+                .json_path
                 .as_deref()
-                .map(|p| compile("expiresAtPath", p).map(|c| (c, s.expires_at_format)))
-                .transpose()?,
+                .or(fallback)
+                .ok_or_else(|| Error::InvalidSpec(format!("response.expiry: type {:?} needs jsonPath", e.type_)))?;
+            compile("expiry.jsonPath", p)
+        };
+        let expiry = match e.type_ {
+            ExpiryType::Auto => Expiry::Auto {
+                expires_in: compile("expiry", "$.expires_in")?,
+                default_lifetime: e.default_lifetime.as_deref().map(crate::schedule::parse_duration).transpose()?,
+            },
+            ExpiryType::ExpiresIn => Expiry::ExpiresIn(path(Some("$.expires_in"))?),
+            ExpiryType::ExpiresAt => match e.format {
+                Some(ExpiryFormat::Unknown) => return Err(Error::unsupported("response.expiry.format")),
+                Some(format) => Expiry::ExpiresAt(path(None)?, format),
+                None => return Err(Error::InvalidSpec("response.expiry: type ExpiresAt needs format".into())),
+            },
+            ExpiryType::Jwt => Expiry::Jwt,
+            ExpiryType::Unknown => return Err(Error::unsupported("response.expiry.type")),
+        };
+        Ok(Self {
+            token: compile("token.jsonPath", &s.token.json_path)?,
+            token_type: compile("tokenType.jsonPath", &s.token_type.json_path)?,
+            scope: compile("scope.jsonPath", &s.scope.json_path)?,
+            expiry,
             fields,
         })
     }
 
     /// Reads a reply received at `now`.
-    pub fn read(
-        &self,
-        body: &[u8],
-        default_lifetime: Option<SignedDuration>,
-        now: Timestamp,
-    ) -> Result<Token, ProviderError> {
+    pub fn read(&self, body: &[u8], now: Timestamp) -> Result<Token, ProviderError> {
         let now = crate::schedule::whole_second(now);
         let raw: Value = serde_json::from_slice(body)
             .map_err(|e| ProviderError::BadResponse(format!("the reply is not JSON ({e})")))?;
@@ -97,14 +121,14 @@ impl Reader {
                 )));
             }
         };
-        let (expires_at, lifetime_source) = self.expiry(&raw, &access_token, default_lifetime, now)?;
+        let (expires_at, lifetime_source) = self.expiry(&raw, &access_token, now)?;
         let expires_at = crate::schedule::whole_second(expires_at);
         if expires_at <= now {
             return Err(ProviderError::BadResponse(format!("the token expired already ({expires_at})")));
         }
         if expires_at > now + SignedDuration::from_hours(24 * 366 * 5) {
             return Err(ProviderError::BadResponse(format!(
-                "the expiry {expires_at} is more than five years away; check response.expiresAtFormat"
+                "the expiry {expires_at} is more than five years away; check response.expiry.format"
             )));
         }
         let mut fields = BTreeMap::new();
@@ -128,34 +152,47 @@ impl Reader {
         })
     }
 
-    fn expiry(
-        &self,
-        raw: &Value,
-        token: &str,
-        default_lifetime: Option<SignedDuration>,
-        now: Timestamp,
-    ) -> Result<(Timestamp, LifetimeSource), ProviderError> {
-        if let Some((path, format)) = &self.expires_at
-            && let Some(v) = first(path, raw)
-        {
-            return parse_expiry(v, *format).map(|t| (t, LifetimeSource::ExpiresAt));
-        }
-        if let Some(v) = first(&self.expires_in, raw) {
-            let secs =
-                number(v).ok_or_else(|| ProviderError::BadResponse(format!("{} is not a number", self.expires_in)))?;
+    fn expiry(&self, raw: &Value, token: &str, now: Timestamp) -> Result<(Timestamp, LifetimeSource), ProviderError> {
+        let relative = |path: &JsonPath, v: &Value| -> Result<Timestamp, ProviderError> {
+            let secs = number(v).ok_or_else(|| ProviderError::BadResponse(format!("{path} is not a number")))?;
             if secs <= 0.0 {
-                return Err(ProviderError::BadResponse(format!("{} is not positive", self.expires_in)));
+                return Err(ProviderError::BadResponse(format!("{path} is not positive")));
             }
-            return Ok((now + SignedDuration::from_secs_f64(secs.min(1e10)), LifetimeSource::ExpiresIn));
-        }
-        if let Some(exp) = jwt_exp(token) {
-            return Ok((exp, LifetimeSource::JwtExp));
-        }
-        match default_lifetime {
-            Some(d) => Ok((now + d, LifetimeSource::Default)),
-            None => Err(ProviderError::BadResponse(
-                "the reply gives no lifetime (no expires_in, no absolute expiry, not a JWT with exp); set refresh.defaultLifetime".into(),
-            )),
+            Ok(now + SignedDuration::from_secs_f64(secs.min(1e10)))
+        };
+        let jwt = || {
+            jwt_exp(token).ok_or_else(|| {
+                ProviderError::BadResponse("the token is not a JWT with an exp claim (response.expiry.type JWT)".into())
+            })
+        };
+        match &self.expiry {
+            Expiry::ExpiresAt(path, format) => {
+                let v = first(path, raw).ok_or_else(|| {
+                    ProviderError::BadResponse(format!("no expiry at {path} (reply fields: {})", field_names(raw)))
+                })?;
+                parse_expiry(v, *format).map(|t| (t, LifetimeSource::ExpiresAt))
+            }
+            Expiry::ExpiresIn(path) => {
+                let v = first(path, raw).ok_or_else(|| {
+                    ProviderError::BadResponse(format!("no lifetime at {path} (reply fields: {})", field_names(raw)))
+                })?;
+                relative(path, v).map(|t| (t, LifetimeSource::ExpiresIn))
+            }
+            Expiry::Jwt => jwt().map(|t| (t, LifetimeSource::JwtExp)),
+            Expiry::Auto { expires_in, default_lifetime } => {
+                if let Some(v) = first(expires_in, raw) {
+                    return relative(expires_in, v).map(|t| (t, LifetimeSource::ExpiresIn));
+                }
+                if let Some(exp) = jwt_exp(token) {
+                    return Ok((exp, LifetimeSource::JwtExp));
+                }
+                match default_lifetime {
+                    Some(d) => Ok((now + *d, LifetimeSource::Default)),
+                    None => Err(ProviderError::BadResponse(
+                        "the reply gives no lifetime (no expires_in, and the token is not a JWT with exp); set response.expiry.defaultLifetime or another response.expiry.type".into(),
+                    )),
+                }
+            }
         }
     }
 }
@@ -183,15 +220,10 @@ fn number(v: &Value) -> Option<f64> {
     }
 }
 
-/// Reads an absolute expiry in the given format (or guesses: RFC 3339 for non-numeric strings,
-/// Unix seconds for numbers).
-pub fn parse_expiry(v: &Value, format: Option<ExpiryFormat>) -> Result<Timestamp, ProviderError> {
+/// Reads an absolute expiry in the given format.
+pub fn parse_expiry(v: &Value, format: ExpiryFormat) -> Result<Timestamp, ProviderError> {
     let bad =
-        |what: &str| ProviderError::BadResponse(format!("expiry {v} is not {what}; check response.expiresAtFormat"));
-    let format = format.unwrap_or(match (v, number(v)) {
-        (_, Some(_)) => ExpiryFormat::UnixSeconds,
-        _ => ExpiryFormat::Rfc3339,
-    });
+        |what: &str| ProviderError::BadResponse(format!("expiry {v} is not {what}; check response.expiry.format"));
     match format {
         ExpiryFormat::Rfc3339 => {
             v.as_str().and_then(|s| s.parse::<Timestamp>().ok()).ok_or_else(|| bad("an RFC 3339 time"))
@@ -202,6 +234,7 @@ pub fn parse_expiry(v: &Value, format: Option<ExpiryFormat>) -> Result<Timestamp
         ExpiryFormat::UnixMilliseconds => {
             number(v).and_then(|n| Timestamp::from_millisecond(n as i64).ok()).ok_or_else(|| bad("Unix milliseconds"))
         }
+        ExpiryFormat::Unknown => Err(bad("in a format this version of the operator knows")),
     }
 }
 
@@ -220,11 +253,12 @@ pub fn jwt_exp(token: &str) -> Option<Timestamp> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use serde_json::json;
 
+    use super::*;
+
     fn now() -> Timestamp {
-        Timestamp::from_second(1_800_000_000).unwrap_or(Timestamp::UNIX_EPOCH)
+        Timestamp::from_second(1_800_000_000).unwrap()
     }
 
     fn jwt(claims: Value) -> String {
@@ -232,16 +266,20 @@ mod tests {
         format!("{}.{}.sig", b(&json!({"alg": "RS256"})), b(&claims))
     }
 
-    fn read(spec: Option<ResponseSpec>, body: Value, default: Option<SignedDuration>) -> Result<Token, ProviderError> {
-        Reader::new(spec.as_ref()).unwrap().read(body.to_string().as_bytes(), default, now())
+    /// A response spec from its JSON form, with the defaults the CRD schema would fill in.
+    fn spec(v: Value) -> ResponseSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn read(spec: &ResponseSpec, body: Value) -> Result<Token, ProviderError> {
+        Reader::new(spec).unwrap().read(body.to_string().as_bytes(), now())
     }
 
     #[test]
     fn podero_reply() {
         let t = read(
-            None,
+            &ResponseSpec::default(),
             json!({"access_token": "abc", "expires_in": 36000, "token_type": "Bearer", "scope": "read write"}),
-            None,
         )
         .unwrap();
         assert_eq!(t.access_token, "abc");
@@ -254,72 +292,85 @@ mod tests {
     #[test]
     fn interswitch_reply_uses_the_jwt_exp_and_copies_fields() {
         let token = jwt(json!({"exp": 1_800_003_600, "merchant_code": "MX1"}));
-        let spec = ResponseSpec {
-            fields: [
-                ("merchant_code".to_string(), "$.merchant_code".to_string()),
-                ("requestor_id".to_string(), "$.requestor_id".to_string()),
-            ]
-            .into(),
-            ..Default::default()
-        };
-        let t = read(Some(spec), json!({"access_token": token, "token_type": "bearer", "scope": "profile", "merchant_code": "MX1", "requestor_id": 12}), None)
-            .unwrap();
-        assert_eq!(t.expires_at, Timestamp::from_second(1_800_003_600).unwrap_or(now()));
+        let s = spec(json!({"fields": [
+            {"key": "merchant_code", "jsonPath": "$.merchant_code"},
+            {"key": "requestor_id", "jsonPath": "$.requestor_id"}
+        ]}));
+        let body = json!({"access_token": token, "token_type": "bearer", "scope": "profile", "merchant_code": "MX1", "requestor_id": 12});
+        let t = read(&s, body.clone()).unwrap();
+        assert_eq!(t.expires_at, Timestamp::from_second(1_800_003_600).unwrap());
         assert_eq!(t.lifetime_source, LifetimeSource::JwtExp);
         assert_eq!(t.fields.get("merchant_code").map(String::as_str), Some("MX1"));
         assert_eq!(t.fields.get("requestor_id").map(String::as_str), Some("12"));
+        let explicit = spec(json!({"expiry": {"type": "JWT"}}));
+        assert_eq!(read(&explicit, body).unwrap().lifetime_source, LifetimeSource::JwtExp);
+        assert!(read(&explicit, json!({"access_token": "opaque", "expires_in": 60})).is_err(), "JWT means JWT");
     }
 
     #[test]
     fn imburse_reply_with_millisecond_string() {
-        let spec = ResponseSpec {
-            token_path: Some("$.accessToken".into()),
-            expires_at_path: Some("$.expires".into()),
-            expires_at_format: Some(ExpiryFormat::UnixMilliseconds),
-            ..Default::default()
-        };
-        let t = read(Some(spec), json!({"accessToken": "tok", "expires": "1800000900115"}), None).unwrap();
+        let s = spec(
+            json!({"token": {"jsonPath": "$.accessToken"}, "expiry": {"type": "ExpiresAt", "jsonPath": "$.expires", "format": "UnixMilliseconds"}}),
+        );
+        let t = read(&s, json!({"accessToken": "tok", "expires": "1800000900115"})).unwrap();
         // Whole seconds, rounded down: the reported expiry is never later than the real one.
-        assert_eq!(t.expires_at, Timestamp::from_second(1_800_000_900).unwrap_or(now()));
+        assert_eq!(t.expires_at, Timestamp::from_second(1_800_000_900).unwrap());
         assert_eq!(t.lifetime_source, LifetimeSource::ExpiresAt);
+        let e = read(&s, json!({"accessToken": "tok", "expires_in": 60})).unwrap_err();
+        assert!(e.to_string().contains("no expiry at $.expires"), "an absent ExpiresAt is reported, not guessed: {e}");
+    }
+
+    #[test]
+    fn expires_in_at_another_path() {
+        let s = spec(json!({"expiry": {"type": "ExpiresIn", "jsonPath": "$.data.ttl"}}));
+        let t = read(&s, json!({"access_token": "t", "data": {"ttl": "600"}})).unwrap();
+        assert_eq!(t.expires_at, now() + SignedDuration::from_secs(600));
     }
 
     #[test]
     fn expiry_formats() {
-        let secs = Timestamp::from_second(1_800_000_600).unwrap_or(now());
-        assert_eq!(parse_expiry(&json!(1_800_000_600), None).ok(), Some(secs));
-        assert_eq!(parse_expiry(&json!("1800000600"), Some(ExpiryFormat::UnixSeconds)).ok(), Some(secs));
-        assert_eq!(parse_expiry(&json!(1_800_000_600_000i64), Some(ExpiryFormat::UnixMilliseconds)).ok(), Some(secs));
-        assert_eq!(parse_expiry(&json!("2027-01-15T08:10:00Z"), None).ok(), "2027-01-15T08:10:00Z".parse().ok());
+        let secs = Timestamp::from_second(1_800_000_600).unwrap();
+        assert_eq!(parse_expiry(&json!(1_800_000_600), ExpiryFormat::UnixSeconds).ok(), Some(secs));
+        assert_eq!(parse_expiry(&json!("1800000600"), ExpiryFormat::UnixSeconds).ok(), Some(secs));
+        assert_eq!(parse_expiry(&json!(1_800_000_600_000i64), ExpiryFormat::UnixMilliseconds).ok(), Some(secs));
         assert_eq!(
-            parse_expiry(&json!("2027-01-15T09:10:00+01:00"), Some(ExpiryFormat::Rfc3339)).ok(),
+            parse_expiry(&json!("2027-01-15T09:10:00+01:00"), ExpiryFormat::Rfc3339).ok(),
             "2027-01-15T08:10:00Z".parse().ok()
         );
-        assert!(parse_expiry(&json!("tomorrow"), None).is_err());
-        assert!(parse_expiry(&json!("soon"), Some(ExpiryFormat::UnixMilliseconds)).is_err());
+        assert!(parse_expiry(&json!("tomorrow"), ExpiryFormat::Rfc3339).is_err());
+        assert!(parse_expiry(&json!("soon"), ExpiryFormat::UnixMilliseconds).is_err());
     }
 
     #[test]
     fn implausible_or_missing_lifetimes_are_errors() {
         // Milliseconds read as seconds land tens of thousands of years out.
-        let spec = ResponseSpec { expires_at_path: Some("$.expires".into()), ..Default::default() };
-        let e = read(Some(spec), json!({"access_token": "t", "expires": "1800000900115"}), None).err();
-        assert!(e.is_some_and(|e| e.to_string().contains("expiresAtFormat")));
-        let e = read(None, json!({"access_token": "opaque"}), None).err();
-        assert!(e.is_some_and(|e| e.to_string().contains("refresh.defaultLifetime")));
-        let t = read(None, json!({"access_token": "opaque"}), Some(SignedDuration::from_mins(5))).unwrap();
+        let s = spec(json!({"expiry": {"type": "ExpiresAt", "jsonPath": "$.expires", "format": "UnixSeconds"}}));
+        let e = read(&s, json!({"access_token": "t", "expires": "1800000900115"})).unwrap_err();
+        assert!(e.to_string().contains("response.expiry.format"), "{e}");
+        let e = read(&ResponseSpec::default(), json!({"access_token": "opaque"})).unwrap_err();
+        assert!(e.to_string().contains("response.expiry.defaultLifetime"), "{e}");
+        let with_default = spec(json!({"expiry": {"type": "Auto", "defaultLifetime": "5m"}}));
+        let t = read(&with_default, json!({"access_token": "opaque"})).unwrap();
         assert_eq!(t.lifetime_source, LifetimeSource::Default);
-        assert!(read(None, json!({"access_token": "t", "expires_in": 0}), None).is_err());
+        assert!(read(&ResponseSpec::default(), json!({"access_token": "t", "expires_in": 0})).is_err());
         assert!(
-            read(None, json!({"token": "t", "expires_in": 10}), None)
+            read(&ResponseSpec::default(), json!({"token": "t", "expires_in": 10}))
                 .is_err_and(|e| e.to_string().contains("reply fields: expires_in, token"))
         );
-        assert!(read(None, json!({"access_token": "t", "expires_in": "60"}), None).is_ok());
+        assert!(read(&ResponseSpec::default(), json!({"access_token": "t", "expires_in": "60"})).is_ok());
     }
 
     #[test]
-    fn invalid_paths_are_spec_errors() {
-        let spec = ResponseSpec { token_path: Some("$[".into()), ..Default::default() };
-        assert!(matches!(Reader::new(Some(&spec)), Err(Error::InvalidSpec(_))));
+    fn invalid_paths_and_unknown_types_are_spec_errors() {
+        assert!(matches!(Reader::new(&spec(json!({"token": {"jsonPath": "$["}}))), Err(Error::InvalidSpec(_))));
+        assert!(matches!(Reader::new(&spec(json!({"expiry": {"type": "Sliding"}}))), Err(Error::InvalidSpec(_))));
+        assert!(matches!(
+            Reader::new(&spec(json!({"expiry": {"type": "ExpiresAt", "jsonPath": "$.e"}}))),
+            Err(Error::InvalidSpec(_))
+        ));
+        assert!(matches!(
+            Reader::new(&spec(json!({"fields": [{"key": "token", "jsonPath": "$.x"}]}))),
+            Err(Error::InvalidSpec(_))
+        ));
     }
 }

@@ -7,7 +7,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use sha2::{Digest, Sha256};
 
-use crate::crd::RefreshSpec;
+use crate::crd::RenewalSpec;
 use crate::error::{Error, RetryClass};
 
 /// How the renewal time of a token is chosen.
@@ -15,8 +15,8 @@ use crate::error::{Error, RetryClass};
 pub struct Policy {
     /// Renew this long before expiry.
     pub renew_before: Option<SignedDuration>,
-    /// Renew when this fraction of the lifetime is left.
-    pub renew_before_fraction: Option<f64>,
+    /// Renew when this fraction of the lifetime is left, unless `renew_before` is set.
+    pub renew_before_fraction: f64,
     /// Finish this long before expiry at the latest, so the kubelet can propagate the new token
     /// into mounted volumes (it syncs them about once a minute).
     pub propagation_margin: SignedDuration,
@@ -56,27 +56,16 @@ pub fn parse_duration(s: &str) -> Result<SignedDuration, Error> {
 }
 
 impl Policy {
-    pub fn new(spec: Option<&RefreshSpec>, propagation_margin: Duration) -> Result<Self, Error> {
+    pub fn new(spec: &RenewalSpec, propagation_margin: Duration) -> Result<Self, Error> {
         let margin = SignedDuration::try_from(propagation_margin).unwrap_or(SignedDuration::from_mins(2));
-        let Some(spec) = spec else {
-            return Ok(Self { renew_before: None, renew_before_fraction: None, propagation_margin: margin });
-        };
-        if spec.renew_before.is_some() && spec.renew_before_percentage.is_some() {
-            return Err(Error::InvalidSpec(
-                "set at most one of refresh.renewBefore and refresh.renewBeforePercentage".into(),
-            ));
-        }
         let renew_before = spec.renew_before.as_deref().map(parse_duration).transpose()?;
         if renew_before.is_some_and(|d| d <= SignedDuration::ZERO) {
-            return Err(Error::InvalidSpec("refresh.renewBefore must be positive".into()));
+            return Err(Error::InvalidSpec("renewal.renewBefore must be positive".into()));
         }
-        let fraction = match spec.renew_before_percentage {
-            Some(p) if !(1..=99).contains(&p) => {
-                return Err(Error::InvalidSpec("refresh.renewBeforePercentage must be between 1 and 99".into()));
-            }
-            Some(p) => Some(f64::from(p) / 100.0),
-            None => None,
-        };
+        if !(1..=99).contains(&spec.renew_before_percentage) {
+            return Err(Error::InvalidSpec("renewal.renewBeforePercentage must be between 1 and 99".into()));
+        }
+        let fraction = f64::from(spec.renew_before_percentage) / 100.0;
         Ok(Self { renew_before, renew_before_fraction: fraction, propagation_margin: margin })
     }
 
@@ -90,13 +79,12 @@ impl Policy {
         if lifetime <= SignedDuration::ZERO {
             return issued;
         }
-        let mut before = match (self.renew_before, self.renew_before_fraction) {
-            (Some(d), _) => d,
-            (None, Some(f)) => lifetime.mul_f64(f),
-            (None, None) => lifetime / 3,
+        let mut before = match self.renew_before {
+            Some(d) => d,
+            None => lifetime.mul_f64(self.renew_before_fraction),
         };
         if before >= lifetime {
-            before = lifetime / 3;
+            before = lifetime.mul_f64(self.renew_before_fraction);
         }
         let margin = self.propagation_margin.min(lifetime / 4);
         let before = before.max(margin);
@@ -158,15 +146,15 @@ mod tests {
         Timestamp::from_second(1_800_000_000 + s).unwrap_or(Timestamp::UNIX_EPOCH)
     }
 
-    fn policy(spec: Option<RefreshSpec>) -> Policy {
-        Policy::new(spec.as_ref(), Duration::from_secs(120)).unwrap()
+    fn policy(renew_before: Option<&str>, percentage: i32) -> Policy {
+        let spec = RenewalSpec { renew_before: renew_before.map(String::from), renew_before_percentage: percentage };
+        Policy::new(&spec, Duration::from_secs(120)).unwrap()
     }
 
     #[test]
     fn durations() {
         assert_eq!(parse_duration("90s").ok(), Some(SignedDuration::from_secs(90)));
         assert_eq!(parse_duration("1h30m").ok(), Some(SignedDuration::from_mins(90)));
-        assert_eq!(parse_duration("1.5h").ok(), Some(SignedDuration::from_mins(90)));
         assert_eq!(parse_duration("250ms").ok(), Some(SignedDuration::from_millis(250)));
         assert!(parse_duration("10 minutes").is_err());
         assert!(parse_duration("").is_err());
@@ -175,50 +163,45 @@ mod tests {
 
     #[test]
     fn default_renews_with_a_third_left() {
-        let p = policy(None);
-        // A 10-hour Podero token renews at 6h40m, a tenth of the window earlier at most.
-        assert_eq!(p.refresh_at(ts(0), ts(36_000), 0.0), ts(24_000));
-        assert_eq!(p.refresh_at(ts(0), ts(36_000), 0.5), ts(23_400));
+        let p = Policy::new(&RenewalSpec::default(), Duration::from_secs(120)).unwrap();
+        // A 10-hour Podero token renews with 33 % left (at 6h42m), a tenth of that window
+        // earlier at most.
+        assert_eq!(p.refresh_at(ts(0), ts(36_000), 0.0), ts(24_120));
+        assert_eq!(p.refresh_at(ts(0), ts(36_000), 0.5), ts(23_526));
     }
 
     #[test]
     fn renew_before_and_percentage() {
-        let p = policy(Some(RefreshSpec { renew_before: Some("10m".into()), ..Default::default() }));
-        assert_eq!(p.refresh_at(ts(0), ts(3600), 0.0), ts(3000));
-        let p = policy(Some(RefreshSpec { renew_before_percentage: Some(50), ..Default::default() }));
-        assert_eq!(p.refresh_at(ts(0), ts(3600), 0.0), ts(1800));
-        // renewBefore longer than the lifetime falls back to a third.
-        let p = policy(Some(RefreshSpec { renew_before: Some("2h".into()), ..Default::default() }));
-        assert_eq!(p.refresh_at(ts(0), ts(3600), 0.0), ts(2400));
+        assert_eq!(policy(Some("10m"), 33).refresh_at(ts(0), ts(3600), 0.0), ts(3000), "renewBefore wins");
+        assert_eq!(policy(None, 50).refresh_at(ts(0), ts(3600), 0.0), ts(1800));
+        // renewBefore longer than the lifetime falls back to the percentage.
+        assert_eq!(policy(Some("2h"), 25).refresh_at(ts(0), ts(3600), 0.0), ts(2700));
     }
 
     #[test]
     fn propagation_margin_bounds_the_refresh() {
         // renewBefore of 30s is less than the 2-minute propagation margin: the margin wins.
-        let p = policy(Some(RefreshSpec { renew_before: Some("30s".into()), ..Default::default() }));
-        assert_eq!(p.refresh_at(ts(0), ts(3600), 0.0), ts(3480));
+        assert_eq!(policy(Some("30s"), 33).refresh_at(ts(0), ts(3600), 0.0), ts(3480));
         // For a 10-second token the margin shrinks to a quarter of the lifetime.
-        let p = policy(Some(RefreshSpec { renew_before: Some("1s".into()), ..Default::default() }));
-        let at = p.refresh_at(ts(0), ts(10), 0.0);
+        let at = policy(Some("1s"), 33).refresh_at(ts(0), ts(10), 0.0);
         assert!(at <= ts(10) - SignedDuration::from_millis(2500), "{at}");
         assert!(at > ts(0));
     }
 
     #[test]
     fn never_renews_immediately() {
-        let p = policy(Some(RefreshSpec { renew_before_percentage: Some(99), ..Default::default() }));
+        let p = policy(None, 99);
         let at = p.refresh_at(ts(0), ts(100), 0.9);
         assert!(at >= ts(1), "{at}");
         assert!(p.refresh_at(ts(0), ts(0), 0.0) == ts(0));
     }
 
     #[test]
-    fn rejects_conflicting_settings() {
-        let spec =
-            RefreshSpec { renew_before: Some("1m".into()), renew_before_percentage: Some(10), ..Default::default() };
-        assert!(Policy::new(Some(&spec), Duration::from_secs(1)).is_err());
-        let spec = RefreshSpec { renew_before: Some("soon".into()), ..Default::default() };
-        assert!(Policy::new(Some(&spec), Duration::from_secs(1)).is_err());
+    fn rejects_bad_settings() {
+        let spec = RenewalSpec { renew_before: Some("soon".into()), renew_before_percentage: 33 };
+        assert!(Policy::new(&spec, Duration::from_secs(1)).is_err());
+        let spec = RenewalSpec { renew_before: None, renew_before_percentage: 100 };
+        assert!(Policy::new(&spec, Duration::from_secs(1)).is_err());
     }
 
     #[test]

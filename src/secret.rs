@@ -9,7 +9,7 @@ use kube::Resource;
 use kube::api::ObjectMeta;
 use serde_json::json;
 
-use crate::crd::{DeletionPolicy, TokenSource};
+use crate::crd::{CreationPolicy, EngineVersion, MergePolicy, TokenSource};
 use crate::error::Error;
 use crate::response::Token;
 
@@ -18,7 +18,7 @@ pub const MANAGED_BY: &str = "tokensource-operator";
 pub const NAME_LABEL: &str = "tokensource.dev/name";
 pub const FINGERPRINT_ANNOTATION: &str = "tokensource.dev/fingerprint";
 pub const EXPIRES_AT_ANNOTATION: &str = "tokensource.dev/expires-at";
-pub const REFRESHED_AT_ANNOTATION: &str = "tokensource.dev/refreshed-at";
+pub const RENEWED_AT_ANNOTATION: &str = "tokensource.dev/renewed-at";
 
 /// The default keys of the target Secret.
 pub const TOKEN_KEY: &str = "token";
@@ -34,23 +34,30 @@ pub struct Stored {
     pub fingerprint: Option<String>,
     pub expires_at: Option<Timestamp>,
     pub refreshed_at: Option<Timestamp>,
+    /// The Secret holds what the operator wrote: the `token` key (`Merge`), or data (`Replace`).
     pub has_token: bool,
     pub token_type: Option<String>,
     pub scope: Option<String>,
 }
 
 impl Stored {
-    pub fn of(secret: &Secret) -> Self {
+    /// What a Secret written with `merge` says.
+    pub fn of(secret: &Secret, merge: MergePolicy) -> Self {
         let labels = secret.metadata.labels.as_ref();
         let annotations = secret.metadata.annotations.as_ref();
         let managed = labels.and_then(|l| l.get(MANAGED_BY_LABEL)).is_some_and(|v| v == MANAGED_BY);
         let ts = |k: &str| annotations.and_then(|a| a.get(k)).and_then(|v| v.parse::<Timestamp>().ok());
+        let data = secret.data.as_ref();
+        let has_token = match merge {
+            MergePolicy::Replace => data.is_some_and(|d| !d.is_empty()),
+            _ => data.is_some_and(|d| d.get(TOKEN_KEY).is_some_and(|t| !t.0.is_empty())),
+        };
         Self {
             owner: if managed { labels.and_then(|l| l.get(NAME_LABEL)).cloned() } else { None },
             fingerprint: annotations.and_then(|a| a.get(FINGERPRINT_ANNOTATION)).cloned(),
             expires_at: ts(EXPIRES_AT_ANNOTATION),
-            refreshed_at: ts(REFRESHED_AT_ANNOTATION),
-            has_token: secret.data.as_ref().is_some_and(|d| d.get(TOKEN_KEY).is_some_and(|t| !t.0.is_empty())),
+            refreshed_at: ts(RENEWED_AT_ANNOTATION),
+            has_token,
             token_type: text(secret, TOKEN_TYPE_KEY),
             scope: text(secret, SCOPE_KEY),
         }
@@ -81,23 +88,27 @@ fn text(secret: &Secret, key: &str) -> Option<String> {
 
 /// The token a managed Secret holds, for chained requests.
 pub fn token_of(secret: &Secret) -> Option<String> {
-    secret.data.as_ref()?.get(TOKEN_KEY).and_then(|b| String::from_utf8(b.0.clone()).ok())
+    text(secret, TOKEN_KEY).filter(|t| !t.is_empty())
 }
 
-/// Renders the Secret's data: default keys, copied reply fields, then templates.
+/// Renders the Secret's data: with `Merge`, the default keys, the copied reply fields and the
+/// template's keys; with `Replace`, only the template's keys.
 pub fn render_data(ts: &TokenSource, token: &Token) -> Result<BTreeMap<String, String>, Error> {
+    let template = &ts.spec.target.template;
     let mut data = BTreeMap::new();
     let expires = token.expires_at.to_string();
-    data.insert(TOKEN_KEY.to_string(), token.access_token.clone());
-    data.insert(EXPIRES_AT_KEY.to_string(), expires.clone());
-    if let Some(t) = &token.token_type {
-        data.insert(TOKEN_TYPE_KEY.to_string(), t.clone());
+    if template.merge_policy != MergePolicy::Replace {
+        data.insert(TOKEN_KEY.to_string(), token.access_token.clone());
+        data.insert(EXPIRES_AT_KEY.to_string(), expires.clone());
+        if let Some(t) = &token.token_type {
+            data.insert(TOKEN_TYPE_KEY.to_string(), t.clone());
+        }
+        if let Some(s) = &token.scope {
+            data.insert(SCOPE_KEY.to_string(), s.clone());
+        }
+        data.extend(token.fields.clone());
     }
-    if let Some(s) = &token.scope {
-        data.insert(SCOPE_KEY.to_string(), s.clone());
-    }
-    data.extend(token.fields.clone());
-    if !ts.spec.target.templates.is_empty() {
+    if !template.data.is_empty() {
         let env = crate::template::env();
         let ctx = json!({
             "token": token.access_token,
@@ -107,14 +118,11 @@ pub fn render_data(ts: &TokenSource, token: &Token) -> Result<BTreeMap<String, S
             "scope": token.scope,
             "response": token.raw,
         });
-        for (key, template) in &ts.spec.target.templates {
-            if !crate::names::is_secret_key(key) {
-                return Err(Error::RenderSecret(format!("target.templates: {key:?} is not a valid Secret key")));
-            }
-            let rendered = env.render_str(template, minijinja::value::Serde(&ctx)).map_err(|e| {
+        for (key, source) in &template.data {
+            let rendered = env.render_str(source, minijinja::value::Serde(&ctx)).map_err(|e| {
                 let detail = e.detail().map(String::from).unwrap_or_else(|| e.to_string());
                 let detail = crate::redact::redact(&detail, [token.access_token.as_str()]);
-                Error::RenderSecret(format!("target.templates.{key}: {detail}"))
+                Error::RenderSecret(format!("target.template.data.{key}: {detail}"))
             })?;
             data.insert(key.clone(), rendered);
         }
@@ -122,14 +130,31 @@ pub fn render_data(ts: &TokenSource, token: &Token) -> Result<BTreeMap<String, S
     Ok(data)
 }
 
-/// Parses the templates, so syntax mistakes are reported before any provider call.
-pub fn check_templates(ts: &TokenSource) -> Result<(), Error> {
+/// Checks the template block before any provider call: a known engine and merge policy, valid
+/// and unreserved keys, templates that parse.
+pub fn check_template(ts: &TokenSource) -> Result<(), Error> {
+    let template = &ts.spec.target.template;
+    if template.engine_version == EngineVersion::Unknown {
+        return Err(Error::unsupported("target.template.engineVersion"));
+    }
+    if template.merge_policy == MergePolicy::Unknown {
+        return Err(Error::unsupported("target.template.mergePolicy"));
+    }
+    if ts.spec.target.creation_policy == CreationPolicy::Unknown {
+        return Err(Error::unsupported("target.creationPolicy"));
+    }
+    if template.merge_policy == MergePolicy::Replace && template.data.is_empty() {
+        return Err(Error::RenderSecret("target.template: mergePolicy Replace needs data".into()));
+    }
     let env = crate::template::env();
-    for (key, template) in &ts.spec.target.templates {
+    for (key, source) in &template.data {
         if !crate::names::is_secret_key(key) {
-            return Err(Error::RenderSecret(format!("target.templates: {key:?} is not a valid Secret key")));
+            return Err(Error::RenderSecret(format!("target.template.data: {key:?} is not a valid Secret key")));
         }
-        env.template_from_str(template).map_err(|e| Error::RenderSecret(format!("target.templates.{key}: {e}")))?;
+        if crate::crd::RESERVED_KEYS.contains(&key.as_str()) {
+            return Err(Error::RenderSecret(format!("target.template.data: {key:?} is written by the operator")));
+        }
+        env.template_from_str(source).map_err(|e| Error::RenderSecret(format!("target.template.data.{key}: {e}")))?;
     }
     Ok(())
 }
@@ -138,27 +163,27 @@ pub fn check_templates(ts: &TokenSource) -> Result<(), Error> {
 pub fn desired(ts: &TokenSource, token: &Token, fingerprint: &str) -> Result<Secret, Error> {
     let target = &ts.spec.target;
     let data = render_data(ts, token)?;
-    let mut labels = target.labels.clone();
+    let mut labels = target.template.metadata.labels.clone();
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     labels.insert(NAME_LABEL.into(), ts.meta().name.clone().unwrap_or_default());
-    let mut annotations = target.annotations.clone();
+    let mut annotations = target.template.metadata.annotations.clone();
     annotations.insert(FINGERPRINT_ANNOTATION.into(), fingerprint.into());
     annotations.insert(EXPIRES_AT_ANNOTATION.into(), token.expires_at.to_string());
-    annotations.insert(REFRESHED_AT_ANNOTATION.into(), token.issued_at.to_string());
-    let owner_references = match target.deletion_policy {
-        DeletionPolicy::Delete => ts.controller_owner_ref(&()).map(|o| vec![o]),
-        DeletionPolicy::Retain => None,
+    annotations.insert(RENEWED_AT_ANNOTATION.into(), token.issued_at.to_string());
+    let owner_references = match target.creation_policy {
+        CreationPolicy::Owner => ts.controller_owner_ref(&()).map(|o| vec![o]),
+        CreationPolicy::Orphan | CreationPolicy::Unknown => None,
     };
     Ok(Secret {
         metadata: ObjectMeta {
-            name: Some(target.secret_name.clone()),
+            name: Some(target.name.clone()),
             namespace: ts.meta().namespace.clone(),
             labels: Some(labels),
             annotations: Some(annotations),
             owner_references,
             ..Default::default()
         },
-        type_: Some(target.type_.clone().unwrap_or_else(|| "Opaque".into())),
+        type_: Some(target.template.type_.clone()),
         data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect()),
         ..Default::default()
     })
@@ -166,30 +191,18 @@ pub fn desired(ts: &TokenSource, token: &Token, fingerprint: &str) -> Result<Sec
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
-    use crate::crd::{TargetSpec, TokenSourceSpec};
     use crate::response::LifetimeSource;
 
-    fn ts(templates: BTreeMap<String, String>, policy: DeletionPolicy) -> TokenSource {
-        let mut t = TokenSource::new(
-            "podero",
-            TokenSourceSpec {
-                oauth2: None,
-                http: None,
-                response: None,
-                refresh: None,
-                tls: None,
-                target: TargetSpec {
-                    secret_name: "podero-token".into(),
-                    deletion_policy: policy,
-                    type_: None,
-                    templates,
-                    labels: BTreeMap::new(),
-                    annotations: BTreeMap::new(),
-                },
-            },
-        );
-        t.metadata.namespace = Some("energy".into());
+    fn ts(target: Value) -> TokenSource {
+        let mut t: TokenSource = serde_json::from_value(json!({
+            "apiVersion": "tokensource.dev/v1alpha1", "kind": "TokenSource",
+            "metadata": {"name": "podero", "namespace": "energy", "uid": "uid-1"},
+            "spec": {"type": "HTTP", "http": {"url": "https://x.example/t"}, "target": target}
+        }))
+        .unwrap();
         t.metadata.uid = Some("uid-1".into());
         t
     }
@@ -199,8 +212,8 @@ mod tests {
             access_token: "tok".into(),
             token_type: Some("Bearer".into()),
             scope: None,
-            issued_at: "2026-01-01T00:00:00Z".parse().unwrap_or(Timestamp::UNIX_EPOCH),
-            expires_at: "2026-01-01T10:00:00Z".parse().unwrap_or(Timestamp::UNIX_EPOCH),
+            issued_at: "2026-01-01T00:00:00Z".parse().unwrap(),
+            expires_at: "2026-01-01T10:00:00Z".parse().unwrap(),
             lifetime_source: LifetimeSource::ExpiresIn,
             fields: [("merchant_code".to_string(), "MX1".to_string())].into(),
             raw: json!({"access_token": "tok", "extra": {"region": "eu"}}),
@@ -213,44 +226,68 @@ mod tests {
 
     #[test]
     fn default_keys_labels_and_owner() {
-        let s = desired(&ts(BTreeMap::new(), DeletionPolicy::Delete), &token(), "fp").unwrap();
+        let s = desired(&ts(json!({"name": "podero-token"})), &token(), "fp").unwrap();
         assert_eq!(text(&s, "token").as_deref(), Some("tok"));
         assert_eq!(text(&s, "token_type").as_deref(), Some("Bearer"));
         assert_eq!(text(&s, "expires_at").as_deref(), Some("2026-01-01T10:00:00Z"));
         assert_eq!(text(&s, "merchant_code").as_deref(), Some("MX1"));
         assert!(text(&s, "scope").is_none());
-        let stored = Stored::of(&s);
+        assert_eq!(s.type_.as_deref(), Some("Opaque"));
+        let stored = Stored::of(&s, MergePolicy::Merge);
         assert_eq!(stored.owner.as_deref(), Some("podero"));
         assert_eq!(stored.fingerprint.as_deref(), Some("fp"));
-        assert!(stored.valid_at("2026-01-01T09:59:59Z".parse().unwrap_or(Timestamp::UNIX_EPOCH)));
-        assert!(!stored.valid_at("2026-01-01T10:00:00Z".parse().unwrap_or(Timestamp::UNIX_EPOCH)));
+        assert!(stored.valid_at("2026-01-01T09:59:59Z".parse().unwrap()));
+        assert!(!stored.valid_at("2026-01-01T10:00:00Z".parse().unwrap()));
         let owner = s.metadata.owner_references.unwrap_or_default();
         assert_eq!(owner.len(), 1);
         assert_eq!(owner[0].controller, Some(true));
-        let retained = desired(&ts(BTreeMap::new(), DeletionPolicy::Retain), &token(), "fp").unwrap();
-        assert!(retained.metadata.owner_references.is_none());
+        let orphan = desired(&ts(json!({"name": "podero-token", "creationPolicy": "Orphan"})), &token(), "fp").unwrap();
+        assert!(orphan.metadata.owner_references.is_none());
     }
 
     #[test]
     fn templates_render_and_fail_cleanly() {
-        let templates: BTreeMap<String, String> = [
-            ("authorization".to_string(), "{{ token_type }} {{ token }}".to_string()),
-            (
-                "config.json".to_string(),
-                "{\"token\": {{ token | tojson }}, \"region\": \"{{ response.extra.region }}\"}".to_string(),
-            ),
-            ("auth".to_string(), "{{ ('user:' ~ token) | b64encode }}".to_string()),
-        ]
-        .into();
-        let s = desired(&ts(templates, DeletionPolicy::Delete), &token(), "fp").unwrap();
+        let target = json!({"name": "t", "template": {
+            "type": "kubernetes.io/dockerconfigjson",
+            "metadata": {"labels": {"team": "energy"}},
+            "data": {
+                "authorization": "{{ token_type }} {{ token }}",
+                "config.json": "{\"token\": {{ token | tojson }}, \"region\": \"{{ response.extra.region }}\"}",
+                "auth": "{{ ('user:' ~ token) | b64encode }}"
+            }
+        }});
+        let s = desired(&ts(target), &token(), "fp").unwrap();
         assert_eq!(text(&s, "authorization").as_deref(), Some("Bearer tok"));
         assert_eq!(text(&s, "config.json").as_deref(), Some("{\"token\": \"tok\", \"region\": \"eu\"}"));
         assert_eq!(text(&s, "auth").as_deref(), Some("dXNlcjp0b2s="));
-        let broken = ts([("x".to_string(), "{{ missing }}".to_string())].into(), DeletionPolicy::Delete);
+        assert_eq!(s.type_.as_deref(), Some("kubernetes.io/dockerconfigjson"));
+        assert_eq!(s.metadata.labels.unwrap_or_default().get("team").map(String::as_str), Some("energy"));
+        let broken = ts(json!({"name": "t", "template": {"data": {"x": "{{ missing }}"}}}));
         assert!(matches!(desired(&broken, &token(), "fp"), Err(Error::RenderSecret(_))));
-        let unparsable = ts([("x".to_string(), "{{ token ".to_string())].into(), DeletionPolicy::Delete);
-        assert!(matches!(check_templates(&unparsable), Err(Error::RenderSecret(_))));
-        let bad_key = ts([("no/slash".to_string(), "x".to_string())].into(), DeletionPolicy::Delete);
-        assert!(check_templates(&bad_key).is_err());
+        let unparsable = ts(json!({"name": "t", "template": {"data": {"x": "{{ token "}}}));
+        assert!(matches!(check_template(&unparsable), Err(Error::RenderSecret(_))));
+        let bad_key = ts(json!({"name": "t", "template": {"data": {"no/slash": "x"}}}));
+        assert!(check_template(&bad_key).is_err());
+        let reserved = ts(json!({"name": "t", "template": {"data": {"token": "Bearer {{ token }}"}}}));
+        assert!(check_template(&reserved).is_err(), "chained TokenSources read the token key");
+        let newer = ts(json!({"name": "t", "template": {"engineVersion": "v2"}}));
+        assert!(matches!(check_template(&newer), Err(Error::InvalidSpec(_))));
+    }
+
+    #[test]
+    fn replace_writes_only_the_template() {
+        let s = desired(
+            &ts(json!({"name": "t", "template": {"mergePolicy": "Replace", "data": {"GITHUB_TOKEN": "{{ token }}"}}})),
+            &token(),
+            "fp",
+        )
+        .unwrap();
+        assert_eq!(
+            s.data.as_ref().map(|d| d.keys().cloned().collect::<Vec<_>>()),
+            Some(vec!["GITHUB_TOKEN".to_string()])
+        );
+        assert!(Stored::of(&s, MergePolicy::Replace).has_token);
+        assert!(!Stored::of(&s, MergePolicy::Merge).has_token);
+        assert_eq!(token_of(&s), None, "no token key for a chain to read");
     }
 }

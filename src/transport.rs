@@ -124,6 +124,9 @@ impl Transport {
         };
         let client = self.client_for(req.tls.as_ref())?;
         let mut builder = client.request(method, req.url.clone());
+        if let Some(t) = req.timeout.filter(|t| *t < self.options.timeout) {
+            builder = builder.timeout(t);
+        }
         let has_accept = req.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("accept"));
         if !has_accept {
             builder = builder.header(reqwest::header::ACCEPT, "application/json");

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use fake_providers::{Endpoint, Fakes};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::CustomResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokensource_operator::crd::TokenSource;
@@ -59,9 +58,13 @@ async fn run_serves_probes_and_metrics_issues_tokens_and_stops_on_sigterm() {
     );
 
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch("tokensources.tokensource.dev", &PatchParams::apply("test"), &Patch::Apply(TokenSource::crd()))
-        .await
-        .unwrap();
+    crds.patch(
+        "tokensources.tokensource.dev",
+        &PatchParams::apply("test"),
+        &Patch::Apply(tokensource_operator::crd::crd()),
+    )
+    .await
+    .unwrap();
     let nss: Api<Namespace> = Api::all(client.clone());
     nss.create(
         &PostParams::default(),
@@ -107,10 +110,11 @@ async fn run_serves_probes_and_metrics_issues_tokens_and_stops_on_sigterm() {
     secrets.create(&PostParams::default(), &serde_json::from_value(creds).unwrap_or_default()).await.unwrap();
     let sources: Api<TokenSource> = Api::namespaced(client.clone(), "team");
     let ts = json!({"apiVersion": "tokensource.dev/v1alpha1", "kind": "TokenSource", "metadata": {"name": "podero"}, "spec": {
-        "oauth2": {"tokenUrl": fakes.endpoint_url(Endpoint::Podero), "requestFormat": "json",
-                   "clientId": {"secretKeyRef": {"name": "podero-credentials", "key": "client_id"}},
-                   "clientSecret": {"secretKeyRef": {"name": "podero-credentials", "key": "client_secret"}}},
-        "target": {"secretName": "podero-token"}}});
+        "type": "OAuth2",
+        "oauth2": {"tokenURL": fakes.endpoint_url(Endpoint::Podero), "bodyType": "JSON",
+                   "clientID": {"valueFrom": {"secretKeyRef": {"name": "podero-credentials", "key": "client_id"}}},
+                   "clientAuth": {"type": "ClientSecretBasic", "clientSecretRef": {"name": "podero-credentials", "key": "client_secret"}}},
+        "target": {"name": "podero-token"}}});
     sources.create(&PostParams::default(), &serde_json::from_value(ts).unwrap()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while secrets.get_opt("podero-token").await.ok().flatten().is_none() {

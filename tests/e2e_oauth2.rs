@@ -28,9 +28,8 @@ async fn podero_token_lands_in_the_secret_with_status_and_event() {
 
     env.wait_ready("podero", "True", "TokenValid").await;
     let status = env.source("podero").await.status.unwrap_or_default();
-    assert_eq!(status.expires_at.as_deref(), data.get("expires_at").map(String::as_str));
-    let next: jiff::Timestamp =
-        status.next_refresh_at.as_deref().and_then(|n| n.parse().ok()).expect("no nextRefreshAt");
+    assert_eq!(status.expiration_time.as_ref().map(|t| t.0), Some(expires));
+    let next = status.renewal_time.as_ref().expect("no renewalTime").0;
     assert!(next < expires && next > jiff::Timestamp::now(), "next refresh {next} is before expiry {expires}");
     assert_eq!(status.token_type.as_deref(), Some("Bearer"));
     assert_eq!(status.observed_generation, Some(1));
@@ -157,8 +156,10 @@ async fn rejected_credentials_explain_themselves_without_leaking() {
     assert!(message.contains("401") && message.contains("invalid_client"), "{message}");
     assert!(env.secret_data("denied-token").await.is_none(), "no Secret without a token");
     let status = env.source("denied").await.status.unwrap_or_default();
-    assert!(status.failures >= 1);
-    assert_eq!(status.last_failure.map(|f| f.reason), Some("ProviderRejected".into()));
+    assert!(status.failed_renewal_attempts >= 1);
+    assert!(status.last_failure_time.is_some());
+    let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded").expect("a Degraded condition");
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "ProviderRejected"));
     let events = eventually("a Warning event", WAIT, || async {
         let ev = env.events("denied").await;
         check(ev.iter().any(|(t, r, _)| t == "Warning" && r == "ProviderRejected"), ev.clone(), ev)
@@ -197,15 +198,15 @@ async fn outages_keep_a_valid_token_ready_and_retry() {
         let st = env.status("outage").await?;
         let d = st.conditions.iter().find(|c| c.type_ == "Degraded" && c.status == "True").cloned();
         let ready = st.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.status.clone());
-        match (d, ready, st.last_failure.clone()) {
-            (Some(d), Some(r), Some(f)) => Ok((d, r, f)),
+        match (d, ready, st.last_failure_time.clone()) {
+            (Some(d), Some(r), Some(_)) => Ok((d, r)),
             _ => Err(format!("{:?}", st.conditions)),
         }
     })
     .await;
     assert_eq!(degraded.1, "True", "a valid token keeps Ready true during an outage");
-    assert_eq!(degraded.2.reason, "ProviderUnavailable");
-    assert!(degraded.2.message.contains("503") && degraded.2.message.contains("maintenance"), "{:?}", degraded.2);
+    assert_eq!(degraded.0.reason, "ProviderUnavailable");
+    assert!(degraded.0.message.contains("503") && degraded.0.message.contains("maintenance"), "{:?}", degraded.0);
     assert_eq!(
         env.secret_data("outage-token").await.and_then(|d| d.get("token").cloned()),
         Some(first.clone()),
@@ -225,7 +226,7 @@ async fn outages_keep_a_valid_token_ready_and_retry() {
     eventually("the failures to clear after the renewal", WAIT, || async {
         let st = env.status("outage").await?;
         let degraded = st.conditions.iter().any(|c| c.type_ == "Degraded" && c.status == "True");
-        check(st.failures == 0 && st.last_failure.is_none() && !degraded, (), st)
+        check(st.failed_renewal_attempts == 0 && st.last_failure_time.is_none() && !degraded, (), st)
     })
     .await;
 }
@@ -236,7 +237,7 @@ async fn deletion_policies() {
     podero_credentials(&env).await;
     env.create(podero(&env, "gone", "gone-token")).await;
     let mut retained = podero(&env, "kept", "kept-token");
-    retained["spec"]["target"]["deletionPolicy"] = json!("Retain");
+    retained["spec"]["target"]["creationPolicy"] = json!("Orphan");
     env.create(retained).await;
     env.wait_token("gone-token", None).await;
     let kept = env.wait_token("kept-token", None).await;
@@ -278,11 +279,11 @@ async fn invalid_input_is_reported_without_provider_calls() {
     assert!(rejected(no_target).await.contains("spec.target"));
     let mut both = podero(&env, "both", "x");
     both["spec"]["http"] = json!({"url": "https://example.com/token"});
-    assert!(rejected(both).await.contains("set exactly one of oauth2 and http"));
+    assert!(rejected(both).await.contains("type OAuth2 needs oauth2 and no http"));
     let mut both_values = podero(&env, "values", "x");
-    both_values["spec"]["oauth2"]["clientId"]["value"] = json!("literal");
+    both_values["spec"]["oauth2"]["clientID"]["value"] = json!("literal");
     let m = rejected(both_values).await;
-    assert!(m.contains("spec.oauth2.clientId") && m.contains("set exactly one of value and secretKeyRef"), "{m}");
+    assert!(m.contains("spec.oauth2.clientID") && m.contains("set exactly one of value and valueFrom"), "{m}");
 
     // Caught by the operator: a missing Secret, a missing key, a bad JSONPath.
     env.create(podero(&env, "nocreds", "nocreds-token")).await;
@@ -295,10 +296,10 @@ async fn invalid_input_is_reported_without_provider_calls() {
     })
     .await;
     let mut bad_path = podero(&env, "badpath", "badpath-token");
-    bad_path["spec"]["response"] = json!({"tokenPath": "$[oops"});
+    bad_path["spec"]["response"] = json!({"token": {"jsonPath": "$[oops"}});
     env.create(bad_path).await;
     let m = env.wait_ready("badpath", "False", "InvalidSpec").await;
-    assert!(m.contains("tokenPath"), "{m}");
+    assert!(m.contains("response.token.jsonPath"), "{m}");
     assert_eq!(env.fakes.calls(Endpoint::Podero), 0);
 
     // Fixing the Secret fetches at once.
@@ -327,13 +328,14 @@ async fn interswitch_expiry_comes_from_the_jwt() {
     env.create(json!({
         "metadata": {"name": "interswitch"},
         "spec": {
+            "type": "OAuth2",
             "oauth2": {
-                "tokenUrl": env.fakes.endpoint_url(Endpoint::Interswitch),
-                "clientId": {"secretKeyRef": {"name": "interswitch-credentials", "key": "client_id"}},
-                "clientSecret": {"secretKeyRef": {"name": "interswitch-credentials", "key": "secret_key"}}
+                "tokenURL": env.fakes.endpoint_url(Endpoint::Interswitch),
+                "clientID": {"valueFrom": {"secretKeyRef": {"name": "interswitch-credentials", "key": "client_id"}}},
+                "clientAuth": {"type": "ClientSecretBasic", "clientSecretRef": {"name": "interswitch-credentials", "key": "secret_key"}}
             },
-            "response": {"fields": {"merchant_code": "$.merchant_code", "requestor_id": "$.requestor_id"}},
-            "target": {"secretName": "interswitch-token"}
+            "response": {"fields": [{"key": "merchant_code", "jsonPath": "$.merchant_code"}, {"key": "requestor_id", "jsonPath": "$.requestor_id"}]},
+            "target": {"name": "interswitch-token"}
         }
     }))
     .await;
@@ -346,17 +348,18 @@ async fn interswitch_expiry_comes_from_the_jwt() {
     assert_eq!(data.get("expires_at").cloned(), Some(exp.to_string()));
     env.wait_ready("interswitch", "True", "TokenValid").await;
 
-    // The same endpoint refuses JSON: a misconfigured requestFormat is reported, not hidden.
+    // The same endpoint refuses JSON: a misconfigured bodyType is reported, not hidden.
     env.create(json!({
         "metadata": {"name": "interswitch-json"},
         "spec": {
+            "type": "OAuth2",
             "oauth2": {
-                "tokenUrl": env.fakes.endpoint_url(Endpoint::Interswitch),
-                "clientId": {"secretKeyRef": {"name": "interswitch-credentials", "key": "client_id"}},
-                "clientSecret": {"secretKeyRef": {"name": "interswitch-credentials", "key": "secret_key"}},
-                "requestFormat": "json"
+                "tokenURL": env.fakes.endpoint_url(Endpoint::Interswitch),
+                "clientID": {"valueFrom": {"secretKeyRef": {"name": "interswitch-credentials", "key": "client_id"}}},
+                "clientAuth": {"type": "ClientSecretBasic", "clientSecretRef": {"name": "interswitch-credentials", "key": "secret_key"}},
+                "bodyType": "JSON"
             },
-            "target": {"secretName": "interswitch-json-token"}
+            "target": {"name": "interswitch-json-token"}
         }
     }))
     .await;

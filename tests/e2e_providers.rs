@@ -123,8 +123,9 @@ async fn chains_that_loop_are_invalid() {
         json!({
             "metadata": {"name": name},
             "spec": {
-                "http": {"url": env.fakes.endpoint_url(Endpoint::ImbursePayout), "auth": {"bearer": {"tokenSourceRef": {"name": upstream}}}},
-                "target": {"secretName": format!("{name}-token")}
+                "type": "HTTP",
+                "http": {"url": env.fakes.endpoint_url(Endpoint::ImbursePayout), "auth": {"type": "Bearer", "bearer": {"tokenSourceRef": {"name": upstream}}}},
+                "target": {"name": format!("{name}-token")}
             }
         })
     };
@@ -143,11 +144,10 @@ async fn templates_shape_the_secret_and_template_errors_write_nothing() {
     let env = Env::start().await;
     common::podero_credentials(&env).await;
     let mut docker = common::podero(&env, "registry", "registry-pull");
-    docker["spec"]["target"]["type"] = json!("kubernetes.io/dockerconfigjson");
-    docker["spec"]["target"]["templates"] = json!({
+    docker["spec"]["target"]["template"] = json!({"type": "kubernetes.io/dockerconfigjson", "data": {
         ".dockerconfigjson": "{\"auths\":{\"registry.example.com\":{\"auth\":\"{{ ('oauth2accesstoken:' ~ token) | b64encode }}\"}}}",
         "settings.ini": "[api]\ntoken = {{ token }}\nexpires = {{ expires_at }}\n"
-    });
+    }});
     env.create(docker).await;
     let token = env.wait_token("registry-pull", None).await;
     let secret = env.secrets().get("registry-pull").await.unwrap();
@@ -160,15 +160,15 @@ async fn templates_shape_the_secret_and_template_errors_write_nothing() {
     assert!(data["settings.ini"].contains(&format!("token = {token}")));
 
     let mut broken = common::podero(&env, "broken", "broken-token");
-    broken["spec"]["target"]["templates"] = json!({"x": "{{ token | nosuchfilter }}"});
+    broken["spec"]["target"]["template"] = json!({"data": {"x": "{{ token | nosuchfilter }}"}});
     env.create(broken).await;
     let m = env.wait_ready("broken", "False", "InvalidSpec").await;
-    assert!(m.contains("target.templates.x"), "{m}");
+    assert!(m.contains("target.template.data.x"), "{m}");
     let mut undefined = common::podero(&env, "undefined", "undefined-token");
-    undefined["spec"]["target"]["templates"] = json!({"x": "{{ response.nope.deeper }}"});
+    undefined["spec"]["target"]["template"] = json!({"data": {"x": "{{ response.nope.deeper }}"}});
     env.create(undefined).await;
     let m = env.wait_ready("undefined", "False", "InvalidSpec").await;
-    assert!(m.contains("target.templates.x"), "{m}");
+    assert!(m.contains("target.template.data.x"), "{m}");
     assert!(env.secret_data("broken-token").await.is_none() && env.secret_data("undefined-token").await.is_none());
 }
 

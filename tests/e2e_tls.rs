@@ -48,20 +48,30 @@ async fn private_key_jwt_with_rs256_and_es256_over_a_private_ca() {
     .await;
     let client_id = env.fakes.config().jwt_client_id;
     for (name, alg, key, ca) in [
-        ("jwt-rs", "RS256", "rsa.pem", json!({"configMapKeyRef": {"name": "private-ca", "key": "ca.crt"}})),
-        ("jwt-es", "ES256", "ec.pem", json!({"secretKeyRef": {"name": "jwt-keys", "key": "ca.crt"}})),
+        (
+            "jwt-rs",
+            "RS256",
+            "rsa.pem",
+            json!({"type": "ConfigMapKeyRef", "configMapKeyRef": {"name": "private-ca", "key": "ca.crt"}}),
+        ),
+        (
+            "jwt-es",
+            "ES256",
+            "ec.pem",
+            json!({"type": "SecretKeyRef", "secretKeyRef": {"name": "jwt-keys", "key": "ca.crt"}}),
+        ),
     ] {
         env.create(json!({
             "metadata": {"name": name},
             "spec": {
+                "type": "OAuth2",
                 "oauth2": {
-                    "tokenUrl": env.fakes.endpoint_url(Endpoint::JwtToken),
-                    "clientId": {"value": client_id},
-                    "clientAuthentication": "privateKeyJwt",
-                    "privateKeyJwt": {"privateKey": {"name": "jwt-keys", "key": key}, "algorithm": alg, "keyId": "key-1"}
+                    "tokenURL": env.fakes.endpoint_url(Endpoint::JwtToken),
+                    "clientID": {"value": client_id},
+                    "clientAuth": {"type": "PrivateKeyJWT", "privateKeyJWT": {"privateKeySecretRef": {"name": "jwt-keys", "key": key}, "algorithm": alg, "keyID": "key-1"}}
                 },
                 "tls": {"caBundle": ca},
-                "target": {"secretName": format!("{name}-token")}
+                "target": {"name": format!("{name}-token")}
             }
         }))
         .await;
@@ -80,23 +90,28 @@ async fn private_key_jwt_with_rs256_and_es256_over_a_private_ca() {
 async fn mutual_tls_client_authentication() {
     let env = Env::start_tls().await;
     put_tls_secret(&env).await;
-    put_ca_config_map(&env).await;
+    env.put_secret("mtls-secret", &[("client_secret", "not-a-certificate")]).await;
     let spec = |name: &str, with_cert: bool| {
-        let mut tls = json!({"caBundle": {"configMapKeyRef": {"name": "private-ca", "key": "ca.crt"}}});
+        // The CA inline, as PEM.
+        let mut tls = json!({"caBundle": {"type": "PEM", "pem": String::from_utf8_lossy(fixtures::CA_CERT)}});
         if with_cert {
             tls["clientCertificateSecretRef"] = json!({"name": "client-cert"});
         }
         json!({
             "metadata": {"name": name},
             "spec": {
+                "type": "OAuth2",
                 "oauth2": {
-                    "tokenUrl": env.fakes.endpoint_url(Endpoint::MtlsToken),
-                    "clientId": {"value": "mtls-client"},
-                    "clientAuthentication": if with_cert { "tlsClientAuth" } else { "body" },
-                    "clientSecret": {"value": "not-a-certificate"}
+                    "tokenURL": env.fakes.endpoint_url(Endpoint::MtlsToken),
+                    "clientID": {"value": "mtls-client"},
+                    "clientAuth": if with_cert {
+                        json!({"type": "TLSClientAuth"})
+                    } else {
+                        json!({"type": "ClientSecretPost", "clientSecretRef": {"name": "mtls-secret", "key": "client_secret"}})
+                    }
                 },
                 "tls": tls,
-                "target": {"secretName": format!("{name}-token")}
+                "target": {"name": format!("{name}-token")}
             }
         })
     };
@@ -124,7 +139,7 @@ async fn an_unknown_ca_is_an_unreachable_provider_and_http_is_refused() {
     let m = env.wait_ready("no-ca", "False", "ProviderUnreachable").await;
     assert!(m.to_lowercase().contains("certificate"), "{m}");
     let mut plain = common::podero(&env, "plain", "plain-token");
-    plain["spec"]["oauth2"]["tokenUrl"] = json!("http://127.0.0.1:1/oauth2/token/");
+    plain["spec"]["oauth2"]["tokenURL"] = json!("http://127.0.0.1:1/oauth2/token/");
     env.create(plain).await;
     let m = env.wait_ready("plain", "False", "InvalidSpec").await;
     assert!(m.contains("https"), "{m}");

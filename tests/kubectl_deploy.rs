@@ -43,19 +43,23 @@ async fn deploy_and_examples_apply_cleanly() {
         let (ok, out, err) = kubectl(&sim, &["get", "tokensources"]);
         assert!(ok, "{err}");
         let header: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();
-        assert_eq!(header, ["NAME", "READY", "EXPIRES", "NEXT", "REFRESH", "AGE"], "{out}");
+        assert_eq!(header, ["NAME", "READY", "EXPIRES", "RENEWAL", "AGE"], "{out}");
         assert_eq!(out.lines().count(), 6, "{out}");
         let (ok, out, _) = kubectl(&sim, &["get", "tks", "-o", "wide"]);
         assert!(ok && out.contains("SECRET") && out.contains("podero-token"), "{out}");
-        let (ok, out, err) = kubectl(&sim, &["explain", "tokensource.spec.oauth2.clientAuthentication"]);
+        let (ok, out, err) = kubectl(&sim, &["explain", "tokensource.spec.oauth2.clientAuth.type"]);
         assert!(ok, "{err}");
-        assert!(out.contains("RFC 6749 section 2.3.1"), "{out}");
+        let words = out.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            words.contains("`ClientSecretBasic`: `Authorization: Basic base64(id:secret)` (RFC 6749 section 2.3.1)"),
+            "{out}"
+        );
         // A mistake the schema catches is rejected at apply time with the rule's message.
-        let bad = "apiVersion: tokensource.dev/v1alpha1\nkind: TokenSource\nmetadata: {name: bad}\nspec:\n  oauth2:\n    tokenUrl: https://x.example/token\n    clientId: {value: a}\n    clientSecret: {value: b}\n    clientAuthentication: bearer\n  target: {secretName: bad}\n";
+        let bad = "apiVersion: tokensource.dev/v1alpha1\nkind: TokenSource\nmetadata: {name: bad}\nspec:\n  type: OAuth2\n  oauth2:\n    tokenURL: https://x.example/token\n    clientID: {value: a}\n    clientAuth: {type: Bearer}\n  target: {name: bad}\n";
         let path = std::env::temp_dir().join(format!("bad-tokensource-{}.yaml", std::process::id()));
         std::fs::write(&path, bad).unwrap();
         let (ok, _, err) = kubectl(&sim, &["apply", "-f", &path.to_string_lossy()]);
         let _ = std::fs::remove_file(&path);
-        assert!(!ok && err.contains("spec.oauth2.clientAuthentication: Unsupported value: \"bearer\""), "{err}");
+        assert!(!ok && err.contains("spec.oauth2.clientAuth.type: Unsupported value: \"Bearer\""), "{err}");
     });
 }

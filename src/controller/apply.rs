@@ -22,7 +22,7 @@ impl Context {
             "data": desired.data,
         });
         self.api::<Secret>(&ts.namespace().unwrap_or_default())
-            .patch(&ts.spec.target.secret_name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+            .patch(&ts.spec.target.name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
             .await
             .map_err(Error::ApplySecret)?;
         self.metrics.secret_writes.inc();

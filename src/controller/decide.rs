@@ -52,10 +52,10 @@ pub fn backoff_pending(
     if let Some(f) = remembered {
         return (f.fingerprint == fingerprint && f.retry_at > now).then_some(f.retry_at);
     }
-    if status.failures == 0 || status.observed_generation != generation {
+    if status.failed_renewal_attempts == 0 || status.observed_generation != generation {
         return None;
     }
-    status.next_refresh_at.as_deref()?.parse::<Timestamp>().ok().filter(|t| *t > now)
+    status.renewal_time.as_ref().map(|t| t.0).filter(|t| *t > now)
 }
 
 /// A hash of everything that shaped the token: the request and reply specs, the templates and the
@@ -63,17 +63,21 @@ pub fn backoff_pending(
 /// the credentials cannot be recovered from it.
 pub fn fingerprint(ts: &TokenSource, creds: &Credentials) -> String {
     let spec = &ts.spec;
+    let template = &spec.target.template;
     let shape = json!({
+        "type": spec.type_,
         "oauth2": spec.oauth2,
         "http": spec.http,
+        "tls": spec.tls,
         "response": spec.response,
-        "templates": spec.target.templates,
-        "type": spec.target.type_,
+        "data": template.data,
+        "secretType": template.type_,
+        "mergePolicy": template.merge_policy,
     });
     let mut h = Sha256::new();
     h.update(ts.meta().uid.as_deref().unwrap_or_default().as_bytes());
     h.update(shape.to_string().as_bytes());
-    for v in creds.secret_values() {
+    for v in creds.all_values() {
         h.update((v.len() as u64).to_be_bytes());
         h.update(v);
     }
@@ -85,7 +89,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::crd::{RefreshSpec, SecretKeyRef};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use crate::crd::SecretKeyRef;
 
     fn t(s: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + s).unwrap()
@@ -103,7 +109,7 @@ mod tests {
     }
 
     fn policy() -> Policy {
-        Policy::new(None, Duration::from_secs(120)).unwrap()
+        Policy::new(&Default::default(), Duration::from_secs(120)).unwrap()
     }
 
     #[test]
@@ -138,11 +144,11 @@ mod tests {
         );
     }
 
-    fn failed_status(failures: u32, generation: i64, next: i64) -> TokenSourceStatus {
+    fn failed_status(failures: i32, generation: i64, next: i64) -> TokenSourceStatus {
         TokenSourceStatus {
-            failures,
+            failed_renewal_attempts: failures,
             observed_generation: Some(generation),
-            next_refresh_at: Some(t(next).to_string()),
+            renewal_time: Some(Time(t(next))),
             ..Default::default()
         }
     }
@@ -170,7 +176,7 @@ mod tests {
         let mut ts: TokenSource = serde_json::from_value(json!({
             "apiVersion": "tokensource.dev/v1alpha1", "kind": "TokenSource",
             "metadata": {"name": "a", "namespace": "ns", "uid": "uid-1"},
-            "spec": {"http": {"url": "https://x.example/t"}, "target": {"secretName": "a-token"}}
+            "spec": {"type": "HTTP", "http": {"url": "https://x.example/t"}, "target": {"name": "a-token"}}
         }))
         .unwrap();
         ts.metadata.uid = Some("uid-1".into());
@@ -186,9 +192,9 @@ mod tests {
         let fp2 = fingerprint(&a, &creds);
         assert_ne!(fp1, fp2);
         let mut b = a.clone();
-        b.spec.refresh = Some(RefreshSpec { renew_before: Some("5m".into()), ..Default::default() });
+        b.spec.renewal.renew_before = Some("5m".into());
         assert_eq!(fingerprint(&b, &creds), fp2);
-        b.spec.target.templates.insert("x".into(), "{{ token }}".into());
+        b.spec.target.template.data.insert("x".into(), "{{ token }}".into());
         assert_ne!(fingerprint(&b, &creds), fp2);
         assert!(!fp2.contains("v2"));
         let mut other = a.clone();

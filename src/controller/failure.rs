@@ -6,8 +6,11 @@ use jiff::Timestamp;
 
 use super::memory::FailureRecord;
 use super::status::{Note, Outcome, condition, set_condition, until};
-use crate::conditions::ConditionType;
-use crate::crd::{Failure, TokenSourceStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::status::find;
+use crate::conditions::{ConditionStatus, ConditionType, Reason};
+use crate::crd::TokenSourceStatus;
 use crate::error::Error;
 use crate::schedule;
 
@@ -48,17 +51,19 @@ pub fn on_failure(input: FailureInput<'_>) -> (Outcome, Option<FailureRecord>) {
     let keep_ready = valid_until.is_some() && error.keeps_token();
     // The same failure seen again without a new attempt (a spec or credential problem found on
     // every reconcile) is not a new failure: count and time stay, so the status settles.
-    let repeated =
-        class.is_none() && status.last_failure.as_ref().is_some_and(|f| reason == f.reason && f.message == message);
+    let repeated = class.is_none()
+        && find(&status, ConditionType::Degraded)
+            .is_some_and(|c| ConditionStatus::True == c.status && reason == c.reason && c.message == message);
     if !repeated {
-        status.failures = status.failures.max(remembered_failures).saturating_add(1);
-        status.last_failure =
-            Some(Failure { time: now.to_string(), reason: reason.to_string(), message: message.clone() });
+        let failures = u32::try_from(status.failed_renewal_attempts).unwrap_or(0).max(remembered_failures);
+        status.failed_renewal_attempts = i32::try_from(failures.saturating_add(1)).unwrap_or(i32::MAX);
+        status.last_failure_time = Some(Time(now));
     }
+    let failures = u32::try_from(status.failed_renewal_attempts).unwrap_or(0);
     let ready = if keep_ready {
         let until = valid_until.map(|v| v.to_string()).unwrap_or_default();
         let msg = format!("Secret {target:?} holds a token valid until {until}; renewing it failed");
-        condition(ConditionType::Ready, true, crate::conditions::Reason::TokenValid, msg, generation, now)
+        condition(ConditionType::Ready, true, Reason::TokenValid, msg, generation, now)
     } else {
         condition(ConditionType::Ready, false, reason, message.clone(), generation, now)
     };
@@ -70,24 +75,20 @@ pub fn on_failure(input: FailureInput<'_>) -> (Outcome, Option<FailureRecord>) {
     let mut record = None;
     let requeue = match class {
         Some(class) => {
-            let at = schedule::retry_at(now, status.failures, class, error.retry_after(), valid_until, jitter);
-            record = fingerprint.map(|fp| FailureRecord {
-                fingerprint: fp.to_string(),
-                retry_at: at,
-                failures: status.failures,
-            });
-            status.next_refresh_at = Some(at.to_string());
+            let at = schedule::retry_at(now, failures, class, error.retry_after(), valid_until, jitter);
+            record = fingerprint.map(|fp| FailureRecord { fingerprint: fp.to_string(), retry_at: at, failures });
+            status.renewal_time = Some(Time(at));
             Some(until(now, at))
         }
         None => {
             // Nothing to retry until the spec or a watched object changes; a valid token still
             // needs attention before it expires.
-            status.next_refresh_at = None;
+            status.renewal_time = None;
             valid_until.map(|v| until(now, v))
         }
     };
     if !keep_ready {
-        status.expires_at = valid_until.map(|v| v.to_string()).or(status.expires_at);
+        status.expiration_time = valid_until.map(Time).or(status.expiration_time);
     }
     let event = (!repeated).then_some(Note { warning: true, reason, message });
     (Outcome { status, requeue, event }, record)
@@ -98,7 +99,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::conditions::Reason;
     use crate::error::{ProviderError, UpstreamState};
 
     fn t(s: i64) -> Timestamp {
@@ -138,8 +138,8 @@ mod tests {
         let (o, record) = on_failure(input(&err, TokenSourceStatus::default(), Some(3600)));
         assert_eq!(cond(&o, ConditionType::Ready), ("True".into(), "TokenValid".into()));
         assert_eq!(cond(&o, ConditionType::Degraded), ("True".into(), "ProviderUnavailable".into()));
-        assert_eq!(o.status.failures, 1);
-        assert_eq!(o.status.last_failure.as_ref().map(|f| f.reason.as_str()), Some("ProviderUnavailable"));
+        assert_eq!(o.status.failed_renewal_attempts, 1);
+        assert_eq!(o.status.last_failure_time, Some(Time(t(0))));
         assert_eq!(o.requeue, Some(Duration::from_secs(2)), "transient: 2 s first");
         assert_eq!(record, Some(FailureRecord { fingerprint: "fp".into(), retry_at: t(2), failures: 1 }));
         let ev = o.event.unwrap();
@@ -151,9 +151,9 @@ mod tests {
         let err = Error::InvalidSpec("response.tokenPath: bad".into());
         let (o, record) = on_failure(input(&err, TokenSourceStatus::default(), Some(3600)));
         assert_eq!(cond(&o, ConditionType::Ready), ("False".into(), "InvalidSpec".into()));
-        assert_eq!(o.status.next_refresh_at, None);
+        assert_eq!(o.status.renewal_time, None);
         assert_eq!(o.requeue, Some(Duration::from_secs(3600)), "woken at expiry to report it");
-        assert_eq!(o.status.expires_at, Some(t(3600).to_string()));
+        assert_eq!(o.status.expiration_time, Some(Time(t(3600))));
         assert_eq!(record, None, "nothing to back off from");
     }
 
@@ -175,7 +175,7 @@ mod tests {
     fn a_repeated_non_retryable_failure_neither_counts_nor_announces_itself_again() {
         let err = Error::CredentialsNotFound("Secret \"creds\" not found".into());
         let (first, _) = on_failure(input(&err, TokenSourceStatus::default(), None));
-        assert_eq!(first.status.failures, 1);
+        assert_eq!(first.status.failed_renewal_attempts, 1);
         assert!(first.event.is_some());
         let mut later = input(&err, first.status.clone(), None);
         later.now = t(60);
@@ -186,7 +186,7 @@ mod tests {
         let err = http(401, None);
         let (a, _) = on_failure(input(&err, TokenSourceStatus::default(), None));
         let (b, _) = on_failure(input(&err, a.status.clone(), None));
-        assert_eq!((a.status.failures, b.status.failures), (1, 2));
+        assert_eq!((a.status.failed_renewal_attempts, b.status.failed_renewal_attempts), (1, 2));
         assert!(b.event.is_some());
     }
 
@@ -196,7 +196,7 @@ mod tests {
         let mut i = input(&err, TokenSourceStatus::default(), None);
         i.remembered_failures = 4;
         let (o, record) = on_failure(i);
-        assert_eq!(o.status.failures, 5);
+        assert_eq!(o.status.failed_renewal_attempts, 5);
         assert_eq!(record.map(|r| r.failures), Some(5));
     }
 
@@ -206,7 +206,7 @@ mod tests {
         let mut i = input(&err, TokenSourceStatus::default(), Some(10));
         i.remembered_failures = 10;
         let (o, _) = on_failure(i);
-        let next: Timestamp = o.status.next_refresh_at.unwrap().parse().unwrap();
+        let next = o.status.renewal_time.unwrap().0;
         assert!(next < t(10), "{next}");
         assert!(o.requeue.unwrap() < Duration::from_secs(10));
     }

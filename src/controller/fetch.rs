@@ -2,11 +2,10 @@
 //! plus the TLS material) and send it.
 
 use jiff::Timestamp;
-use kube::ResourceExt;
 
 use super::Context;
 use super::validate::Plan;
-use crate::crd::TokenSource;
+use crate::crd::{CaBundleType, TokenSource};
 use crate::credentials::Credentials;
 use crate::error::Error;
 use crate::metrics::HostLabels;
@@ -28,14 +27,11 @@ impl Context {
             (None, Some(h)) => providers::http::request(h, creds, upstream_token, allow_http)?,
             (None, None) => return Err(Error::InvalidSpec("set exactly one of spec.oauth2 and spec.http".into())),
         };
-        let request = self.with_tls(ts, creds, request).await?;
+        let mut request = self.with_tls(ts, creds, request)?;
+        request.timeout = Some(plan.timeout);
         let host = request.url.host_str().unwrap_or_default().to_string();
         let started = std::time::Instant::now();
-        let result = self
-            .transport
-            .send(&request)
-            .await
-            .and_then(|body| plan.reader.read(&body, plan.default_lifetime, Timestamp::now()));
+        let result = self.transport.send(&request).await.and_then(|body| plan.reader.read(&body, Timestamp::now()));
         self.metrics.token_request_seconds.observe(started.elapsed().as_secs_f64());
         let result_label = match &result {
             Ok(_) => "Success".to_string(),
@@ -46,7 +42,7 @@ impl Context {
     }
 
     /// Adds the spec's client certificate and CA bundle to a request.
-    async fn with_tls(
+    fn with_tls(
         &self,
         ts: &TokenSource,
         creds: &Credentials,
@@ -65,14 +61,17 @@ impl Context {
         }
         if let Some(ca) = &spec.ca_bundle {
             let field = "tls.caBundle";
-            tls.ca_pem = Some(match (&ca.secret_key_ref, &ca.config_map_key_ref) {
-                (Some(r), None) => creds.get(r, field)?.to_vec(),
-                (None, Some(r)) => self.config_map_value(&ts.namespace().unwrap_or_default(), r, field).await?,
-                _ => {
-                    return Err(Error::InvalidSpec(format!(
-                        "{field}: set exactly one of secretKeyRef and configMapKeyRef"
-                    )));
+            let missing = |member: &str| Error::InvalidSpec(format!("{field}: type {:?} needs {member}", ca.type_));
+            tls.ca_pem = Some(match ca.type_ {
+                CaBundleType::Pem => ca.pem.clone().ok_or_else(|| missing("pem"))?.into_bytes(),
+                CaBundleType::SecretKeyRef => {
+                    creds.get(ca.secret_key_ref.as_ref().ok_or_else(|| missing("secretKeyRef"))?, field)?.to_vec()
                 }
+                CaBundleType::ConfigMapKeyRef => creds
+                    .config(ca.config_map_key_ref.as_ref().ok_or_else(|| missing("configMapKeyRef"))?, field)?
+                    .as_bytes()
+                    .to_vec(),
+                CaBundleType::Unknown => return Err(Error::unsupported("tls.caBundle.type")),
             });
         }
         crate::transport::check_tls(&tls).map_err(|e| Error::CredentialsInvalid(format!("tls: {e}")))?;

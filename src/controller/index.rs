@@ -43,7 +43,7 @@ impl References {
         let ns = ts.namespace().unwrap_or_default();
         let mut keys: Vec<RefKey> =
             ts.spec.secret_refs().into_iter().map(|r| RefKey::Secret(ns.clone(), r.name)).collect();
-        keys.push(RefKey::Secret(ns.clone(), ts.spec.target.secret_name.clone()));
+        keys.push(RefKey::Secret(ns.clone(), ts.spec.target.name.clone()));
         keys.push(RefKey::Source(ns.clone(), ts.name_any()));
         if let Some(up) = ts.spec.upstream() {
             keys.push(RefKey::Upstream(ns.clone(), up.to_string()));
@@ -113,15 +113,15 @@ mod tests {
 
     fn source(name: &str, creds: &str, target: &str, upstream: Option<&str>) -> TokenSource {
         let auth = match upstream {
-            Some(u) => json!({"bearer": {"tokenSourceRef": {"name": u}}}),
+            Some(u) => json!({"type": "Bearer", "bearer": {"tokenSourceRef": {"name": u}}}),
             None => {
-                json!({"basic": {"username": {"value": "u"}, "password": {"secretKeyRef": {"name": creds, "key": "p"}}}})
+                json!({"type": "Basic", "basic": {"username": {"value": "u"}, "passwordSecretRef": {"name": creds, "key": "p"}}})
             }
         };
         serde_json::from_value(json!({
             "apiVersion": "tokensource.dev/v1alpha1", "kind": "TokenSource",
             "metadata": {"name": name, "namespace": "ns"},
-            "spec": {"http": {"url": "https://x.example/t", "auth": auth}, "target": {"secretName": target}}
+            "spec": {"type": "HTTP", "http": {"url": "https://x.example/t", "auth": auth}, "target": {"name": target}}
         }))
         .unwrap()
     }

@@ -10,7 +10,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
 use super::Context;
-use crate::crd::{SecretKeyRef, TokenSource};
+use crate::crd::{MergePolicy, TokenSource};
 use crate::credentials::Credentials;
 use crate::error::{Error, UpstreamState};
 use crate::secret::{self, Stored};
@@ -32,7 +32,7 @@ impl Context {
     /// not have it (a Secret the operator did not create carries no label and is not cached).
     pub(super) async fn target(&self, ts: &TokenSource) -> Result<Option<Secret>, Error> {
         let ns = ts.namespace().unwrap_or_default();
-        let name = &ts.spec.target.secret_name;
+        let name = &ts.spec.target.name;
         if let Some(s) = self.targets.get(&ObjectRef::new(name).within(&ns)) {
             return Ok(Some((*s).clone()));
         }
@@ -41,11 +41,13 @@ impl Context {
 
     /// What the target Secret holds, or the token this instance wrote last if the cache lags.
     pub(super) async fn stored(&self, ts: &TokenSource) -> Result<Option<Stored>, Error> {
-        let cached = self.target(ts).await?.as_ref().map(Stored::of);
+        let merge = ts.spec.target.template.merge_policy;
+        let cached = self.target(ts).await?.as_ref().map(|s| Stored::of(s, merge));
         Ok(self.memory.newest(&ObjectRef::from_obj(ts), cached))
     }
 
-    /// Reads the credential Secrets a spec refers to, from a cache kept fresh by resourceVersion.
+    /// Reads the Secret and ConfigMap keys a spec refers to: Secrets from a cache kept fresh by
+    /// resourceVersion, ConfigMaps from the API (they are not watched).
     pub(super) async fn credentials(&self, ts: &TokenSource) -> Result<Credentials, Error> {
         let ns = ts.namespace().unwrap_or_default();
         let mut creds = Credentials::default();
@@ -77,20 +79,25 @@ impl Context {
             creds.insert(r, value.clone());
         }
         self.prune(&mut cache);
+        drop(cache);
+        let mut config_maps: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for r in ts.spec.config_map_refs() {
+            if !config_maps.contains_key(&r.name) {
+                let cm = self
+                    .api::<ConfigMap>(&ns)
+                    .get_opt(&r.name)
+                    .await
+                    .map_err(Error::Kube)?
+                    .ok_or_else(|| Error::CredentialsNotFound(format!("ConfigMap {:?} not found", r.name)))?;
+                config_maps.insert(r.name.clone(), cm.data.unwrap_or_default());
+            }
+            let value =
+                config_maps.get(&r.name).and_then(|d| d.get(&r.key)).cloned().ok_or_else(|| {
+                    Error::CredentialsNotFound(format!("ConfigMap {:?} has no key {:?}", r.name, r.key))
+                })?;
+            creds.insert_config(r, value);
+        }
         Ok(creds)
-    }
-
-    /// A key of a ConfigMap in the TokenSource's namespace; `field` names the spec field.
-    pub(super) async fn config_map_value(&self, ns: &str, r: &SecretKeyRef, field: &str) -> Result<Vec<u8>, Error> {
-        let cm = self
-            .api::<ConfigMap>(ns)
-            .get_opt(&r.name)
-            .await
-            .map_err(Error::Kube)?
-            .ok_or_else(|| Error::CredentialsNotFound(format!("{field}: ConfigMap {:?} not found", r.name)))?;
-        cm.data.and_then(|d| d.get(&r.key).cloned()).map(String::into_bytes).ok_or_else(|| {
-            Error::CredentialsNotFound(format!("{field}: ConfigMap {:?} has no key {:?}", r.name, r.key))
-        })
     }
 
     /// Follows the bearer chain: the upstream TokenSource must exist and the chain must not loop.
@@ -104,6 +111,11 @@ impl Context {
         let get = |name: &str| self.sources.get(&ObjectRef::new(name).within(&ns));
         let upstream =
             get(first).ok_or_else(|| Error::Upstream { name: first.to_string(), state: UpstreamState::Missing })?;
+        if upstream.spec.target.template.merge_policy == MergePolicy::Replace {
+            return Err(Error::InvalidSpec(format!(
+                "TokenSource {first:?} writes only its template's keys (mergePolicy Replace), so it has no token key to chain from"
+            )));
+        }
         let mut seen = vec![me.clone(), first.to_string()];
         let mut next = upstream.spec.upstream().map(String::from);
         while let Some(name) = next {
@@ -120,8 +132,8 @@ impl Context {
     /// The upstream's current token, if its Secret holds a valid one.
     pub(super) fn upstream_token(&self, upstream: &TokenSource, now: Timestamp) -> Option<String> {
         let ns = upstream.namespace().unwrap_or_default();
-        let s = self.targets.get(&ObjectRef::new(&upstream.spec.target.secret_name).within(&ns))?;
-        let stored = Stored::of(&s);
+        let s = self.targets.get(&ObjectRef::new(&upstream.spec.target.name).within(&ns))?;
+        let stored = Stored::of(&s, upstream.spec.target.template.merge_policy);
         (stored.owner.as_deref() == Some(upstream.name_any().as_str()) && stored.valid_at(now))
             .then(|| secret::token_of(&s))
             .flatten()

@@ -14,6 +14,7 @@ use super::decide::{self, Decision};
 use super::failure::{self, FailureInput};
 use super::status::{self, Outcome};
 use super::{Context, validate};
+use crate::conditions::ConditionType;
 use crate::crd::{TokenSource, TokenSourceStatus};
 use crate::error::Error;
 use crate::metrics::ResultLabels;
@@ -36,7 +37,9 @@ pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result
     ctx.references.record(&ts);
     let now = schedule::whole_second(Timestamp::now());
     let outcome = ctx.attempt(&ts, now).await;
-    let result = outcome.status.last_failure.as_ref().filter(|_| outcome.status.failures > 0).map(|f| f.reason.clone());
+    let result = (outcome.status.failed_renewal_attempts > 0)
+        .then(|| status::find(&outcome.status, ConditionType::Degraded).map(|c| c.reason.clone()))
+        .flatten();
     ctx.metrics.reconciles.get_or_create(&ResultLabels { result: result.unwrap_or_else(|| "Success".into()) }).inc();
     ctx.write_status(&ts, &outcome.status).await?;
     if let Some(note) = outcome.event {
@@ -75,7 +78,7 @@ impl Context {
     ) -> Result<Outcome, Error> {
         let me = ObjectRef::from_obj(ts);
         let generation = ts.meta().generation;
-        let target = ts.spec.target.secret_name.as_str();
+        let target = ts.spec.target.name.as_str();
 
         // Load and validate.
         let stored = self.stored(ts).await?;
@@ -135,7 +138,7 @@ impl Context {
             valid_until: known.valid_until,
             fingerprint: known.fingerprint.as_deref(),
             generation: ts.meta().generation,
-            target: &ts.spec.target.secret_name,
+            target: &ts.spec.target.name,
             now,
             jitter: rand::random::<f64>(),
         });

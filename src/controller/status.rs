@@ -11,7 +11,9 @@ use serde_json::json;
 
 use super::{Context, MANAGER};
 use crate::conditions::{ConditionStatus, ConditionType, Reason};
-use crate::crd::{Condition, TokenSource, TokenSourceStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::crd::{TokenSource, TokenSourceStatus};
 use crate::error::Error;
 use crate::secret::Stored;
 
@@ -51,7 +53,7 @@ pub fn condition(
         status: ConditionStatus::from(status).to_string(),
         reason: reason.to_string(),
         message,
-        last_transition_time: now.to_string(),
+        last_transition_time: Time(now),
         observed_generation: generation,
     }
 }
@@ -68,9 +70,14 @@ pub fn set_condition(conds: &mut Vec<Condition>, new: Condition) {
     }
 }
 
+/// The condition of `type_`, if the status has it.
+pub fn find(status: &TokenSourceStatus, type_: ConditionType) -> Option<&Condition> {
+    status.conditions.iter().find(|c| type_ == c.type_)
+}
+
 /// Whether the status says the Secret holds a valid token.
 pub fn is_ready(status: &TokenSourceStatus) -> bool {
-    status.conditions.iter().any(|c| ConditionType::Ready == c.type_ && ConditionStatus::True == c.status)
+    find(status, ConditionType::Ready).is_some_and(|c| ConditionStatus::True == c.status)
 }
 
 /// The status of a TokenSource whose Secret holds the valid token `stored`, renewed at
@@ -83,13 +90,14 @@ pub fn ready(
     generation: Option<i64>,
     now: Timestamp,
 ) -> Outcome {
-    status.expires_at = stored.expires_at.map(|e| e.to_string());
-    status.refreshed_at = stored.refreshed_at.map(|r| r.to_string());
+    status.expiration_time = stored.expires_at.map(Time);
+    status.last_renewal_time = stored.refreshed_at.map(Time);
     status.token_type = stored.token_type.clone();
-    status.scopes = stored.scope.clone();
-    status.next_refresh_at = Some(refresh_at.to_string());
-    status.failures = 0;
-    status.last_failure = None;
+    status.scopes =
+        stored.scope.as_deref().map(|s| s.split_whitespace().map(String::from).collect()).unwrap_or_default();
+    status.renewal_time = Some(Time(refresh_at));
+    status.failed_renewal_attempts = 0;
+    status.last_failure_time = None;
     let msg = format!("Secret {target:?} holds a valid token");
     set_condition(
         &mut status.conditions,
@@ -126,7 +134,7 @@ pub fn issued(
 
 /// A fetch is due but a backoff after failures still holds until `retry_at`.
 pub fn backing_off(mut status: TokenSourceStatus, retry_at: Timestamp, now: Timestamp) -> Outcome {
-    status.next_refresh_at = Some(retry_at.to_string());
+    status.renewal_time = Some(Time(retry_at));
     Outcome { status, requeue: Some(until(now, retry_at)), event: None }
 }
 
@@ -181,13 +189,13 @@ mod tests {
             condition(ConditionType::Ready, true, Reason::InvalidSpec, "n".into(), Some(2), t(5)),
         );
         assert_eq!(conds.len(), 1);
-        assert_eq!(conds[0].last_transition_time, t(0).to_string());
+        assert_eq!(conds[0].last_transition_time, Time(t(0)));
         assert_eq!(conds[0].reason, "InvalidSpec");
         set_condition(
             &mut conds,
             condition(ConditionType::Ready, false, Reason::InvalidSpec, "o".into(), Some(2), t(9)),
         );
-        assert_eq!(conds[0].last_transition_time, t(9).to_string());
+        assert_eq!(conds[0].last_transition_time, Time(t(9)));
     }
 
     #[test]

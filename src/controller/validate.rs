@@ -1,10 +1,13 @@
-//! Everything about a spec that can be checked without I/O, before any provider call.
+//! Everything about a spec that can be checked without I/O, before any provider call. The CRD
+//! schema refuses most mistakes at apply time; this catches what it cannot (and values written by
+//! a newer version of the operator, which this one refuses rather than misreads).
 
-use jiff::SignedDuration;
+use std::time::Duration;
+
 use kube::ResourceExt;
 
 use super::Config;
-use crate::crd::TokenSource;
+use crate::crd::{CaBundleType, RequestType, TokenSource};
 use crate::error::Error;
 use crate::providers;
 use crate::response::Reader;
@@ -15,36 +18,56 @@ use crate::secret::{self, Stored};
 pub struct Plan {
     pub policy: Policy,
     pub reader: Reader,
-    pub default_lifetime: Option<SignedDuration>,
+    /// The timeout of one token request.
+    pub timeout: Duration,
 }
 
-/// Checks the spec: one request kind, the renewal settings, the reply paths, the templates and
-/// the endpoint URL.
+/// Checks the spec: the kind of request and its URL, the renewal settings, the reply paths, the
+/// Secret template and the TLS settings.
 pub fn validate(ts: &TokenSource, config: &Config) -> Result<Plan, Error> {
     let spec = &ts.spec;
-    match (&spec.oauth2, &spec.http) {
-        (Some(_), None) | (None, Some(_)) => {}
-        _ => return Err(Error::InvalidSpec("set exactly one of spec.oauth2 and spec.http".into())),
+    match (spec.type_, &spec.oauth2, &spec.http) {
+        (RequestType::OAuth2, Some(o), None) => {
+            providers::parse_url("oauth2.tokenURL", &o.token_url, config.allow_http)?;
+        }
+        (RequestType::Http, None, Some(h)) => {
+            providers::parse_url("http.url", &h.url, config.allow_http)?;
+        }
+        (RequestType::Unknown, _, _) => return Err(Error::unsupported("type")),
+        _ => {
+            return Err(Error::InvalidSpec(
+                "type OAuth2 needs oauth2 (and no http), type HTTP needs http (and no oauth2)".into(),
+            ));
+        }
     }
-    let policy = Policy::new(spec.refresh.as_ref(), config.propagation_margin)?;
-    let default_lifetime =
-        spec.refresh.as_ref().and_then(|r| r.default_lifetime.as_deref()).map(schedule::parse_duration).transpose()?;
-    let reader = Reader::new(spec.response.as_ref())?;
-    secret::check_templates(ts)?;
-    if let Some(o) = &spec.oauth2 {
-        providers::parse_url("oauth2.tokenUrl", &o.token_url, config.allow_http)?;
+    let policy = Policy::new(&spec.renewal, config.propagation_margin)?;
+    let reader = Reader::new(&spec.response)?;
+    secret::check_template(ts)?;
+    if let Some(ca) = spec.tls.as_ref().and_then(|t| t.ca_bundle.as_ref())
+        && ca.type_ == CaBundleType::Unknown
+    {
+        return Err(Error::unsupported("tls.caBundle.type"));
     }
-    if let Some(h) = &spec.http {
-        providers::parse_url("http.url", &h.url, config.allow_http)?;
-    }
-    Ok(Plan { policy, reader, default_lifetime })
+    let most = config.transport.timeout;
+    let timeout = match spec.timeout.as_deref() {
+        None => most,
+        Some(t) => {
+            let d = schedule::parse_duration(t)?;
+            let d = Duration::try_from(d).map_err(|_| Error::InvalidSpec("timeout must be positive".into()))?;
+            if d.is_zero() {
+                return Err(Error::InvalidSpec("timeout must be positive".into()));
+            }
+            d.min(most)
+        }
+    };
+    Ok(Plan { policy, reader, timeout })
 }
 
 /// The target Secret, if it exists, must be one the operator wrote for this TokenSource.
 pub fn owner(ts: &TokenSource, stored: Option<&Stored>) -> Result<(), Error> {
     match stored {
         Some(s) if s.owner.as_deref() != Some(ts.name_any().as_str()) => {
-            Err(Error::SecretConflict(ts.spec.target.secret_name.clone()))
+            Err(Error::SecretConflict(ts.spec.target.name.clone()))
         }
         _ => Ok(()),
     }

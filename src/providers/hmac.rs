@@ -26,12 +26,13 @@ impl ImburseKey {
             KeyEncoding::Base64 => {
                 base64::engine::general_purpose::STANDARD.decode(private_key.trim()).map_err(|_| {
                     Error::CredentialsInvalid(
-                        "hmac.privateKey is not valid base64; set privateKeyEncoding: raw if the key is used as is"
+                        "hmac.privateKey is not valid base64; set privateKeyEncoding: None if the key is used as is"
                             .into(),
                     )
                 })?
             }
-            KeyEncoding::Raw => private_key.as_bytes().to_vec(),
+            KeyEncoding::None => private_key.as_bytes().to_vec(),
+            KeyEncoding::Unknown => return Err(Error::unsupported("http.auth.hmac.privateKeyEncoding")),
         };
         if key.is_empty() {
             return Err(Error::CredentialsInvalid("hmac.privateKey is empty".into()));
@@ -102,7 +103,7 @@ mod tests {
         assert_eq!(key().signature("nonce-abc", 1535617532, b""), EMPTY_BODY_SIG);
         assert_eq!(key().message("nonce-abc", 1535617532, BODY), format!("pub-123:nonce-abc:1535617532:{BODY_HASH}"));
         assert_eq!(key().signature("nonce-abc", 1535617532, BODY), BODY_SIG);
-        let raw = ImburseKey::new("pub-123".into(), "raw-key", KeyEncoding::Raw).unwrap();
+        let raw = ImburseKey::new("pub-123".into(), "raw-key", KeyEncoding::None).unwrap();
         assert_eq!(raw.signature("n", 1, b""), RAW_SIG);
         assert_eq!(
             key().authorization("nonce-abc", 1535617532, b""),

@@ -1,15 +1,15 @@
 //! Generic token requests (`spec.http`): any URL, method, headers and body, with Basic, HMAC or
-//! chained bearer authentication.
+//! bearer (chained or static) authentication.
 
 use std::collections::BTreeMap;
 
 use minijinja::Environment;
 use serde_json::Value;
 
-use crate::crd::{HmacScheme, HttpMethod, HttpSpec};
+use crate::crd::{AuthType, BodyType, HmacScheme, HttpAuth, HttpBody, HttpMethod, HttpSpec};
 use crate::credentials::Credentials;
-use crate::error::Error;
-use crate::providers::{Auth, Method, Request, check_headers, hmac::ImburseKey, parse_url};
+use crate::error::{Error, UpstreamState};
+use crate::providers::{Auth, Method, Request, check_headers, hmac::ImburseKey, parse_url, resolve_all};
 
 /// Fills `{{ name }}` placeholders from `values`; an unknown name is an error.
 fn fill(
@@ -47,136 +47,144 @@ pub fn request(
 ) -> Result<Request, Error> {
     let url = parse_url("http.url", &spec.url, allow_http)?;
     let mut secrets: Vec<Vec<u8>> = vec![];
-    let mut headers = vec![];
-    for (k, v) in &spec.headers {
-        let value = creds.string(v, &format!("http.headers.{k}"))?;
-        if v.secret_key_ref.is_some() {
-            secrets.push(value.clone().into_bytes());
-        }
-        headers.push((k.clone(), value));
-    }
+    let headers = resolve_all(creds, &spec.headers, "http.headers", &mut secrets)?;
     check_headers("http.headers", &headers)?;
-    if headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization")) && spec.auth.is_some() {
+    if headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization")) && spec.auth.type_ != AuthType::None {
         return Err(Error::InvalidSpec("http: set the Authorization header or http.auth, not both".into()));
     }
-
-    let env = crate::template::env();
     let (body, content_type) = match &spec.body {
         None => (vec![], None),
-        Some(b) => {
-            let mut values = BTreeMap::new();
-            for (k, v) in &b.values {
-                let value = creds.string(v, &format!("http.body.values.{k}"))?;
-                if v.secret_key_ref.is_some() {
-                    secrets.push(value.clone().into_bytes());
-                }
-                values.insert(k.clone(), value);
-            }
-            match (&b.raw, &b.json, &b.form) {
-                (Some(raw), None, None) => (
-                    fill(&env, "http.body.raw", raw, &values)?.into_bytes(),
-                    Some(b.content_type.clone().unwrap_or_else(|| "text/plain".into())),
-                ),
-                (None, Some(json), None) => (
-                    fill_json(&env, "http.body.json", json, &values)?.to_string().into_bytes(),
-                    Some("application/json".into()),
-                ),
-                (None, None, Some(form)) => {
-                    let mut ser = url::form_urlencoded::Serializer::new(String::new());
-                    for (k, v) in form {
-                        let value = creds.string(v, &format!("http.body.form.{k}"))?;
-                        if v.secret_key_ref.is_some() {
-                            secrets.push(value.clone().into_bytes());
-                        }
-                        ser.append_pair(k, &value);
-                    }
-                    (ser.finish().into_bytes(), Some("application/x-www-form-urlencoded".into()))
-                }
-                (None, None, None) => (vec![], None),
-                _ => return Err(Error::InvalidSpec("http.body: set at most one of raw, json and form".into())),
-            }
-        }
+        Some(b) => body(b, creds, &mut secrets)?,
     };
-
-    let auth = match &spec.auth {
-        None => Auth::None,
-        Some(a) => match (&a.basic, &a.hmac, &a.bearer) {
-            (Some(b), None, None) => {
-                let password = creds.string(&b.password, "http.auth.basic.password")?;
-                secrets.push(password.clone().into_bytes());
-                Auth::Basic { username: creds.string(&b.username, "http.auth.basic.username")?, password }
-            }
-            (None, Some(h), None) => match h.scheme {
-                HmacScheme::Imburse => {
-                    let private = creds.string(&h.private_key, "http.auth.hmac.privateKey")?;
-                    secrets.push(private.clone().into_bytes());
-                    let public = creds.string(&h.public_key, "http.auth.hmac.publicKey")?;
-                    Auth::Hmac(ImburseKey::new(public, &private, h.private_key_encoding)?)
-                }
-            },
-            (None, None, Some(b)) => {
-                let token = upstream_token.ok_or_else(|| Error::Upstream {
-                    name: b.token_source_ref.name.clone(),
-                    state: crate::error::UpstreamState::NotReady,
-                })?;
-                secrets.push(token.as_bytes().to_vec());
-                Auth::Bearer(token.to_string())
-            }
-            (None, None, None) => Auth::None,
-            _ => return Err(Error::InvalidSpec("http.auth: set at most one of basic, hmac and bearer".into())),
-        },
-    };
+    let auth = auth(&spec.auth, creds, upstream_token, &mut secrets)?;
     let method = match spec.method {
         HttpMethod::Get => Method::Get,
         HttpMethod::Post => Method::Post,
         HttpMethod::Put => Method::Put,
+        HttpMethod::Unknown => return Err(Error::unsupported("http.method")),
     };
     if method == Method::Get && !body.is_empty() {
         return Err(Error::InvalidSpec("http: a GET request cannot have a body".into()));
     }
-    Ok(Request { method, url, headers, body, content_type, auth, secrets, tls: None })
+    Ok(Request { method, url, headers, body, content_type, auth, secrets, tls: None, timeout: None })
+}
+
+/// The body bytes and their content type.
+fn body(b: &HttpBody, creds: &Credentials, secrets: &mut Vec<Vec<u8>>) -> Result<(Vec<u8>, Option<String>), Error> {
+    let values: BTreeMap<String, String> =
+        resolve_all(creds, &b.values, "http.body.values", secrets)?.into_iter().collect();
+    let env = crate::template::env();
+    let missing = |member: &str| Error::InvalidSpec(format!("http.body: type {:?} needs {member}", b.type_));
+    Ok(match b.type_ {
+        BodyType::Raw => {
+            let raw = b.raw.as_deref().ok_or_else(|| missing("raw"))?;
+            let content_type = b.content_type.clone().unwrap_or_else(|| "text/plain".into());
+            (fill(&env, "http.body.raw", raw, &values)?.into_bytes(), Some(content_type))
+        }
+        BodyType::Json => {
+            let json = b.json.as_ref().ok_or_else(|| missing("json"))?;
+            (
+                fill_json(&env, "http.body.json", json, &values)?.to_string().into_bytes(),
+                Some("application/json".into()),
+            )
+        }
+        BodyType::Form => {
+            let form = b.form.as_deref().ok_or_else(|| missing("form"))?;
+            let mut ser = url::form_urlencoded::Serializer::new(String::new());
+            for (k, v) in resolve_all(creds, form, "http.body.form", secrets)? {
+                ser.append_pair(&k, &v);
+            }
+            (ser.finish().into_bytes(), Some("application/x-www-form-urlencoded".into()))
+        }
+        BodyType::Unknown => return Err(Error::unsupported("http.body.type")),
+    })
+}
+
+/// The authentication of the request.
+fn auth(
+    spec: &HttpAuth,
+    creds: &Credentials,
+    upstream_token: Option<&str>,
+    secrets: &mut Vec<Vec<u8>>,
+) -> Result<Auth, Error> {
+    let missing = |member: &str| Error::InvalidSpec(format!("http.auth: type {:?} needs {member}", spec.type_));
+    Ok(match spec.type_ {
+        AuthType::None => Auth::None,
+        AuthType::Basic => {
+            let b = spec.basic.as_ref().ok_or_else(|| missing("basic"))?;
+            let password = creds.secret(&b.password_secret_ref, "http.auth.basic.passwordSecretRef")?;
+            secrets.push(password.clone().into_bytes());
+            let username = creds.resolve(&b.username, "http.auth.basic.username")?;
+            if username.secret {
+                secrets.push(username.text.clone().into_bytes());
+            }
+            Auth::Basic { username: username.text, password }
+        }
+        AuthType::Hmac => {
+            let h = spec.hmac.as_ref().ok_or_else(|| missing("hmac"))?;
+            if h.scheme == HmacScheme::Unknown {
+                return Err(Error::unsupported("http.auth.hmac.scheme"));
+            }
+            let private = creds.secret(&h.private_key_secret_ref, "http.auth.hmac.privateKeySecretRef")?;
+            secrets.push(private.clone().into_bytes());
+            let public = creds.resolve(&h.public_key, "http.auth.hmac.publicKey")?;
+            if public.secret {
+                secrets.push(public.text.clone().into_bytes());
+            }
+            Auth::Hmac(ImburseKey::new(public.text, &private, h.private_key_encoding)?)
+        }
+        AuthType::Bearer => {
+            let b = spec.bearer.as_ref().ok_or_else(|| missing("bearer"))?;
+            let token = match (&b.token_source_ref, &b.token_secret_ref) {
+                (Some(upstream), None) => upstream_token
+                    .ok_or_else(|| Error::Upstream { name: upstream.name.clone(), state: UpstreamState::NotReady })?
+                    .to_string(),
+                (None, Some(r)) => creds.secret(r, "http.auth.bearer.tokenSecretRef")?,
+                _ => {
+                    return Err(Error::InvalidSpec(
+                        "http.auth.bearer: set exactly one of tokenSourceRef and tokenSecretRef".into(),
+                    ));
+                }
+            };
+            secrets.push(token.as_bytes().to_vec());
+            Auth::Bearer(token)
+        }
+        AuthType::Unknown => return Err(Error::unsupported("http.auth.type")),
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::crd::{BearerAuth, HmacAuth, HttpAuth, HttpBody, KeyEncoding, LocalRef, SecretKeyRef, ValueSource};
     use serde_json::json;
 
-    fn secret(name: &str, key: &str) -> ValueSource {
-        ValueSource { value: None, secret_key_ref: Some(SecretKeyRef { name: name.into(), key: key.into() }) }
+    use super::*;
+    use crate::crd::SecretKeyRef;
+
+    fn spec(v: Value) -> HttpSpec {
+        serde_json::from_value(v).unwrap()
     }
 
     fn creds() -> Credentials {
         let mut c = Credentials::default();
-        c.insert(SecretKeyRef { name: "imburse".into(), key: "public".into() }, b"pub-123".to_vec());
-        c.insert(
-            SecretKeyRef { name: "imburse".into(), key: "private".into() },
-            b"c2VjcmV0LWtleS1mb3ItdGVzdHM=".to_vec(),
-        );
-        c.insert(SecretKeyRef { name: "imburse".into(), key: "customer".into() }, b"cust-9".to_vec());
+        let r = |key: &str| SecretKeyRef { name: "imburse".into(), key: key.into() };
+        c.insert(r("public"), b"pub-123".to_vec());
+        c.insert(r("private"), b"c2VjcmV0LWtleS1mb3ItdGVzdHM=".to_vec());
+        c.insert(r("customer"), b"cust-9".to_vec());
+        c.insert(r("static"), b"static-token-1".to_vec());
         c
+    }
+
+    fn from_secret(key: &str) -> Value {
+        json!({"valueFrom": {"secretKeyRef": {"name": "imburse", "key": key}}})
     }
 
     #[test]
     fn imburse_management_request_is_signed_without_a_body() {
-        let spec = HttpSpec {
-            url: "https://sandbox-api.imbursepayments.com/identity/v1/hmac/management".into(),
-            method: HttpMethod::Post,
-            headers: BTreeMap::new(),
-            body: None,
-            auth: Some(HttpAuth {
-                basic: None,
-                hmac: Some(HmacAuth {
-                    scheme: HmacScheme::Imburse,
-                    public_key: secret("imburse", "public"),
-                    private_key: secret("imburse", "private"),
-                    private_key_encoding: KeyEncoding::Base64,
-                }),
-                bearer: None,
-            }),
-        };
-        let r = request(&spec, &creds(), None, false).unwrap();
+        let s = spec(json!({
+            "url": "https://sandbox-api.imbursepayments.com/identity/v1/hmac/management",
+            "auth": {"type": "HMAC", "hmac": {"scheme": "Imburse", "publicKey": from_secret("public"), "privateKeySecretRef": {"name": "imburse", "key": "private"}}}
+        }));
+        let r = request(&s, &creds(), None, false).unwrap();
         assert!(r.body.is_empty());
         // Same vector as the signer's known-answer test.
         assert_eq!(
@@ -187,28 +195,17 @@ mod tests {
 
     #[test]
     fn payout_request_from_the_management_token() {
-        let spec = HttpSpec {
-            url: "https://sandbox-api.imbursepayments.com/v1/identity/payout".into(),
-            method: HttpMethod::Post,
-            headers: BTreeMap::new(),
-            body: Some(HttpBody {
-                raw: None,
-                json: Some(json!({"customerRef": "{{ customer }}", "orderRef": "1", "instructionRef": "1"})),
-                form: None,
-                values: [("customer".to_string(), secret("imburse", "customer"))].into(),
-                content_type: None,
-            }),
-            auth: Some(HttpAuth {
-                basic: None,
-                hmac: None,
-                bearer: Some(BearerAuth { token_source_ref: LocalRef { name: "mgmt".into() } }),
-            }),
-        };
+        let s = spec(json!({
+            "url": "https://sandbox-api.imbursepayments.com/v1/identity/payout",
+            "body": {"type": "JSON", "json": {"customerRef": "{{ customer }}", "orderRef": "1", "instructionRef": "1"},
+                     "values": [{"name": "customer", "valueFrom": {"secretKeyRef": {"name": "imburse", "key": "customer"}}}]},
+            "auth": {"type": "Bearer", "bearer": {"tokenSourceRef": {"name": "mgmt"}}}
+        }));
         assert!(matches!(
-            request(&spec, &creds(), None, false),
-            Err(Error::Upstream { state: crate::error::UpstreamState::NotReady, .. })
+            request(&s, &creds(), None, false),
+            Err(Error::Upstream { state: UpstreamState::NotReady, .. })
         ));
-        let r = request(&spec, &creds(), Some("mgmt-token"), false).unwrap();
+        let r = request(&s, &creds(), Some("mgmt-token"), false).unwrap();
         let body: Value = serde_json::from_slice(&r.body).unwrap_or_default();
         assert_eq!(body, json!({"customerRef": "cust-9", "orderRef": "1", "instructionRef": "1"}));
         assert_eq!(r.content_type.as_deref(), Some("application/json"));
@@ -217,46 +214,34 @@ mod tests {
     }
 
     #[test]
+    fn a_static_bearer_token_from_a_secret() {
+        let s = spec(json!({
+            "url": "https://x.example/token",
+            "auth": {"type": "Bearer", "bearer": {"tokenSecretRef": {"name": "imburse", "key": "static"}}}
+        }));
+        let r = request(&s, &creds(), None, false).unwrap();
+        assert_eq!(r.authorization(0, "").as_deref(), Some("Bearer static-token-1"));
+        assert_eq!(r.scrub("static-token-1"), "[redacted]");
+    }
+
+    #[test]
     fn basic_auth_headers_from_secrets_and_form_bodies() {
-        let spec = HttpSpec {
-            url: "https://x.example/token".into(),
-            method: HttpMethod::Post,
-            headers: [
-                ("X-Api-Key".to_string(), secret("imburse", "customer")),
-                ("Accept".to_string(), ValueSource { value: Some("application/json".into()), secret_key_ref: None }),
-            ]
-            .into(),
-            body: Some(HttpBody {
-                raw: None,
-                json: None,
-                form: Some(
-                    [(
-                        "grant_type".to_string(),
-                        ValueSource { value: Some("client_credentials".into()), secret_key_ref: None },
-                    )]
-                    .into(),
-                ),
-                values: BTreeMap::new(),
-                content_type: None,
-            }),
-            auth: Some(HttpAuth {
-                basic: Some(crate::crd::BasicAuth {
-                    username: ValueSource { value: Some("user".into()), secret_key_ref: None },
-                    password: secret("imburse", "public"),
-                }),
-                hmac: None,
-                bearer: None,
-            }),
-        };
-        let r = request(&spec, &creds(), None, false).unwrap();
+        let s = spec(json!({
+            "url": "https://x.example/token",
+            "headers": [{"name": "X-Api-Key", "valueFrom": {"secretKeyRef": {"name": "imburse", "key": "customer"}}}, {"name": "Accept", "value": "application/json"}],
+            "body": {"type": "Form", "form": [{"name": "grant_type", "value": "client_credentials"}, {"name": "resource", "value": "a"}, {"name": "resource", "value": "b"}]},
+            "auth": {"type": "Basic", "basic": {"username": {"value": "user"}, "passwordSecretRef": {"name": "imburse", "key": "public"}}}
+        }));
+        let r = request(&s, &creds(), None, false).unwrap();
         assert_eq!(
             r.headers,
             vec![
-                ("Accept".to_string(), "application/json".to_string()),
-                ("X-Api-Key".to_string(), "cust-9".to_string())
-            ]
+                ("X-Api-Key".to_string(), "cust-9".to_string()),
+                ("Accept".to_string(), "application/json".to_string())
+            ],
+            "headers keep their order"
         );
-        assert_eq!(String::from_utf8_lossy(&r.body), "grant_type=client_credentials");
+        assert_eq!(String::from_utf8_lossy(&r.body), "grant_type=client_credentials&resource=a&resource=b");
         assert_eq!(r.content_type.as_deref(), Some("application/x-www-form-urlencoded"));
         // base64("user:pub-123")
         assert_eq!(r.authorization(0, "").as_deref(), Some("Basic dXNlcjpwdWItMTIz"));
@@ -268,20 +253,15 @@ mod tests {
     }
 
     #[test]
-    fn unknown_placeholders_are_spec_errors() {
-        let spec = HttpSpec {
-            url: "https://x.example/token".into(),
-            method: HttpMethod::Post,
-            headers: BTreeMap::new(),
-            body: Some(HttpBody {
-                raw: Some("id={{ nope }}".into()),
-                json: None,
-                form: None,
-                values: BTreeMap::new(),
-                content_type: None,
-            }),
-            auth: None,
-        };
-        assert!(matches!(request(&spec, &creds(), None, false), Err(Error::InvalidSpec(_))));
+    fn unknown_placeholders_and_unknown_auth_types_are_spec_errors() {
+        let s = spec(json!({"url": "https://x.example/token", "body": {"type": "Raw", "raw": "id={{ nope }}"}}));
+        assert!(matches!(request(&s, &creds(), None, false), Err(Error::InvalidSpec(_))));
+        // A newer version's authentication is refused, never sent without credentials.
+        let s = spec(
+            json!({"url": "https://x.example/token", "auth": {"type": "SigV4", "sigv4": {"region": "eu-west-1"}}}),
+        );
+        assert_eq!(s.auth.type_, AuthType::Unknown);
+        let e = request(&s, &creds(), None, false).unwrap_err();
+        assert!(e.to_string().contains("http.auth.type"), "{e}");
     }
 }

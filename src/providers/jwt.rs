@@ -21,7 +21,7 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 fn key_error(what: &str) -> Error {
-    Error::CredentialsInvalid(format!("oauth2.privateKeyJwt.privateKey: {what}"))
+    Error::CredentialsInvalid(format!("oauth2.clientAuth.privateKeyJWT.privateKeySecretRef: {what}"))
 }
 
 /// Signs a client assertion at `now` (Unix seconds) with a fresh `jti`.
@@ -34,7 +34,12 @@ pub fn client_assertion(
     now: i64,
 ) -> Result<String, Error> {
     let der = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| key_error("not a PEM private key"))?;
-    let mut header = json!({"alg": match algorithm { JwtAlgorithm::RS256 => "RS256", JwtAlgorithm::ES256 => "ES256" }, "typ": "JWT"});
+    let alg = match algorithm {
+        JwtAlgorithm::RS256 => "RS256",
+        JwtAlgorithm::ES256 => "ES256",
+        JwtAlgorithm::Unknown => return Err(Error::unsupported("privateKeyJWT.algorithm")),
+    };
+    let mut header = json!({"alg": alg, "typ": "JWT"});
     if let Some(kid) = key_id {
         header["kid"] = json!(kid);
     }
@@ -61,6 +66,7 @@ pub fn client_assertion(
                 .map_err(|_| key_error("signing failed"))?;
             sig
         }
+        JwtAlgorithm::Unknown => return Err(Error::unsupported("privateKeyJWT.algorithm")),
         JwtAlgorithm::ES256 => {
             let PrivateKeyDer::Pkcs8(k) = &der else { return Err(key_error("ES256 needs a PKCS#8 P-256 key")) };
             let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, k.secret_pkcs8_der(), &rng)

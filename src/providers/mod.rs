@@ -10,6 +10,8 @@ use std::fmt;
 
 use base64::Engine;
 
+use crate::crd::NamedValue;
+use crate::credentials::Credentials;
 use crate::error::Error;
 
 /// How a request authenticates, applied when it is sent.
@@ -42,6 +44,8 @@ pub struct Request {
     pub secrets: Vec<Vec<u8>>,
     /// A client certificate and CA bundle for this request, when the spec has them.
     pub tls: Option<Tls>,
+    /// The total timeout of this request, when shorter than the transport's.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// PEM material for one request's TLS connection.
@@ -103,6 +107,26 @@ pub fn parse_url(field: &str, raw: &str, allow_http: bool) -> Result<url::Url, E
     Ok(url)
 }
 
+/// Resolves named values (headers, parameters, form fields) in order; values read from Secrets
+/// are added to `secrets`, so replies are scrubbed of them.
+pub fn resolve_all(
+    creds: &Credentials,
+    items: &[NamedValue],
+    field: &str,
+    secrets: &mut Vec<Vec<u8>>,
+) -> Result<Vec<(String, String)>, Error> {
+    items
+        .iter()
+        .map(|item| {
+            let v = creds.resolve(&item.source(), &format!("{field}[{}]", item.name))?;
+            if v.secret {
+                secrets.push(v.text.clone().into_bytes());
+            }
+            Ok((item.name.clone(), v.text))
+        })
+        .collect()
+}
+
 fn header_name_ok(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
@@ -117,7 +141,7 @@ pub fn check_headers(field: &str, headers: &[(String, String)]) -> Result<(), Er
             return Err(Error::InvalidSpec(format!("{field}.{k}: header values cannot contain line breaks")));
         }
         let lower = k.to_ascii_lowercase();
-        if matches!(lower.as_str(), "host" | "content-length" | "transfer-encoding") {
+        if matches!(lower.as_str(), "host" | "content-length" | "content-type" | "transfer-encoding" | "connection") {
             return Err(Error::InvalidSpec(format!("{field}: the {k} header is set by the operator")));
         }
     }

@@ -1,56 +1,72 @@
-//! OAuth 2.0 client credentials grant (RFC 6749 section 4.4).
+//! OAuth 2.0 token requests (RFC 6749): the client credentials grant, with the client
+//! authentication methods of the IANA registry.
 
-use crate::crd::{ClientAuthentication, OAuth2Spec, RequestFormat};
+use crate::crd::{ClientAuthType, GrantType, JwtAlgorithm, OAuth2BodyType, OAuth2Spec};
 use crate::credentials::Credentials;
 use crate::error::Error;
-use crate::providers::{Auth, Method, Request, check_headers, parse_url};
+use crate::providers::{Auth, Method, Request, check_headers, parse_url, resolve_all};
 
-/// Builds the token request for an `oauth2` spec. A `privateKeyJwt` assertion is signed here,
+/// Parameters the operator sets itself.
+const RESERVED: [&str; 6] =
+    ["grant_type", "scope", "client_id", "client_secret", "client_assertion", "client_assertion_type"];
+
+/// Builds the token request for an `oauth2` spec. A `PrivateKeyJWT` assertion is signed here,
 /// fresh for the attempt.
 pub fn request(spec: &OAuth2Spec, creds: &Credentials, allow_http: bool) -> Result<Request, Error> {
-    let url = parse_url("oauth2.tokenUrl", &spec.token_url, allow_http)?;
-    let client_id = creds.string(&spec.client_id, "oauth2.clientId")?;
-    if client_id.is_empty() {
-        return Err(Error::CredentialsInvalid("oauth2.clientId is empty".into()));
+    let url = parse_url("oauth2.tokenURL", &spec.token_url, allow_http)?;
+    let mut secrets = vec![];
+    let client_id = creds.resolve(&spec.client_id, "oauth2.clientID")?;
+    if client_id.secret {
+        secrets.push(client_id.text.clone().into_bytes());
     }
-    let secret = || -> Result<String, Error> {
-        let source = spec.client_secret.as_ref().ok_or_else(|| {
-            Error::InvalidSpec("oauth2.clientSecret is required for basic and body authentication".into())
-        })?;
-        creds.string(source, "oauth2.clientSecret")
+    let client_id = client_id.text;
+    if client_id.is_empty() {
+        return Err(Error::CredentialsInvalid("oauth2.clientID is empty".into()));
+    }
+    let grant = match spec.grant_type {
+        GrantType::ClientCredentials => "client_credentials",
+        GrantType::Unknown => return Err(Error::unsupported("oauth2.grantType")),
     };
-    let mut params: Vec<(String, String)> = vec![("grant_type".into(), "client_credentials".into())];
+    let mut params: Vec<(String, String)> = vec![("grant_type".into(), grant.into())];
     if !spec.scopes.is_empty() {
         params.push(("scope".into(), spec.scopes.join(" ")));
     }
-    for (k, v) in &spec.parameters {
-        if matches!(
-            k.as_str(),
-            "grant_type" | "client_id" | "client_secret" | "client_assertion" | "client_assertion_type"
-        ) {
+    for (k, v) in resolve_all(creds, &spec.parameters, "oauth2.parameters", &mut secrets)? {
+        if RESERVED.contains(&k.as_str()) {
             return Err(Error::InvalidSpec(format!("oauth2.parameters: {k} is set by the operator")));
         }
-        params.push((k.clone(), v.clone()));
+        params.push((k, v));
     }
-    let mut secrets = vec![];
-    let auth = match spec.client_authentication {
-        ClientAuthentication::Basic => {
-            let client_secret = secret()?;
+    let auth = &spec.client_auth;
+    let client_secret = || -> Result<String, Error> {
+        let r = auth.client_secret_ref.as_ref().ok_or_else(|| {
+            Error::InvalidSpec(
+                "oauth2.clientAuth.clientSecretRef is required for ClientSecretBasic and ClientSecretPost".into(),
+            )
+        })?;
+        creds.secret(r, "oauth2.clientAuth.clientSecretRef")
+    };
+    let auth = match auth.type_ {
+        ClientAuthType::ClientSecretBasic => {
+            let client_secret = client_secret()?;
             secrets.push(client_secret.clone().into_bytes());
             Auth::Basic { username: client_id.clone(), password: client_secret }
         }
-        ClientAuthentication::Body => {
-            let client_secret = secret()?;
+        ClientAuthType::ClientSecretPost => {
+            let client_secret = client_secret()?;
             secrets.push(client_secret.clone().into_bytes());
             params.push(("client_id".into(), client_id.clone()));
             params.push(("client_secret".into(), client_secret));
             Auth::None
         }
-        ClientAuthentication::PrivateKeyJwt => {
-            let jwt = spec.private_key_jwt.as_ref().ok_or_else(|| {
-                Error::InvalidSpec("oauth2.privateKeyJwt is required for clientAuthentication privateKeyJwt".into())
+        ClientAuthType::PrivateKeyJwt => {
+            let jwt = auth.private_key_jwt.as_ref().ok_or_else(|| {
+                Error::InvalidSpec("oauth2.clientAuth.privateKeyJWT is required for PrivateKeyJWT".into())
             })?;
-            let key = creds.get(&jwt.private_key, "oauth2.privateKeyJwt.privateKey")?;
+            if jwt.algorithm == JwtAlgorithm::Unknown {
+                return Err(Error::unsupported("oauth2.clientAuth.privateKeyJWT.algorithm"));
+            }
+            let key = creds.get(&jwt.private_key_secret_ref, "oauth2.clientAuth.privateKeyJWT.privateKeySecretRef")?;
             let audience = jwt.audience.clone().unwrap_or_else(|| spec.token_url.clone());
             let now = jiff::Timestamp::now().as_second();
             let assertion =
@@ -61,27 +77,32 @@ pub fn request(spec: &OAuth2Spec, creds: &Credentials, allow_http: bool) -> Resu
             params.push(("client_assertion".into(), assertion));
             Auth::None
         }
-        ClientAuthentication::TlsClientAuth => {
+        ClientAuthType::TlsClientAuth => {
             params.push(("client_id".into(), client_id.clone()));
             Auth::None
         }
+        ClientAuthType::Unknown => return Err(Error::unsupported("oauth2.clientAuth.type")),
     };
-    let (body, content_type) = match spec.request_format {
-        RequestFormat::Form => {
+    let (body, content_type) = match spec.body_type {
+        OAuth2BodyType::Form => {
             let mut ser = url::form_urlencoded::Serializer::new(String::new());
             for (k, v) in &params {
                 ser.append_pair(k, v);
             }
             (ser.finish().into_bytes(), "application/x-www-form-urlencoded")
         }
-        RequestFormat::Json => {
+        OAuth2BodyType::Json => {
             let map: serde_json::Map<String, serde_json::Value> =
                 params.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect();
             (serde_json::Value::Object(map).to_string().into_bytes(), "application/json")
         }
+        OAuth2BodyType::Unknown => return Err(Error::unsupported("oauth2.bodyType")),
     };
-    let headers: Vec<(String, String)> = spec.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let headers = resolve_all(creds, &spec.headers, "oauth2.headers", &mut secrets)?;
     check_headers("oauth2.headers", &headers)?;
+    if headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization")) {
+        return Err(Error::InvalidSpec("oauth2.headers: the Authorization header belongs to clientAuth".into()));
+    }
     Ok(Request {
         method: Method::Post,
         url,
@@ -91,29 +112,32 @@ pub fn request(spec: &OAuth2Spec, creds: &Credentials, allow_http: bool) -> Resu
         auth,
         secrets,
         tls: None,
+        timeout: None,
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::crd::{SecretKeyRef, ValueSource};
+    use serde_json::{Value, json};
 
-    fn spec(auth: ClientAuthentication, format: RequestFormat) -> OAuth2Spec {
-        OAuth2Spec {
-            token_url: "https://auth.example.com/oauth2/token/".into(),
-            client_id: ValueSource { value: Some("my-id".into()), secret_key_ref: None },
-            client_secret: Some(ValueSource {
-                value: None,
-                secret_key_ref: Some(SecretKeyRef { name: "c".into(), key: "secret".into() }),
-            }),
-            client_authentication: auth,
-            private_key_jwt: None,
-            request_format: format,
-            scopes: vec!["read".into(), "write".into()],
-            parameters: [("audience".to_string(), "api".to_string())].into(),
-            headers: [("Cache-Control".to_string(), "no-cache".to_string())].into(),
-        }
+    use super::*;
+    use crate::crd::SecretKeyRef;
+
+    fn spec(auth: Value, body_type: &str) -> OAuth2Spec {
+        serde_json::from_value(json!({
+            "tokenURL": "https://auth.example.com/oauth2/token/",
+            "clientID": {"value": "my-id"},
+            "clientAuth": auth,
+            "bodyType": body_type,
+            "scopes": ["read", "write"],
+            "parameters": [{"name": "audience", "value": "api"}],
+            "headers": [{"name": "Cache-Control", "value": "no-cache"}]
+        }))
+        .unwrap()
+    }
+
+    fn secret_auth(type_: &str) -> Value {
+        json!({"type": type_, "clientSecretRef": {"name": "c", "key": "secret"}})
     }
 
     fn creds() -> Credentials {
@@ -124,7 +148,7 @@ mod tests {
 
     #[test]
     fn basic_auth_form_body() {
-        let r = request(&spec(ClientAuthentication::Basic, RequestFormat::Form), &creds(), false).unwrap();
+        let r = request(&spec(secret_auth("ClientSecretBasic"), "Form"), &creds(), false).unwrap();
         assert_eq!(String::from_utf8_lossy(&r.body), "grant_type=client_credentials&scope=read+write&audience=api");
         assert_eq!(r.content_type.as_deref(), Some("application/x-www-form-urlencoded"));
         // base64("my-id:s3cr3t"): the trailing newline of the Secret value is not part of it.
@@ -133,9 +157,9 @@ mod tests {
     }
 
     #[test]
-    fn body_auth_json_body() {
-        let r = request(&spec(ClientAuthentication::Body, RequestFormat::Json), &creds(), false).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+    fn post_auth_json_body() {
+        let r = request(&spec(secret_auth("ClientSecretPost"), "JSON"), &creds(), false).unwrap();
+        let v: Value = serde_json::from_slice(&r.body).unwrap_or_default();
         assert_eq!(v["grant_type"], "client_credentials");
         assert_eq!(v["client_id"], "my-id");
         assert_eq!(v["client_secret"], "s3cr3t");
@@ -147,14 +171,10 @@ mod tests {
 
     #[test]
     fn private_key_jwt_and_tls_client_auth_send_no_secret() {
-        let mut s = spec(ClientAuthentication::PrivateKeyJwt, RequestFormat::Form);
-        s.client_secret = None;
-        s.private_key_jwt = Some(crate::crd::PrivateKeyJwt {
-            private_key: SecretKeyRef { name: "jwt".into(), key: "key.pem".into() },
-            algorithm: crate::crd::JwtAlgorithm::ES256,
-            key_id: None,
-            audience: None,
-        });
+        let s = spec(
+            json!({"type": "PrivateKeyJWT", "privateKeyJWT": {"privateKeySecretRef": {"name": "jwt", "key": "key.pem"}, "algorithm": "ES256"}}),
+            "Form",
+        );
         let mut c = creds();
         c.insert(
             SecretKeyRef { name: "jwt".into(), key: "key.pem".into() },
@@ -167,9 +187,7 @@ mod tests {
         assert_eq!(get("client_id").as_deref(), Some("my-id"));
         assert!(get("client_assertion").is_some_and(|a| a.split('.').count() == 3));
         assert!(get("client_secret").is_none() && r.authorization(0, "").is_none());
-        let mut t = spec(ClientAuthentication::TlsClientAuth, RequestFormat::Form);
-        t.client_secret = None;
-        let r = request(&t, &creds(), false).unwrap();
+        let r = request(&spec(json!({"type": "TLSClientAuth"}), "Form"), &creds(), false).unwrap();
         assert_eq!(
             String::from_utf8_lossy(&r.body),
             "grant_type=client_credentials&scope=read+write&audience=api&client_id=my-id"
@@ -178,16 +196,26 @@ mod tests {
 
     #[test]
     fn spec_mistakes_are_invalid_spec() {
-        let mut s = spec(ClientAuthentication::Basic, RequestFormat::Form);
+        let mut s = spec(secret_auth("ClientSecretBasic"), "Form");
         s.token_url = "http://auth.example.com/token".into();
         assert!(matches!(request(&s, &creds(), false), Err(Error::InvalidSpec(_))));
         assert!(request(&s, &creds(), true).is_ok());
         s.token_url = "not a url".into();
         assert!(matches!(request(&s, &creds(), true), Err(Error::InvalidSpec(_))));
-        let mut s = spec(ClientAuthentication::Basic, RequestFormat::Form);
-        s.parameters.insert("grant_type".into(), "password".into());
+        let mut s = spec(secret_auth("ClientSecretBasic"), "Form");
+        s.parameters[0].name = "grant_type".into();
         assert!(matches!(request(&s, &creds(), false), Err(Error::InvalidSpec(_))));
-        let s = spec(ClientAuthentication::Basic, RequestFormat::Form);
+        let s = spec(secret_auth("ClientSecretBasic"), "Form");
         assert!(matches!(request(&s, &Credentials::default(), false), Err(Error::CredentialsNotFound(_))));
+    }
+
+    #[test]
+    fn methods_from_a_newer_version_are_refused() {
+        let s = spec(json!({"type": "ClientSecretJWT", "clientSecretRef": {"name": "c", "key": "secret"}}), "Form");
+        assert_eq!(s.client_auth.type_, ClientAuthType::Unknown);
+        let e = request(&s, &creds(), false).unwrap_err();
+        assert!(matches!(e, Error::InvalidSpec(_)) && e.to_string().contains("oauth2.clientAuth.type"), "{e}");
+        let s = spec(secret_auth("ClientSecretBasic"), "CBOR");
+        assert!(matches!(request(&s, &creds(), false), Err(Error::InvalidSpec(_))));
     }
 }

@@ -12,7 +12,7 @@ use fake_providers::{Config as FakeConfig, Fakes};
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, CustomResourceExt, ResourceExt};
+use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tokensource_operator::admin::Health;
 use tokensource_operator::controller::{self, Config};
@@ -97,7 +97,7 @@ impl Env {
         crds.patch(
             "tokensources.tokensource.dev",
             &PatchParams::apply("e2e").force(),
-            &Patch::Apply(TokenSource::crd()),
+            &Patch::Apply(tokensource_operator::crd::crd()),
         )
         .await
         .expect("installing the CRD");
@@ -309,14 +309,15 @@ pub fn podero(env: &Env, name: &str, secret: &str) -> Value {
     json!({
         "metadata": {"name": name},
         "spec": {
+            "type": "OAuth2",
             "oauth2": {
-                "tokenUrl": env.fakes.endpoint_url(fake_providers::Endpoint::Podero),
-                "clientId": {"secretKeyRef": {"name": "podero-credentials", "key": "client_id"}},
-                "clientSecret": {"secretKeyRef": {"name": "podero-credentials", "key": "client_secret"}},
-                "requestFormat": "json",
-                "headers": {"Cache-Control": "no-cache"}
+                "tokenURL": env.fakes.endpoint_url(fake_providers::Endpoint::Podero),
+                "clientID": {"valueFrom": {"secretKeyRef": {"name": "podero-credentials", "key": "client_id"}}},
+                "clientAuth": {"type": "ClientSecretBasic", "clientSecretRef": {"name": "podero-credentials", "key": "client_secret"}},
+                "bodyType": "JSON",
+                "headers": [{"name": "Cache-Control", "value": "no-cache"}]
             },
-            "target": {"secretName": secret}
+            "target": {"name": secret}
         }
     })
 }
