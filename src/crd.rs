@@ -835,7 +835,7 @@ pub enum CreationPolicy {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.mergePolicy != 'Replace' || size(self.data) > 0", "message": "mergePolicy Replace needs data: it writes only the template's keys"}
+    {"rule": "self.mergePolicy != 'Replace' || (has(self.data) && size(self.data) > 0)", "message": "mergePolicy Replace needs data: it writes only the template's keys"}
 ]))]
 pub struct SecretTemplate {
     /// The Secret's type, such as `Opaque` or `kubernetes.io/dockerconfigjson`. Cannot be changed.

@@ -213,3 +213,40 @@ async fn the_imburse_fake_rejects_replays_stale_clocks_and_bad_signatures() {
         .await;
     assert_eq!(payout.map(|r| r.status().as_u16()).unwrap_or(0), 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auth_type_from_a_newer_version_is_refused_not_sent_unauthenticated() {
+    let env = Env::start().await;
+    // After a rollback of the operator, the newer CRD (with an auth type this operator does not
+    // know) is still installed and TokenSources use it.
+    let mut crd = serde_json::to_value(tokensource_operator::crd::crd()).unwrap();
+    let auth = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["http"]
+        ["properties"]["auth"];
+    auth["properties"]["type"]["enum"].as_array_mut().unwrap().push(json!("SigV4"));
+    auth["properties"]["sigv4"] = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(env.client.clone());
+    crds.patch("tokensources.tokensource.dev", &PatchParams::apply("e2e").force(), &Patch::Apply(&crd)).await.unwrap();
+    // Written as the newer client wrote it (the typed struct of this version cannot hold it).
+    apply(
+        &env,
+        json!({
+            "apiVersion": "tokensource.dev/v1alpha1", "kind": "TokenSource",
+            "metadata": {"name": "newer"},
+            "spec": {
+                "type": "HTTP",
+                "http": {"url": env.fakes.endpoint_url(Endpoint::ImburseManagement), "auth": {"type": "SigV4", "sigv4": {"region": "eu-west-1"}}},
+                "target": {"name": "newer-token"}
+            }
+        }),
+    )
+    .await;
+    let m = env.wait_ready("newer", "False", "InvalidSpec").await;
+    assert!(m.contains("http.auth.type") && m.contains("does not support"), "{m}");
+    // Other TokenSources are still served: the operator did not choke on the unknown value.
+    common::podero_credentials(&env).await;
+    env.create(common::podero(&env, "podero", "podero-token")).await;
+    env.wait_token("podero-token", None).await;
+    assert_eq!(env.fakes.calls(Endpoint::ImburseManagement), 0, "nothing was sent without its authentication");
+    assert!(env.secret_data("newer-token").await.is_none());
+}
