@@ -865,7 +865,7 @@ pub struct SecretTemplate {
     /// Secret keys rendered from templates, such as `authorization: "Bearer {{ token }}"`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(
-        length(max = 32),
+        extend("maxProperties" = 32),
         extend("x-kubernetes-validations" = [
             {"rule": "self.all(k, k.matches('^[-._a-zA-Z0-9]+$') && size(k) <= 253)", "message": "keys must be Secret keys: letters, digits, '-', '_' and '.'"},
             {"rule": "self.all(k, !(k in ['token', 'token_type', 'expires_at', 'scope']))", "message": "token, token_type, expires_at and scope are written by the operator"}
@@ -899,11 +899,11 @@ impl Default for SecretTemplate {
 pub struct TemplateMetadata {
     /// Extra labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(extend("maxProperties" = 64), extend("additionalProperties" = {"type": "string", "maxLength": 63}))]
     pub labels: BTreeMap<String, String>,
     /// Extra annotations.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(extend("maxProperties" = 64), extend("additionalProperties" = {"type": "string", "maxLength": 4096}))]
     pub annotations: BTreeMap<String, String>,
 }
 
