@@ -37,52 +37,7 @@ pub fn request(spec: &OAuth2Spec, creds: &Credentials, allow_http: bool) -> Resu
         }
         params.push((k, v));
     }
-    let auth = &spec.client_auth;
-    let client_secret = || -> Result<String, Error> {
-        let r = auth.client_secret_ref.as_ref().ok_or_else(|| {
-            Error::InvalidSpec(
-                "oauth2.clientAuth.clientSecretRef is required for ClientSecretBasic and ClientSecretPost".into(),
-            )
-        })?;
-        creds.secret(r, "oauth2.clientAuth.clientSecretRef")
-    };
-    let auth = match auth.type_ {
-        ClientAuthType::ClientSecretBasic => {
-            let client_secret = client_secret()?;
-            secrets.push(client_secret.clone().into_bytes());
-            Auth::Basic { username: client_id.clone(), password: client_secret }
-        }
-        ClientAuthType::ClientSecretPost => {
-            let client_secret = client_secret()?;
-            secrets.push(client_secret.clone().into_bytes());
-            params.push(("client_id".into(), client_id.clone()));
-            params.push(("client_secret".into(), client_secret));
-            Auth::None
-        }
-        ClientAuthType::PrivateKeyJwt => {
-            let jwt = auth.private_key_jwt.as_ref().ok_or_else(|| {
-                Error::InvalidSpec("oauth2.clientAuth.privateKeyJWT is required for PrivateKeyJWT".into())
-            })?;
-            if jwt.algorithm == JwtAlgorithm::Unknown {
-                return Err(Error::unsupported("oauth2.clientAuth.privateKeyJWT.algorithm"));
-            }
-            let key = creds.get(&jwt.private_key_secret_ref, "oauth2.clientAuth.privateKeyJWT.privateKeySecretRef")?;
-            let audience = jwt.audience.clone().unwrap_or_else(|| spec.token_url.clone());
-            let now = jiff::Timestamp::now().as_second();
-            let assertion =
-                super::jwt::client_assertion(jwt.algorithm, key, &client_id, &audience, jwt.key_id.as_deref(), now)?;
-            secrets.push(assertion.clone().into_bytes());
-            params.push(("client_id".into(), client_id.clone()));
-            params.push(("client_assertion_type".into(), super::jwt::ASSERTION_TYPE.into()));
-            params.push(("client_assertion".into(), assertion));
-            Auth::None
-        }
-        ClientAuthType::TlsClientAuth => {
-            params.push(("client_id".into(), client_id.clone()));
-            Auth::None
-        }
-        ClientAuthType::Unknown => return Err(Error::unsupported("oauth2.clientAuth.type")),
-    };
+    let auth = client_auth(spec, creds, &client_id, &mut params, &mut secrets)?;
     let (body, content_type) = match spec.body_type {
         OAuth2BodyType::Form => {
             let mut ser = url::form_urlencoded::Serializer::new(String::new());
@@ -113,6 +68,62 @@ pub fn request(spec: &OAuth2Spec, creds: &Credentials, allow_http: bool) -> Resu
         secrets,
         tls: None,
         timeout: None,
+    })
+}
+
+/// The client authentication: the `Authorization` header to send, or the parameters it adds.
+fn client_auth(
+    spec: &OAuth2Spec,
+    creds: &Credentials,
+    client_id: &str,
+    params: &mut Vec<(String, String)>,
+    secrets: &mut Vec<Vec<u8>>,
+) -> Result<Auth, Error> {
+    let auth = &spec.client_auth;
+    let client_secret = || -> Result<String, Error> {
+        let r = auth.client_secret_ref.as_ref().ok_or_else(|| {
+            Error::InvalidSpec(
+                "oauth2.clientAuth.clientSecretRef is required for ClientSecretBasic and ClientSecretPost".into(),
+            )
+        })?;
+        creds.secret(r, "oauth2.clientAuth.clientSecretRef")
+    };
+    Ok(match auth.type_ {
+        ClientAuthType::ClientSecretBasic => {
+            let client_secret = client_secret()?;
+            secrets.push(client_secret.clone().into_bytes());
+            Auth::Basic { username: client_id.to_string(), password: client_secret }
+        }
+        ClientAuthType::ClientSecretPost => {
+            let client_secret = client_secret()?;
+            secrets.push(client_secret.clone().into_bytes());
+            params.push(("client_id".into(), client_id.to_string()));
+            params.push(("client_secret".into(), client_secret));
+            Auth::None
+        }
+        ClientAuthType::PrivateKeyJwt => {
+            let jwt = auth.private_key_jwt.as_ref().ok_or_else(|| {
+                Error::InvalidSpec("oauth2.clientAuth.privateKeyJWT is required for PrivateKeyJWT".into())
+            })?;
+            if jwt.algorithm == JwtAlgorithm::Unknown {
+                return Err(Error::unsupported("oauth2.clientAuth.privateKeyJWT.algorithm"));
+            }
+            let key = creds.get(&jwt.private_key_secret_ref, "oauth2.clientAuth.privateKeyJWT.privateKeySecretRef")?;
+            let audience = jwt.audience.clone().unwrap_or_else(|| spec.token_url.clone());
+            let now = jiff::Timestamp::now().as_second();
+            let assertion =
+                super::jwt::client_assertion(jwt.algorithm, key, client_id, &audience, jwt.key_id.as_deref(), now)?;
+            secrets.push(assertion.clone().into_bytes());
+            params.push(("client_id".into(), client_id.to_string()));
+            params.push(("client_assertion_type".into(), super::jwt::ASSERTION_TYPE.into()));
+            params.push(("client_assertion".into(), assertion));
+            Auth::None
+        }
+        ClientAuthType::TlsClientAuth => {
+            params.push(("client_id".into(), client_id.to_string()));
+            Auth::None
+        }
+        ClientAuthType::Unknown => return Err(Error::unsupported("oauth2.clientAuth.type")),
     })
 }
 
