@@ -1,6 +1,5 @@
 //! The admin endpoint: liveness, readiness and metrics.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -47,9 +46,14 @@ async fn metrics_text(State(s): State<AppState>) -> ([(axum::http::HeaderName, &
     )
 }
 
-/// Serves the admin endpoint until the process ends.
-pub async fn serve(addr: SocketAddr, health: Arc<Health>, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "admin endpoint listening");
+/// Serves the admin endpoint on `listener` until the process ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin endpoint listening");
+    }
     axum::serve(listener, router(health, metrics)).await
 }

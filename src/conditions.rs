@@ -104,6 +104,12 @@ words! {
         UpdateStatusFailed,
         /// Reading from the Kubernetes API failed.
         KubernetesError,
+        /// Ready=False: the token in the Secret has expired and no new one could be had.
+        Expired,
+        /// A limit on the work for one TokenSource was exceeded (reply, template or Secret size).
+        LimitExceeded,
+        /// The operator failed internally on this TokenSource (a bug); others are unaffected.
+        InternalError,
         /// An Event: a token was written to the Secret for the first time, or after failures.
         TokenIssued,
     }
@@ -119,6 +125,6 @@ mod tests {
         assert_eq!(ConditionType::Ready.to_string(), "Ready");
         assert_eq!(ConditionStatus::from(false), "False");
         assert!(Reason::ALL.iter().all(|r| r.as_str().chars().next().is_some_and(char::is_uppercase)));
-        assert_eq!(Reason::ALL.len(), 16);
+        assert_eq!(Reason::ALL.len(), 19);
     }
 }

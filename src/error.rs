@@ -100,6 +100,12 @@ pub enum Error {
     /// Reading from the Kubernetes API failed.
     #[error("reading from the Kubernetes API: {0}")]
     Kube(#[source] kube::Error),
+    /// A limit on the work for one TokenSource was exceeded; the message names the limit.
+    #[error("{0}")]
+    Limit(String),
+    /// The operator failed internally (a bug); the message says where to look.
+    #[error("{0}")]
+    Internal(String),
 }
 
 fn upstream_message(name: &str, state: UpstreamState) -> String {
@@ -126,6 +132,8 @@ impl Error {
             Self::ApplySecret(_) => (Reason::ApplySecretFailed, Some(RetryClass::Transient)),
             Self::UpdateStatus(_) => (Reason::UpdateStatusFailed, Some(RetryClass::Transient)),
             Self::Kube(_) => (Reason::KubernetesError, Some(RetryClass::Transient)),
+            Self::Limit(_) => (Reason::LimitExceeded, Some(RetryClass::Rejected)),
+            Self::Internal(_) => (Reason::InternalError, Some(RetryClass::Rejected)),
         }
     }
 
@@ -145,6 +153,7 @@ impl Error {
             Self::InvalidSpec(_)
                 | Self::SecretConflict(_)
                 | Self::RenderSecret(_)
+                | Self::Internal(_)
                 | Self::Upstream { state: UpstreamState::Missing, .. }
         )
     }

@@ -74,10 +74,7 @@ async fn main() -> std::process::ExitCode {
     transport::install_crypto_provider();
     match cli.command {
         Command::Crd => match crd::crd_yaml() {
-            Ok(y) => {
-                print!("{y}");
-                std::process::ExitCode::SUCCESS
-            }
+            Ok(y) => print_quietly(&y),
             Err(e) => {
                 eprintln!("cannot render the CRD: {e}");
                 std::process::ExitCode::FAILURE
@@ -85,6 +82,7 @@ async fn main() -> std::process::ExitCode {
         },
         Command::Run(args) => {
             telemetry::init(&args.log_level, args.log_format);
+            telemetry::install_panic_hook();
             match run(args).await {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
@@ -92,6 +90,20 @@ async fn main() -> std::process::ExitCode {
                     std::process::ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Writes to standard output; a reader that went away (`| head`) ends the command quietly.
+fn print_quietly(text: &str) -> std::process::ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cannot write to standard output: {e}");
+            std::process::ExitCode::FAILURE
         }
     }
 }
@@ -107,7 +119,10 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let client = kube::Client::try_from(config)?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
-    let admin = tokio::spawn(admin::serve(args.admin_addr, health.clone(), metrics.clone()));
+    let listener = tokio::net::TcpListener::bind(args.admin_addr)
+        .await
+        .map_err(|e| format!("cannot listen on {} for probes and metrics (--admin-addr): {e}", args.admin_addr))?;
+    let admin = tokio::spawn(admin::serve(listener, health.clone(), metrics.clone()));
     let config = Config {
         namespace: args.namespace,
         propagation_margin: args.propagation_margin,

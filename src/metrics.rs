@@ -28,6 +28,14 @@ pub struct Metrics {
     pub secret_writes: Counter,
     pub status_writes: Counter,
     pub ready_sources: Gauge,
+    pub reconcile_panics: Counter,
+    pub watch_errors: Family<WatchLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabels {
+    /// Which watch: `tokensources`, `managed-secrets`, `secret-metadata`.
+    pub watch: String,
 }
 
 impl Default for Metrics {
@@ -39,12 +47,20 @@ impl Default for Metrics {
         let secret_writes = Counter::default();
         let status_writes = Counter::default();
         let ready_sources = Gauge::default();
+        let reconcile_panics = Counter::default();
+        let watch_errors = Family::<WatchLabels, Counter>::default();
         registry.register("reconciles", "Reconciliations by result", reconciles.clone());
         registry.register("token_requests", "Requests to token endpoints by host and result", token_requests.clone());
         registry.register("token_request_duration_seconds", "Token endpoint latency", token_request_seconds.clone());
         registry.register("secret_writes", "Writes of target Secrets", secret_writes.clone());
         registry.register("status_writes", "Writes of TokenSource status", status_writes.clone());
         registry.register("ready", "TokenSources whose Secret holds a valid token", ready_sources.clone());
+        registry.register(
+            "reconcile_panics",
+            "Reconciles that panicked (each is reported on its TokenSource as InternalError)",
+            reconcile_panics.clone(),
+        );
+        registry.register("watch_errors", "Errors of the operator's watches, by watch", watch_errors.clone());
         Self {
             registry,
             reconciles,
@@ -53,6 +69,8 @@ impl Default for Metrics {
             secret_writes,
             status_writes,
             ready_sources,
+            reconcile_panics,
+            watch_errors,
         }
     }
 }

@@ -9,6 +9,7 @@ use serde_json_path::JsonPath;
 
 use crate::crd::{ExpiryFormat, ExpiryType, ResponseSpec};
 use crate::error::{Error, ProviderError};
+use crate::schedule::add;
 
 /// Where a token's expiry came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +55,10 @@ pub struct Reader {
     expiry: Expiry,
     fields: Vec<(String, JsonPath)>,
 }
+
+/// The longest lifetime a reply may give: five years (longer is usually milliseconds read as
+/// seconds).
+const MAX_LIFETIME_SECS: f64 = 5.0 * 366.0 * 86_400.0;
 
 fn compile(field: &str, path: &str) -> Result<JsonPath, Error> {
     JsonPath::parse(path)
@@ -126,7 +131,7 @@ impl Reader {
         if expires_at <= now {
             return Err(ProviderError::BadResponse(format!("the token expired already ({expires_at})")));
         }
-        if expires_at > now + SignedDuration::from_hours(24 * 366 * 5) {
+        if expires_at > add(now, SignedDuration::from_secs_f64(MAX_LIFETIME_SECS)) {
             return Err(ProviderError::BadResponse(format!(
                 "the expiry {expires_at} is more than five years away; check response.expiry.format"
             )));
@@ -155,10 +160,11 @@ impl Reader {
     fn expiry(&self, raw: &Value, token: &str, now: Timestamp) -> Result<(Timestamp, LifetimeSource), ProviderError> {
         let relative = |path: &JsonPath, v: &Value| -> Result<Timestamp, ProviderError> {
             let secs = number(v).ok_or_else(|| ProviderError::BadResponse(format!("{path} is not a number")))?;
-            if secs <= 0.0 {
-                return Err(ProviderError::BadResponse(format!("{path} is not positive")));
+            if secs.is_nan() || secs <= 0.0 {
+                return Err(ProviderError::BadResponse(format!("{path} is not a positive number")));
             }
-            Ok(now + SignedDuration::from_secs_f64(secs.min(1e10)))
+            // Anything past five years is refused below; clamping first keeps the arithmetic safe.
+            Ok(add(now, SignedDuration::from_secs_f64(secs.min(MAX_LIFETIME_SECS))))
         };
         let jwt = || {
             jwt_exp(token).ok_or_else(|| {
@@ -187,7 +193,7 @@ impl Reader {
                     return Ok((exp, LifetimeSource::JwtExp));
                 }
                 match default_lifetime {
-                    Some(d) => Ok((now + *d, LifetimeSource::Default)),
+                    Some(d) => Ok((add(now, *d), LifetimeSource::Default)),
                     None => Err(ProviderError::BadResponse(
                         "the reply gives no lifetime (no expires_in, and the token is not a JWT with exp); set response.expiry.defaultLifetime or another response.expiry.type".into(),
                     )),
@@ -229,11 +235,13 @@ pub fn parse_expiry(v: &Value, format: ExpiryFormat) -> Result<Timestamp, Provid
             v.as_str().and_then(|s| s.parse::<Timestamp>().ok()).ok_or_else(|| bad("an RFC 3339 time"))
         }
         ExpiryFormat::UnixSeconds => number(v)
+            .filter(|n| n.is_finite())
             .and_then(|n| Timestamp::from_millisecond((n * 1000.0) as i64).ok())
             .ok_or_else(|| bad("Unix seconds")),
-        ExpiryFormat::UnixMilliseconds => {
-            number(v).and_then(|n| Timestamp::from_millisecond(n as i64).ok()).ok_or_else(|| bad("Unix milliseconds"))
-        }
+        ExpiryFormat::UnixMilliseconds => number(v)
+            .filter(|n| n.is_finite())
+            .and_then(|n| Timestamp::from_millisecond(n as i64).ok())
+            .ok_or_else(|| bad("Unix milliseconds")),
         ExpiryFormat::Unknown => Err(bad("in a format this version of the operator knows")),
     }
 }
@@ -247,7 +255,7 @@ pub fn jwt_exp(token: &str) -> Option<Timestamp> {
     }
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let claims: Value = serde_json::from_slice(&bytes).ok()?;
-    let exp = number(&claims["exp"])?;
+    let exp = number(&claims["exp"]).filter(|n| n.is_finite())?;
     Timestamp::from_second(exp as i64).ok()
 }
 

@@ -22,6 +22,31 @@ pub struct Policy {
     pub propagation_margin: SignedDuration,
 }
 
+/// The longest duration a spec may give (renewBefore, defaultLifetime, timeout): a year.
+pub const MAX_DURATION: SignedDuration = SignedDuration::from_hours(24 * 366);
+
+/// The shortest time between two renewals of one token, however short its lifetime: a provider
+/// answering `expires_in: 1` gets a request every few seconds, not ten a second.
+pub const MIN_RENEWAL_INTERVAL: SignedDuration = SignedDuration::from_secs(5);
+
+/// The shortest time between two attempts after a failure.
+pub const RETRY_FLOOR: SignedDuration = SignedDuration::from_secs(1);
+
+/// The longest time between two attempts after failures (and the most a `Retry-After` delays
+/// one): five minutes, so a fix on the provider's side is noticed soon without hammering it.
+pub const RETRY_CAP: SignedDuration = SignedDuration::from_mins(5);
+
+/// `t + d`, saturating at the ends of time instead of panicking.
+pub fn add(t: Timestamp, d: SignedDuration) -> Timestamp {
+    t.checked_add(d).unwrap_or(if d.is_negative() { Timestamp::MIN } else { Timestamp::MAX })
+}
+
+/// `d * f` for a finite, non-negative `f`, saturating instead of panicking.
+fn scale(d: SignedDuration, f: f64) -> SignedDuration {
+    let f = if f.is_finite() { f.max(0.0) } else { 0.0 };
+    SignedDuration::try_from_secs_f64(d.as_secs_f64() * f).unwrap_or(SignedDuration::MAX)
+}
+
 /// Drops the fraction of a second: every time the operator writes is whole seconds (RFC 3339
 /// without fractions, as Kubernetes writes them), and rounding down never makes a token look
 /// valid for longer than it is.
@@ -29,35 +54,41 @@ pub fn whole_second(t: Timestamp) -> Timestamp {
     Timestamp::from_second(t.as_second()).unwrap_or(t)
 }
 
-/// Parses a duration such as `90s`, `10m` or `1h30m`.
+/// Parses a duration such as `90s`, `10m`, `1h30m` or `500ms` (whole numbers, as Gateway API's
+/// GEP-2257 durations), of at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<SignedDuration, Error> {
     let bad = || Error::InvalidSpec(format!("{s:?} is not a duration such as 90s, 10m or 1h30m"));
-    let mut total = 0f64;
+    let mut total_ms: i64 = 0;
     let mut rest = s.trim();
     if rest.is_empty() {
         return Err(bad());
     }
     while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
-        let n: f64 = rest[..num_end].parse().map_err(|_| bad())?;
+        let num_end = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let n: i64 = rest[..num_end].parse().map_err(|_| bad())?;
         rest = &rest[num_end..];
         let unit_end = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
-        let unit = match &rest[..unit_end] {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
+        let unit_ms: i64 = match &rest[..unit_end] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
             _ => return Err(bad()),
         };
-        total += n * unit;
+        total_ms = n.checked_mul(unit_ms).and_then(|v| total_ms.checked_add(v)).ok_or_else(bad)?;
         rest = &rest[unit_end..];
     }
-    Ok(SignedDuration::from_secs_f64(total))
+    let d = SignedDuration::from_millis(total_ms);
+    if d > MAX_DURATION {
+        return Err(Error::InvalidSpec(format!("{s:?} is longer than a year (8784h)")));
+    }
+    Ok(d)
 }
 
 impl Policy {
     pub fn new(spec: &RenewalSpec, propagation_margin: Duration) -> Result<Self, Error> {
-        let margin = SignedDuration::try_from(propagation_margin).unwrap_or(SignedDuration::from_mins(2));
+        let margin =
+            SignedDuration::try_from(propagation_margin).unwrap_or(SignedDuration::from_mins(2)).min(MAX_DURATION);
         let renew_before = spec.renew_before.as_deref().map(parse_duration).transpose()?;
         if renew_before.is_some_and(|d| d <= SignedDuration::ZERO) {
             return Err(Error::InvalidSpec("renewal.renewBefore must be positive".into()));
@@ -72,26 +103,28 @@ impl Policy {
     /// When to renew a token issued at `issued` that expires at `expires`. `jitter` in `[0, 1)`
     /// moves the time earlier by up to a tenth of the renewal window, so tokens issued together
     /// do not all renew together. The result is never later than expiry minus the propagation
-    /// margin (shrunk to a quarter of the lifetime for short-lived tokens) and never earlier than
-    /// a small fraction of the lifetime after issue.
+    /// margin (shrunk to a quarter of the lifetime for short-lived tokens), never earlier than a
+    /// hundredth of the lifetime after issue, and never sooner than [`MIN_RENEWAL_INTERVAL`]
+    /// after it, whatever the lifetime.
     pub fn refresh_at(&self, issued: Timestamp, expires: Timestamp, jitter: f64) -> Timestamp {
         let lifetime = expires.duration_since(issued);
+        let earliest = add(issued, MIN_RENEWAL_INTERVAL);
         if lifetime <= SignedDuration::ZERO {
-            return issued;
+            return whole_second(earliest);
         }
         let mut before = match self.renew_before {
             Some(d) => d,
-            None => lifetime.mul_f64(self.renew_before_fraction),
+            None => scale(lifetime, self.renew_before_fraction),
         };
         if before >= lifetime {
-            before = lifetime.mul_f64(self.renew_before_fraction);
+            before = scale(lifetime, self.renew_before_fraction);
         }
         let margin = self.propagation_margin.min(lifetime / 4);
         let before = before.max(margin);
-        let jittered = before + before.mul_f64(0.1 * jitter.clamp(0.0, 1.0));
+        let jittered = before.saturating_add(scale(before, 0.1 * jitter.clamp(0.0, 1.0)));
         let floor = SignedDuration::from_secs(1).max(lifetime / 100).min(lifetime / 2);
-        let at = expires - jittered.min(lifetime - floor);
-        whole_second(at.max(issued + floor))
+        let at = add(expires, -jittered.min(lifetime.saturating_sub(floor)));
+        whole_second(at.max(add(issued, floor)).max(earliest))
     }
 }
 
@@ -106,9 +139,12 @@ pub fn jitter_for(uid: &str, issued: Timestamp) -> f64 {
     (n >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// When to try again after `failures` consecutive failures. The delay doubles from a base to a
-/// cap, with jitter in `[0, 1)` spreading it over its upper half; a server's `Retry-After` is a
-/// floor; and while a still-valid token exists, the retry never sleeps past its expiry.
+/// When to try again after `failures` consecutive failures (this one included). The delay
+/// doubles from a base (2 s for transient failures, 30 s for rejections) up to [`RETRY_CAP`],
+/// with jitter in `[0, 1)` spreading it over its upper half, and is never shorter than a
+/// server's `Retry-After` (itself capped at [`RETRY_CAP`]). While a still-valid token exists the
+/// retry comes at the latest halfway to its expiry, so attempts grow closer smoothly as expiry
+/// nears instead of bunching up; and no two attempts are closer than [`RETRY_FLOOR`].
 pub fn retry_at(
     now: Timestamp,
     failures: u32,
@@ -117,25 +153,25 @@ pub fn retry_at(
     valid_until: Option<Timestamp>,
     jitter: f64,
 ) -> Timestamp {
-    let (base, cap) = match class {
-        RetryClass::Transient => (2.0, 300.0),
-        RetryClass::Rejected => (30.0, 1800.0),
+    let base = match class {
+        RetryClass::Transient => SignedDuration::from_secs(2),
+        RetryClass::Rejected => SignedDuration::from_secs(30),
     };
-    let exp = base * 2f64.powi(failures.saturating_sub(1).min(20) as i32);
-    let delay = exp.min(cap);
-    let delay = delay * (0.5 + 0.5 * jitter.clamp(0.0, 1.0));
-    let mut delay = SignedDuration::from_secs_f64(delay);
-    if let Some(ra) = retry_after.and_then(|d| SignedDuration::try_from(d).ok()) {
+    let doublings = failures.saturating_sub(1).min(16);
+    let exp = base.checked_mul(1 << doublings).unwrap_or(RETRY_CAP).min(RETRY_CAP);
+    let mut delay = scale(exp, 0.5 + 0.5 * jitter.clamp(0.0, 1.0));
+    if let Some(ra) = retry_after {
+        let ra = SignedDuration::try_from(ra).unwrap_or(RETRY_CAP).min(RETRY_CAP);
         delay = delay.max(ra);
     }
-    let mut at = now + delay;
+    let mut at = add(now, delay);
     if let Some(until) = valid_until.filter(|u| *u > now) {
-        // Spend the remaining validity on retries: never sleep past expiry.
-        let remaining = until.duration_since(now);
-        let latest = now + (remaining - SignedDuration::from_secs(1)).max(remaining / 2);
-        at = at.min(latest);
+        at = at.min(add(now, until.duration_since(now) / 2));
     }
-    whole_second(at)
+    let at = at.max(add(now, RETRY_FLOOR));
+    // Whole seconds, rounded up so the floor holds.
+    let up = whole_second(at);
+    if up < at { add(up, SignedDuration::from_secs(1)) } else { up }
 }
 
 #[cfg(test)]
@@ -159,6 +195,11 @@ mod tests {
         assert!(parse_duration("10 minutes").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("5").is_err());
+        assert!(parse_duration("1.5h").is_err(), "whole numbers, as the CRD's pattern says");
+        assert!(parse_duration("8784h").is_ok());
+        assert!(parse_duration("8785h").is_err(), "at most a year");
+        assert!(parse_duration("99999999999999999999h").is_err(), "no overflow");
+        assert!(parse_duration("99999h99999h99999h99999h").is_err());
     }
 
     #[test]
@@ -189,11 +230,29 @@ mod tests {
     }
 
     #[test]
+    fn a_token_of_a_second_is_renewed_every_five_seconds_at_most() {
+        let p = policy(None, 33);
+        assert_eq!(p.refresh_at(ts(0), ts(1), 0.5), ts(5));
+        assert_eq!(p.refresh_at(ts(0), ts(0), 0.5), ts(5));
+        assert_eq!(p.refresh_at(ts(0), ts(-100), 0.5), ts(5), "an expiry before issue is not a reason to hurry");
+    }
+
+    #[test]
+    fn extreme_inputs_do_not_panic() {
+        let p = policy(Some("8784h"), 99);
+        let _ = p.refresh_at(Timestamp::MIN, Timestamp::MAX, 1.0);
+        let _ = p.refresh_at(Timestamp::MAX, Timestamp::MIN, 1.0);
+        let _ = p.refresh_at(Timestamp::MAX, Timestamp::MAX, f64::NAN);
+        let _ =
+            retry_at(Timestamp::MAX, u32::MAX, RetryClass::Rejected, Some(Duration::MAX), Some(Timestamp::MAX), 1.0);
+        let _ = retry_at(Timestamp::MIN, 0, RetryClass::Transient, None, Some(Timestamp::MIN), f64::INFINITY);
+    }
+
+    #[test]
     fn never_renews_immediately() {
         let p = policy(None, 99);
         let at = p.refresh_at(ts(0), ts(100), 0.9);
-        assert!(at >= ts(1), "{at}");
-        assert!(p.refresh_at(ts(0), ts(0), 0.0) == ts(0));
+        assert!(at >= ts(5), "{at}");
     }
 
     #[test]
@@ -213,7 +272,16 @@ mod tests {
         assert_eq!(retry_at(now, 1, RetryClass::Transient, None, None, 0.0), ts(1));
         assert_eq!(retry_at(now, 1, RetryClass::Rejected, None, None, 1.0), ts(30));
         assert_eq!(retry_at(now, 1, RetryClass::Transient, Some(Duration::from_secs(20)), None, 1.0), ts(20));
-        // With 10s of validity left, a 300s backoff is cut to just before expiry.
-        assert_eq!(retry_at(now, 30, RetryClass::Transient, None, Some(ts(10)), 1.0), ts(9));
+        // With 10s of validity left, a 300s backoff is cut to halfway to expiry.
+        assert_eq!(retry_at(now, 30, RetryClass::Transient, None, Some(ts(10)), 1.0), ts(5));
+        // Just before expiry the floor holds: the next attempt comes a second later, not at once.
+        let just_before = Timestamp::from_millisecond(ts(0).as_millisecond() + 200).unwrap();
+        assert_eq!(retry_at(ts(0), 5, RetryClass::Rejected, None, Some(just_before), 0.0), ts(1));
+        // A Retry-After of 31,000 years is capped at five minutes instead of overflowing.
+        let huge = Some(Duration::from_secs(999_999_999_999));
+        assert_eq!(retry_at(now, 1, RetryClass::Transient, huge, None, 0.0), ts(300));
+        assert_eq!(retry_at(now, 1, RetryClass::Rejected, Some(Duration::MAX), Some(ts(100)), 0.0), ts(50));
+        // Rejections back off to five minutes, not more: a fix at the provider is noticed soon.
+        assert_eq!(retry_at(now, 40, RetryClass::Rejected, None, None, 1.0), ts(300));
     }
 }

@@ -19,3 +19,14 @@ pub fn init(level: &str, format: LogFormat) {
         LogFormat::Text => builder.try_init(),
     };
 }
+
+/// Logs panics with their place and, only when it is a fixed text, their message: a formatted
+/// panic message can hold input data (a slicing panic prints the string it sliced), and input
+/// here may be a token. The process goes on; the reconcile that panicked reports it.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        let message = info.payload().downcast_ref::<&str>().copied().unwrap_or("(message withheld)");
+        tracing::error!(%location, message, "panic");
+    }));
+}

@@ -149,8 +149,7 @@ impl Transport {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| retry_after(v, jiff::Timestamp::now()));
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| ProviderError::Unreachable(describe_reqwest(&e)))? {
             if body.len() + chunk.len() > self.options.max_body {
@@ -167,6 +166,19 @@ impl Transport {
         let detail = describe_error_body(&body).map(|d| req.scrub(&d));
         Err(ProviderError::Status { status: status.as_u16(), detail, retry_after })
     }
+}
+
+/// A `Retry-After` value (RFC 9110 section 10.2.3): delay seconds or an HTTP date, as a delay
+/// from `now`, at most a day (the retry schedule caps it further).
+pub fn retry_after(value: &str, now: jiff::Timestamp) -> Option<Duration> {
+    const DAY: u64 = 86_400;
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs.min(DAY)));
+    }
+    let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
+    let secs = at.as_second().saturating_sub(now.as_second()).clamp(0, DAY as i64);
+    Some(Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
 }
 
 /// Selects ring as the process's TLS crypto provider (the one kube uses too); harmless when one
@@ -230,6 +242,17 @@ pub fn describe_error_body(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date_and_capped() {
+        let now: jiff::Timestamp = "1994-11-06T08:49:00Z".parse().unwrap();
+        assert_eq!(retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after("999999999999", now), Some(Duration::from_secs(86_400)));
+        assert_eq!(retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now), Some(Duration::from_secs(37)));
+        assert_eq!(retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now), Some(Duration::ZERO), "a date in the past");
+        assert_eq!(retry_after("soon", now), None);
+        assert_eq!(retry_after("-5", now), None);
+    }
 
     #[test]
     fn error_bodies_read_as_one_line() {

@@ -37,6 +37,32 @@ fn crd_subcommand_prints_the_committed_crd() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), committed);
 }
 
+#[test]
+fn crd_subcommand_ends_quietly_when_its_reader_goes_away() {
+    // `tokensource-operator crd | head`: the reader closes the pipe before the CRD is written.
+    let mut child = Command::new(BIN).arg("crd").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("panicked"), "{:?}: {stderr}", out.status);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_stops_with_a_clear_message_when_the_admin_address_is_taken() {
+    let sim = kubesim::KubeSim::start().await.unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(BIN)
+        .args(["run", "--kubeconfig"])
+        .arg(sim.kubeconfig_path())
+        .args(["--admin-addr", &addr])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("cannot listen on {addr} for probes and metrics")), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_probes_and_metrics_issues_tokens_and_stops_on_sigterm() {
     let sim = kubesim::KubeSim::start().await.unwrap();

@@ -3,12 +3,10 @@
 //! attempt, and which Event says so.
 
 use jiff::Timestamp;
-
-use super::memory::FailureRecord;
-use super::status::{Note, Outcome, condition, set_condition, until};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::status::find;
+use super::memory::FailureRecord;
+use super::status::{Note, Outcome, condition, expired, find, message, set_condition, until};
 use crate::conditions::{ConditionStatus, ConditionType, Reason};
 use crate::crd::TokenSourceStatus;
 use crate::error::Error;
@@ -24,6 +22,8 @@ pub struct FailureInput<'a> {
     pub remembered_failures: u32,
     /// The expiry of the valid token the target Secret holds, if it holds one.
     pub valid_until: Option<Timestamp>,
+    /// When the token this TokenSource wrote to the Secret expired, if it has.
+    pub expired_at: Option<Timestamp>,
     /// The fingerprint of the spec and credentials that failed, once it is known.
     pub fingerprint: Option<&'a str>,
     pub generation: Option<i64>,
@@ -40,6 +40,7 @@ pub fn on_failure(input: FailureInput<'_>) -> (Outcome, Option<FailureRecord>) {
         mut status,
         remembered_failures,
         valid_until,
+        expired_at,
         fingerprint,
         generation,
         target,
@@ -47,7 +48,7 @@ pub fn on_failure(input: FailureInput<'_>) -> (Outcome, Option<FailureRecord>) {
         jitter,
     } = input;
     let (reason, class) = error.classify();
-    let message = error.to_string();
+    let message = message(&error.to_string());
     let keep_ready = valid_until.is_some() && error.keeps_token();
     // The same failure seen again without a new attempt (a spec or credential problem found on
     // every reconcile) is not a new failure: count and time stay, so the status settles.
@@ -60,12 +61,15 @@ pub fn on_failure(input: FailureInput<'_>) -> (Outcome, Option<FailureRecord>) {
         status.last_failure_time = Some(Time(now));
     }
     let failures = u32::try_from(status.failed_renewal_attempts).unwrap_or(0);
-    let ready = if keep_ready {
-        let until = valid_until.map(|v| v.to_string()).unwrap_or_default();
-        let msg = format!("Secret {target:?} holds a token valid until {until}; renewing it failed");
-        condition(ConditionType::Ready, true, Reason::TokenValid, msg, generation, now)
-    } else {
-        condition(ConditionType::Ready, false, reason, message.clone(), generation, now)
+    let ready = match (keep_ready, expired_at) {
+        (true, _) => {
+            let until = valid_until.map(|v| v.to_string()).unwrap_or_default();
+            let msg = format!("Secret {target:?} holds a token valid until {until}; renewing it failed");
+            condition(ConditionType::Ready, true, Reason::TokenValid, msg, generation, now)
+        }
+        // The Secret's token ran out while renewals failed: Ready says so, Degraded says why.
+        (false, Some(at)) if class.is_some() => expired(target, at, generation, now),
+        (false, _) => condition(ConditionType::Ready, false, reason, message.clone(), generation, now),
     };
     set_condition(&mut status.conditions, ready);
     set_condition(
@@ -111,6 +115,7 @@ mod tests {
             status,
             remembered_failures: 0,
             valid_until: valid_until.map(t),
+            expired_at: None,
             fingerprint: Some("fp"),
             generation: Some(1),
             target: "tok",
@@ -212,11 +217,39 @@ mod tests {
     }
 
     #[test]
+    fn an_expired_token_turns_ready_false_as_expired_while_degraded_says_why() {
+        let err = http(503, None);
+        let mut i = input(&err, TokenSourceStatus::default(), None);
+        i.expired_at = Some(t(-1));
+        let (o, _) = on_failure(i);
+        assert_eq!(cond(&o, ConditionType::Ready), ("False".into(), "Expired".into()));
+        assert_eq!(cond(&o, ConditionType::Degraded), ("True".into(), "ProviderUnavailable".into()));
+        // A spec problem is what Ready reports, expired token or not.
+        let err = Error::InvalidSpec("bad".into());
+        let mut i = input(&err, TokenSourceStatus::default(), None);
+        i.expired_at = Some(t(-1));
+        assert_eq!(cond(&on_failure(i).0, ConditionType::Ready), ("False".into(), "InvalidSpec".into()));
+    }
+
+    #[test]
+    fn messages_are_bounded() {
+        let err = Error::FetchToken(ProviderError::BadResponse("x".repeat(100_000)));
+        let (o, _) = on_failure(input(&err, TokenSourceStatus::default(), None));
+        let degraded = o.status.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
+        assert!(degraded.message.len() <= 1024, "{}", degraded.message.len());
+        assert!(o.event.unwrap().message.len() <= 1024);
+    }
+
+    #[test]
     fn retry_after_is_honoured() {
         let err = http(429, Some(120));
         let (o, record) = on_failure(input(&err, TokenSourceStatus::default(), None));
         assert_eq!(cond(&o, ConditionType::Ready), ("False".into(), "ProviderThrottled".into()));
         assert_eq!(o.requeue, Some(Duration::from_secs(120)));
+        // A provider cannot push the next attempt past five minutes.
+        let err = http(503, Some(86_400));
+        let (o, _) = on_failure(input(&err, TokenSourceStatus::default(), None));
+        assert_eq!(o.requeue, Some(Duration::from_secs(300)));
         assert_eq!(record.map(|r| r.retry_at), Some(t(120)));
     }
 

@@ -2,9 +2,11 @@
 //! load → validate → decide → (keep | fetch → render → apply) → status, with every failure
 //! going through the one failure policy.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -26,6 +28,8 @@ use crate::secret::{self, Stored};
 struct Known {
     /// The expiry of the valid token the target Secret holds.
     valid_until: Option<Timestamp>,
+    /// When the token this TokenSource wrote to the Secret expired, if it has.
+    expired_at: Option<Timestamp>,
     /// The fingerprint of today's spec and credentials.
     fingerprint: Option<String>,
 }
@@ -36,7 +40,16 @@ pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result
     }
     ctx.references.record(&ts);
     let now = schedule::whole_second(Timestamp::now());
-    let outcome = ctx.attempt(&ts, now).await;
+    // A panic (a bug, triggered by this TokenSource's input) is this TokenSource's failure, not
+    // the process's: every other TokenSource keeps being served.
+    let outcome = guarded(ctx.attempt(&ts, now), || {
+        ctx.metrics.reconcile_panics.inc();
+        let error = Error::Internal(
+            "the operator failed internally while reconciling this TokenSource (a bug: the operator's log has the place; please report it)".into(),
+        );
+        ctx.failure(&ts, ts.status.clone().unwrap_or_default(), &error, Known::default(), now)
+    })
+    .await;
     let result = (outcome.status.failed_renewal_attempts > 0)
         .then(|| status::find(&outcome.status, ConditionType::Degraded).map(|c| c.reason.clone()))
         .flatten();
@@ -49,6 +62,14 @@ pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result
         Some(d) => Action::requeue(d.max(Duration::from_millis(100))),
         None => Action::await_change(),
     })
+}
+
+/// Runs `attempt`; if it panics, the outcome `on_panic` gives instead.
+async fn guarded<T>(attempt: impl std::future::Future<Output = T>, on_panic: impl FnOnce() -> T) -> T {
+    match AssertUnwindSafe(attempt).catch_unwind().await {
+        Ok(v) => v,
+        Err(_) => on_panic(),
+    }
 }
 
 /// A reconcile that could not write its status is tried again in a few seconds.
@@ -84,6 +105,7 @@ impl Context {
         let stored = self.stored(ts).await?;
         validate::owner(ts, stored.as_ref())?;
         known.valid_until = stored.as_ref().filter(|s| s.valid_at(now)).and_then(|s| s.expires_at);
+        known.expired_at = stored.as_ref().filter(|s| s.has_token).and_then(|s| s.expires_at).filter(|e| *e <= now);
         let plan = validate::validate(ts, &self.config)?;
         let upstream = self.upstream(ts)?;
         let creds = self.credentials(ts).await?;
@@ -102,7 +124,7 @@ impl Context {
         };
         let remembered = self.memory.failure(&me);
         if let Some(retry_at) = decide::backoff_pending(remembered.as_ref(), status, generation, &fingerprint, now) {
-            return Ok(status::backing_off(status.clone(), retry_at, now));
+            return Ok(status::backing_off(status.clone(), retry_at, known.expired_at, target, generation, now));
         }
 
         // Fetch, render, apply.
@@ -136,6 +158,7 @@ impl Context {
             status,
             remembered_failures: self.memory.failure(&me).map_or(0, |f| f.failures),
             valid_until: known.valid_until,
+            expired_at: known.expired_at,
             fingerprint: known.fingerprint.as_deref(),
             generation: ts.meta().generation,
             target: &ts.spec.target.name,
@@ -146,5 +169,20 @@ impl Context {
             self.memory.remember_failure(&me, record);
         }
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_attempt_becomes_an_outcome() {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let caught = guarded(async { panic!("a bug") }, || "internal error").await;
+        let fine = guarded(async { "ok" }, || "internal error").await;
+        std::panic::set_hook(hook);
+        assert_eq!((caught, fine), ("internal error", "ok"));
     }
 }

@@ -34,6 +34,27 @@ pub struct Outcome {
     pub event: Option<Note>,
 }
 
+/// The most a condition message or an Event note holds (events.k8s.io allows 1 KiB notes).
+pub const MAX_MESSAGE: usize = 1024;
+
+/// `text` cut to [`MAX_MESSAGE`] bytes at a character boundary, marked when cut.
+pub fn message(text: &str) -> String {
+    if text.len() <= MAX_MESSAGE {
+        return text.to_string();
+    }
+    let mut end = MAX_MESSAGE - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// Ready=False because the token in `target` expired at `at`.
+pub fn expired(target: &str, at: Timestamp, generation: Option<i64>, now: Timestamp) -> Condition {
+    let msg = format!("the token in Secret {target:?} expired at {at} and has not been renewed");
+    condition(ConditionType::Ready, false, Reason::Expired, msg, generation, now)
+}
+
 /// The time from `now` until `at`, zero if it has passed.
 pub fn until(now: Timestamp, at: Timestamp) -> Duration {
     Duration::try_from(at.duration_since(now).max(SignedDuration::ZERO)).unwrap_or_default()
@@ -132,9 +153,20 @@ pub fn issued(
     outcome
 }
 
-/// A fetch is due but a backoff after failures still holds until `retry_at`.
-pub fn backing_off(mut status: TokenSourceStatus, retry_at: Timestamp, now: Timestamp) -> Outcome {
+/// A fetch is due but a backoff after failures still holds until `retry_at`; if the Secret's
+/// token has expired meanwhile (`expired_at`), Ready says so.
+pub fn backing_off(
+    mut status: TokenSourceStatus,
+    retry_at: Timestamp,
+    expired_at: Option<Timestamp>,
+    target: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Outcome {
     status.renewal_time = Some(Time(retry_at));
+    if let Some(at) = expired_at {
+        set_condition(&mut status.conditions, expired(target, at, generation, now));
+    }
     Outcome { status, requeue: Some(until(now, retry_at)), event: None }
 }
 

@@ -20,7 +20,7 @@ use super::index::References;
 use super::{Config, Context, MANAGER, reconcile, scoped};
 use crate::admin::Health;
 use crate::crd::TokenSource;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WatchLabels};
 use crate::secret;
 use crate::transport::Transport;
 
@@ -29,10 +29,18 @@ use crate::transport::Transport;
 #[error("{0}")]
 pub struct StartError(pub String);
 
+/// Logs a watch error at warn, with what it says (a `Forbidden` names the missing permission),
+/// and counts it.
+fn watch_error(metrics: &Metrics, watch: &str, e: &dyn std::fmt::Display) {
+    tracing::warn!(watch, error = %e, "watch error; retrying with backoff");
+    metrics.watch_errors.get_or_create(&WatchLabels { watch: watch.into() }).inc();
+}
+
 /// Forwards the objects a watch touches into the trigger channel.
 fn forward<K, S>(
     stream: S,
     tx: mpsc::Sender<ObjectRef<TokenSource>>,
+    (metrics, watch): (Arc<Metrics>, &'static str),
     map: impl Fn(&K) -> Vec<ObjectRef<TokenSource>> + Send + 'static,
 ) where
     K: Send + 'static,
@@ -49,7 +57,7 @@ fn forward<K, S>(
                         }
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "watch error; retrying"),
+                Err(e) => watch_error(&metrics, watch, &e),
             }
         }
     });
@@ -95,12 +103,12 @@ pub async fn run(
     let (tx, rx) = mpsc::channel::<ObjectRef<TokenSource>>(4096);
     let references = Arc::new(References::default());
     let by_target = references.clone();
-    forward(targets_stream, tx.clone(), move |s: &Secret| {
+    forward(targets_stream, tx.clone(), (metrics.clone(), "managed-secrets"), move |s: &Secret| {
         let owner = s.labels().get(secret::NAME_LABEL).cloned();
         by_target.affected(&s.namespace().unwrap_or_default(), &s.name_any(), owner.as_deref())
     });
     let by_secret = references.clone();
-    forward(meta_stream, tx, move |m: &PartialObjectMeta<Secret>| {
+    forward(meta_stream, tx, (metrics.clone(), "secret-metadata"), move |m: &PartialObjectMeta<Secret>| {
         by_secret.affected(&m.namespace().unwrap_or_default(), &m.name_any(), None)
     });
     targets.wait_until_ready().await.map_err(|e| StartError(e.to_string()))?;
@@ -122,7 +130,23 @@ pub async fn run(
         metrics: metrics.clone(),
         config: config.clone(),
     });
-    health.ready.store(true, Ordering::Relaxed);
+    // Ready once the TokenSource cache has synced too (the controller starts its watch below).
+    // The store's readiness wakes only its last waiter, and the controller waits on it too: poll
+    // again every half second rather than wait once.
+    let sources_synced = ctx.sources.clone();
+    tokio::spawn(async move {
+        loop {
+            match tokio::time::timeout(Duration::from_millis(500), sources_synced.wait_until_ready()).await {
+                Ok(Ok(())) => {
+                    health.ready.store(true, Ordering::Relaxed);
+                    tracing::info!("caches synced; ready");
+                    return;
+                }
+                Ok(Err(_)) => return,
+                Err(_) => {}
+            }
+        }
+    });
     tracing::info!(namespace = ns.as_deref().unwrap_or("<all>"), "controller running");
     controller
         .with_config(controller::Config::default().concurrency(config.concurrency))
@@ -139,6 +163,7 @@ pub async fn run(
                     ctx.memory.forget(&gone);
                     ctx.references.forget(&gone);
                 }
+                Err(controller::Error::QueueError(e)) => watch_error(&ctx.metrics, "tokensources", &e),
                 Err(e) => tracing::debug!(error = %e, "controller event"),
                 Ok(_) => {}
             }
