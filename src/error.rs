@@ -28,6 +28,9 @@ pub enum ProviderError {
     /// The endpoint answered 2xx but the reply is not what the spec says it should be.
     #[error("token endpoint reply unusable: {0}")]
     BadResponse(String),
+    /// The reply, or what the spec copies out of it, exceeds a limit; the message names it.
+    #[error("token endpoint reply too large: {0}")]
+    TooLarge(String),
 }
 
 impl ProviderError {
@@ -41,6 +44,7 @@ impl ProviderError {
             Self::Status { status, .. } if *status >= 500 => (Reason::ProviderUnavailable, Transient),
             Self::Status { .. } => (Reason::ProviderRejected, Rejected),
             Self::BadResponse(_) => (Reason::BadProviderResponse, Rejected),
+            Self::TooLarge(_) => (Reason::LimitExceeded, Rejected),
         }
     }
 

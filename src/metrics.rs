@@ -21,6 +21,9 @@ pub struct HostLabels {
 
 /// The operator's metrics.
 pub struct Metrics {
+    /// The label sets of `token_requests` in use, so those of hosts no TokenSource uses any more
+    /// can be removed.
+    host_labels: std::sync::Mutex<std::collections::HashSet<HostLabels>>,
     pub registry: Registry,
     pub reconciles: Family<ResultLabels, Counter>,
     pub token_requests: Family<HostLabels, Counter>,
@@ -62,6 +65,7 @@ impl Default for Metrics {
         );
         registry.register("watch_errors", "Errors of the operator's watches, by watch", watch_errors.clone());
         Self {
+            host_labels: Default::default(),
             registry,
             reconciles,
             token_requests,
@@ -76,6 +80,25 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one token request to `host` with `result`.
+    pub fn token_request(&self, host: &str, result: &str) {
+        let labels = HostLabels { host: host.into(), result: result.into() };
+        self.token_requests.get_or_create(&labels).inc();
+        self.host_labels.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(labels);
+    }
+
+    /// Drops the series of hosts not in `live`.
+    pub fn retain_hosts(&self, live: &std::collections::HashSet<String>) {
+        let mut labels = self.host_labels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        labels.retain(|l| {
+            let keep = live.contains(&l.host);
+            if !keep {
+                self.token_requests.remove(l);
+            }
+            keep
+        });
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {

@@ -34,7 +34,7 @@ pub struct Token {
 }
 
 /// How the expiry is read, compiled.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Expiry {
     /// `expires_in` if the reply has it, else the JWT `exp`, else the default lifetime.
     Auto {
@@ -47,7 +47,7 @@ enum Expiry {
 }
 
 /// The compiled JSONPaths of a response spec.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Reader {
     token: JsonPath,
     token_type: JsonPath,
@@ -60,9 +60,41 @@ pub struct Reader {
 /// seconds).
 const MAX_LIFETIME_SECS: f64 = 5.0 * 366.0 * 86_400.0;
 
+/// How many descendant segments (`..`) a query may hold: one keeps a query linear in the size of
+/// the reply; several nested ones multiply.
+const MAX_DESCENDANT_SEGMENTS: usize = 1;
+
 fn compile(field: &str, path: &str) -> Result<JsonPath, Error> {
+    if descendant_segments(path) > MAX_DESCENDANT_SEGMENTS {
+        return Err(Error::InvalidSpec(format!(
+            "response.{field}: {path:?} uses more than {MAX_DESCENDANT_SEGMENTS} descendant segment (..)"
+        )));
+    }
     JsonPath::parse(path)
         .map_err(|e| Error::InvalidSpec(format!("response.{field}: {path:?} is not a valid JSONPath: {e}")))
+}
+
+/// The `..` of a JSONPath outside its string literals.
+fn descendant_segments(path: &str) -> usize {
+    let mut count = 0;
+    let mut quote: Option<char> = None;
+    let mut chars = path.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(_), '\\') => {
+                chars.next();
+            }
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '.') if chars.peek() == Some(&'.') => {
+                chars.next();
+                count += 1;
+            }
+            (None, _) => {}
+        }
+    }
+    count
 }
 
 impl Reader {
@@ -137,10 +169,19 @@ impl Reader {
             )));
         }
         let mut fields = BTreeMap::new();
+        let mut size = access_token.len();
         for (key, path) in &self.fields {
             match first(path, &raw) {
                 Some(v) => {
-                    fields.insert(key.clone(), scalar_string(v));
+                    let value = scalar_string(v);
+                    size = size.saturating_add(value.len());
+                    if size > crate::secret::MAX_SECRET_DATA {
+                        return Err(ProviderError::TooLarge(format!(
+                            "the token and response.fields come to more than {} bytes, a Secret's limit",
+                            crate::secret::MAX_SECRET_DATA
+                        )));
+                    }
+                    fields.insert(key.clone(), value);
                 }
                 None => return Err(ProviderError::BadResponse(format!("no value at {path} for Secret key {key:?}"))),
             }
@@ -207,8 +248,24 @@ fn first<'a>(path: &JsonPath, v: &'a Value) -> Option<&'a Value> {
     path.query(v).first().filter(|v| !v.is_null())
 }
 
+/// The reply's top-level field names, for errors: at most ten, each at most 40 characters.
 fn field_names(v: &Value) -> String {
-    v.as_object().map(|m| m.keys().cloned().collect::<Vec<_>>().join(", ")).unwrap_or_else(|| "none".into())
+    let Some(m) = v.as_object() else { return "none".into() };
+    let mut names: Vec<String> =
+        m.keys()
+            .take(10)
+            .map(|k| {
+                if k.chars().count() > 40 {
+                    format!("{}…", k.chars().take(40).collect::<String>())
+                } else {
+                    k.clone()
+                }
+            })
+            .collect();
+    if m.len() > 10 {
+        names.push(format!("and {} more", m.len() - 10));
+    }
+    names.join(", ")
 }
 
 fn scalar_string(v: &Value) -> String {
@@ -366,6 +423,34 @@ mod tests {
                 .is_err_and(|e| e.to_string().contains("reply fields: expires_in, token"))
         );
         assert!(read(&ResponseSpec::default(), json!({"access_token": "t", "expires_in": "60"})).is_ok());
+    }
+
+    #[test]
+    fn queries_are_held_to_one_descendant_segment() {
+        assert_eq!(descendant_segments("$..a"), 1);
+        assert_eq!(descendant_segments("$['a..b']..c"), 1, "dots in a name are not a segment");
+        assert_eq!(descendant_segments("$..a..b"), 2);
+        assert!(Reader::new(&spec(json!({"token": {"jsonPath": "$..token"}}))).is_ok());
+        assert!(matches!(
+            Reader::new(&spec(json!({"token": {"jsonPath": "$..*..*..token"}}))),
+            Err(Error::InvalidSpec(_))
+        ));
+        assert!(matches!(
+            Reader::new(&spec(json!({"fields": [{"key": "x", "jsonPath": "$[?@..a]..b"}]}))),
+            Err(Error::InvalidSpec(_))
+        ));
+    }
+
+    #[test]
+    fn copies_are_bounded_by_the_secret_limit() {
+        let big = "x".repeat(600_000);
+        let s = spec(json!({"fields": [{"key": "a", "jsonPath": "$.big"}, {"key": "b", "jsonPath": "$.big"}]}));
+        let e = read(&s, json!({"access_token": "t", "expires_in": 60, "big": big})).unwrap_err();
+        assert!(matches!(e, ProviderError::TooLarge(_)), "{e}");
+        // Error messages name at most ten fields.
+        let wide: serde_json::Map<String, Value> = (0..5000).map(|i| (format!("field-{i}"), json!(i))).collect();
+        let e = read(&ResponseSpec::default(), Value::Object(wide)).unwrap_err().to_string();
+        assert!(e.len() < 400 && e.contains("and 4990 more"), "{e}");
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub const FINGERPRINT_ANNOTATION: &str = "tokensource.dev/fingerprint";
 pub const EXPIRES_AT_ANNOTATION: &str = "tokensource.dev/expires-at";
 pub const RENEWED_AT_ANNOTATION: &str = "tokensource.dev/renewed-at";
 
+/// The most data a Secret may hold, as the API server counts it (the values' bytes).
+pub const MAX_SECRET_DATA: usize = 1 << 20;
+
 /// The default keys of the target Secret.
 pub const TOKEN_KEY: &str = "token";
 pub const TOKEN_TYPE_KEY: &str = "token_type";
@@ -108,6 +111,12 @@ pub fn render_data(ts: &TokenSource, token: &Token) -> Result<BTreeMap<String, S
         }
         data.extend(token.fields.clone());
     }
+    let too_large =
+        || Error::Limit(format!("the Secret would hold more than {MAX_SECRET_DATA} bytes of data, Kubernetes' limit"));
+    let mut used = data.values().map(String::len).sum::<usize>();
+    if used > MAX_SECRET_DATA {
+        return Err(too_large());
+    }
     if !template.data.is_empty() {
         let env = crate::template::env();
         let ctx = json!({
@@ -119,11 +128,15 @@ pub fn render_data(ts: &TokenSource, token: &Token) -> Result<BTreeMap<String, S
             "response": token.raw,
         });
         for (key, source) in &template.data {
-            let rendered = env.render_str(source, minijinja::value::Serde(&ctx)).map_err(|e| {
+            let rendered = crate::template::render(&env, source, &ctx, MAX_SECRET_DATA - used).map_err(|e| {
+                if e.kind() == minijinja::ErrorKind::WriteFailure {
+                    return too_large();
+                }
                 let detail = e.detail().map(String::from).unwrap_or_else(|| e.to_string());
                 let detail = crate::redact::redact(&detail, [token.access_token.as_str()]);
                 Error::RenderSecret(format!("target.template.data.{key}: {detail}"))
             })?;
+            used += rendered.len();
             data.insert(key.clone(), rendered);
         }
     }
@@ -154,6 +167,7 @@ pub fn check_template(ts: &TokenSource) -> Result<(), Error> {
         if crate::crd::RESERVED_KEYS.contains(&key.as_str()) {
             return Err(Error::RenderSecret(format!("target.template.data: {key:?} is written by the operator")));
         }
+        crate::template::check(source).map_err(|e| Error::RenderSecret(format!("target.template.data.{key}: {e}")))?;
         env.template_from_str(source).map_err(|e| Error::RenderSecret(format!("target.template.data.{key}: {e}")))?;
     }
     Ok(())

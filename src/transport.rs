@@ -32,6 +32,11 @@ impl Default for Options {
     }
 }
 
+/// A request slot of one host, held while a request is in flight.
+pub struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
 pub struct Transport {
     client: reqwest::Client,
     options: Options,
@@ -107,16 +112,30 @@ impl Transport {
     }
 
     fn host_limit(&self, req: &Request) -> Arc<Semaphore> {
-        let host =
-            format!("{}:{}", req.url.host_str().unwrap_or_default(), req.url.port_or_known_default().unwrap_or(0));
         let mut hosts = self.hosts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        hosts.entry(host).or_insert_with(|| Arc::new(Semaphore::new(self.options.per_host.max(1)))).clone()
+        hosts
+            .entry(host_key(&req.url))
+            .or_insert_with(|| Arc::new(Semaphore::new(self.options.per_host.max(1))))
+            .clone()
     }
 
-    /// Sends one attempt and returns the reply body of a 2xx answer.
-    pub async fn send(&self, req: &Request) -> Result<Vec<u8>, ProviderError> {
-        let limit = self.host_limit(req);
-        let _permit = limit.acquire().await.map_err(|_| ProviderError::Unreachable("shutting down".into()))?;
+    /// Forgets the request slots of hosts not in `live` (as [`host_key`] names them); a host
+    /// with a request in flight keeps its entry until the next time.
+    pub fn retain_hosts(&self, live: &std::collections::HashSet<String>) {
+        let per_host = self.options.per_host.max(1);
+        let mut hosts = self.hosts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        hosts.retain(|h, slots| live.contains(h) || slots.available_permits() < per_host);
+    }
+
+    /// One of the request slots of the request's host, if one is free. Waiting for a slot is the
+    /// caller's to arrange, so that a slow host never holds anything but its own slots.
+    pub fn slot(&self, req: &Request) -> Option<Slot> {
+        self.host_limit(req).try_acquire_owned().ok().map(|p| Slot { _permit: p })
+    }
+
+    /// Sends one attempt in `slot` and returns the reply body of a 2xx answer.
+    pub async fn send(&self, req: &Request, slot: Slot) -> Result<Vec<u8>, ProviderError> {
+        let _slot = slot;
         let method = match req.method {
             Method::Get => reqwest::Method::GET,
             Method::Post => reqwest::Method::POST,
@@ -166,6 +185,11 @@ impl Transport {
         let detail = describe_error_body(&body).map(|d| req.scrub(&d));
         Err(ProviderError::Status { status: status.as_u16(), detail, retry_after })
     }
+}
+
+/// The key of a host's request slots: host and port.
+pub fn host_key(url: &url::Url) -> String {
+    format!("{}:{}", url.host_str().unwrap_or_default(), url.port_or_known_default().unwrap_or(0))
 }
 
 /// A `Retry-After` value (RFC 9110 section 10.2.3): delay seconds or an HTTP date, as a delay

@@ -6,21 +6,24 @@ use jiff::Timestamp;
 use super::Context;
 use super::validate::Plan;
 use crate::crd::{CaBundleType, TokenSource};
+use kube::ResourceExt;
+
 use crate::credentials::Credentials;
-use crate::error::Error;
-use crate::metrics::HostLabels;
+use crate::error::{Error, ProviderError};
 use crate::providers;
 use crate::response::Token;
 
 impl Context {
-    /// Asks the token endpoint for a new token.
+    /// Asks the token endpoint for a new token; `None` when every request slot of its host is
+    /// taken (the caller tries again shortly, without holding anything meanwhile).
     pub(super) async fn fetch(
         &self,
         ts: &TokenSource,
         plan: &Plan,
         creds: &Credentials,
         upstream_token: Option<&str>,
-    ) -> Result<Token, Error> {
+        why: &str,
+    ) -> Result<Option<Token>, Error> {
         let allow_http = self.config.allow_http;
         let request = match (&ts.spec.oauth2, &ts.spec.http) {
             (Some(o), _) => providers::oauth2::request(o, creds, allow_http)?,
@@ -29,16 +32,27 @@ impl Context {
         };
         let mut request = self.with_tls(ts, creds, request)?;
         request.timeout = Some(plan.timeout);
+        let Some(slot) = self.transport.slot(&request) else { return Ok(None) };
+        tracing::info!(tokensource = %ts.name_any(), namespace = ts.namespace().unwrap_or_default(), reason = why, "requesting a token");
         let host = request.url.host_str().unwrap_or_default().to_string();
         let started = std::time::Instant::now();
-        let result = self.transport.send(&request).await.and_then(|body| plan.reader.read(&body, Timestamp::now()));
+        let result = match self.transport.send(&request, slot).await {
+            // Parsing up to a megabyte and querying it is kept off the async runtime.
+            Ok(body) => {
+                let reader = plan.reader.clone();
+                tokio::task::spawn_blocking(move || reader.read(&body, Timestamp::now()))
+                    .await
+                    .unwrap_or_else(|_| Err(ProviderError::BadResponse("reading the reply failed".into())))
+            }
+            Err(e) => Err(e),
+        };
         self.metrics.token_request_seconds.observe(started.elapsed().as_secs_f64());
         let result_label = match &result {
             Ok(_) => "Success".to_string(),
             Err(e) => e.reason().to_string(),
         };
-        self.metrics.token_requests.get_or_create(&HostLabels { host, result: result_label }).inc();
-        Ok(result?)
+        self.metrics.token_request(&host, &result_label);
+        Ok(Some(result?))
     }
 
     /// Adds the spec's client certificate and CA bundle to a request.

@@ -139,8 +139,8 @@ impl Context {
             .flatten()
     }
 
-    /// Forgets cached credential Secrets, and records of TokenSources, that nothing refers to
-    /// any more, once the cache has grown well past what the TokenSources need.
+    /// Forgets cached credential Secrets that nothing refers to any more, once the cache has grown
+    /// well past what the TokenSources need.
     fn prune(&self, cache: &mut HashMap<(String, String), CachedSecret>) {
         if cache.len() <= self.sources.len() * 4 + 64 {
             return;
@@ -154,8 +154,5 @@ impl Context {
             })
             .collect();
         cache.retain(|k, _| referenced.contains(k));
-        let live: HashSet<ObjectRef<TokenSource>> = sources.iter().map(|ts| ObjectRef::from_obj(&**ts)).collect();
-        self.memory.retain(&live);
-        self.references.retain(&live);
     }
 }

@@ -58,10 +58,10 @@ pub struct Context {
     targets: Store<Secret>,
     secret_meta: Store<PartialObjectMeta<Secret>>,
     credentials: load::CredentialCache,
-    memory: memory::Memory,
+    memory: Arc<memory::Memory>,
     references: Arc<index::References>,
-    /// When the Ready gauge was last counted (it walks every TokenSource).
-    ready_counted: std::sync::Mutex<std::time::Instant>,
+    /// When the periodic work last ran.
+    ticks: std::sync::Mutex<watch::Ticks>,
     recorder: Recorder,
     metrics: Arc<Metrics>,
 }

@@ -128,10 +128,17 @@ impl Context {
         }
 
         // Fetch, render, apply.
-        tracing::info!(tokensource = %ts.name_any(), namespace = ts.namespace().unwrap_or_default(), reason = why, "requesting a token");
         let upstream_token = upstream.as_ref().and_then(|u| self.upstream_token(u, now));
-        let token = self.fetch(ts, &plan, &creds, upstream_token.as_deref()).await?;
-        let desired = secret::desired(ts, &token, &fingerprint)?;
+        let Some(token) = self.fetch(ts, &plan, &creds, upstream_token.as_deref(), why).await? else {
+            return Ok(status::host_busy(status.clone()));
+        };
+        // Rendering templates over the reply is kept off the async runtime.
+        let desired = {
+            let (ts, token, fingerprint) = (ts.clone(), token.clone(), fingerprint.clone());
+            tokio::task::spawn_blocking(move || secret::desired(&ts, &token, &fingerprint))
+                .await
+                .map_err(|_| Error::Internal("rendering the Secret failed".into()))??
+        };
         self.apply_secret(ts, &desired).await?;
 
         // Remember and report.

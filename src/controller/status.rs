@@ -170,6 +170,13 @@ pub fn backing_off(
     Outcome { status, requeue: Some(until(now, retry_at)), event: None }
 }
 
+/// Every request slot of the endpoint's host is taken: try again in a second or two, status
+/// unchanged.
+pub fn host_busy(status: TokenSourceStatus) -> Outcome {
+    let wait = Duration::from_millis(1000 + (rand::random::<f64>() * 1000.0) as u64);
+    Outcome { status, requeue: Some(wait), event: None }
+}
+
 impl Context {
     /// Writes the status with server-side apply, unless it is what the object already shows.
     pub(super) async fn write_status(&self, ts: &TokenSource, status: &TokenSourceStatus) -> Result<(), Error> {

@@ -2,11 +2,12 @@
 //! Secret's metadata, and the triggers that turn a Secret event into reconciles of the
 //! TokenSources it affects.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, PartialObjectMeta};
 use kube::runtime::controller::{self, Controller};
@@ -17,6 +18,7 @@ use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 
 use super::index::References;
+use super::memory::Memory;
 use super::{Config, Context, MANAGER, reconcile, scoped};
 use crate::admin::Health;
 use crate::crd::TokenSource;
@@ -79,8 +81,22 @@ pub async fn run(
             "cannot list TokenSources ({e}); is the CRD installed? (tokensource-operator crd | kubectl apply -f -)"
         ))
     })?;
-    let controller = Controller::new(sources_api, watcher::Config::default().any_semantic());
-    let sources = controller.store();
+    // What this instance remembers about a TokenSource is forgotten the moment it is deleted.
+    let memory = Arc::new(Memory::default());
+    let references = Arc::new(References::default());
+    let (sources, sources_writer) = reflector::store();
+    let forget = (memory.clone(), references.clone());
+    let source_events =
+        reflector::reflector(sources_writer, watcher(sources_api, watcher::Config::default().any_semantic()))
+            .inspect_ok(move |event| {
+                if let watcher::Event::Delete(ts) = event {
+                    let gone = ObjectRef::from_obj(ts);
+                    forget.0.forget(&gone);
+                    forget.1.forget(&gone);
+                }
+            })
+            .applied_objects();
+    let controller = Controller::for_stream(source_events, sources.clone());
 
     // Managed Secrets, whole: their tokens drive chains and their deletion or tampering is noticed.
     let (targets, targets_writer) = reflector::store();
@@ -101,7 +117,6 @@ pub async fn run(
     .touched_objects();
 
     let (tx, rx) = mpsc::channel::<ObjectRef<TokenSource>>(4096);
-    let references = Arc::new(References::default());
     let by_target = references.clone();
     forward(targets_stream, tx.clone(), (metrics.clone(), "managed-secrets"), move |s: &Secret| {
         let owner = s.labels().get(secret::NAME_LABEL).cloned();
@@ -124,9 +139,9 @@ pub async fn run(
         targets,
         secret_meta,
         credentials: Default::default(),
-        memory: Default::default(),
+        memory,
         references,
-        ready_counted: std::sync::Mutex::new(std::time::Instant::now()),
+        ticks: Default::default(),
         metrics: metrics.clone(),
         config: config.clone(),
     });
@@ -154,7 +169,7 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
         .for_each(|res| {
-            ctx.count_ready();
+            ctx.tick();
             match res {
                 // A requeue of a TokenSource deleted since: forget what was kept about it.
                 Err(controller::Error::ObjectNotFound(r)) => {
@@ -173,16 +188,47 @@ pub async fn run(
     Ok(())
 }
 
+/// When the periodic work last ran.
+#[derive(Default)]
+pub(super) struct Ticks {
+    ready_counted: Option<Instant>,
+    swept: Option<Instant>,
+}
+
 impl Context {
-    /// Sets the Ready gauge, at most every five seconds: counting walks every TokenSource.
-    fn count_ready(&self) {
-        let mut last = self.ready_counted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if last.elapsed() < Duration::from_secs(5) {
-            return;
+    /// Periodic work, done as reconciles finish: the Ready gauge every five seconds (counting
+    /// walks every TokenSource), and every thirty a sweep of what is kept per host or per
+    /// TokenSource for ones that no longer exist.
+    fn tick(&self) {
+        let (count, sweep) = {
+            let mut ticks = self.ticks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let due = |last: &mut Option<Instant>, every: Duration| {
+                let due = last.is_none_or(|l| l.elapsed() >= every);
+                if due {
+                    *last = Some(Instant::now());
+                }
+                due
+            };
+            (due(&mut ticks.ready_counted, Duration::from_secs(5)), due(&mut ticks.swept, Duration::from_secs(30)))
+        };
+        let sources = if count || sweep { self.sources.state() } else { return };
+        if count {
+            let ready = sources.iter().filter(|t| t.status.as_ref().is_some_and(super::status::is_ready)).count();
+            self.metrics.ready_sources.set(ready as i64);
         }
-        *last = std::time::Instant::now();
-        let ready =
-            self.sources.state().iter().filter(|t| t.status.as_ref().is_some_and(super::status::is_ready)).count();
-        self.metrics.ready_sources.set(ready as i64);
+        if sweep {
+            let live: HashSet<ObjectRef<TokenSource>> = sources.iter().map(|ts| ObjectRef::from_obj(&**ts)).collect();
+            self.memory.retain(&live);
+            self.references.retain(&live);
+            let urls: Vec<url::Url> = sources.iter().filter_map(|ts| endpoint(ts)).collect();
+            self.transport.retain_hosts(&urls.iter().map(crate::transport::host_key).collect());
+            self.metrics.retain_hosts(&urls.iter().filter_map(|u| u.host_str().map(String::from)).collect());
+        }
     }
+}
+
+/// The token endpoint of a TokenSource, if its URL parses.
+fn endpoint(ts: &TokenSource) -> Option<url::Url> {
+    let raw = ts.spec.oauth2.as_ref().map(|o| &o.token_url).or(ts.spec.http.as_ref().map(|h| &h.url))?;
+    url::Url::parse(raw).ok()
 }

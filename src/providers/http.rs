@@ -11,6 +11,9 @@ use crate::credentials::Credentials;
 use crate::error::{Error, UpstreamState};
 use crate::providers::{Auth, Method, Request, check_headers, hmac::ImburseKey, parse_url, resolve_all};
 
+/// The most a request body may hold.
+const MAX_BODY: usize = 1 << 20;
+
 /// Fills `{{ name }}` placeholders from `values`; an unknown name is an error.
 fn fill(
     env: &Environment<'_>,
@@ -21,7 +24,7 @@ fn fill(
     if !crate::template::has_syntax(template) {
         return Ok(template.to_string());
     }
-    env.render_str(template, minijinja::value::Serde(values)).map_err(|e| {
+    crate::template::render(env, template, values, MAX_BODY).map_err(|e| {
         Error::InvalidSpec(crate::redact::redact(&format!("{field}: {e}"), values.values().map(String::as_str)))
     })
 }
