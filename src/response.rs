@@ -467,3 +467,98 @@ mod tests {
         ));
     }
 }
+
+/// Properties of reply parsing over arbitrary JSON at every path a spec reads, numbers of any
+/// size and sign, and numeric or odd strings.
+#[cfg(test)]
+mod properties_256_cases {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    fn number_like() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter_map("JSON numbers are finite", |f| serde_json::Number::from_f64(f).map(Value::Number)),
+            prop_oneof![
+                Just("NaN"),
+                Just("inf"),
+                Just("-inf"),
+                Just("1e400"),
+                Just("-0"),
+                Just("9999999999999999999999"),
+                Just("1560514835115"),
+                Just("2026-11-23T10:00:00Z"),
+                Just("0x10"),
+                Just(" 60 "),
+            ]
+            .prop_map(Value::from),
+            "\\PC{0,24}".prop_map(Value::from),
+        ]
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![Just(Value::Null), any::<bool>().prop_map(Value::from), number_like()];
+        leaf.prop_recursive(4, 64, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z_]{1,8}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn jwt_with(exp: &Value) -> String {
+        let b = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        format!("{}.{}.sig", b(&json!({"alg": "RS256"})), b(&json!({"exp": exp})))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_reply_reads_or_is_refused_within_bounds(
+            token in prop_oneof![json_value(), number_like().prop_map(|v| Value::from(jwt_with(&v)))],
+            expires_in in json_value(),
+            expires in json_value(),
+            extra in json_value(),
+        ) {
+            let now = Timestamp::from_second(1_800_000_000).unwrap();
+            let reply = json!({"access_token": token, "expires_in": expires_in, "expires": expires, "extra": extra});
+            let specs = [
+                json!({}),
+                json!({"expiry": {"type": "Auto", "defaultLifetime": "1h"}}),
+                json!({"expiry": {"type": "ExpiresIn"}}),
+                json!({"expiry": {"type": "ExpiresAt", "jsonPath": "$.expires", "format": "UnixSeconds"}}),
+                json!({"expiry": {"type": "ExpiresAt", "jsonPath": "$.expires", "format": "UnixMilliseconds"}}),
+                json!({"expiry": {"type": "ExpiresAt", "jsonPath": "$.expires", "format": "RFC3339"}}),
+                json!({"expiry": {"type": "JWT"}, "fields": [{"key": "extra", "jsonPath": "$..extra"}]}),
+            ];
+            for spec in specs {
+                let reader = Reader::new(&serde_json::from_value(spec).unwrap()).unwrap();
+                if let Ok(t) = reader.read(reply.to_string().as_bytes(), now) {
+                    prop_assert!(t.expires_at > now);
+                    prop_assert!(t.expires_at <= add(now, SignedDuration::from_secs_f64(MAX_LIFETIME_SECS)));
+                    prop_assert!(!t.access_token.is_empty());
+                }
+            }
+        }
+
+        #[test]
+        fn any_value_in_any_format_reads_or_is_refused(v in json_value()) {
+            for format in [ExpiryFormat::UnixSeconds, ExpiryFormat::UnixMilliseconds, ExpiryFormat::Rfc3339, ExpiryFormat::Unknown] {
+                let _ = parse_expiry(&v, format);
+            }
+            let _ = jwt_exp(&jwt_with(&v));
+        }
+
+        #[test]
+        fn any_bytes_are_a_reply_or_an_error(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let reader = Reader::new(&ResponseSpec::default()).unwrap();
+            let _ = reader.read(&body, Timestamp::from_second(1_800_000_000).unwrap());
+        }
+    }
+}

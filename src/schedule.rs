@@ -285,3 +285,77 @@ mod tests {
         assert_eq!(retry_at(now, 40, RetryClass::Rejected, None, None, 1.0), ts(300));
     }
 }
+
+/// Properties of the schedule over any lifetime, failure sequence, `Retry-After` and jitter.
+#[cfg(test)]
+mod properties_256_cases {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    fn class() -> impl Strategy<Value = RetryClass> {
+        prop_oneof![Just(RetryClass::Transient), Just(RetryClass::Rejected)]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Attempts after failures: never two closer than a second, never one past the expiry of a
+        /// valid token (unless expiry is under two seconds away), never more than five minutes
+        /// apart once the token is gone, whatever the provider says.
+        #[test]
+        fn failed_attempts_are_spaced_and_bounded(
+            lifetime in 1i64..400_000,
+            retry_afters in proptest::collection::vec(proptest::option::of(0u64..u64::MAX), 1..40),
+            classes in proptest::collection::vec(class(), 1..40),
+            jitters in proptest::collection::vec(0.0f64..1.0, 1..40),
+        ) {
+            let expires = t(lifetime);
+            let mut now = t(0);
+            for (i, ((ra, class), jitter)) in retry_afters.iter().zip(&classes).zip(&jitters).enumerate() {
+                let valid = (now < expires).then_some(expires);
+                let next = retry_at(now, i as u32 + 1, *class, ra.map(Duration::from_secs), valid, *jitter);
+                let gap = next.duration_since(now);
+                prop_assert!(gap >= RETRY_FLOOR, "attempts {gap} apart");
+                prop_assert!(gap <= RETRY_CAP + SignedDuration::from_secs(1), "attempts {gap} apart");
+                if let Some(e) = valid && e.duration_since(now) >= SignedDuration::from_secs(2) {
+                    prop_assert!(next <= e, "a retry at {next} after the token's expiry at {e}");
+                }
+                now = next;
+            }
+        }
+
+        /// Renewal times: never before the minimum interval, never after expiry for lifetimes
+        /// long enough to allow it, and no panic for any input.
+        #[test]
+        fn renewals_are_before_expiry_and_not_too_often(
+            lifetime in -10i64..(366 * 86_400 * 5),
+            percentage in 1i32..100,
+            renew_before in proptest::option::of(1i64..(366 * 86_400)),
+            margin in 0u64..10_000,
+            jitter in proptest::num::f64::ANY,
+        ) {
+            let spec = RenewalSpec { renew_before: renew_before.map(|s| format!("{s}s")), renew_before_percentage: percentage };
+            let policy = Policy::new(&spec, Duration::from_secs(margin)).unwrap();
+            let at = policy.refresh_at(t(0), t(lifetime), jitter);
+            prop_assert!(at >= t(5), "renewal at {at}");
+            if lifetime >= 10 {
+                prop_assert!(at < t(lifetime), "renewal at {at}, expiry at {}", t(lifetime));
+            }
+        }
+
+        /// Durations: any text parses or is refused, never panics; what parses is at most a year.
+        #[test]
+        fn durations_parse_or_are_refused(s in "\\PC{0,40}", n in 0u64..u64::MAX, unit in "(ms|s|m|h)") {
+            for input in [s, format!("{n}{unit}"), format!("{n}{unit}{n}{unit}")] {
+                if let Ok(d) = parse_duration(&input) {
+                    prop_assert!(d <= MAX_DURATION && d >= SignedDuration::ZERO);
+                }
+            }
+        }
+    }
+}

@@ -198,3 +198,42 @@ mod tests {
         assert!(render(&env, "{{ xs | join(sep) }}", &long, 1 << 30).is_err());
     }
 }
+
+/// Properties of templates: any source is checked or refused without a panic, and rendering
+/// never writes past its limit, whatever the template and the reply.
+#[cfg(test)]
+mod properties_256_cases {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    fn snippet() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("{{ token }}".to_string()),
+            Just("{{ response | tojson }}".to_string()),
+            Just("{{ big ~ big }}".to_string()),
+            Just("{% for x in xs %}{{ x }}{{ big }}{% endfor %}".to_string()),
+            Just("{% if token %}{{ token | b64encode }}{% endif %}".to_string()),
+            Just("{{ xs | join(big) }}".to_string()),
+            Just("{{ 'a' * 9 }}".to_string()),
+            Just("{% set a = 1 %}".to_string()),
+            Just("{{ range(10) }}".to_string()),
+            "[a-z {}%|~*+().']{0,12}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_template_is_checked_and_bounded(parts in proptest::collection::vec(snippet(), 1..8), limit in 0usize..20_000, noise in "\\PC{0,30}") {
+            let source: String = parts.concat();
+            let _ = check(&noise);
+            let ctx = json!({"token": "t0k", "big": "x".repeat(3000), "xs": (0..50).collect::<Vec<_>>(), "response": {"a": [1, 2, 3]}});
+            if let Ok(out) = render(&env(), &source, &ctx, limit) {
+                prop_assert!(out.len() <= limit, "{} bytes written with a limit of {limit}", out.len());
+            }
+        }
+    }
+}

@@ -124,3 +124,39 @@ mod tests {
     const BODY_SIG: &str = "NZdzapH2zgTrTeTtgLzCzK907tKq2Tu5+GBKg5iRkFc=";
     const RAW_SIG: &str = "t1e1rUBnX1ykUV6Ldb//3KYMQ09inIFiiImMA1PXEWE=";
 }
+
+/// Properties of HMAC signing over any key, public key, nonce, time and body.
+#[cfg(test)]
+mod properties_256_cases {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_inputs_sign_or_are_refused(
+            public in "\\PC{0,40}",
+            private in "\\PC{0,60}",
+            encoding in prop_oneof![Just(KeyEncoding::Base64), Just(KeyEncoding::None), Just(KeyEncoding::Unknown)],
+            nonce in "[0-9a-f]{0,40}",
+            epoch in any::<i64>(),
+            body in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            if let Ok(key) = ImburseKey::new(public.clone(), &private, encoding) {
+                let header = key.authorization(&nonce, epoch, &body);
+                let signature = header.rsplit(':').next().unwrap_or_default();
+                let raw = base64::engine::general_purpose::STANDARD.decode(signature).unwrap();
+                prop_assert_eq!(raw.len(), 32, "an HMAC-SHA256");
+                let prefix = format!("Hmac {public}:{nonce}:{epoch}:");
+                prop_assert!(header.starts_with(&prefix));
+                // The same inputs sign the same; another body signs differently.
+                prop_assert_eq!(&header, &key.authorization(&nonce, epoch, &body));
+                let mut other = body.clone();
+                other.push(0);
+                prop_assert_ne!(header, key.authorization(&nonce, epoch, &other));
+            }
+        }
+    }
+}

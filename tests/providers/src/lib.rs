@@ -103,6 +103,7 @@ struct Injected {
 #[derive(Default)]
 pub(crate) struct Inner {
     calls: HashMap<Endpoint, usize>,
+    call_times: HashMap<Endpoint, Vec<std::time::Instant>>,
     issued: HashMap<Endpoint, usize>,
     lifetimes: HashMap<Endpoint, Duration>,
     failures: HashMap<Endpoint, VecDeque<Injected>>,
@@ -196,6 +197,11 @@ impl Fakes {
     }
 
     /// Tokens the endpoint issued.
+    /// When each call to `e` arrived.
+    pub fn call_times(&self, e: Endpoint) -> Vec<std::time::Instant> {
+        lock(&self.shared.inner).call_times.get(&e).cloned().unwrap_or_default()
+    }
+
     pub fn issued(&self, e: Endpoint) -> usize {
         lock(&self.shared.inner).issued.get(&e).copied().unwrap_or(0)
     }
@@ -253,6 +259,7 @@ impl Shared {
     pub(crate) fn enter(&self, e: Endpoint) -> Option<Response> {
         let mut inner = lock(&self.inner);
         *inner.calls.entry(e).or_default() += 1;
+        inner.call_times.entry(e).or_default().push(std::time::Instant::now());
         let injected = inner.failures.get_mut(&e).and_then(VecDeque::pop_front)?;
         let mut resp = json_response(
             StatusCode::from_u16(injected.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
