@@ -89,7 +89,7 @@ pub struct TokenSourceSpec {
     /// How long one token request may take, such as `10s`. Unset: the operator's
     /// `--request-timeout` (30s unless changed), which is also the most it allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION), length(max = 32))]
+    #[schemars(regex(pattern = DURATION), length(max = 32), extend("x-kubernetes-validations" = [{"rule": "duration(self) <= duration('8784h')", "message": "at most a year (8784h)"}]))]
     pub timeout: Option<String>,
 
     /// The Secret the token is written to.
@@ -724,7 +724,7 @@ pub struct ExpirySpec {
     /// For `Auto`: the lifetime to assume when the reply gives none, such as `1h`. Without it
     /// such a reply is an error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION), length(max = 32))]
+    #[schemars(regex(pattern = DURATION), length(max = 32), extend("x-kubernetes-validations" = [{"rule": "duration(self) <= duration('8784h')", "message": "at most a year (8784h)"}]))]
     pub default_lifetime: Option<String>,
 }
 
@@ -769,7 +769,7 @@ pub struct RenewalSpec {
     /// How long before expiry to renew, such as `10m` or `1h30m`. Takes precedence over
     /// `renewBeforePercentage`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION), length(max = 32))]
+    #[schemars(regex(pattern = DURATION), length(max = 32), extend("x-kubernetes-validations" = [{"rule": "duration(self) <= duration('8784h')", "message": "at most a year (8784h)"}]))]
     pub renew_before: Option<String>,
 
     /// How much of the token's lifetime should be *left* when it is renewed, in percent (as

@@ -28,11 +28,38 @@ fn with(mut doc: Value, path: &[&str], value: Value) -> Value {
     doc
 }
 
+/// Removes the CEL rules that bound durations, as a CRD from before them would lack them.
+fn drop_duration_rules(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if m.get("x-kubernetes-validations").is_some_and(|r| r.to_string().contains("duration(self)")) {
+                m.remove("x-kubernetes-validations");
+            }
+            m.values_mut().for_each(drop_duration_rules);
+        }
+        Value::Array(a) => a.iter_mut().for_each(drop_duration_rules),
+        _ => {}
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durations_past_a_year_are_refused_not_overflowed() {
     let env = Env::start().await;
     podero_credentials(&env).await;
-    // Each passes the CRD's pattern (five digits a part); the operator refuses what is too long.
+    // The CRD refuses these (tests/kubectl_api.rs); an older CRD without its duration rules
+    // accepts them, and then the operator must refuse them itself.
+    let mut crd = serde_json::to_value(tokensource_operator::crd::crd()).unwrap();
+    drop_duration_rules(&mut crd);
+    let crds: kube::Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        kube::Api::all(env.client.clone());
+    crds.patch(
+        "tokensources.tokensource.dev",
+        &kube::api::PatchParams::apply("e2e").force(),
+        &kube::api::Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
+    // Each passes the pattern (five digits a part); the operator refuses what is too long.
     for (name, path, value) in [
         ("renew", vec!["spec", "renewal"], json!({"renewBefore": "99999h99999h99999h99999h"})),
         ("lifetime", vec!["spec", "response"], json!({"expiry": {"type": "Auto", "defaultLifetime": "99999h"}})),
