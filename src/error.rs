@@ -58,6 +58,18 @@ impl ProviderError {
             _ => None,
         }
     }
+
+    /// The same error with its text passed through `f` (to redact it).
+    pub fn map_text(self, f: impl Fn(&str) -> String) -> Self {
+        match self {
+            Self::Unreachable(m) => Self::Unreachable(f(&m)),
+            Self::Status { status, detail, retry_after } => {
+                Self::Status { status, detail: detail.map(|d| f(&d)), retry_after }
+            }
+            Self::BadResponse(m) => Self::BadResponse(f(&m)),
+            Self::TooLarge(m) => Self::TooLarge(f(&m)),
+        }
+    }
 }
 
 /// Why a chained TokenSource cannot use its upstream yet.

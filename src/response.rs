@@ -285,8 +285,10 @@ fn number(v: &Value) -> Option<f64> {
 
 /// Reads an absolute expiry in the given format.
 pub fn parse_expiry(v: &Value, format: ExpiryFormat) -> Result<Timestamp, ProviderError> {
-    let bad =
-        |what: &str| ProviderError::BadResponse(format!("expiry {v} is not {what}; check response.expiry.format"));
+    // The value itself is never shown: a reply's values may be tokens.
+    let bad = |what: &str| {
+        ProviderError::BadResponse(format!("the expiry is {}, not {what}; check response.expiry.format", kind(v)))
+    };
     match format {
         ExpiryFormat::Rfc3339 => {
             v.as_str().and_then(|s| s.parse::<Timestamp>().ok()).ok_or_else(|| bad("an RFC 3339 time"))
@@ -300,6 +302,19 @@ pub fn parse_expiry(v: &Value, format: ExpiryFormat) -> Result<Timestamp, Provid
             .and_then(|n| Timestamp::from_millisecond(n as i64).ok())
             .ok_or_else(|| bad("Unix milliseconds")),
         ExpiryFormat::Unknown => Err(bad("in a format this version of the operator knows")),
+    }
+}
+
+/// What kind of JSON value `v` is, for messages that must not show it.
+fn kind(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(_) => "a boolean".into(),
+        Value::Number(_) => "a number out of range".into(),
+        Value::String(s) if s.trim().parse::<f64>().is_ok() => format!("a numeric string of {} characters", s.len()),
+        Value::String(s) => format!("a string of {} characters", s.len()),
+        Value::Array(a) => format!("an array of {}", a.len()),
+        Value::Object(m) => format!("an object with {} fields", m.len()),
     }
 }
 
@@ -390,6 +405,14 @@ mod tests {
         let s = spec(json!({"expiry": {"type": "ExpiresIn", "jsonPath": "$.data.ttl"}}));
         let t = read(&s, json!({"access_token": "t", "data": {"ttl": "600"}})).unwrap();
         assert_eq!(t.expires_at, now() + SignedDuration::from_secs(600));
+    }
+
+    #[test]
+    fn expiry_errors_name_the_type_not_the_value() {
+        let e = parse_expiry(&json!({"access_token": "leaked-token-1234"}), ExpiryFormat::UnixSeconds).unwrap_err();
+        assert!(!e.to_string().contains("leaked") && e.to_string().contains("an object with 1 fields"), "{e}");
+        let e = parse_expiry(&json!("leaked-token-1234"), ExpiryFormat::Rfc3339).unwrap_err();
+        assert!(!e.to_string().contains("leaked") && e.to_string().contains("a string of 17 characters"), "{e}");
     }
 
     #[test]

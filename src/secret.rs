@@ -133,7 +133,11 @@ pub fn render_data(ts: &TokenSource, token: &Token) -> Result<BTreeMap<String, S
                     return too_large();
                 }
                 let detail = e.detail().map(String::from).unwrap_or_else(|| e.to_string());
-                let detail = crate::redact::redact(&detail, [token.access_token.as_str()]);
+                // Template errors may quote what they rendered: no value of the reply is shown.
+                let mut redactor = crate::redact::Redactor::default();
+                redactor.add(token.access_token.as_bytes());
+                redactor.add_strings(&token.raw);
+                let detail = redactor.redact(&detail);
                 Error::RenderSecret(format!("target.template.data.{key}: {detail}"))
             })?;
             used += rendered.len();

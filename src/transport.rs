@@ -156,13 +156,22 @@ impl Transport {
         if let Some(ct) = &req.content_type {
             builder = builder.header(reqwest::header::CONTENT_TYPE, ct.as_str());
         }
+        // This attempt's secrets: the request's, and the Authorization header as sent (an HMAC
+        // signature differs per attempt).
+        let mut redactor = req.redactor();
         if let Some(auth) = req.authorization(jiff::Timestamp::now().as_second(), &hmac::nonce()) {
+            redactor.add(auth.as_bytes());
+            if let Some((_, credentials)) = auth.split_once(' ') {
+                redactor.add(credentials.as_bytes());
+                redactor.add(credentials.rsplit(':').next().unwrap_or_default().as_bytes());
+            }
             builder = builder.header(reqwest::header::AUTHORIZATION, auth);
         }
         if !req.body.is_empty() || req.method != Method::Get {
             builder = builder.body(req.body.clone());
         }
-        let mut resp = builder.send().await.map_err(|e| ProviderError::Unreachable(describe_reqwest(&e)))?;
+        let unreachable = |e: &reqwest::Error| ProviderError::Unreachable(redactor.redact(&describe_reqwest(e)));
+        let mut resp = builder.send().await.map_err(|e| unreachable(&e))?;
         let status = resp.status();
         let retry_after = resp
             .headers()
@@ -170,7 +179,7 @@ impl Transport {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| retry_after(v, jiff::Timestamp::now()));
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| ProviderError::Unreachable(describe_reqwest(&e)))? {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| unreachable(&e))? {
             if body.len() + chunk.len() > self.options.max_body {
                 return Err(ProviderError::BadResponse(format!(
                     "the reply is larger than {} bytes",
@@ -182,7 +191,8 @@ impl Transport {
         if status.is_success() {
             return Ok(body);
         }
-        let detail = describe_error_body(&body).map(|d| req.scrub(&d));
+        // Redacted before it is cut: a cut could split a secret so it is no longer recognised.
+        let detail = describe_error_body(&body, &redactor);
         Err(ProviderError::Status { status: status.as_u16(), detail, retry_after })
     }
 }
@@ -233,11 +243,12 @@ fn describe_reqwest(e: &reqwest::Error) -> String {
 
 /// What an error reply says, in a line: the OAuth 2.0 `error` and `error_description` (RFC 6749
 /// section 5.2), a `message`-like field, or the start of the text.
-pub fn describe_error_body(body: &[u8]) -> Option<String> {
+pub fn describe_error_body(body: &[u8], redactor: &crate::redact::Redactor) -> Option<String> {
     if body.is_empty() {
         return None;
     }
     let clip = |s: &str| {
+        let s = redactor.redact(s);
         let clean: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
         let clean = clean.trim().to_string();
         if clean.chars().count() > 300 { format!("{}…", clean.chars().take(300).collect::<String>()) } else { clean }
@@ -281,15 +292,27 @@ mod tests {
     #[test]
     fn error_bodies_read_as_one_line() {
         assert_eq!(
-            describe_error_body(br#"{"error":"invalid_client","error_description":"Client authentication failed"}"#)
-                .as_deref(),
+            describe_error_body(
+                br#"{"error":"invalid_client","error_description":"Client authentication failed"}"#,
+                &Default::default()
+            )
+            .as_deref(),
             Some("invalid_client: Client authentication failed")
         );
-        assert_eq!(describe_error_body(br#"{"error":"invalid_scope"}"#).as_deref(), Some("invalid_scope"));
-        assert_eq!(describe_error_body(br#"{"message":"Nonce reused"}"#).as_deref(), Some("Nonce reused"));
-        assert_eq!(describe_error_body(b"<html>\nBad Gateway\n</html>").as_deref(), Some("<html> Bad Gateway </html>"));
-        assert_eq!(describe_error_body(b""), None);
+        assert_eq!(
+            describe_error_body(br#"{"error":"invalid_scope"}"#, &Default::default()).as_deref(),
+            Some("invalid_scope")
+        );
+        assert_eq!(
+            describe_error_body(br#"{"message":"Nonce reused"}"#, &Default::default()).as_deref(),
+            Some("Nonce reused")
+        );
+        assert_eq!(
+            describe_error_body(b"<html>\nBad Gateway\n</html>", &Default::default()).as_deref(),
+            Some("<html> Bad Gateway </html>")
+        );
+        assert_eq!(describe_error_body(b"", &Default::default()), None);
         let long = "x".repeat(1000);
-        assert!(describe_error_body(long.as_bytes()).is_some_and(|d| d.chars().count() == 301));
+        assert!(describe_error_body(long.as_bytes(), &Default::default()).is_some_and(|d| d.chars().count() == 301));
     }
 }

@@ -6,7 +6,8 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::memory::FailureRecord;
-use super::status::{Note, Outcome, condition, expired, find, message, set_condition, until};
+use super::status as message;
+use super::status::{Note, Outcome, condition, expired, find, set_condition, until};
 use crate::conditions::{ConditionStatus, ConditionType, Reason};
 use crate::crd::TokenSourceStatus;
 use crate::error::Error;
@@ -15,6 +16,8 @@ use crate::schedule;
 /// Everything the failure policy decides from.
 pub struct FailureInput<'a> {
     pub error: &'a Error,
+    /// What the error says, already scrubbed of every secret value.
+    pub message: String,
     /// The status so far (its `observedGeneration` already the current generation).
     pub status: TokenSourceStatus,
     /// The consecutive failures this instance remembers, which a lagging cached status may not
@@ -37,6 +40,7 @@ pub struct FailureInput<'a> {
 pub fn on_failure(input: FailureInput<'_>) -> (Outcome, Option<FailureRecord>) {
     let FailureInput {
         error,
+        message,
         mut status,
         remembered_failures,
         valid_until,
@@ -48,7 +52,7 @@ pub fn on_failure(input: FailureInput<'_>) -> (Outcome, Option<FailureRecord>) {
         jitter,
     } = input;
     let (reason, class) = error.classify();
-    let message = message(&error.to_string());
+    let message = message::cut(&message);
     let keep_ready = valid_until.is_some() && error.keeps_token();
     // The same failure seen again without a new attempt (a spec or credential problem found on
     // every reconcile) is not a new failure: count and time stay, so the status settles.
@@ -112,6 +116,7 @@ mod tests {
     fn input<'a>(error: &'a Error, status: TokenSourceStatus, valid_until: Option<i64>) -> FailureInput<'a> {
         FailureInput {
             error,
+            message: error.to_string(),
             status,
             remembered_failures: 0,
             valid_until: valid_until.map(t),

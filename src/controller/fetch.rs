@@ -43,6 +43,11 @@ impl Context {
                 tokio::task::spawn_blocking(move || reader.read(&body, Timestamp::now()))
                     .await
                     .unwrap_or_else(|_| Err(ProviderError::BadResponse("reading the reply failed".into())))
+                    // A reply can echo what was sent, in field names too.
+                    .map_err(|e| {
+                        let redactor = request.redactor();
+                        e.map_text(|t| redactor.redact(t))
+                    })
             }
             Err(e) => Err(e),
         };

@@ -20,6 +20,7 @@ use crate::conditions::ConditionType;
 use crate::crd::{TokenSource, TokenSourceStatus};
 use crate::error::Error;
 use crate::metrics::ResultLabels;
+use crate::redact::Redactor;
 use crate::schedule;
 use crate::secret::{self, Stored};
 
@@ -30,6 +31,8 @@ struct Known {
     valid_until: Option<Timestamp>,
     /// When the token this TokenSource wrote to the Secret expired, if it has.
     expired_at: Option<Timestamp>,
+    /// Every secret value the TokenSource reads, and the chained token, once they are loaded.
+    redactor: Redactor,
     /// The fingerprint of today's spec and credentials.
     fingerprint: Option<String>,
 }
@@ -109,6 +112,9 @@ impl Context {
         let plan = validate::validate(ts, &self.config)?;
         let upstream = self.upstream(ts)?;
         let creds = self.credentials(ts).await?;
+        for value in creds.secret_values() {
+            known.redactor.add(value);
+        }
 
         // Decide.
         let fingerprint = decide::fingerprint(ts, &creds);
@@ -129,6 +135,9 @@ impl Context {
 
         // Fetch, render, apply.
         let upstream_token = upstream.as_ref().and_then(|u| self.upstream_token(u, now));
+        if let Some(t) = &upstream_token {
+            known.redactor.add(t.as_bytes());
+        }
         let Some(token) = self.fetch(ts, &plan, &creds, upstream_token.as_deref(), why).await? else {
             return Ok(status::host_busy(status.clone()));
         };
@@ -159,11 +168,13 @@ impl Context {
         now: Timestamp,
     ) -> Outcome {
         let me = ObjectRef::from_obj(ts);
-        tracing::warn!(tokensource = %ts.name_any(), namespace = ts.namespace().unwrap_or_default(), reason = %error.reason(), error = %error, "no new token");
+        let message = known.redactor.redact(&error.to_string());
+        tracing::warn!(tokensource = %ts.name_any(), namespace = ts.namespace().unwrap_or_default(), reason = %error.reason(), error = message.as_str(), "no new token");
         let (outcome, record) = failure::on_failure(FailureInput {
             error,
             status,
             remembered_failures: self.memory.failure(&me).map_or(0, |f| f.failures),
+            message,
             valid_until: known.valid_until,
             expired_at: known.expired_at,
             fingerprint: known.fingerprint.as_deref(),

@@ -38,7 +38,7 @@ pub struct Outcome {
 pub const MAX_MESSAGE: usize = 1024;
 
 /// `text` cut to [`MAX_MESSAGE`] bytes at a character boundary, marked when cut.
-pub fn message(text: &str) -> String {
+pub fn cut(text: &str) -> String {
     if text.len() <= MAX_MESSAGE {
         return text.to_string();
     }

@@ -82,15 +82,42 @@ impl Request {
         }
     }
 
-    /// Replaces every credential value that appears in `text` by `[redacted]`.
+    /// Everything secret this request sends, in every encoding it may be echoed in: the values
+    /// from Secrets, the Basic pair, and the bearer token.
+    pub fn redactor(&self) -> crate::redact::Redactor {
+        let mut r = crate::redact::Redactor::default();
+        for s in &self.secrets {
+            r.add(s);
+        }
+        match &self.auth {
+            Auth::Basic { username, password } => r.add_pair(username, password),
+            Auth::Bearer(token) => r.add(token.as_bytes()),
+            Auth::None | Auth::Hmac(_) => {}
+        }
+        r
+    }
+
+    /// Replaces every secret value this request sends, in any encoding, in `text`.
     pub fn scrub(&self, text: &str) -> String {
-        crate::redact::redact(text, self.secrets.iter().filter_map(|s| std::str::from_utf8(s).ok()))
+        self.redactor().redact(text)
+    }
+}
+
+/// A URL text with any `user:password@` removed, for messages.
+pub fn without_userinfo(raw: &str) -> String {
+    let Some(scheme_end) = raw.find("://").map(|i| i + 3) else { return raw.to_string() };
+    let rest = &raw[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}[redacted]@{}", &raw[..scheme_end], &rest[at + 1..]),
+        None => raw.to_string(),
     }
 }
 
 /// Parses and checks a token endpoint URL.
 pub fn parse_url(field: &str, raw: &str, allow_http: bool) -> Result<url::Url, Error> {
-    let url = url::Url::parse(raw).map_err(|e| Error::InvalidSpec(format!("{field}: {raw:?} is not a URL: {e}")))?;
+    let url = url::Url::parse(raw)
+        .map_err(|e| Error::InvalidSpec(format!("{field}: {:?} is not a URL: {e}", without_userinfo(raw))))?;
     match url.scheme() {
         "https" => {}
         "http" if allow_http => {}

@@ -42,6 +42,9 @@ pub enum Endpoint {
     MtlsToken,
     /// RFC 7523 private_key_jwt client authentication (HTTPS fakes only).
     JwtToken,
+    /// A hostile endpoint: answers 401 with everything it received, in the encoding its `as`
+    /// query parameter names (`raw`, `form`, `base64`, `base64url`, `authorization`).
+    Echo,
 }
 
 impl Endpoint {
@@ -54,6 +57,7 @@ impl Endpoint {
             Self::ImbursePayout => "/v1/identity/payout",
             Self::MtlsToken => "/mtls/token",
             Self::JwtToken => "/jwt/token",
+            Self::Echo => "/echo",
         }
     }
 }
@@ -176,6 +180,7 @@ impl Fakes {
             .route(Endpoint::ImburseManagement.path(), post(imburse_management))
             .route(Endpoint::ImbursePayoutHmac.path(), post(imburse_payout_hmac))
             .route(Endpoint::ImbursePayout.path(), post(imburse_payout))
+            .route(Endpoint::Echo.path(), post(echo))
             .with_state(shared.clone())
     }
 
@@ -321,6 +326,32 @@ fn check_basic(headers: &HeaderMap, client: &Client) -> Result<(), &'static str>
 
 pub(crate) fn media_type(headers: &HeaderMap) -> String {
     header_str(headers, header::CONTENT_TYPE).unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+/// Answers 401 `invalid_client` with an `error_description` that repeats the request, as a
+/// server in a debug mode (or one that wants the credentials shown) does.
+async fn echo(
+    State(s): State<Arc<Shared>>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    s.enter(Endpoint::Echo);
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let body_text = String::from_utf8_lossy(&body).to_string();
+    let all = format!("Authorization: {authorization}; body: {body_text}");
+    let description = match q.get("as").map(String::as_str) {
+        Some("form") => url_decoded(&body),
+        Some("base64") => base64::engine::general_purpose::STANDARD.encode(&all),
+        Some("base64url") => base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&all),
+        Some("authorization") => authorization.to_string(),
+        _ => all,
+    };
+    oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", &description)
+}
+
+fn url_decoded(body: &[u8]) -> String {
+    url::form_urlencoded::parse(body).map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
 }
 
 async fn podero(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {

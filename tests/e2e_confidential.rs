@@ -1,0 +1,184 @@
+//! End to end: what a tenant may not read or lose. A token endpoint that echoes what it received
+//! must not get a secret, in any encoding, into status, Events, metrics or logs.
+
+#![cfg(test)]
+
+mod common;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use common::Env;
+use fake_providers::Endpoint;
+use kube::api::ListParams;
+use serde_json::json;
+
+/// A client secret with characters that every encoding changes.
+const SECRET: &str = "s3cr3t+/= \"quoted\" & ünïcode";
+const CLIENT_ID: &str = "echo-client";
+const STATIC_TOKEN: &str = "static-bearer-token-0042";
+
+/// The secrets' textual forms: as is, form- and percent-encoded, JSON-escaped, and the Basic pair.
+fn needles() -> Vec<String> {
+    let mut out = vec![format!("{CLIENT_ID}:{SECRET}")];
+    for s in [SECRET, STATIC_TOKEN] {
+        out.push(s.to_string());
+        out.push(url::form_urlencoded::byte_serialize(s.as_bytes()).collect());
+        out.push(serde_json::to_string(s).unwrap().trim_matches('"').to_string());
+    }
+    out
+}
+
+/// `text` and what every base64-looking run in it decodes to, in each alphabet and at each
+/// alignment: a secret hidden in any base64 shows up in one of these.
+fn views(text: &str) -> Vec<String> {
+    let mut out = vec![text.to_string()];
+    let alphabet = |c: char| c.is_ascii_alphanumeric() || "+/=-_".contains(c);
+    for run in text.split(|c: char| !alphabet(c)).filter(|r| r.len() >= 8) {
+        let run = run.trim_end_matches('=');
+        for start in 0..4.min(run.len()) {
+            for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+                let part = &run[start..];
+                let usable = part.len() - part.len() % 4;
+                for candidate in [part, &part[..usable]] {
+                    if let Ok(bytes) = engine.decode(candidate) {
+                        out.push(String::from_utf8_lossy(&bytes).to_string());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn assert_no_secret(haystack: &str, what: &str) {
+    let views = views(haystack);
+    for needle in needles() {
+        for v in &views {
+            if let Some(at) = v.find(&needle) {
+                let around: String = v[at.saturating_sub(60)..].chars().take(160).collect();
+                panic!("a secret reached {what} as {needle:?}: …{around}…");
+            }
+        }
+    }
+}
+
+async fn echo_sources(env: &Env) -> Vec<String> {
+    env.put_secret("echo-credentials", &[("client_secret", SECRET), ("token", STATIC_TOKEN)]).await;
+    let url = |how: &str| format!("{}?as={how}", env.fakes.endpoint_url(Endpoint::Echo));
+    let mut names = vec![];
+    for how in ["raw", "form", "base64", "base64url", "authorization"] {
+        for (auth, client_auth) in [
+            (
+                "basic",
+                json!({"type": "ClientSecretBasic", "clientSecretRef": {"name": "echo-credentials", "key": "client_secret"}}),
+            ),
+            (
+                "post",
+                json!({"type": "ClientSecretPost", "clientSecretRef": {"name": "echo-credentials", "key": "client_secret"}}),
+            ),
+        ] {
+            let name = format!("echo-{how}-{auth}");
+            env.create(json!({
+                "metadata": {"name": name},
+                "spec": {
+                    "type": "OAuth2",
+                    "oauth2": {"tokenURL": url(how), "clientID": {"value": CLIENT_ID}, "clientAuth": client_auth},
+                    "target": {"name": format!("{name}-token")}
+                }
+            }))
+            .await;
+            names.push(name);
+        }
+        let name = format!("echo-{how}-bearer");
+        env.create(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "type": "HTTP",
+                "http": {
+                    "url": url(how),
+                    "auth": {"type": "Bearer", "bearer": {"tokenSecretRef": {"name": "echo-credentials", "key": "token"}}},
+                    "body": {"type": "JSON", "json": {"secret": "{{ s }}"}, "values": [{"name": "s", "valueFrom": {"secretKeyRef": {"name": "echo-credentials", "key": "client_secret"}}}]}
+                },
+                "target": {"name": format!("{name}-token")}
+            }
+        }))
+        .await;
+        names.push(name);
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_echoing_endpoint_gets_no_secret_into_status_events_or_metrics() {
+    let env = Env::start().await;
+    let names = echo_sources(&env).await;
+    for name in &names {
+        let m = env.wait_ready(name, "False", "ProviderRejected").await;
+        assert!(m.contains("401") && m.contains("invalid_client"), "{name}: {m}");
+    }
+    let raw = env.status("echo-raw-basic").await.unwrap();
+    let degraded = raw.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
+    assert!(degraded.message.contains("[redacted]"), "the echo was there, and masked: {}", degraded.message);
+
+    let mut haystack = String::new();
+    for ts in env.sources().list(&ListParams::default()).await.unwrap().items {
+        haystack.push_str(&serde_json::to_string(&ts.status).unwrap());
+    }
+    for name in &names {
+        for (_, reason, note) in env.events(name).await {
+            haystack.push_str(&reason);
+            haystack.push_str(&note);
+        }
+    }
+    haystack.push_str(&env.metrics.encode());
+    assert_no_secret(&haystack, "status, Events or metrics");
+    assert!(env.fakes.calls(Endpoint::Echo) >= names.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_level_logs_of_the_real_binary_hold_no_secret_and_no_token() {
+    let mut env = Env::start().await;
+    env.stop_operator().await;
+    let kubeconfig = match (&env.sim, std::env::var("TOKENSOURCE_E2E_KUBECONFIG")) {
+        (Some(sim), _) => sim.kubeconfig_path().to_path_buf(),
+        (None, Ok(path)) => path.into(),
+        (None, Err(_)) => unreachable!("Env runs against kubesim or the cluster named by TOKENSOURCE_E2E_KUBECONFIG"),
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut operator = std::process::Command::new(env!("CARGO_BIN_EXE_tokensource-operator"))
+        .args(["run", "--namespace", &env.ns, "--allow-insecure-http", "--log-format", "json"])
+        .args(["--log-level", "trace", "--admin-addr", &format!("127.0.0.1:{port}")])
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let logs = operator.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::BufReader::new(logs), &mut text).map(|_| text)
+    });
+    let names = echo_sources(&env).await;
+    for name in &names {
+        env.wait_ready(name, "False", "ProviderRejected").await;
+    }
+    common::podero_credentials(&env).await;
+    env.create(common::podero(&env, "issued", "issued-token")).await;
+    let token = env.wait_token("issued-token", None).await;
+    env.wait_ready("issued", "True", "TokenValid").await;
+    let _ = std::process::Command::new("kill").args(["-TERM", &operator.id().to_string()]).status();
+    let _ = operator.wait();
+    let logs = reader.join().unwrap().unwrap();
+    assert!(
+        logs.lines().count() > 100 && logs.contains("TRACE"),
+        "trace logging was on: {} lines",
+        logs.lines().count()
+    );
+    assert_no_secret(&logs, "the operator's trace logs");
+    let podero_secret = env.fakes.config().podero.secret;
+    for needle in [token.as_str(), podero_secret.as_str()] {
+        assert!(!views(&logs).iter().any(|v| v.contains(needle)), "a token or the Podero secret reached the logs");
+    }
+}
