@@ -20,7 +20,9 @@ use tokensource_operator::metrics::Metrics;
 
 fn start_operator(client: kube::Client) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let config = Config { allow_http: true, ..Default::default() };
+    let endpoints = tokensource_operator::endpoint::EndpointPolicy::parse("127.0.0.1/32", "").unwrap_or_default();
+    let transport = tokensource_operator::transport::Options { endpoints: Arc::new(endpoints), ..Default::default() };
+    let config = Config { allow_http: true, transport, ..Default::default() };
     let handle = tokio::spawn(async move {
         let shutdown = async move {
             let _ = rx.await;

@@ -21,6 +21,7 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchP
 use kube::runtime::{WatchStreamExt, watcher};
 use tokensource_operator::admin::Health;
 use tokensource_operator::controller::{self, Config};
+use tokensource_operator::endpoint::EndpointPolicy;
 use tokensource_operator::metrics::Metrics;
 use tokensource_operator::{schedule, telemetry};
 
@@ -94,7 +95,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let config = Config { allow_http: true, propagation_margin: Duration::from_secs(5), ..Default::default() };
+    // The demo endpoints listen on 127.0.0.1, an address the operator refuses unless allowed.
+    let endpoints = EndpointPolicy::parse("127.0.0.1/32", "")?;
+    let transport = tokensource_operator::transport::Options { endpoints: Arc::new(endpoints), ..Default::default() };
+    let config =
+        Config { allow_http: true, propagation_margin: Duration::from_secs(5), transport, ..Default::default() };
     let operator = tokio::spawn(controller::run(
         client.clone(),
         config,

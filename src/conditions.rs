@@ -110,6 +110,8 @@ words! {
         LimitExceeded,
         /// The operator failed internally on this TokenSource (a bug); others are unaffected.
         InternalError,
+        /// The token endpoint's address is one the operator does not send requests to.
+        EndpointNotAllowed,
         /// An Event: a token was written to the Secret for the first time, or after failures.
         TokenIssued,
     }
@@ -125,6 +127,6 @@ mod tests {
         assert_eq!(ConditionType::Ready.to_string(), "Ready");
         assert_eq!(ConditionStatus::from(false), "False");
         assert!(Reason::ALL.iter().all(|r| r.as_str().chars().next().is_some_and(char::is_uppercase)));
-        assert_eq!(Reason::ALL.len(), 19);
+        assert_eq!(Reason::ALL.len(), 20);
     }
 }

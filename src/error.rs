@@ -31,6 +31,9 @@ pub enum ProviderError {
     /// The reply, or what the spec copies out of it, exceeds a limit; the message names it.
     #[error("token endpoint reply too large: {0}")]
     TooLarge(String),
+    /// The endpoint's address is refused by the outbound policy; nothing was sent.
+    #[error("token endpoint not allowed: {0}")]
+    NotAllowed(String),
 }
 
 impl ProviderError {
@@ -45,6 +48,7 @@ impl ProviderError {
             Self::Status { .. } => (Reason::ProviderRejected, Rejected),
             Self::BadResponse(_) => (Reason::BadProviderResponse, Rejected),
             Self::TooLarge(_) => (Reason::LimitExceeded, Rejected),
+            Self::NotAllowed(_) => (Reason::EndpointNotAllowed, Rejected),
         }
     }
 
@@ -68,6 +72,7 @@ impl ProviderError {
             }
             Self::BadResponse(m) => Self::BadResponse(f(&m)),
             Self::TooLarge(m) => Self::TooLarge(f(&m)),
+            Self::NotAllowed(m) => Self::NotAllowed(f(&m)),
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod credentials;
+pub mod endpoint;
 pub mod error;
 pub mod metrics;
 pub mod names;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tokensource_operator::admin::{self, Health};
 use tokensource_operator::controller::{self, Config};
+use tokensource_operator::endpoint::EndpointPolicy;
 use tokensource_operator::metrics::Metrics;
 use tokensource_operator::telemetry::{self, LogFormat};
 use tokensource_operator::{crd, schedule, transport};
@@ -58,8 +59,17 @@ struct RunArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     request_timeout: Duration,
     /// Allow http:// token endpoints. Credentials then travel unencrypted: local testing only.
-    #[arg(long)]
+    #[arg(long, env = "ALLOW_INSECURE_HTTP")]
     allow_insecure_http: bool,
+    /// Networks token endpoints may be in although they are internal (loopback, link-local,
+    /// private, shared, ...), comma-separated CIDRs such as 10.96.0.0/12 for an in-cluster
+    /// identity provider. Internal addresses are refused otherwise.
+    #[arg(long, default_value = "", env = "ALLOW_ENDPOINT_CIDRS")]
+    allow_endpoint_cidrs: String,
+    /// If set, the only token endpoint host names allowed: comma-separated exact names or
+    /// `*.suffix` patterns.
+    #[arg(long, default_value = "", env = "ALLOW_ENDPOINT_HOSTS")]
+    allow_endpoint_hosts: String,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -131,6 +141,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         transport: transport::Options {
             timeout: args.request_timeout,
             per_host: args.max_requests_per_host,
+            endpoints: Arc::new(EndpointPolicy::parse(&args.allow_endpoint_cidrs, &args.allow_endpoint_hosts)?),
             ..Default::default()
         },
     };

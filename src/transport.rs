@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use crate::endpoint::{EndpointPolicy, Refusal, VettingResolver};
 use crate::error::ProviderError;
 use sha2::{Digest, Sha256};
 
@@ -19,6 +20,8 @@ pub struct Options {
     pub timeout: Duration,
     pub max_body: usize,
     pub per_host: usize,
+    /// Which token endpoints may be reached.
+    pub endpoints: Arc<EndpointPolicy>,
 }
 
 impl Default for Options {
@@ -28,6 +31,7 @@ impl Default for Options {
             timeout: Duration::from_secs(30),
             max_body: 1 << 20,
             per_host: 4,
+            endpoints: Arc::default(),
         }
     }
 }
@@ -75,6 +79,7 @@ impl Transport {
             .connect_timeout(options.connect_timeout)
             .timeout(options.timeout)
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(VettingResolver { policy: options.endpoints.clone() }))
             .user_agent(concat!("tokensource-operator/", env!("CARGO_PKG_VERSION")))
     }
 
@@ -136,6 +141,7 @@ impl Transport {
     /// Sends one attempt in `slot` and returns the reply body of a 2xx answer.
     pub async fn send(&self, req: &Request, slot: Slot) -> Result<Vec<u8>, ProviderError> {
         let _slot = slot;
+        self.options.endpoints.check_url(&req.url).map_err(|r| ProviderError::NotAllowed(r.to_string()))?;
         let method = match req.method {
             Method::Get => reqwest::Method::GET,
             Method::Post => reqwest::Method::POST,
@@ -170,7 +176,10 @@ impl Transport {
         if !req.body.is_empty() || req.method != Method::Get {
             builder = builder.body(req.body.clone());
         }
-        let unreachable = |e: &reqwest::Error| ProviderError::Unreachable(redactor.redact(&describe_reqwest(e)));
+        let unreachable = |e: &reqwest::Error| match refusal(e) {
+            Some(r) => ProviderError::NotAllowed(r.to_string()),
+            None => ProviderError::Unreachable(redactor.redact(&describe_reqwest(e))),
+        };
         let mut resp = builder.send().await.map_err(|e| unreachable(&e))?;
         let status = resp.status();
         let retry_after = resp
@@ -219,6 +228,19 @@ pub fn retry_after(value: &str, now: jiff::Timestamp) -> Option<Duration> {
 /// is installed already.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The outbound policy's refusal, if that is why the request failed (the resolver refused every
+/// address of the host).
+fn refusal(e: &reqwest::Error) -> Option<Refusal> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(r) = s.downcast_ref::<Refusal>() {
+            return Some(r.clone());
+        }
+        source = s.source();
+    }
+    None
 }
 
 fn describe_reqwest(e: &reqwest::Error) -> String {

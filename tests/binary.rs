@@ -105,6 +105,8 @@ async fn run_serves_probes_and_metrics_issues_tokens_and_stops_on_sigterm() {
             "--namespace",
             "team",
             "--allow-insecure-http",
+            "--allow-endpoint-cidrs",
+            "127.0.0.1/32",
             "--log-format",
             "json",
             "--propagation-margin",

@@ -146,7 +146,8 @@ async fn trace_level_logs_of_the_real_binary_hold_no_secret_and_no_token() {
     };
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut operator = std::process::Command::new(env!("CARGO_BIN_EXE_tokensource-operator"))
-        .args(["run", "--namespace", &env.ns, "--allow-insecure-http", "--log-format", "json"])
+        .args(["run", "--namespace", &env.ns, "--allow-insecure-http", "--allow-endpoint-cidrs", "127.0.0.1/32"])
+        .args(["--log-format", "json"])
         .args(["--log-level", "trace", "--admin-addr", &format!("127.0.0.1:{port}")])
         .arg("--kubeconfig")
         .arg(&kubeconfig)
@@ -181,4 +182,62 @@ async fn trace_level_logs_of_the_real_binary_hold_no_secret_and_no_token() {
     for needle in [token.as_str(), podero_secret.as_str()] {
         assert!(!views(&logs).iter().any(|v| v.contains(needle)), "a token or the Podero secret reached the logs");
     }
+}
+
+/// A listener that counts the connections it gets.
+async fn counting_listener(
+    addr: &str,
+) -> Option<(std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await.ok()?;
+    let local = listener.local_addr().ok()?;
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((_socket, _)) = listener.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    Some((local, count))
+}
+
+fn http_source(name: &str, url: &str) -> serde_json::Value {
+    json!({"metadata": {"name": name}, "spec": {"type": "HTTP", "http": {"url": url}, "target": {"name": format!("{name}-token")}}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_endpoints_are_refused_without_a_connection() {
+    let mut env = Env::start().await;
+    // The operator allows 127.0.0.1/32 only; every other loopback form is refused.
+    let (v4, v4_count) = counting_listener("127.0.0.2:0").await.expect("127.0.0.2 is a loopback address");
+    let port = v4.port();
+    let mut cases = vec![
+        ("dotted", format!("http://127.0.0.2:{port}/token"), "127.0.0.2"),
+        ("mapped", format!("http://[::ffff:127.0.0.2]:{port}/token"), "127.0.0.2"),
+        ("decimal", format!("http://2130706434:{port}/token"), "127.0.0.2"),
+        ("hex", format!("http://0x7f000002:{port}/token"), "127.0.0.2"),
+    ];
+    let v6 = counting_listener("[::1]:0").await;
+    match &v6 {
+        Some((addr, _)) => cases.push(("ipv6", format!("http://[::1]:{}/token", addr.port()), "::1")),
+        None => eprintln!("no IPv6 loopback here; the [::1] case is covered by the unit tests only"),
+    }
+    for (name, url, address) in &cases {
+        env.create(http_source(name, url)).await;
+        let m = env.wait_ready(name, "False", "EndpointNotAllowed").await;
+        assert!(m.contains(address) && m.contains("loopback"), "{name}: {m}");
+    }
+    // A name is resolved and every address vetted: with no network allowed, localhost is refused.
+    let (local, local_count) = counting_listener("127.0.0.1:0").await.unwrap();
+    env.stop_operator().await;
+    env.config.transport = Default::default();
+    env.start_operator();
+    env.create(http_source("named", &format!("http://localhost:{}/token", local.port()))).await;
+    let m = env.wait_ready("named", "False", "EndpointNotAllowed").await;
+    assert!(m.contains("localhost resolves to 127.0.0.1, a loopback address"), "{m}");
+    let counts = (
+        v4_count.load(std::sync::atomic::Ordering::Relaxed),
+        v6.map(|(_, c)| c.load(std::sync::atomic::Ordering::Relaxed)),
+        local_count.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    assert_eq!(counts, (0, counts.1.map(|_| 0), 0), "no connection was attempted");
 }

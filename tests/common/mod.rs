@@ -31,6 +31,13 @@ pub struct Env {
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// The transport settings of the tests: the fakes listen on 127.0.0.1, which the operator
+/// refuses unless it is allowed, as users of in-cluster endpoints allow theirs.
+pub fn local_endpoints() -> tokensource_operator::transport::Options {
+    let endpoints = tokensource_operator::endpoint::EndpointPolicy::parse("127.0.0.1/32", "").unwrap();
+    tokensource_operator::transport::Options { endpoints: Arc::new(endpoints), ..Default::default() }
+}
+
 /// Polls `f` every 50ms until it yields `Ok`, or fails the test after `timeout` with the last
 /// state `f` described in its `Err`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
@@ -119,6 +126,7 @@ impl Env {
             namespace: Some(ns.clone()),
             propagation_margin: Duration::from_secs(1),
             allow_http,
+            transport: local_endpoints(),
             ..Default::default()
         };
         let mut env = Self { sim, client, fakes, ns, config, operator: None, metrics: Arc::new(Metrics::default()) };
