@@ -114,6 +114,8 @@ words! {
         EndpointNotAllowed,
         /// An Event: a token was written to the Secret for the first time, or after failures.
         TokenIssued,
+        /// An Event: the Secret was deleted or edited and the operator wrote its token back.
+        SecretRestored,
     }
 }
 
@@ -127,6 +129,6 @@ mod tests {
         assert_eq!(ConditionType::Ready.to_string(), "Ready");
         assert_eq!(ConditionStatus::from(false), "False");
         assert!(Reason::ALL.iter().all(|r| r.as_str().chars().next().is_some_and(char::is_uppercase)));
-        assert_eq!(Reason::ALL.len(), 20);
+        assert_eq!(Reason::ALL.len(), 21);
     }
 }

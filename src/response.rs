@@ -18,6 +18,8 @@ pub enum LifetimeSource {
     ExpiresAt,
     JwtExp,
     Default,
+    /// Read back from the target Secret's annotations.
+    Stored,
 }
 
 /// A token as read from a reply. `raw` is the whole reply, kept only in memory for templates.

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Resource;
 use kube::api::ObjectMeta;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use crate::crd::{CreationPolicy, EngineVersion, MergePolicy, TokenSource};
 use crate::error::Error;
@@ -19,6 +20,11 @@ pub const NAME_LABEL: &str = "tokensource.dev/name";
 pub const FINGERPRINT_ANNOTATION: &str = "tokensource.dev/fingerprint";
 pub const EXPIRES_AT_ANNOTATION: &str = "tokensource.dev/expires-at";
 pub const RENEWED_AT_ANNOTATION: &str = "tokensource.dev/renewed-at";
+/// A hash of the target's shape in the spec (template, creation policy) the Secret was written
+/// with: a change re-renders the Secret from the token it holds.
+pub const SHAPE_ANNOTATION: &str = "tokensource.dev/shape";
+/// A salted hash of the data the operator wrote (never the data): an edit of the Secret shows.
+pub const DATA_HASH_ANNOTATION: &str = "tokensource.dev/data-hash";
 
 /// The most data a Secret may hold, as the API server counts it (the values' bytes).
 pub const MAX_SECRET_DATA: usize = 1 << 20;
@@ -41,11 +47,15 @@ pub struct Stored {
     pub has_token: bool,
     pub token_type: Option<String>,
     pub scope: Option<String>,
+    /// The shape of the spec it was written with.
+    pub shape: Option<String>,
+    /// Its data is what the operator wrote (its hash matches the annotation).
+    pub intact: bool,
 }
 
 impl Stored {
-    /// What a Secret written with `merge` says.
-    pub fn of(secret: &Secret, merge: MergePolicy) -> Self {
+    /// What a Secret written with `merge` for the TokenSource with `uid` says.
+    pub fn of(secret: &Secret, merge: MergePolicy, uid: &str) -> Self {
         let labels = secret.metadata.labels.as_ref();
         let annotations = secret.metadata.annotations.as_ref();
         let managed = labels.and_then(|l| l.get(MANAGED_BY_LABEL)).is_some_and(|v| v == MANAGED_BY);
@@ -63,6 +73,10 @@ impl Stored {
             has_token,
             token_type: text(secret, TOKEN_TYPE_KEY),
             scope: text(secret, SCOPE_KEY),
+            shape: annotations.and_then(|a| a.get(SHAPE_ANNOTATION)).cloned(),
+            intact: annotations.and_then(|a| a.get(DATA_HASH_ANNOTATION)).is_some_and(|h| {
+                *h == data_hash(uid, data.into_iter().flatten().map(|(k, v)| (k.as_str(), v.0.as_slice())))
+            }),
         }
     }
 
@@ -76,6 +90,8 @@ impl Stored {
             has_token: true,
             token_type: token.token_type.clone(),
             scope: token.scope.clone(),
+            shape: None,
+            intact: true,
         }
     }
 
@@ -87,6 +103,50 @@ impl Stored {
 
 fn text(secret: &Secret, key: &str) -> Option<String> {
     secret.data.as_ref()?.get(key).and_then(|b| String::from_utf8(b.0.clone()).ok())
+}
+
+/// A hash of a Secret's data, salted with the TokenSource's uid: it shows an edit without
+/// revealing the data.
+pub fn data_hash<'a>(uid: &str, data: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> String {
+    let mut h = Sha256::new();
+    h.update(uid.as_bytes());
+    for (k, v) in data {
+        h.update((k.len() as u64).to_be_bytes());
+        h.update(k.as_bytes());
+        h.update((v.len() as u64).to_be_bytes());
+        h.update(v);
+    }
+    h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The token an intact Secret holds, read back (after a restart, when this instance does not
+/// hold it): possible with `mergePolicy: Merge` and templates that do not read the reply, which
+/// is not kept anywhere.
+pub fn read_back(ts: &TokenSource, secret: &Secret, stored: &Stored) -> Option<Token> {
+    let template = &ts.spec.target.template;
+    if template.merge_policy != MergePolicy::Merge
+        || !stored.intact
+        || template.data.values().any(|t| crate::template::reads(t, "response"))
+    {
+        return None;
+    }
+    let fields = ts
+        .spec
+        .response
+        .fields
+        .iter()
+        .map(|f| text(secret, &f.key).map(|v| (f.key.clone(), v)))
+        .collect::<Option<BTreeMap<_, _>>>()?;
+    Some(Token {
+        access_token: token_of(secret)?,
+        token_type: stored.token_type.clone(),
+        scope: stored.scope.clone(),
+        issued_at: stored.refreshed_at?,
+        expires_at: stored.expires_at?,
+        lifetime_source: crate::response::LifetimeSource::Stored,
+        fields,
+        raw: serde_json::Value::Null,
+    })
 }
 
 /// The token a managed Secret holds, for chained requests.
@@ -177,10 +237,13 @@ pub fn check_template(ts: &TokenSource) -> Result<(), Error> {
     Ok(())
 }
 
-/// The target Secret as the operator applies it.
-pub fn desired(ts: &TokenSource, token: &Token, fingerprint: &str) -> Result<Secret, Error> {
+/// The target Secret as the operator applies it: `fingerprint` says what request produced the
+/// token, `shape` what spec shaped the Secret.
+pub fn desired(ts: &TokenSource, token: &Token, fingerprint: &str, shape: &str) -> Result<Secret, Error> {
     let target = &ts.spec.target;
     let data = render_data(ts, token)?;
+    let uid = ts.meta().uid.clone().unwrap_or_default();
+    let hash = data_hash(&uid, data.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
     let mut labels = target.template.metadata.labels.clone();
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     labels.insert(NAME_LABEL.into(), ts.meta().name.clone().unwrap_or_default());
@@ -188,6 +251,8 @@ pub fn desired(ts: &TokenSource, token: &Token, fingerprint: &str) -> Result<Sec
     annotations.insert(FINGERPRINT_ANNOTATION.into(), fingerprint.into());
     annotations.insert(EXPIRES_AT_ANNOTATION.into(), token.expires_at.to_string());
     annotations.insert(RENEWED_AT_ANNOTATION.into(), token.issued_at.to_string());
+    annotations.insert(SHAPE_ANNOTATION.into(), shape.into());
+    annotations.insert(DATA_HASH_ANNOTATION.into(), hash);
     let owner_references = match target.creation_policy {
         CreationPolicy::Owner => ts.controller_owner_ref(&()).map(|o| vec![o]),
         CreationPolicy::Orphan | CreationPolicy::Unknown => None,
@@ -244,14 +309,15 @@ mod tests {
 
     #[test]
     fn default_keys_labels_and_owner() {
-        let s = desired(&ts(json!({"name": "podero-token"})), &token(), "fp").unwrap();
+        let s = desired(&ts(json!({"name": "podero-token"})), &token(), "fp", "shape").unwrap();
         assert_eq!(text(&s, "token").as_deref(), Some("tok"));
         assert_eq!(text(&s, "token_type").as_deref(), Some("Bearer"));
         assert_eq!(text(&s, "expires_at").as_deref(), Some("2026-01-01T10:00:00Z"));
         assert_eq!(text(&s, "merchant_code").as_deref(), Some("MX1"));
         assert!(text(&s, "scope").is_none());
         assert_eq!(s.type_.as_deref(), Some("Opaque"));
-        let stored = Stored::of(&s, MergePolicy::Merge);
+        let stored = Stored::of(&s, MergePolicy::Merge, "uid-1");
+        assert!(stored.intact && stored.shape.as_deref() == Some("shape"));
         assert_eq!(stored.owner.as_deref(), Some("podero"));
         assert_eq!(stored.fingerprint.as_deref(), Some("fp"));
         assert!(stored.valid_at("2026-01-01T09:59:59Z".parse().unwrap()));
@@ -259,7 +325,8 @@ mod tests {
         let owner = s.metadata.owner_references.unwrap_or_default();
         assert_eq!(owner.len(), 1);
         assert_eq!(owner[0].controller, Some(true));
-        let orphan = desired(&ts(json!({"name": "podero-token", "creationPolicy": "Orphan"})), &token(), "fp").unwrap();
+        let orphan =
+            desired(&ts(json!({"name": "podero-token", "creationPolicy": "Orphan"})), &token(), "fp", "shape").unwrap();
         assert!(orphan.metadata.owner_references.is_none());
     }
 
@@ -274,14 +341,14 @@ mod tests {
                 "auth": "{{ ('user:' ~ token) | b64encode }}"
             }
         }});
-        let s = desired(&ts(target), &token(), "fp").unwrap();
+        let s = desired(&ts(target), &token(), "fp", "shape").unwrap();
         assert_eq!(text(&s, "authorization").as_deref(), Some("Bearer tok"));
         assert_eq!(text(&s, "config.json").as_deref(), Some("{\"token\": \"tok\", \"region\": \"eu\"}"));
         assert_eq!(text(&s, "auth").as_deref(), Some("dXNlcjp0b2s="));
         assert_eq!(s.type_.as_deref(), Some("kubernetes.io/dockerconfigjson"));
         assert_eq!(s.metadata.labels.unwrap_or_default().get("team").map(String::as_str), Some("energy"));
         let broken = ts(json!({"name": "t", "template": {"data": {"x": "{{ missing }}"}}}));
-        assert!(matches!(desired(&broken, &token(), "fp"), Err(Error::RenderSecret(_))));
+        assert!(matches!(desired(&broken, &token(), "fp", "shape"), Err(Error::RenderSecret(_))));
         let unparsable = ts(json!({"name": "t", "template": {"data": {"x": "{{ token "}}}));
         assert!(matches!(check_template(&unparsable), Err(Error::RenderSecret(_))));
         let bad_key = ts(json!({"name": "t", "template": {"data": {"no/slash": "x"}}}));
@@ -298,14 +365,35 @@ mod tests {
             &ts(json!({"name": "t", "template": {"mergePolicy": "Replace", "data": {"GITHUB_TOKEN": "{{ token }}"}}})),
             &token(),
             "fp",
+            "shape",
         )
         .unwrap();
         assert_eq!(
             s.data.as_ref().map(|d| d.keys().cloned().collect::<Vec<_>>()),
             Some(vec!["GITHUB_TOKEN".to_string()])
         );
-        assert!(Stored::of(&s, MergePolicy::Replace).has_token);
-        assert!(!Stored::of(&s, MergePolicy::Merge).has_token);
+        assert!(Stored::of(&s, MergePolicy::Replace, "uid-1").has_token);
+        assert!(!Stored::of(&s, MergePolicy::Merge, "uid-1").has_token);
         assert_eq!(token_of(&s), None, "no token key for a chain to read");
+    }
+
+    #[test]
+    fn an_edit_shows_and_an_intact_secret_gives_its_token_back() {
+        let source = ts(json!({"name": "t", "template": {"data": {"auth": "Bearer {{ token }}"}}}));
+        let mut s = desired(&source, &token(), "fp", "shape").unwrap();
+        let stored = Stored::of(&s, MergePolicy::Merge, "uid-1");
+        assert!(stored.intact);
+        let back = read_back(&source, &s, &stored).unwrap();
+        assert_eq!((back.access_token.as_str(), back.expires_at), ("tok", token().expires_at));
+        assert_eq!(back.fields.get("merchant_code"), None, "only the fields the spec copies");
+        assert!(!Stored::of(&s, MergePolicy::Merge, "uid-2").intact, "salted per TokenSource");
+        s.data.as_mut().unwrap().insert("token".into(), ByteString(b"edited".to_vec()));
+        let edited = Stored::of(&s, MergePolicy::Merge, "uid-1");
+        assert!(!edited.intact);
+        assert!(read_back(&source, &s, &edited).is_none(), "an edited Secret is not trusted");
+        // A template that reads the reply cannot be rendered again from the Secret alone.
+        let reads_reply = ts(json!({"name": "t", "template": {"data": {"region": "{{ response.extra.region }}"}}}));
+        let s = desired(&reads_reply, &token(), "fp", "shape").unwrap();
+        assert!(read_back(&reads_reply, &s, &Stored::of(&s, MergePolicy::Merge, "uid-1")).is_none());
     }
 }

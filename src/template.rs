@@ -81,6 +81,11 @@ pub fn check(source: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `source` refers to the variable `name` anywhere.
+pub fn reads(source: &str, name: &str) -> bool {
+    tokenize(source, false, SyntaxConfig::default()).any(|t| matches!(t, Ok((Token::Ident(n), _)) if n == name))
+}
+
 /// Renders `source` over `ctx`, writing at most `limit` bytes.
 pub fn render<S: serde::Serialize>(
     env: &minijinja::Environment<'_>,

@@ -241,3 +241,112 @@ async fn internal_endpoints_are_refused_without_a_connection() {
     );
     assert_eq!(counts, (0, counts.1.map(|_| 0), 0), "no connection was attempted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_or_edited_secret_is_restored_without_a_new_token() {
+    let mut env = Env::start().await;
+    common::podero_credentials(&env).await;
+    env.create(common::podero(&env, "kept", "kept-token")).await;
+    let token = env.wait_token("kept-token", None).await;
+    env.wait_ready("kept", "True", "TokenValid").await;
+
+    // Deleted: written back with the same token.
+    env.secrets().delete("kept-token", &Default::default()).await.unwrap();
+    common::eventually("the Secret to be restored", common::WAIT, || async {
+        let data = env.secret_data("kept-token").await;
+        common::check(
+            data.as_ref().and_then(|d| d.get("token")) == Some(&token),
+            (),
+            data.map(|d| d.into_keys().collect::<Vec<_>>()),
+        )
+    })
+    .await;
+    // Edited: written back too.
+    let edit = json!({"data": {"token": base64::engine::general_purpose::STANDARD.encode("tampered")}});
+    env.secrets()
+        .patch("kept-token", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&edit))
+        .await
+        .unwrap();
+    common::eventually("the edit to be undone", common::WAIT, || async {
+        let t = env.secret_data("kept-token").await.and_then(|d| d.get("token").cloned());
+        common::check(t.as_deref() == Some(token.as_str()), (), t.map(|t| t.len()))
+    })
+    .await;
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 1, "no new token was requested");
+    // (Repeats of an Event are folded into one series by the recorder.)
+    let events = env.events("kept").await;
+    assert!(
+        events.iter().any(|(t, r, m)| t == "Normal" && r == "SecretRestored" && m.contains("without a new request")),
+        "{events:?}"
+    );
+
+    // After a restart the operator no longer holds the token: an edited Secret is not trusted,
+    // and a new token replaces it.
+    env.restart_operator().await;
+    env.secrets()
+        .patch("kept-token", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&edit))
+        .await
+        .unwrap();
+    let fresh = env.wait_token("kept-token", Some("tampered")).await;
+    assert!(fresh != token && env.fakes.is_valid(&fresh));
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 2);
+    env.wait_ready("kept", "True", "TokenValid").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_of_the_secret_s_shape_apply_at_once_without_a_new_token() {
+    let mut env = Env::start().await;
+    common::podero_credentials(&env).await;
+    env.create(common::podero(&env, "shaped", "shaped-token")).await;
+    let token = env.wait_token("shaped-token", None).await;
+    env.wait_ready("shaped", "True", "TokenValid").await;
+    let edit = |patch: serde_json::Value| {
+        let sources = env.sources();
+        async move {
+            sources.patch("shaped", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap()
+        }
+    };
+    // Orphan: the owner reference goes at once, so deleting the TokenSource keeps the Secret.
+    edit(json!({"spec": {"target": {"creationPolicy": "Orphan", "template": {
+        "metadata": {"labels": {"team": "energy"}},
+        "data": {"authorization": "Bearer {{ token }}"}
+    }}, "renewal": {"renewBeforePercentage": 50}}}))
+    .await;
+    let secret = common::eventually("the new shape", common::WAIT, || async {
+        let s = env.secrets().get("shaped-token").await.map_err(|e| e.to_string())?;
+        let labelled = s.metadata.labels.as_ref().and_then(|l| l.get("team")).is_some();
+        let owned = s.metadata.owner_references.as_ref().is_some_and(|o| !o.is_empty());
+        let templated = s.data.as_ref().and_then(|d| d.get("authorization")).is_some();
+        common::check(labelled && !owned && templated, s.clone(), (labelled, owned, templated))
+    })
+    .await;
+    let auth =
+        secret.data.as_ref().and_then(|d| d.get("authorization")).map(|v| String::from_utf8_lossy(&v.0).to_string());
+    assert_eq!(auth, Some(format!("Bearer {token}")));
+    common::eventually("the status of generation 2", common::WAIT, || async {
+        let st = env.status("shaped").await?;
+        common::check(st.observed_generation == Some(2), (), st.observed_generation)
+    })
+    .await;
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 1, "the template, labels, policy and renewal edits needed no token");
+    env.sources().delete("shaped", &Default::default()).await.unwrap();
+    common::eventually("the TokenSource to be gone", common::WAIT, || async {
+        let gone = env.sources().get_opt("shaped").await.map_err(|e| e.to_string())?.is_none();
+        common::check(gone, (), gone)
+    })
+    .await;
+    assert!(env.secret_data("shaped-token").await.is_some(), "an orphaned Secret stays");
+    // A restarted operator reads the token back from the Secret to apply a template edit.
+    env.create(common::podero(&env, "again", "again-token")).await;
+    let token = env.wait_token("again-token", None).await;
+    env.wait_ready("again", "True", "TokenValid").await;
+    env.restart_operator().await;
+    let patch = json!({"spec": {"target": {"template": {"data": {"header": "X-Token: {{ token }}"}}}}});
+    env.sources().patch("again", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    common::eventually("the edit after a restart", common::WAIT, || async {
+        let h = env.secret_data("again-token").await.and_then(|d| d.get("header").cloned());
+        common::check(h.as_deref() == Some(format!("X-Token: {token}").as_str()), (), h.is_some())
+    })
+    .await;
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 2, "one token for each TokenSource, none for the edits");
+}

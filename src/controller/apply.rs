@@ -13,7 +13,8 @@ use crate::error::Error;
 impl Context {
     /// Applies `desired` (built by [`crate::secret::desired`], without managed fields) as the
     /// TokenSource's target Secret.
-    pub(super) async fn apply_secret(&self, ts: &TokenSource, desired: &Secret) -> Result<(), Error> {
+    /// Returns the resourceVersion the Secret has after the write.
+    pub(super) async fn apply_secret(&self, ts: &TokenSource, desired: &Secret) -> Result<Option<String>, Error> {
         let patch = json!({
             "apiVersion": "v1",
             "kind": "Secret",
@@ -21,11 +22,12 @@ impl Context {
             "type": desired.type_,
             "data": desired.data,
         });
-        self.api::<Secret>(&ts.namespace().unwrap_or_default())
+        let written = self
+            .api::<Secret>(&ts.namespace().unwrap_or_default())
             .patch(&ts.spec.target.name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
             .await
             .map_err(Error::ApplySecret)?;
         self.metrics.secret_writes.inc();
-        Ok(())
+        Ok(written.metadata.resource_version)
     }
 }

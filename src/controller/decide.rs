@@ -12,23 +12,25 @@ use crate::credentials::Credentials;
 use crate::schedule::{self, Policy};
 use crate::secret::Stored;
 
-/// Keep the stored token until `refresh_at`, or fetch a new one and why.
+/// Keep the token in hand until `refresh_at`, or fetch a new one and why.
 #[derive(Debug, PartialEq)]
 pub enum Decision {
     Keep { refresh_at: Timestamp },
     Fetch { why: &'static str },
 }
 
-/// Keep or fetch. The renewal time of a stored token is recomputed, not read back from status,
-/// with the token's own fixed jitter: every reconcile and every restart arrives at the same time.
-pub fn decide(stored: Option<&Stored>, fingerprint: &str, uid: &str, policy: &Policy, now: Timestamp) -> Decision {
-    let Some(s) = stored.filter(|s| s.has_token) else { return Decision::Fetch { why: "NoToken" } };
-    if s.fingerprint.as_deref() != Some(fingerprint) {
-        return Decision::Fetch { why: "SpecOrCredentialsChanged" };
-    }
-    let (Some(expires), Some(issued)) = (s.expires_at, s.refreshed_at) else {
-        return Decision::Fetch { why: "NoToken" };
-    };
+/// Keep or fetch, for the token in hand (`held`: when it was issued and when it expires), or
+/// `missing` as the reason when there is none. The renewal time is recomputed, not read back
+/// from status, with the token's own fixed jitter: every reconcile and every restart arrives at
+/// the same time.
+pub fn decide(
+    held: Option<(Timestamp, Timestamp)>,
+    missing: &'static str,
+    uid: &str,
+    policy: &Policy,
+    now: Timestamp,
+) -> Decision {
+    let Some((issued, expires)) = held else { return Decision::Fetch { why: missing } };
     if expires <= now {
         return Decision::Fetch { why: "Expired" };
     }
@@ -37,6 +39,29 @@ pub fn decide(stored: Option<&Stored>, fingerprint: &str, uid: &str, policy: &Po
         return Decision::Fetch { why: "RenewalDue" };
     }
     Decision::Keep { refresh_at }
+}
+
+/// Why there is no token in hand for today's request: what the Secret says.
+pub fn missing(stored: Option<&Stored>, fingerprint: &str) -> &'static str {
+    match stored {
+        Some(s) if s.has_token && s.fingerprint.as_deref() != Some(fingerprint) => "SpecOrCredentialsChanged",
+        Some(s) if s.has_token && !s.intact => "SecretChanged",
+        Some(s) if s.has_token && s.expires_at.is_none() => "NoExpiry",
+        _ => "NoToken",
+    }
+}
+
+/// Whether the Secret must be written to hold the token in hand (issued at `issued`) in today's
+/// `shape`, and why: it is gone, someone changed its data, a write of the token failed, or the
+/// template changed.
+pub fn needs_write(stored: Option<&Stored>, issued: Timestamp, shape: &str) -> Option<&'static str> {
+    match stored {
+        None => Some("SecretDeleted"),
+        Some(s) if !s.intact || !s.has_token => Some("SecretChanged"),
+        Some(s) if s.refreshed_at != Some(issued) => Some("NotWrittenYet"),
+        Some(s) if s.shape.as_deref() != Some(shape) => Some("TemplateChanged"),
+        Some(_) => None,
+    }
 }
 
 /// The pending retry time after failures, when nothing that produced them has changed. This
@@ -58,29 +83,39 @@ pub fn backoff_pending(
     status.renewal_time.as_ref().map(|t| t.0).filter(|t| *t > now)
 }
 
-/// A hash of everything that shaped the token: the request and reply specs, the templates and the
-/// credential values, salted with the TokenSource's uid. A change means a new token is needed;
-/// the credentials cannot be recovered from it.
+/// A hash of everything that shaped the request and the reading of its reply: the request and
+/// reply specs and the values read from Secrets and ConfigMaps, salted with the TokenSource's
+/// uid. A change means a new token is needed; the credentials cannot be recovered from it.
 pub fn fingerprint(ts: &TokenSource, creds: &Credentials) -> String {
     let spec = &ts.spec;
-    let template = &spec.target.template;
-    let shape = json!({
+    let request = json!({
         "type": spec.type_,
         "oauth2": spec.oauth2,
         "http": spec.http,
         "tls": spec.tls,
         "response": spec.response,
-        "data": template.data,
-        "secretType": template.type_,
-        "mergePolicy": template.merge_policy,
     });
     let mut h = Sha256::new();
     h.update(ts.meta().uid.as_deref().unwrap_or_default().as_bytes());
-    h.update(shape.to_string().as_bytes());
+    h.update(request.to_string().as_bytes());
     for v in creds.all_values() {
         h.update((v.len() as u64).to_be_bytes());
         h.update(v);
     }
+    hex(h)
+}
+
+/// A hash of what shapes the Secret around the token: the template and the creation policy. A
+/// change re-renders the Secret from the token it holds; it needs no new token.
+pub fn shape(ts: &TokenSource) -> String {
+    let target = &ts.spec.target;
+    let mut h = Sha256::new();
+    h.update(ts.meta().uid.as_deref().unwrap_or_default().as_bytes());
+    h.update(json!({"creationPolicy": target.creation_policy, "template": target.template}).to_string().as_bytes());
+    hex(h)
+}
+
+fn hex(h: Sha256) -> String {
     h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
@@ -104,6 +139,8 @@ mod tests {
             expires_at: Some(t(expires)),
             refreshed_at: Some(t(issued)),
             has_token: true,
+            shape: Some("shape".into()),
+            intact: true,
             ..Default::default()
         }
     }
@@ -112,36 +149,40 @@ mod tests {
         Policy::new(&Default::default(), Duration::from_secs(120)).unwrap()
     }
 
+    fn held(issued: i64, expires: i64) -> Option<(Timestamp, Timestamp)> {
+        Some((t(issued), t(expires)))
+    }
+
     #[test]
     fn keeps_a_valid_token_with_a_stable_schedule() {
-        let a = decide(Some(&stored("fp", 0, 3600)), "fp", "uid-1", &policy(), t(10));
+        let a = decide(held(0, 3600), "NoToken", "uid-1", &policy(), t(10));
         let Decision::Keep { refresh_at } = a else { panic!("{a:?}") };
         // Default: renew with a third left, up to a tenth of that window earlier.
-        assert!(refresh_at <= t(2400) && refresh_at >= t(2280), "{refresh_at}");
-        assert_eq!(
-            decide(Some(&stored("fp", 0, 3600)), "fp", "uid-1", &policy(), t(500)),
-            a,
-            "same time on every reconcile"
-        );
-        let b = decide(Some(&stored("fp", 0, 3600)), "fp", "uid-2", &policy(), t(10));
+        assert!(refresh_at <= t(2412) && refresh_at >= t(2292), "{refresh_at}");
+        assert_eq!(decide(held(0, 3600), "NoToken", "uid-1", &policy(), t(500)), a, "same time on every reconcile");
+        let b = decide(held(0, 3600), "NoToken", "uid-2", &policy(), t(10));
         assert_ne!(a, b, "another TokenSource renews at another moment");
     }
 
     #[test]
     fn fetches_when_needed() {
-        assert_eq!(decide(None, "fp", "u", &policy(), t(0)), Decision::Fetch { why: "NoToken" });
-        assert_eq!(
-            decide(Some(&stored("old", 0, 3600)), "fp", "u", &policy(), t(10)),
-            Decision::Fetch { why: "SpecOrCredentialsChanged" }
-        );
-        assert_eq!(
-            decide(Some(&stored("fp", 0, 3600)), "fp", "u", &policy(), t(2401)),
-            Decision::Fetch { why: "RenewalDue" }
-        );
-        assert_eq!(
-            decide(Some(&stored("fp", 0, 3600)), "fp", "u", &policy(), t(3600)),
-            Decision::Fetch { why: "Expired" }
-        );
+        assert_eq!(decide(None, "NoToken", "u", &policy(), t(0)), Decision::Fetch { why: "NoToken" });
+        assert_eq!(decide(held(0, 3600), "NoToken", "u", &policy(), t(2413)), Decision::Fetch { why: "RenewalDue" });
+        assert_eq!(decide(held(0, 3600), "NoToken", "u", &policy(), t(3600)), Decision::Fetch { why: "Expired" });
+        assert_eq!(missing(None, "fp"), "NoToken");
+        assert_eq!(missing(Some(&stored("old", 0, 3600)), "fp"), "SpecOrCredentialsChanged");
+        let edited = Stored { intact: false, ..stored("fp", 0, 3600) };
+        assert_eq!(missing(Some(&edited), "fp"), "SecretChanged");
+    }
+
+    #[test]
+    fn the_secret_is_written_when_it_does_not_hold_the_token_in_today_s_shape() {
+        let s = stored("fp", 0, 3600);
+        assert_eq!(needs_write(Some(&s), t(0), "shape"), None, "nothing to do");
+        assert_eq!(needs_write(None, t(0), "shape"), Some("SecretDeleted"));
+        assert_eq!(needs_write(Some(&Stored { intact: false, ..s.clone() }), t(0), "shape"), Some("SecretChanged"));
+        assert_eq!(needs_write(Some(&s), t(5), "shape"), Some("NotWrittenYet"), "a newer token is held");
+        assert_eq!(needs_write(Some(&s), t(0), "new-template"), Some("TemplateChanged"));
     }
 
     fn failed_status(failures: i32, generation: i64, next: i64) -> TokenSourceStatus {
@@ -194,8 +235,13 @@ mod tests {
         let mut b = a.clone();
         b.spec.renewal.renew_before = Some("5m".into());
         assert_eq!(fingerprint(&b, &creds), fp2);
+        let before = shape(&b);
         b.spec.target.template.data.insert("x".into(), "{{ token }}".into());
-        assert_ne!(fingerprint(&b, &creds), fp2);
+        b.spec.target.template.metadata.labels.insert("team".into(), "energy".into());
+        assert_eq!(fingerprint(&b, &creds), fp2, "the template needs no new token");
+        assert_ne!(shape(&b), before, "but a new rendering");
+        b.spec.response.token.json_path = "$.token".into();
+        assert_ne!(fingerprint(&b, &creds), fp2, "reading the reply differently needs a new token");
         assert!(!fp2.contains("v2"));
         let mut other = a.clone();
         other.metadata.uid = Some("uid-2".into());

@@ -29,21 +29,19 @@ struct CachedSecret {
 
 impl Context {
     /// The target Secret: from the cache of managed Secrets, or from the API when the cache does
-    /// not have it (a Secret the operator did not create carries no label and is not cached).
+    /// not have it (a Secret the operator did not create carries no label and is not cached) or
+    /// shows another version than this instance last wrote (the cache may not have caught up, or
+    /// someone changed it since: only the API can tell).
     pub(super) async fn target(&self, ts: &TokenSource) -> Result<Option<Secret>, Error> {
         let ns = ts.namespace().unwrap_or_default();
         let name = &ts.spec.target.name;
-        if let Some(s) = self.targets.get(&ObjectRef::new(name).within(&ns)) {
+        let written = self.memory.written(&ObjectRef::from_obj(ts));
+        if let Some(s) = self.targets.get(&ObjectRef::new(name).within(&ns))
+            && (written.is_none() || s.metadata.resource_version == written)
+        {
             return Ok(Some((*s).clone()));
         }
         self.api::<Secret>(&ns).get_opt(name).await.map_err(Error::Kube)
-    }
-
-    /// What the target Secret holds, or the token this instance wrote last if the cache lags.
-    pub(super) async fn stored(&self, ts: &TokenSource) -> Result<Option<Stored>, Error> {
-        let merge = ts.spec.target.template.merge_policy;
-        let cached = self.target(ts).await?.as_ref().map(|s| Stored::of(s, merge));
-        Ok(self.memory.newest(&ObjectRef::from_obj(ts), cached))
     }
 
     /// Reads the Secret and ConfigMap keys a spec refers to: Secrets from a cache kept fresh by
@@ -133,8 +131,9 @@ impl Context {
     pub(super) fn upstream_token(&self, upstream: &TokenSource, now: Timestamp) -> Option<String> {
         let ns = upstream.namespace().unwrap_or_default();
         let s = self.targets.get(&ObjectRef::new(&upstream.spec.target.name).within(&ns))?;
-        let stored = Stored::of(&s, upstream.spec.target.template.merge_policy);
-        (stored.owner.as_deref() == Some(upstream.name_any().as_str()) && stored.valid_at(now))
+        let uid = upstream.metadata.uid.as_deref().unwrap_or_default();
+        let stored = Stored::of(&s, upstream.spec.target.template.merge_policy, uid);
+        (stored.owner.as_deref() == Some(upstream.name_any().as_str()) && stored.intact && stored.valid_at(now))
             .then(|| secret::token_of(&s))
             .flatten()
     }

@@ -1,9 +1,13 @@
 //! What this instance remembers about each TokenSource between reconciles, and when it forgets.
 //!
-//! The cluster is the source of truth (the target Secret's annotations, the status); memory only
-//! covers the moments when the watch caches have not caught up with the operator's own writes:
-//! a reconcile that sees a cached object from before its last write must neither fetch a second
-//! token nor retry before its backoff. After a restart everything is derived from the cluster.
+//! The cluster is the source of truth (the target Secret and its annotations, the status);
+//! memory adds what the cluster cannot say: the token this instance fetched (with the reply it
+//! came in), so the Secret can be re-rendered after a template edit, written again after a failed
+//! write, or restored after someone deleted or edited it — all without asking the provider
+//! again; the resourceVersion of its last write, to tell a cache that has not caught up from a
+//! Secret someone else changed; and the last failure, for the backoff. Everything about a
+//! TokenSource is forgotten when it is deleted. After a restart everything comes from the
+//! cluster.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -12,7 +16,7 @@ use jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::crd::TokenSource;
-use crate::secret::Stored;
+use crate::response::Token;
 
 /// The last failed attempt and what produced it.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,10 +28,18 @@ pub struct FailureRecord {
     pub failures: u32,
 }
 
+/// A token this instance fetched, and the fingerprint of the request that produced it.
+#[derive(Clone, Debug)]
+pub struct Held {
+    pub fingerprint: String,
+    pub token: Token,
+}
+
 #[derive(Clone, Debug, Default)]
 struct Record {
-    /// The last token this instance wrote to the target Secret.
-    issued: Option<Stored>,
+    held: Option<Held>,
+    /// The resourceVersion the target Secret had after this instance last wrote it.
+    written: Option<String>,
     failure: Option<FailureRecord>,
 }
 
@@ -42,22 +54,31 @@ impl Memory {
         self.records.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// What the target Secret holds: the cached Secret, unless this instance has written a newer
-    /// token for the same owner that the cache does not show yet. A deleted Secret (`None`)
-    /// stays deleted.
-    pub fn newest(&self, ts: &ObjectRef<TokenSource>, cached: Option<Stored>) -> Option<Stored> {
-        let mine = self.lock().get(ts).and_then(|r| r.issued.clone());
-        match (cached, mine) {
-            (Some(c), Some(m)) if c.owner == m.owner && c.refreshed_at < m.refreshed_at => Some(m),
-            (c, _) => c,
-        }
+    /// The token this instance holds for `ts`, if it was fetched for `fingerprint` and has not
+    /// expired at `now`.
+    pub fn held(&self, ts: &ObjectRef<TokenSource>, fingerprint: &str, now: Timestamp) -> Option<Token> {
+        self.lock()
+            .get(ts)
+            .and_then(|r| r.held.as_ref())
+            .filter(|h| h.fingerprint == fingerprint && h.token.expires_at > now)
+            .map(|h| h.token.clone())
     }
 
-    /// Records a token written to the Secret; it ends any failure streak.
-    pub fn remember_issued(&self, ts: &ObjectRef<TokenSource>, stored: Stored) {
+    /// Keeps a token just fetched, before it is written.
+    pub fn hold(&self, ts: &ObjectRef<TokenSource>, held: Held) {
+        self.lock().entry(ts.clone()).or_default().held = Some(held);
+    }
+
+    /// The resourceVersion of this instance's last write of the Secret.
+    pub fn written(&self, ts: &ObjectRef<TokenSource>) -> Option<String> {
+        self.lock().get(ts).and_then(|r| r.written.clone())
+    }
+
+    /// Records a successful write of the Secret; it ends any failure streak.
+    pub fn remember_written(&self, ts: &ObjectRef<TokenSource>, resource_version: Option<String>) {
         let mut records = self.lock();
         let r = records.entry(ts.clone()).or_default();
-        r.issued = Some(stored);
+        r.written = resource_version;
         r.failure = None;
     }
 
@@ -88,38 +109,50 @@ impl Memory {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+    use crate::response::LifetimeSource;
 
     fn at(s: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + s).unwrap()
     }
 
-    fn stored(owner: &str, refreshed: i64) -> Stored {
-        Stored { owner: Some(owner.into()), refreshed_at: Some(at(refreshed)), has_token: true, ..Default::default() }
+    fn token(expires: i64) -> Token {
+        Token {
+            access_token: "t".into(),
+            token_type: None,
+            scope: None,
+            issued_at: at(0),
+            expires_at: at(expires),
+            lifetime_source: LifetimeSource::ExpiresIn,
+            fields: Default::default(),
+            raw: json!({}),
+        }
     }
 
     #[test]
-    fn a_lagging_cache_is_overruled_by_what_was_written() {
+    fn a_held_token_serves_only_its_own_request_and_only_while_valid() {
         let m = Memory::default();
         let r = ObjectRef::new("a").within("ns");
-        assert_eq!(m.newest(&r, Some(stored("a", 0))), Some(stored("a", 0)));
-        m.remember_issued(&r, stored("a", 10));
-        assert_eq!(m.newest(&r, Some(stored("a", 0))), Some(stored("a", 10)), "the cache lags");
-        assert_eq!(m.newest(&r, Some(stored("a", 20))), Some(stored("a", 20)), "the cache caught up");
-        assert_eq!(m.newest(&r, None), None, "a deleted Secret is not resurrected from memory");
-        assert_eq!(m.newest(&r, Some(stored("b", 0))), Some(stored("b", 0)), "another owner's Secret");
+        m.hold(&r, Held { fingerprint: "fp".into(), token: token(100) });
+        assert!(m.held(&r, "fp", at(10)).is_some());
+        assert!(m.held(&r, "other", at(10)).is_none(), "the spec or credentials changed");
+        assert!(m.held(&r, "fp", at(100)).is_none(), "expired");
     }
 
     #[test]
-    fn failures_end_with_a_token_and_everything_ends_with_the_source() {
+    fn failures_end_with_a_write_and_everything_ends_with_the_source() {
         let m = Memory::default();
         let r = ObjectRef::new("a").within("ns");
         let f = FailureRecord { fingerprint: "fp".into(), retry_at: at(30), failures: 2 };
         m.remember_failure(&r, f.clone());
         assert_eq!(m.failure(&r), Some(f));
-        m.remember_issued(&r, stored("a", 40));
+        m.remember_written(&r, Some("42".into()));
         assert_eq!(m.failure(&r), None);
+        assert_eq!(m.written(&r).as_deref(), Some("42"));
+        m.hold(&r, Held { fingerprint: "fp".into(), token: token(100) });
         m.retain(&HashSet::new());
-        assert_eq!(m.newest(&r, Some(stored("a", 0))), Some(stored("a", 0)), "forgotten with the source");
+        assert!(m.held(&r, "fp", at(10)).is_none() && m.written(&r).is_none(), "forgotten with the source");
     }
 }

@@ -14,6 +14,7 @@ use kube::{Resource, ResourceExt};
 
 use super::decide::{self, Decision};
 use super::failure::{self, FailureInput};
+use super::memory::Held;
 use super::status::{self, Outcome};
 use super::{Context, validate};
 use crate::conditions::ConditionType;
@@ -21,6 +22,7 @@ use crate::crd::{TokenSource, TokenSourceStatus};
 use crate::error::Error;
 use crate::metrics::ResultLabels;
 use crate::redact::Redactor;
+use crate::response::Token;
 use crate::schedule;
 use crate::secret::{self, Stored};
 
@@ -103,12 +105,15 @@ impl Context {
         let me = ObjectRef::from_obj(ts);
         let generation = ts.meta().generation;
         let target = ts.spec.target.name.as_str();
+        let uid = ts.meta().uid.clone().unwrap_or_default();
 
         // Load and validate.
-        let stored = self.stored(ts).await?;
+        let secret = self.target(ts).await?;
+        let stored = secret.as_ref().map(|s| Stored::of(s, ts.spec.target.template.merge_policy, &uid));
         validate::owner(ts, stored.as_ref())?;
-        known.valid_until = stored.as_ref().filter(|s| s.valid_at(now)).and_then(|s| s.expires_at);
-        known.expired_at = stored.as_ref().filter(|s| s.has_token).and_then(|s| s.expires_at).filter(|e| *e <= now);
+        let trusted = stored.as_ref().filter(|s| s.intact && s.has_token);
+        known.valid_until = trusted.filter(|s| s.valid_at(now)).and_then(|s| s.expires_at);
+        known.expired_at = trusted.and_then(|s| s.expires_at).filter(|e| *e <= now);
         let plan = validate::validate(ts, &self.config)?;
         let upstream = self.upstream(ts)?;
         let creds = self.credentials(ts).await?;
@@ -116,15 +121,34 @@ impl Context {
             known.redactor.add(value);
         }
 
-        // Decide.
+        // Decide. The token in hand: the one this instance holds for today's request, else the
+        // one the Secret holds, read back, if it was written for today's request.
         let fingerprint = decide::fingerprint(ts, &creds);
+        let shape = decide::shape(ts);
         known.fingerprint = Some(fingerprint.clone());
-        let uid = ts.meta().uid.clone().unwrap_or_default();
-        let why = match decide::decide(stored.as_ref(), &fingerprint, &uid, &plan.policy, now) {
+        let in_hand = self.memory.held(&me, &fingerprint, now).or_else(|| {
+            let (secret, stored) = (secret.as_ref()?, stored.as_ref()?);
+            (stored.fingerprint.as_deref() == Some(fingerprint.as_str()))
+                .then(|| secret::read_back(ts, secret, stored))?
+        });
+        let times = in_hand.as_ref().map(|t| (t.issued_at, t.expires_at));
+        let missing = decide::missing(stored.as_ref(), &fingerprint);
+        let why = match decide::decide(times, missing, &uid, &plan.policy, now) {
             Decision::Keep { refresh_at } => {
+                let Some(token) = in_hand else { return Err(Error::Internal("a kept token went missing".into())) };
+                let restored = match decide::needs_write(stored.as_ref(), token.issued_at, &shape) {
+                    None => None,
+                    Some(why) => {
+                        // The Secret is written from the token in hand: no provider call.
+                        self.write(ts, &token, &fingerprint, &shape).await?;
+                        matches!(why, "SecretDeleted" | "SecretChanged").then_some(why)
+                    }
+                };
                 self.memory.forget_failure(&me);
-                let stored = stored.unwrap_or_default();
-                return Ok(status::ready(status.clone(), &stored, target, refresh_at, generation, now));
+                let held = Stored::issued(ts.name_any(), fingerprint, &token);
+                let mut outcome = status::ready(status.clone(), &held, target, refresh_at, generation, now);
+                outcome.event = restored.map(|why| status::restored(target, why, token.expires_at));
+                return Ok(outcome);
             }
             Decision::Fetch { why } => why,
         };
@@ -133,7 +157,7 @@ impl Context {
             return Ok(status::backing_off(status.clone(), retry_at, known.expired_at, target, generation, now));
         }
 
-        // Fetch, render, apply.
+        // Fetch, then render and write.
         let upstream_token = upstream.as_ref().and_then(|u| self.upstream_token(u, now));
         if let Some(t) = &upstream_token {
             known.redactor.add(t.as_bytes());
@@ -141,21 +165,29 @@ impl Context {
         let Some(token) = self.fetch(ts, &plan, &creds, upstream_token.as_deref(), why).await? else {
             return Ok(status::host_busy(status.clone()));
         };
-        // Rendering templates over the reply is kept off the async runtime.
-        let desired = {
-            let (ts, token, fingerprint) = (ts.clone(), token.clone(), fingerprint.clone());
-            tokio::task::spawn_blocking(move || secret::desired(&ts, &token, &fingerprint))
-                .await
-                .map_err(|_| Error::Internal("rendering the Secret failed".into()))??
-        };
-        self.apply_secret(ts, &desired).await?;
-
-        // Remember and report.
+        known.redactor.add(token.access_token.as_bytes());
+        // Held before it is written: a failed write is retried with it, without a new request.
+        self.memory.hold(&me, Held { fingerprint: fingerprint.clone(), token: token.clone() });
+        self.write(ts, &token, &fingerprint, &shape).await?;
         let refresh_at =
             plan.policy.refresh_at(token.issued_at, token.expires_at, schedule::jitter_for(&uid, token.issued_at));
         let issued = Stored::issued(ts.name_any(), fingerprint, &token);
-        self.memory.remember_issued(&me, issued.clone());
         Ok(status::issued(status.clone(), &issued, target, refresh_at, generation, now))
+    }
+
+    /// Renders the Secret for `token` and writes it.
+    async fn write(&self, ts: &TokenSource, token: &Token, fingerprint: &str, shape: &str) -> Result<(), Error> {
+        // Rendering templates over the reply is kept off the async runtime.
+        let desired = {
+            let (ts, token, fingerprint, shape) =
+                (ts.clone(), token.clone(), fingerprint.to_string(), shape.to_string());
+            tokio::task::spawn_blocking(move || secret::desired(&ts, &token, &fingerprint, &shape))
+                .await
+                .map_err(|_| Error::Internal("rendering the Secret failed".into()))??
+        };
+        let resource_version = self.apply_secret(ts, &desired).await?;
+        self.memory.remember_written(&ObjectRef::from_obj(ts), resource_version);
+        Ok(())
     }
 
     /// Applies the failure policy, logs the failure and remembers its backoff.

@@ -153,6 +153,18 @@ pub fn issued(
     outcome
 }
 
+/// The Event of a Secret written back after it was deleted or changed.
+pub fn restored(target: &str, why: &str, expires: Timestamp) -> Note {
+    let what = if why == "SecretDeleted" { "was deleted" } else { "was changed" };
+    Note {
+        warning: false,
+        reason: Reason::SecretRestored,
+        message: format!(
+            "Secret {target:?} {what}; wrote back the token this instance holds (valid until {expires}), without a new request"
+        ),
+    }
+}
+
 /// A fetch is due but a backoff after failures still holds until `retry_at`; if the Secret's
 /// token has expired meanwhile (`expired_at`), Ready says so.
 pub fn backing_off(

@@ -155,6 +155,27 @@ fn matches_step(item: &Value, step: &str) -> bool {
     }
 }
 
+/// The names of the key fields of an associative list element step (`k:{"uid":"..."}`).
+fn key_fields(step: &str) -> Vec<String> {
+    step.strip_prefix("k:")
+        .and_then(|k| serde_json::from_str::<Map<String, Value>>(k).ok())
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Whether the value at `path` holds nothing any more: an empty map or list, or a list element
+/// left with only the fields that identify it.
+pub fn is_hollow(value: &Value, path: &[String]) -> bool {
+    match get_at(value, path) {
+        Some(Value::Object(m)) => {
+            let keys = path.last().map(|s| key_fields(s)).unwrap_or_default();
+            m.keys().all(|k| keys.contains(k))
+        }
+        Some(Value::Array(a)) => a.is_empty(),
+        _ => false,
+    }
+}
+
 /// The value at a field path, if present.
 pub fn get_at<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value> {
     let mut cur = value;
@@ -186,6 +207,11 @@ pub fn remove_at(value: &mut Value, path: &[String]) {
         }
     }
     if let Some(name) = last.strip_prefix("f:") {
+        // A key field of a list element stays while the element does: it is how the element is
+        // found, and the element goes as a whole once nothing else is left in it.
+        if parents.last().is_some_and(|p| key_fields(p).iter().any(|k| k == name)) {
+            return;
+        }
         if let Some(m) = cur.as_object_mut() {
             m.remove(name);
         }

@@ -848,10 +848,7 @@ impl State {
             fields::remove_at(&mut new, p);
             for depth in (1..p.len()).rev() {
                 let parent = &p[..depth];
-                let empty = fields::get_at(&new, parent).is_some_and(|v| {
-                    v.as_object().is_some_and(|m| m.is_empty()) || v.as_array().is_some_and(|a| a.is_empty())
-                });
-                if !empty || kept(parent) {
+                if !fields::is_hollow(&new, parent) || kept(parent) {
                     break;
                 }
                 fields::remove_at(&mut new, parent);

@@ -638,3 +638,19 @@ async fn streaming_lists_send_initial_events_and_their_end() {
     assert_eq!(sim.faults().count("list", "secrets"), 0, "a streaming list needs no list request");
     task.abort();
 }
+
+#[tokio::test]
+async fn apply_removes_a_keyed_list_element_its_manager_stops_applying() {
+    let sim = start().await;
+    let api: Api<Secret> = Api::default_namespaced(sim.client());
+    let owner = json!({"metadata": {"name": "owner"}, "data": {}});
+    let owner = api.create(&PostParams::default(), &serde_json::from_value(owner).unwrap()).await.unwrap();
+    let reference = json!([{"apiVersion": "v1", "kind": "Secret", "name": "owner", "uid": owner.metadata.uid, "controller": true, "blockOwnerDeletion": true}]);
+    let p = PatchParams::apply("m").force();
+    let with = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "ownerReferences": reference, "labels": {"a": "1"}}});
+    api.patch("s", &p, &Patch::Apply(&with)).await.unwrap();
+    let without = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "labels": {"a": "1"}}});
+    let s = api.patch("s", &p, &Patch::Apply(&without)).await.unwrap();
+    assert_eq!(s.metadata.owner_references, None, "the whole element goes, key and all");
+    assert_eq!(s.metadata.labels.unwrap_or_default().get("a").map(String::as_str), Some("1"));
+}
