@@ -15,8 +15,18 @@ use crate::secret::Stored;
 /// Keep the token in hand until `refresh_at`, or fetch a new one and why.
 #[derive(Debug, PartialEq)]
 pub enum Decision {
-    Keep { refresh_at: Timestamp },
-    Fetch { why: &'static str },
+    Keep {
+        refresh_at: Timestamp,
+    },
+    Fetch {
+        why: &'static str,
+    },
+    /// The token has expired, but renewals are at least [`schedule::MIN_RENEWAL_INTERVAL`]
+    /// apart: the next one is at `until` (only tokens that live shorter than that get here).
+    Wait {
+        until: Timestamp,
+        expired_at: Timestamp,
+    },
 }
 
 /// Keep or fetch, for the token in hand (`held`: when it was issued and when it expires), or
@@ -32,6 +42,10 @@ pub fn decide(
 ) -> Decision {
     let Some((issued, expires)) = held else { return Decision::Fetch { why: missing } };
     if expires <= now {
+        let earliest = schedule::add(issued, schedule::MIN_RENEWAL_INTERVAL);
+        if now < earliest {
+            return Decision::Wait { until: earliest, expired_at: expires };
+        }
         return Decision::Fetch { why: "Expired" };
     }
     let refresh_at = policy.refresh_at(issued, expires, schedule::jitter_for(uid, issued));
@@ -169,6 +183,12 @@ mod tests {
         assert_eq!(decide(None, "NoToken", "u", &policy(), t(0)), Decision::Fetch { why: "NoToken" });
         assert_eq!(decide(held(0, 3600), "NoToken", "u", &policy(), t(2413)), Decision::Fetch { why: "RenewalDue" });
         assert_eq!(decide(held(0, 3600), "NoToken", "u", &policy(), t(3600)), Decision::Fetch { why: "Expired" });
+        // A one-second token is expired a second after issue, and still renewed five seconds apart.
+        assert_eq!(
+            decide(held(0, 1), "NoToken", "u", &policy(), t(2)),
+            Decision::Wait { until: t(5), expired_at: t(1) }
+        );
+        assert_eq!(decide(held(0, 1), "NoToken", "u", &policy(), t(5)), Decision::Fetch { why: "Expired" });
         assert_eq!(missing(None, "fp"), "NoToken");
         assert_eq!(missing(Some(&stored("old", 0, 3600)), "fp"), "SpecOrCredentialsChanged");
         let edited = Stored { intact: false, ..stored("fp", 0, 3600) };

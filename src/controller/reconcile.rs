@@ -150,6 +150,9 @@ impl Context {
                 outcome.event = restored.map(|why| status::restored(target, why, token.expires_at));
                 return Ok(outcome);
             }
+            Decision::Wait { until, expired_at } => {
+                return Ok(status::backing_off(status.clone(), until, Some(expired_at), target, generation, now));
+            }
             Decision::Fetch { why } => why,
         };
         let remembered = self.memory.failure(&me);
