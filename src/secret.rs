@@ -223,6 +223,7 @@ pub fn check_template(ts: &TokenSource) -> Result<(), Error> {
     if template.merge_policy == MergePolicy::Replace && template.data.is_empty() {
         return Err(Error::RenderSecret("target.template: mergePolicy Replace needs data".into()));
     }
+    check_type(ts)?;
     let env = crate::template::env();
     for (key, source) in &template.data {
         if !crate::names::is_secret_key(key) {
@@ -237,11 +238,64 @@ pub fn check_template(ts: &TokenSource) -> Result<(), Error> {
     Ok(())
 }
 
+/// The keys the Secret's type requires (as the API server checks them), and whether any one of
+/// them is enough.
+fn required_keys(secret_type: &str) -> (&'static [&'static str], bool) {
+    match secret_type {
+        "kubernetes.io/dockerconfigjson" => (&[".dockerconfigjson"], false),
+        "kubernetes.io/dockercfg" => (&[".dockercfg"], false),
+        "kubernetes.io/tls" => (&["tls.crt", "tls.key"], false),
+        "kubernetes.io/basic-auth" => (&["username", "password"], true),
+        "kubernetes.io/ssh-auth" => (&["ssh-privatekey"], false),
+        _ => (&[], false),
+    }
+}
+
+/// Refuses a template that cannot give the Secret's type what the API server requires, before
+/// any request: the keys a type needs, the annotation a service account token needs.
+fn check_type(ts: &TokenSource) -> Result<(), Error> {
+    let template = &ts.spec.target.template;
+    let kind = template.type_.as_str();
+    let mut keys: Vec<&str> = template.data.keys().map(String::as_str).collect();
+    if template.merge_policy == MergePolicy::Merge {
+        keys.extend([TOKEN_KEY, EXPIRES_AT_KEY]);
+        keys.extend(ts.spec.response.fields.iter().map(|f| f.key.as_str()));
+    }
+    let (required, any) = required_keys(kind);
+    let present = |k: &&str| keys.contains(k);
+    let satisfied = if any { required.iter().any(present) } else { required.iter().all(present) };
+    if !satisfied {
+        let list =
+            required.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(if any { " or " } else { " and " });
+        return Err(Error::InvalidSpec(format!(
+            "a Secret of type {kind} needs {list} in target.template.data (or response.fields)"
+        )));
+    }
+    if kind == "kubernetes.io/service-account-token"
+        && !template.metadata.annotations.contains_key("kubernetes.io/service-account.name")
+    {
+        return Err(Error::InvalidSpec(format!(
+            "a Secret of type {kind} needs the annotation kubernetes.io/service-account.name in target.template.metadata"
+        )));
+    }
+    Ok(())
+}
+
 /// The target Secret as the operator applies it: `fingerprint` says what request produced the
 /// token, `shape` what spec shaped the Secret.
 pub fn desired(ts: &TokenSource, token: &Token, fingerprint: &str, shape: &str) -> Result<Secret, Error> {
     let target = &ts.spec.target;
     let data = render_data(ts, token)?;
+    for key in [".dockerconfigjson", ".dockercfg"] {
+        if required_keys(&target.template.type_).0.contains(&key)
+            && data.get(key).is_some_and(|v| serde_json::from_str::<serde_json::Value>(v).is_err())
+        {
+            return Err(Error::RenderSecret(format!(
+                "target.template.data[{key}] does not render to JSON, which a Secret of type {} needs",
+                target.template.type_
+            )));
+        }
+    }
     let uid = ts.meta().uid.clone().unwrap_or_default();
     let hash = data_hash(&uid, data.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
     let mut labels = target.template.metadata.labels.clone();
@@ -395,5 +449,26 @@ mod tests {
         let reads_reply = ts(json!({"name": "t", "template": {"data": {"region": "{{ response.extra.region }}"}}}));
         let s = desired(&reads_reply, &token(), "fp", "shape").unwrap();
         assert!(read_back(&reads_reply, &s, &Stored::of(&s, MergePolicy::Merge, "uid-1")).is_none());
+    }
+
+    #[test]
+    fn a_template_must_give_the_secret_s_type_its_keys() {
+        for (template, ok) in [
+            (json!({"type": "kubernetes.io/dockerconfigjson"}), false),
+            (json!({"type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": "{}"}}), true),
+            (json!({"type": "kubernetes.io/tls", "data": {"tls.crt": "{{ token }}"}}), false),
+            (json!({"type": "kubernetes.io/basic-auth", "data": {"password": "{{ token }}"}}), true),
+            (json!({"type": "kubernetes.io/ssh-auth"}), false),
+            (json!({"type": "kubernetes.io/service-account-token"}), false),
+            (json!({"type": "example.com/anything"}), true),
+        ] {
+            let t = ts(json!({"name": "t", "template": template}));
+            assert_eq!(check_template(&t).is_ok(), ok, "{template}");
+        }
+        let not_json = ts(
+            json!({"name": "t", "template": {"type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": "{{ token }}"}}}),
+        );
+        let e = desired(&not_json, &token(), "fp", "shape").unwrap_err();
+        assert!(matches!(e, Error::RenderSecret(_)) && !e.to_string().contains("tok\""), "{e}");
     }
 }

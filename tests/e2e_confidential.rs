@@ -350,3 +350,28 @@ async fn edits_of_the_secret_s_shape_apply_at_once_without_a_new_token() {
     .await;
     assert_eq!(env.fakes.calls(Endpoint::Podero), 2, "one token for each TokenSource, none for the edits");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_the_api_server_would_refuse_is_reported_before_any_write() {
+    let env = Env::start().await;
+    common::podero_credentials(&env).await;
+    let writes = env.sim.as_ref().map(|sim| sim.faults().count("patch", "secrets"));
+    // No .dockerconfigjson: refused before any request.
+    let mut missing = common::podero(&env, "pull", "pull-token");
+    missing["spec"]["target"]["template"] = json!({"type": "kubernetes.io/dockerconfigjson"});
+    env.create(missing).await;
+    let m = env.wait_ready("pull", "False", "InvalidSpec").await;
+    assert!(m.contains("\".dockerconfigjson\""), "{m}");
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 0);
+    // A .dockerconfigjson that does not render to JSON: refused before the write.
+    let mut not_json = common::podero(&env, "badpull", "badpull-token");
+    not_json["spec"]["target"]["template"] =
+        json!({"type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": "Bearer {{ token }}"}});
+    env.create(not_json).await;
+    let m = env.wait_ready("badpull", "False", "InvalidSpec").await;
+    assert!(m.contains("does not render to JSON"), "{m}");
+    assert!(env.secret_data("badpull-token").await.is_none(), "nothing was written");
+    if let (Some(sim), Some(before)) = (&env.sim, writes) {
+        assert_eq!(sim.faults().count("patch", "secrets"), before, "no write was even tried");
+    }
+}

@@ -132,10 +132,12 @@ async fn a_one_second_token_is_renewed_every_five_seconds_at_most() {
         check(n >= 3, (), n)
     })
     .await;
+    // Five seconds from the token's issue time, which status and the Secret give in whole
+    // seconds: the requests themselves are at least four seconds apart.
     let times = env.fakes.call_times(Endpoint::Podero);
     for pair in times.windows(2) {
         let gap = pair[1] - pair[0];
-        assert!(gap >= Duration::from_millis(4500), "renewals {gap:?} apart");
+        assert!(gap >= Duration::from_millis(3900), "renewals {gap:?} apart");
     }
 }
 

@@ -31,7 +31,11 @@ pub struct FailureInput<'a> {
     pub fingerprint: Option<&'a str>,
     pub generation: Option<i64>,
     pub target: &'a str,
+    /// The time of the attempt, in whole seconds, as status shows times.
     pub now: Timestamp,
+    /// The time of the attempt to the nanosecond: the next attempt is at least a second after
+    /// it, not after `now`, which may be almost a second earlier.
+    pub clock: Timestamp,
     /// In `[0, 1)`: spreads retries.
     pub jitter: f64,
 }
@@ -49,6 +53,7 @@ pub fn on_failure(input: FailureInput<'_>) -> (Outcome, Option<FailureRecord>) {
         generation,
         target,
         now,
+        clock,
         jitter,
     } = input;
     let (reason, class) = error.classify();
@@ -83,10 +88,10 @@ pub fn on_failure(input: FailureInput<'_>) -> (Outcome, Option<FailureRecord>) {
     let mut record = None;
     let requeue = match class {
         Some(class) => {
-            let at = schedule::retry_at(now, failures, class, error.retry_after(), valid_until, jitter);
+            let at = schedule::retry_at(clock, failures, class, error.retry_after(), valid_until, jitter);
             record = fingerprint.map(|fp| FailureRecord { fingerprint: fp.to_string(), retry_at: at, failures });
             status.renewal_time = Some(Time(at));
-            Some(until(now, at))
+            Some(until(clock, at))
         }
         None => {
             // Nothing to retry until the spec or a watched object changes; a valid token still
@@ -125,6 +130,7 @@ mod tests {
             generation: Some(1),
             target: "tok",
             now: t(0),
+            clock: t(0),
             jitter: 1.0,
         }
     }
@@ -189,6 +195,7 @@ mod tests {
         assert!(first.event.is_some());
         let mut later = input(&err, first.status.clone(), None);
         later.now = t(60);
+        later.clock = t(60);
         let (second, _) = on_failure(later);
         assert_eq!(second.status, first.status, "the status settles");
         assert_eq!(second.event, None);

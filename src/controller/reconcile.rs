@@ -107,7 +107,8 @@ impl Context {
         let target = ts.spec.target.name.as_str();
         let uid = ts.meta().uid.clone().unwrap_or_default();
 
-        // Load and validate.
+        // Load and validate; no name reaches a request path before it is checked.
+        validate::check_names(ts)?;
         let secret = self.target(ts).await?;
         let stored = secret.as_ref().map(|s| Stored::of(s, ts.spec.target.template.merge_policy, &uid));
         validate::owner(ts, stored.as_ref())?;
@@ -216,6 +217,8 @@ impl Context {
             generation: ts.meta().generation,
             target: &ts.spec.target.name,
             now,
+            // The attempt ends now: the next one is at least a second from here.
+            clock: Timestamp::now().max(now),
             jitter: rand::random::<f64>(),
         });
         if let Some(record) = record {

@@ -40,6 +40,7 @@ pub fn validate(ts: &TokenSource, config: &Config) -> Result<Plan, Error> {
             ));
         }
     }
+    check_names(ts)?;
     let policy = Policy::new(&spec.renewal, config.propagation_margin)?;
     let reader = Reader::new(&spec.response)?;
     secret::check_template(ts)?;
@@ -63,6 +64,25 @@ pub fn validate(ts: &TokenSource, config: &Config) -> Result<Plan, Error> {
     Ok(Plan { policy, reader, timeout })
 }
 
+/// Every object name the spec gives is a DNS subdomain, before any of them is put into a request
+/// path (the CRD checks this too; an older CRD might not).
+pub fn check_names(ts: &TokenSource) -> Result<(), Error> {
+    let spec = &ts.spec;
+    let names = spec
+        .secret_refs()
+        .into_iter()
+        .map(|r| ("a Secret", r.name))
+        .chain(spec.config_map_refs().into_iter().map(|r| ("a ConfigMap", r.name)))
+        .chain(spec.upstream().map(|n| ("a TokenSource", n.to_string())))
+        .chain([("target.name", spec.target.name.clone())]);
+    for (what, name) in names {
+        if !crate::names::is_dns_subdomain(&name) {
+            return Err(Error::InvalidSpec(format!("{name:?} ({what}) is not a valid object name")));
+        }
+    }
+    Ok(())
+}
+
 /// The target Secret, if it exists, must be one the operator wrote for this TokenSource.
 pub fn owner(ts: &TokenSource, stored: Option<&Stored>) -> Result<(), Error> {
     match stored {
@@ -70,5 +90,27 @@ pub fn owner(ts: &TokenSource, stored: Option<&Stored>) -> Result<(), Error> {
             Err(Error::SecretConflict(ts.spec.target.name.clone()))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn names_that_would_leave_their_path_are_refused() {
+        let ts: TokenSource = serde_json::from_value(json!({
+            "apiVersion": "tokensource.dev/v1alpha1", "kind": "TokenSource",
+            "metadata": {"name": "t", "namespace": "ns"},
+            "spec": {"type": "HTTP", "http": {"url": "https://x.example/t", "auth": {"type": "Basic", "basic": {
+                "username": {"value": "u"},
+                "passwordSecretRef": {"name": "../../other-namespace/secrets/x", "key": "k"}
+            }}}, "target": {"name": "t-token"}}
+        }))
+        .unwrap();
+        let e = validate(&ts, &Config::default()).err().unwrap();
+        assert!(matches!(e, Error::InvalidSpec(_)) && e.to_string().contains("not a valid object name"), "{e}");
     }
 }

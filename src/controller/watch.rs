@@ -86,14 +86,23 @@ pub async fn run(
     let references = Arc::new(References::default());
     let (sources, sources_writer) = reflector::store();
     let forget = (memory.clone(), references.clone());
+    // Ready once the TokenSource cache has synced (its watch starts with the controller, after the
+    // Secret caches below have synced). The store's own readiness wakes only its last waiter, and
+    // the controller waits on it: a second waiter could steal its wake-up, so the watch's InitDone
+    // is observed here instead.
+    let synced = health.clone();
     let source_events =
         reflector::reflector(sources_writer, watcher(sources_api, watcher::Config::default().any_semantic()))
-            .inspect_ok(move |event| {
-                if let watcher::Event::Delete(ts) = event {
+            .inspect_ok(move |event| match event {
+                watcher::Event::Delete(ts) => {
                     let gone = ObjectRef::from_obj(ts);
                     forget.0.forget(&gone);
                     forget.1.forget(&gone);
                 }
+                watcher::Event::InitDone if !synced.ready.swap(true, Ordering::Relaxed) => {
+                    tracing::info!("caches synced; ready");
+                }
+                _ => {}
             })
             .applied_objects();
     let controller = Controller::for_stream(source_events, sources.clone());
@@ -144,23 +153,6 @@ pub async fn run(
         ticks: Default::default(),
         metrics: metrics.clone(),
         config: config.clone(),
-    });
-    // Ready once the TokenSource cache has synced too (the controller starts its watch below).
-    // The store's readiness wakes only its last waiter, and the controller waits on it too: poll
-    // again every half second rather than wait once.
-    let sources_synced = ctx.sources.clone();
-    tokio::spawn(async move {
-        loop {
-            match tokio::time::timeout(Duration::from_millis(500), sources_synced.wait_until_ready()).await {
-                Ok(Ok(())) => {
-                    health.ready.store(true, Ordering::Relaxed);
-                    tracing::info!("caches synced; ready");
-                    return;
-                }
-                Ok(Err(_)) => return,
-                Err(_) => {}
-            }
-        }
     });
     tracing::info!(namespace = ns.as_deref().unwrap_or("<all>"), "controller running");
     controller

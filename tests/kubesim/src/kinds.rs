@@ -332,6 +332,7 @@ fn prepare_secret(body: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>
     if body["type"].is_null() {
         body["type"] = json!("Opaque");
     }
+    check_secret_type(body, causes);
     if let Some(old) = old {
         if old["immutable"].as_bool() == Some(true)
             && (old["data"] != body["data"] || body["immutable"] != old["immutable"])
@@ -345,6 +346,69 @@ fn prepare_secret(body: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>
         if old["type"] != body["type"] {
             causes.push(Cause::invalid("type", &body["type"], "field is immutable"));
         }
+    }
+}
+
+/// The most data a Secret may hold (the values' decoded bytes), as the API server counts it.
+const MAX_SECRET_SIZE: usize = 1 << 20;
+
+/// The rules of `ValidateSecret` in Kubernetes (pkg/apis/core/validation): the total size of
+/// the data and what each built-in type requires, with the API server's messages.
+fn check_secret_type(body: &Value, causes: &mut Vec<Cause>) {
+    let data = body["data"].as_object();
+    let decoded = |k: &str| {
+        data.and_then(|d| d.get(k))
+            .and_then(Value::as_str)
+            .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+    };
+    let has = |k: &str| data.is_some_and(|d| d.contains_key(k));
+    let total: usize = data
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, v)| v.as_str().and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok()))
+        .map(|v| v.len())
+        .sum();
+    if total > MAX_SECRET_SIZE {
+        causes.push(Cause::new(
+            "FieldValueTooLong",
+            "data",
+            format!("Too long: may not be more than {MAX_SECRET_SIZE} bytes"),
+        ));
+    }
+    let json_key = |key: &str, causes: &mut Vec<Cause>| match decoded(key) {
+        None if !has(key) => causes.push(Cause::required(format!("data[{key}]"))),
+        value => {
+            if serde_json::from_slice::<Value>(&value.unwrap_or_default()).is_err() {
+                causes.push(Cause::new(
+                    "FieldValueInvalid",
+                    format!("data[{key}]"),
+                    "Invalid value: \"<secret contents redacted>\": invalid JSON",
+                ));
+            }
+        }
+    };
+    let account = body["metadata"]["annotations"]["kubernetes.io/service-account.name"].as_str().unwrap_or_default();
+    match body["type"].as_str().unwrap_or_default() {
+        "kubernetes.io/service-account-token" if account.is_empty() => {
+            causes.push(Cause::required("metadata.annotations[kubernetes.io/service-account.name]"));
+        }
+        "kubernetes.io/dockercfg" => json_key(".dockercfg", causes),
+        "kubernetes.io/dockerconfigjson" => json_key(".dockerconfigjson", causes),
+        "kubernetes.io/basic-auth" if !has("username") && !has("password") => {
+            causes.push(Cause::required("data[username]"));
+            causes.push(Cause::required("data[password]"));
+        }
+        "kubernetes.io/ssh-auth" if decoded("ssh-privatekey").is_none_or(|v| v.is_empty()) => {
+            causes.push(Cause::required("data[ssh-privatekey]"));
+        }
+        "kubernetes.io/tls" => {
+            for key in ["tls.crt", "tls.key"] {
+                if !has(key) {
+                    causes.push(Cause::required(format!("data[{key}]")));
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -371,7 +435,51 @@ mod tests {
         assert_eq!(s, json!({"data": {"a": "Yg=="}, "type": "Opaque"}));
         let mut changed = json!({"data": {}, "type": "kubernetes.io/tls"});
         Builtin::Secret.prepare(&mut changed, Some(&s), &mut causes);
-        assert_eq!(causes.len(), 1, "the type is immutable");
+        assert!(
+            causes.iter().any(|c| c.field == "type" && c.message.contains("field is immutable")),
+            "the type is immutable"
+        );
         assert!(Builtin::Secret.name_is_valid("a.b-c") && !Builtin::Secret.name_is_valid("A"));
+    }
+
+    #[test]
+    fn secret_types_are_checked_as_the_api_server_checks_them() {
+        let causes_of = |secret: Value| {
+            let mut secret = secret;
+            let mut causes = vec![];
+            Builtin::Secret.prepare(&mut secret, None, &mut causes);
+            causes.into_iter().map(|c| format!("{}: {}", c.field, c.message)).collect::<Vec<_>>()
+        };
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        assert_eq!(
+            causes_of(json!({"type": "kubernetes.io/dockerconfigjson", "data": {}})),
+            ["data[.dockerconfigjson]: Required value"]
+        );
+        assert_eq!(
+            causes_of(
+                json!({"type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": b64("not json")}})
+            ),
+            ["data[.dockerconfigjson]: Invalid value: \"<secret contents redacted>\": invalid JSON"]
+        );
+        assert!(
+            causes_of(json!({"type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": b64("{}")}}))
+                .is_empty()
+        );
+        assert_eq!(
+            causes_of(json!({"type": "kubernetes.io/tls", "data": {"tls.crt": ""}})),
+            ["data[tls.key]: Required value"]
+        );
+        assert_eq!(causes_of(json!({"type": "kubernetes.io/basic-auth", "data": {}})).len(), 2);
+        assert!(causes_of(json!({"type": "kubernetes.io/basic-auth", "data": {"password": ""}})).is_empty());
+        assert_eq!(
+            causes_of(json!({"type": "kubernetes.io/ssh-auth", "data": {"ssh-privatekey": ""}})),
+            ["data[ssh-privatekey]: Required value"]
+        );
+        assert_eq!(
+            causes_of(json!({"type": "kubernetes.io/service-account-token"})),
+            ["metadata.annotations[kubernetes.io/service-account.name]: Required value"]
+        );
+        let big = json!({"data": {"a": b64(&"x".repeat(600_000)), "b": b64(&"y".repeat(600_000))}});
+        assert_eq!(causes_of(big), ["data: Too long: may not be more than 1048576 bytes"]);
     }
 }
