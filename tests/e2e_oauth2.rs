@@ -86,12 +86,13 @@ async fn short_lived_tokens_are_renewed_before_they_expire() {
     assert!(seen.len() >= 3, "only {} tokens in 14s", seen.len());
     assert_eq!(seen.len(), calls, "every token fetched reached the Secret, and none was fetched twice");
     if let Some(sim) = &env.sim {
-        // One Secret write per token, and about one status write per token.
+        // One Secret write per token, and one status write per token (a reconcile of a cached
+        // object that has not caught up with the last status write does not write it again).
         let secret_writes = sim.faults().count("patch", "secrets");
         let status_writes = sim.faults().count("patch", "tokensources/status");
         eprintln!("{calls} tokens: {secret_writes} Secret writes, {status_writes} status writes");
         assert_eq!(secret_writes, calls as u64);
-        assert!(status_writes <= calls as u64 + 2, "{status_writes} status writes for {calls} tokens");
+        assert!(status_writes <= calls as u64 + 1, "{status_writes} status writes for {calls} tokens");
     }
 }
 

@@ -40,6 +40,9 @@ struct Record {
     held: Option<Held>,
     /// The resourceVersion the target Secret had after this instance last wrote it.
     written: Option<String>,
+    /// The status this instance last wrote (a hash of it) and the resourceVersion of the object
+    /// it was computed from.
+    status: Option<(String, u64)>,
     failure: Option<FailureRecord>,
 }
 
@@ -80,6 +83,19 @@ impl Memory {
         let r = records.entry(ts.clone()).or_default();
         r.written = resource_version;
         r.failure = None;
+    }
+
+    /// Whether this instance already wrote the status hashed `status` for the object at
+    /// `resource_version`: a cache that has not caught up with that write shows the old status.
+    pub fn wrote_status(&self, ts: &ObjectRef<TokenSource>, resource_version: &str, status: u64) -> bool {
+        self.lock()
+            .get(ts)
+            .and_then(|r| r.status.as_ref())
+            .is_some_and(|(rv, s)| rv == resource_version && *s == status)
+    }
+
+    pub fn remember_status(&self, ts: &ObjectRef<TokenSource>, resource_version: String, status: u64) {
+        self.lock().entry(ts.clone()).or_default().status = Some((resource_version, status));
     }
 
     pub fn failure(&self, ts: &ObjectRef<TokenSource>) -> Option<FailureRecord> {
@@ -154,5 +170,16 @@ mod tests {
         m.hold(&r, Held { fingerprint: "fp".into(), token: token(100) });
         m.retain(&HashSet::new());
         assert!(m.held(&r, "fp", at(10)).is_none() && m.written(&r).is_none(), "forgotten with the source");
+    }
+
+    #[test]
+    fn a_status_written_is_skipped_only_for_the_object_it_was_computed_from() {
+        let m = Memory::default();
+        let r = ObjectRef::new("a").within("ns");
+        assert!(!m.wrote_status(&r, "7", 1));
+        m.remember_status(&r, "7".into(), 1);
+        assert!(m.wrote_status(&r, "7", 1), "the cache has not caught up with the write");
+        assert!(!m.wrote_status(&r, "7", 2), "another status for the same object");
+        assert!(!m.wrote_status(&r, "9", 1), "someone changed the object since");
     }
 }

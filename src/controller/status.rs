@@ -6,6 +6,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -190,9 +191,17 @@ pub fn host_busy(status: TokenSourceStatus) -> Outcome {
 }
 
 impl Context {
-    /// Writes the status with server-side apply, unless it is what the object already shows.
+    /// Writes the status with server-side apply, unless it is what the object already shows or
+    /// what this instance already wrote for the object as cached (a reconcile that runs before
+    /// the cache has seen the last status write would otherwise write it again).
     pub(super) async fn write_status(&self, ts: &TokenSource, status: &TokenSourceStatus) -> Result<(), Error> {
         if ts.status.as_ref() == Some(status) {
+            return Ok(());
+        }
+        let key = ObjectRef::from_obj(ts);
+        let version = ts.resource_version().unwrap_or_default();
+        let hash = status_hash(status);
+        if self.memory.wrote_status(&key, &version, hash) {
             return Ok(());
         }
         let patch = json!({
@@ -204,6 +213,7 @@ impl Context {
             .patch_status(&ts.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
             .await
             .map_err(Error::UpdateStatus)?;
+        self.memory.remember_status(&key, version, hash);
         self.metrics.status_writes.inc();
         Ok(())
     }
@@ -221,6 +231,13 @@ impl Context {
             tracing::warn!(error = %e, "could not publish an Event");
         }
     }
+}
+
+fn status_hash(status: &TokenSourceStatus) -> u64 {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut h = DefaultHasher::new();
+    h.write(&serde_json::to_vec(status).unwrap_or_default());
+    h.finish()
 }
 
 #[cfg(test)]
