@@ -63,3 +63,51 @@ async fn deploy_and_examples_apply_cleanly() {
         assert!(!ok && err.contains("spec.oauth2.clientAuth.type: Unsupported value: \"Bearer\""), "{err}");
     });
 }
+
+#[test]
+fn the_network_policy_component_renders() {
+    // kustomize takes only relative paths, so the install is copied beside a user's overlay.
+    let work = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("network-policy-overlay");
+    let _ = std::fs::remove_dir_all(&work);
+    for part in ["deploy", "crds"] {
+        copy_tree(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(part), &work.join(part));
+    }
+    let dir = work.join("overlay");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("kustomization.yaml"),
+        "resources: [../deploy]\ncomponents: [../deploy/components/network-policy]\n",
+    )
+    .unwrap();
+    let out = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into()))
+        .args(["kustomize", "--load-restrictor", "LoadRestrictionsNone"])
+        .arg(&dir)
+        .output()
+        .expect("kubectl is required for this test");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let policy = docs.iter().find(|d| d["kind"] == "NetworkPolicy").expect("a NetworkPolicy");
+    assert_eq!(policy["spec"]["ingress"][0]["ports"][0]["port"], 8080);
+    let egress: Vec<i64> = policy["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["ports"].as_array().unwrap().iter().map(|p| p["port"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(egress, [53, 53, 443, 6443]);
+    assert!(docs.iter().any(|d| d["kind"] == "Deployment"), "the component adds to the install");
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
