@@ -127,6 +127,9 @@ pub enum Error {
     /// The operator failed internally (a bug); the message says where to look.
     #[error("{0}")]
     Internal(String),
+    /// This instance does not hold the leader Lease (any more): nothing was written.
+    #[error("this instance does not hold the leader Lease; nothing was written")]
+    NotLeader,
 }
 
 fn upstream_message(name: &str, state: UpstreamState) -> String {
@@ -155,6 +158,8 @@ impl Error {
             Self::Kube(_) => (Reason::KubernetesError, Some(RetryClass::Transient)),
             Self::Limit(_) => (Reason::LimitExceeded, Some(RetryClass::Rejected)),
             Self::Internal(_) => (Reason::InternalError, Some(RetryClass::Rejected)),
+            // Never reported: a reconcile that meets it ends without a write.
+            Self::NotLeader => (Reason::KubernetesError, Some(RetryClass::Transient)),
         }
     }
 

@@ -7,6 +7,7 @@ pub mod crd;
 pub mod credentials;
 pub mod endpoint;
 pub mod error;
+pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod providers;

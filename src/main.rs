@@ -11,7 +11,7 @@ use tokensource_operator::controller::{self, Config};
 use tokensource_operator::endpoint::EndpointPolicy;
 use tokensource_operator::metrics::Metrics;
 use tokensource_operator::telemetry::{self, LogFormat};
-use tokensource_operator::{crd, schedule, transport};
+use tokensource_operator::{crd, leader, schedule, transport};
 
 #[derive(Parser)]
 #[command(version, about = "Keeps short-lived API bearer tokens fresh in Kubernetes Secrets")]
@@ -20,6 +20,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of `RunArgs` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller.
@@ -70,6 +72,47 @@ struct RunArgs {
     /// `*.suffix` patterns.
     #[arg(long, default_value = "", env = "ALLOW_ENDPOINT_HOSTS")]
     allow_endpoint_hosts: String,
+    /// Run as one of several replicas: only the holder of the Lease `tokensource-operator` calls
+    /// providers and writes; the others keep their caches warm and take over when it goes.
+    #[arg(long, env = "LEADER_ELECT")]
+    leader_elect: bool,
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else `default`).
+    #[arg(long, env = "LEADER_ELECTION_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// How long a standby waits after the last renewal it saw before it takes over.
+    #[arg(long, default_value = "15s", value_parser = parse_duration, env = "LEADER_ELECTION_LEASE_DURATION")]
+    leader_election_lease_duration: Duration,
+    /// How long the leader may go without a successful renewal before it stops writing.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "LEADER_ELECTION_RENEW_DEADLINE")]
+    leader_election_renew_deadline: Duration,
+    /// How often the leader renews the Lease and a standby tries to take it.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, env = "LEADER_ELECTION_RETRY_PERIOD")]
+    leader_election_retry_period: Duration,
+}
+
+impl RunArgs {
+    /// The election settings, when it runs with `--leader-elect`.
+    fn election(&self) -> Result<Option<leader::Settings>, String> {
+        if !self.leader_elect {
+            return Ok(None);
+        }
+        let namespace = self
+            .leader_election_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".into());
+        let settings = leader::Settings {
+            namespace,
+            lease_name: leader::LEASE_NAME.into(),
+            identity: leader::identity(),
+            lease_duration: self.leader_election_lease_duration,
+            renew_deadline: self.leader_election_renew_deadline,
+            retry_period: self.leader_election_retry_period,
+        };
+        settings.check()?;
+        Ok(Some(settings))
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -119,13 +162,21 @@ fn print_quietly(text: &str) -> std::process::ExitCode {
 }
 
 async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let config = match &args.kubeconfig {
+    let election = args.election()?;
+    let mut config = match &args.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)?;
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?
         }
         None => kube::Config::infer().await?,
     };
+    // Who sent a request, in the API server's audit log: the version and, with leader election,
+    // the instance.
+    let agent = match &election {
+        Some(e) => format!("tokensource-operator/{} ({})", env!("CARGO_PKG_VERSION"), e.identity),
+        None => format!("tokensource-operator/{}", env!("CARGO_PKG_VERSION")),
+    };
+    config.headers.push((axum::http::header::USER_AGENT, axum::http::HeaderValue::from_str(&agent)?));
     let client = kube::Client::try_from(config)?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
@@ -133,7 +184,12 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|e| format!("cannot listen on {} for probes and metrics (--admin-addr): {e}", args.admin_addr))?;
     let admin = tokio::spawn(admin::serve(listener, health.clone(), metrics.clone()));
+    let leadership = Arc::new(match election {
+        Some(_) => leader::Leadership::elected(),
+        None => leader::Leadership::single(),
+    });
     let config = Config {
+        leadership: leadership.clone(),
         namespace: args.namespace,
         propagation_margin: args.propagation_margin,
         allow_http: args.allow_insecure_http,
@@ -145,7 +201,18 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             ..Default::default()
         },
     };
+    // The election runs beside the controller and outlives it: on shutdown the controller ends
+    // its reconciles first, then the Lease is released.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let elector = election.map(|settings| {
+        let elector = leader::Elector::new(client.clone(), settings, leadership, metrics.clone());
+        tokio::spawn(elector.run(stopped))
+    });
     let result = controller::run(client, config, metrics, health, shutdown_signal()).await;
+    let _ = stop.send(true);
+    if let Some(elector) = elector {
+        let _ = elector.await;
+    }
     admin.abort();
     Ok(result?)
 }

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub ready_sources: Gauge,
     pub reconcile_panics: Counter,
     pub watch_errors: Family<WatchLabels, Counter>,
+    /// 1 while this instance leads (always, without leader election), else 0.
+    pub leader: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -52,6 +54,7 @@ impl Default for Metrics {
         let ready_sources = Gauge::default();
         let reconcile_panics = Counter::default();
         let watch_errors = Family::<WatchLabels, Counter>::default();
+        let leader = Gauge::default();
         registry.register("reconciles", "Reconciliations by result", reconciles.clone());
         registry.register("token_requests", "Requests to token endpoints by host and result", token_requests.clone());
         registry.register("token_request_duration_seconds", "Token endpoint latency", token_request_seconds.clone());
@@ -64,6 +67,11 @@ impl Default for Metrics {
             reconcile_panics.clone(),
         );
         registry.register("watch_errors", "Errors of the operator's watches, by watch", watch_errors.clone());
+        registry.register(
+            "leader",
+            "1 while this instance leads (holds the Lease, or runs without leader election), else 0",
+            leader.clone(),
+        );
         Self {
             host_labels: Default::default(),
             registry,
@@ -75,6 +83,7 @@ impl Default for Metrics {
             ready_sources,
             reconcile_panics,
             watch_errors,
+            leader,
         }
     }
 }

@@ -26,6 +26,9 @@ async fn deploy_and_examples_apply_cleanly() {
             "customresourcedefinition.apiextensions.k8s.io/tokensources.tokensource.dev",
             "clusterrole.rbac.authorization.k8s.io/tokensource-operator",
             "deployment.apps/tokensource-operator",
+            "poddisruptionbudget.policy/tokensource-operator",
+            "role.rbac.authorization.k8s.io/tokensource-operator-leader-election",
+            "rolebinding.rbac.authorization.k8s.io/tokensource-operator-leader-election",
         ] {
             assert!(out.contains(&format!("{kind} created")), "{out}");
         }
@@ -40,6 +43,29 @@ async fn deploy_and_examples_apply_cleanly() {
             let (ok, _, err) = kubectl(&sim, &["apply", "-f", &format!("deploy/examples/{file}.yaml")]);
             assert!(ok, "{file}: {err}");
         }
+        // Two replicas with leader election, each knowing its pod and namespace.
+        let (ok, out, err) = kubectl(
+            &sim,
+            &[
+                "get",
+                "deployment",
+                "tokensource-operator",
+                "-n",
+                "tokensource-system",
+                "-o",
+                "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].args} {.spec.template.spec.containers[0].env[*].name}",
+            ],
+        );
+        assert!(ok, "{err}");
+        assert!(
+            out.starts_with("2 ") && out.contains("--leader-elect") && out.contains("POD_NAME POD_NAMESPACE"),
+            "{out}"
+        );
+        let (ok, out, err) = kubectl(
+            &sim,
+            &["get", "pdb", "-n", "tokensource-system", "tokensource-operator", "-o", "jsonpath={.spec.minAvailable}"],
+        );
+        assert!(ok && out == "1", "{out} {err}");
         let (ok, out, err) = kubectl(&sim, &["get", "tokensources"]);
         assert!(ok, "{err}");
         let header: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();

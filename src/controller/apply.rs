@@ -22,11 +22,11 @@ impl Context {
             "type": desired.type_,
             "data": desired.data,
         });
-        let written = self
-            .api::<Secret>(&ts.namespace().unwrap_or_default())
-            .patch(&ts.spec.target.name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
-            .await
-            .map_err(Error::ApplySecret)?;
+        let api = self.api::<Secret>(&ts.namespace().unwrap_or_default());
+        let params = PatchParams::apply(MANAGER).force();
+        let write =
+            async { api.patch(&ts.spec.target.name, &params, &Patch::Apply(&patch)).await.map_err(Error::ApplySecret) };
+        let written = self.config.leadership.fenced(write).await?;
         self.metrics.secret_writes.inc();
         Ok(written.metadata.resource_version)
     }

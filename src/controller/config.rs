@@ -14,6 +14,9 @@ pub struct Config {
     /// How many TokenSources are reconciled at once.
     pub concurrency: u16,
     pub transport: crate::transport::Options,
+    /// Whether this instance may call providers and write: always, unless it runs with leader
+    /// election.
+    pub leadership: std::sync::Arc<crate::leader::Leadership>,
 }
 
 impl Default for Config {
@@ -24,6 +27,7 @@ impl Default for Config {
             allow_http: false,
             concurrency: 16,
             transport: crate::transport::Options::default(),
+            leadership: Default::default(),
         }
     }
 }

@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
 
-use crate::crd::TokenSource;
+use crate::crd::{TokenSource, TokenSourceStatus};
 use crate::response::Token;
 
 /// The last failed attempt and what produced it.
@@ -40,9 +40,9 @@ struct Record {
     held: Option<Held>,
     /// The resourceVersion the target Secret had after this instance last wrote it.
     written: Option<String>,
-    /// The status this instance last wrote (a hash of it) and the resourceVersion of the object
-    /// it was computed from.
-    status: Option<(String, u64)>,
+    /// The status this instance last wrote (and a hash of it), and the resourceVersion of the
+    /// object it was computed from.
+    status: Option<(String, u64, TokenSourceStatus)>,
     failure: Option<FailureRecord>,
 }
 
@@ -91,11 +91,28 @@ impl Memory {
         self.lock()
             .get(ts)
             .and_then(|r| r.status.as_ref())
-            .is_some_and(|(rv, s)| rv == resource_version && *s == status)
+            .is_some_and(|(rv, s, _)| rv == resource_version && *s == status)
     }
 
-    pub fn remember_status(&self, ts: &ObjectRef<TokenSource>, resource_version: String, status: u64) {
-        self.lock().entry(ts.clone()).or_default().status = Some((resource_version, status));
+    pub fn remember_status(
+        &self,
+        ts: &ObjectRef<TokenSource>,
+        resource_version: String,
+        hash: u64,
+        status: TokenSourceStatus,
+    ) {
+        self.lock().entry(ts.clone()).or_default().status = Some((resource_version, hash, status));
+    }
+
+    /// The status this instance last wrote, if the cached object at `resource_version` has not
+    /// caught up with that write yet: a reconcile must build on it, not on the older status the
+    /// cache shows (which would drop what the write added, such as the Ready condition).
+    pub fn newer_status(&self, ts: &ObjectRef<TokenSource>, resource_version: &str) -> Option<TokenSourceStatus> {
+        self.lock()
+            .get(ts)
+            .and_then(|r| r.status.as_ref())
+            .filter(|(rv, _, _)| rv == resource_version)
+            .map(|(_, _, status)| status.clone())
     }
 
     pub fn failure(&self, ts: &ObjectRef<TokenSource>) -> Option<FailureRecord> {
@@ -115,6 +132,12 @@ impl Memory {
     /// Forgets a TokenSource that no longer exists.
     pub fn forget(&self, ts: &ObjectRef<TokenSource>) {
         self.lock().remove(ts);
+    }
+
+    /// Forgets everything: on a change of leadership, when another instance may have written
+    /// since, what counts is the cluster (Secret annotations and status).
+    pub fn clear(&self) {
+        self.lock().clear();
     }
 
     /// Forgets every TokenSource not in `live`.
@@ -177,9 +200,15 @@ mod tests {
         let m = Memory::default();
         let r = ObjectRef::new("a").within("ns");
         assert!(!m.wrote_status(&r, "7", 1));
-        m.remember_status(&r, "7".into(), 1);
+        let written = TokenSourceStatus { failed_renewal_attempts: 1, ..Default::default() };
+        m.remember_status(&r, "7".into(), 1, written.clone());
         assert!(m.wrote_status(&r, "7", 1), "the cache has not caught up with the write");
         assert!(!m.wrote_status(&r, "7", 2), "another status for the same object");
         assert!(!m.wrote_status(&r, "9", 1), "someone changed the object since");
+        // A reconcile of the stale object builds on what was written, not on what it shows.
+        assert_eq!(m.newer_status(&r, "7"), Some(written));
+        assert_eq!(m.newer_status(&r, "9"), None, "the cache has caught up (or someone else wrote)");
+        m.clear();
+        assert_eq!(m.newer_status(&r, "7"), None);
     }
 }

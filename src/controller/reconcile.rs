@@ -40,7 +40,9 @@ struct Known {
 }
 
 pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if ts.meta().deletion_timestamp.is_some() {
+    // A standby keeps its caches warm and does nothing else; the leader reconciles everything
+    // again when it takes over.
+    if ts.meta().deletion_timestamp.is_some() || !ctx.config.leadership.is_leading() {
         return Ok(Action::await_change());
     }
     ctx.references.record(&ts);
@@ -58,8 +60,16 @@ pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result
     let result = (outcome.status.failed_renewal_attempts > 0)
         .then(|| status::find(&outcome.status, ConditionType::Degraded).map(|c| c.reason.clone()))
         .flatten();
+    // Leadership lost during the attempt: whatever it learnt is not written (the new leader
+    // works it out again from the cluster).
+    if !ctx.config.leadership.is_leading() {
+        return Ok(Action::await_change());
+    }
     ctx.metrics.reconciles.get_or_create(&ResultLabels { result: result.unwrap_or_else(|| "Success".into()) }).inc();
-    ctx.write_status(&ts, &outcome.status).await?;
+    match ctx.write_status(&ts, &outcome.status).await {
+        Err(Error::NotLeader) => return Ok(Action::await_change()),
+        written => written?,
+    }
     if let Some(note) = outcome.event {
         ctx.publish(&ts, note).await;
     }
@@ -86,7 +96,11 @@ pub(super) fn error_policy(_ts: Arc<TokenSource>, err: &Error, _ctx: Arc<Context
 impl Context {
     /// Runs the pipeline and turns its result, success or failure, into the outcome to write.
     async fn attempt(&self, ts: &TokenSource, now: Timestamp) -> Outcome {
-        let mut status = ts.status.clone().unwrap_or_default();
+        let version = ts.resource_version().unwrap_or_default();
+        let mut status = self
+            .memory
+            .newer_status(&ObjectRef::from_obj(ts), &version)
+            .unwrap_or_else(|| ts.status.clone().unwrap_or_default());
         status.observed_generation = ts.meta().generation;
         let mut known = Known::default();
         match self.pipeline(ts, &status, now, &mut known).await {
@@ -161,7 +175,11 @@ impl Context {
             return Ok(status::backing_off(status.clone(), retry_at, known.expired_at, target, generation, now));
         }
 
-        // Fetch, then render and write.
+        // Fetch, then render and write. Only the leader calls a provider; a token it fetches
+        // after losing the Lease is discarded at the fence, never written.
+        if !self.config.leadership.is_leading() {
+            return Err(Error::NotLeader);
+        }
         let upstream_token = upstream.as_ref().and_then(|u| self.upstream_token(u, now));
         if let Some(t) = &upstream_token {
             known.redactor.add(t.as_bytes());
@@ -204,6 +222,11 @@ impl Context {
         now: Timestamp,
     ) -> Outcome {
         let me = ObjectRef::from_obj(ts);
+        if matches!(error, Error::NotLeader) {
+            // Not a failure of this TokenSource: nothing is counted or remembered.
+            tracing::debug!(tokensource = %ts.name_any(), "not the leader; nothing written");
+            return Outcome { status, event: None, requeue: None };
+        }
         let message = known.redactor.redact(&error.to_string());
         tracing::warn!(tokensource = %ts.name_any(), namespace = ts.namespace().unwrap_or_default(), reason = %error.reason(), error = message.as_str(), "no new token");
         let (outcome, record) = failure::on_failure(FailureInput {

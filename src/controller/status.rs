@@ -213,7 +213,7 @@ impl Context {
             .patch_status(&ts.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
             .await
             .map_err(Error::UpdateStatus)?;
-        self.memory.remember_status(&key, version, hash);
+        self.memory.remember_status(&key, version, hash, status.clone());
         self.metrics.status_writes.inc();
         Ok(())
     }

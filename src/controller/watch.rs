@@ -132,7 +132,7 @@ pub async fn run(
         by_target.affected(&s.namespace().unwrap_or_default(), &s.name_any(), owner.as_deref())
     });
     let by_secret = references.clone();
-    forward(meta_stream, tx, (metrics.clone(), "secret-metadata"), move |m: &PartialObjectMeta<Secret>| {
+    forward(meta_stream, tx.clone(), (metrics.clone(), "secret-metadata"), move |m: &PartialObjectMeta<Secret>| {
         by_secret.affected(&m.namespace().unwrap_or_default(), &m.name_any(), None)
     });
     targets.wait_until_ready().await.map_err(|e| StartError(e.to_string()))?;
@@ -154,6 +154,7 @@ pub async fn run(
         metrics: metrics.clone(),
         config: config.clone(),
     });
+    follow_leadership(&ctx, tx.clone(), health.clone());
     tracing::info!(namespace = ns.as_deref().unwrap_or("<all>"), "controller running");
     controller
         .with_config(controller::Config::default().concurrency(config.concurrency))
@@ -178,6 +179,41 @@ pub async fn run(
         })
         .await;
     Ok(())
+}
+
+/// Acts on changes of leadership: what this instance remembers is dropped either way (another
+/// instance may have written meanwhile), and on taking over every TokenSource is reconciled, so
+/// renewals that fell due in the gap happen at once.
+fn follow_leadership(ctx: &Arc<Context>, tx: mpsc::Sender<ObjectRef<TokenSource>>, health: Arc<Health>) {
+    let mut changes = ctx.config.leadership.changes();
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        // Leading at start (always, for a single instance) needs nothing here: the controller's
+        // first listing reconciles every TokenSource.
+        let mut first = true;
+        loop {
+            let leading = *changes.borrow_and_update();
+            ctx.metrics.leader.set(i64::from(leading));
+            if !std::mem::take(&mut first) {
+                ctx.memory.clear();
+                if leading {
+                    while !health.ready.load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    let all: Vec<_> = ctx.sources.state().iter().map(|ts| ObjectRef::from_obj(&**ts)).collect();
+                    tracing::info!(tokensources = all.len(), "leading: reconciling every TokenSource");
+                    for r in all {
+                        if tx.send(r).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// When the periodic work last ran.

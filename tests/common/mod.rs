@@ -64,6 +64,25 @@ pub fn check<T, S: std::fmt::Debug>(cond: bool, v: T, seen: S) -> Result<T, Stri
     if cond { Ok(v) } else { Err(format!("{seen:?}")) }
 }
 
+/// Installs the CRD and creates a fresh namespace named after `prefix`; returns its name.
+pub async fn install(client: &Client, prefix: &str) -> String {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "tokensources.tokensource.dev",
+        &PatchParams::apply("e2e").force(),
+        &Patch::Apply(tokensource_operator::crd::crd()),
+    )
+    .await
+    .expect("installing the CRD");
+    let ns = unique(prefix);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap_or_default())
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {ns}: {e}"));
+    ns
+}
+
 fn unique(prefix: &str) -> String {
     use rand::Rng;
     let n: u32 = rand::rng().random();
@@ -100,23 +119,7 @@ impl Env {
                 (Some(sim), client)
             }
         };
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        crds.patch(
-            "tokensources.tokensource.dev",
-            &PatchParams::apply("e2e").force(),
-            &Patch::Apply(tokensource_operator::crd::crd()),
-        )
-        .await
-        .expect("installing the CRD");
-        let ns = unique("e2e");
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        namespaces
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap_or_default(),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("creating namespace {ns}: {e}"));
+        let ns = install(&client, "e2e").await;
         let (fakes, allow_http) = if tls {
             (Fakes::start_tls(fake_config).await.expect("fakes"), false)
         } else {

@@ -17,7 +17,35 @@ pub struct RequestInfo {
     pub resource: String,
     pub namespace: String,
     pub name: String,
+    /// The client's `User-Agent` header.
+    pub user_agent: String,
 }
+
+/// One request as the log keeps it: what it did, who sent it, and how it was answered.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LoggedRequest {
+    /// When the answer was sent, in milliseconds since the Unix epoch.
+    pub at_unix_millis: u64,
+    pub verb: String,
+    pub resource: String,
+    pub namespace: String,
+    pub name: String,
+    pub user_agent: String,
+    /// The HTTP status of the answer (200 for a watch that started).
+    pub code: u16,
+}
+
+impl LoggedRequest {
+    /// A request that changed (or could have changed) stored state and succeeded.
+    pub fn is_successful_write(&self) -> bool {
+        matches!(self.verb.as_str(), "create" | "update" | "patch" | "delete" | "deletecollection")
+            && (200..300).contains(&self.code)
+    }
+}
+
+/// How many requests the log keeps (the oldest go first).
+const LOG_CAPACITY: usize = 200_000;
 
 /// Selects requests; an unset field matches anything.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -27,6 +55,9 @@ pub struct Matcher {
     pub resource: Option<String>,
     pub namespace: Option<String>,
     pub name: Option<String>,
+    /// Matches requests whose `User-Agent` contains this text: one client's requests, to cut it
+    /// off from the API while others go on (a partition).
+    pub user_agent: Option<String>,
 }
 
 impl Matcher {
@@ -40,12 +71,18 @@ impl Matcher {
         self
     }
 
+    /// Every request of the clients whose `User-Agent` contains `text`.
+    pub fn from_client(text: &str) -> Self {
+        Self { user_agent: Some(text.into()), ..Default::default() }
+    }
+
     fn matches(&self, r: &RequestInfo) -> bool {
         let ok = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
         ok(&self.verb, &r.verb)
             && ok(&self.resource, &r.resource)
             && ok(&self.namespace, &r.namespace)
             && ok(&self.name, &r.name)
+            && self.user_agent.as_deref().is_none_or(|w| r.user_agent.contains(w))
     }
 }
 
@@ -74,6 +111,7 @@ struct Rules {
     failures: Vec<Failure>,
     latencies: Vec<Latency>,
     counts: BTreeMap<(String, String), u64>,
+    log: std::collections::VecDeque<LoggedRequest>,
 }
 
 /// The handle tests hold to break the API on purpose and to count what clients did.
@@ -160,6 +198,34 @@ impl Faults {
 
     pub fn reset_counts(&self) {
         self.rules().counts.clear();
+    }
+
+    /// Logs the answer to one request (the last 200,000 are kept).
+    pub fn record(&self, info: &RequestInfo, code: u16) {
+        let at_unix_millis =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let mut r = self.rules();
+        if r.log.len() >= LOG_CAPACITY {
+            r.log.pop_front();
+        }
+        r.log.push_back(LoggedRequest {
+            at_unix_millis,
+            verb: info.verb.clone(),
+            resource: info.resource.clone(),
+            namespace: info.namespace.clone(),
+            name: info.name.clone(),
+            user_agent: info.user_agent.clone(),
+            code,
+        });
+    }
+
+    /// The logged requests, oldest first.
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        self.rules().log.iter().cloned().collect()
+    }
+
+    pub fn clear_requests(&self) {
+        self.rules().log.clear();
     }
 
     /// Runs the rules for one request: counts it, waits while paused, adds latency, and fails it

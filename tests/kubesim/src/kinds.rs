@@ -28,6 +28,7 @@ pub enum Builtin {
     Role,
     RoleBinding,
     Deployment,
+    PodDisruptionBudget,
     CustomResourceDefinition,
 }
 
@@ -48,7 +49,7 @@ type SchemaParts = (Value, Map<String, Value>);
 type Row = (Vec<Value>, Vec<Value>);
 
 impl Builtin {
-    pub const ALL: [Builtin; 13] = [
+    pub const ALL: [Builtin; 14] = [
         Self::Namespace,
         Self::Secret,
         Self::ConfigMap,
@@ -61,6 +62,7 @@ impl Builtin {
         Self::Role,
         Self::RoleBinding,
         Self::Deployment,
+        Self::PodDisruptionBudget,
         Self::CustomResourceDefinition,
     ];
 
@@ -95,6 +97,10 @@ impl Builtin {
                 generation: true,
                 categories: &["all"],
                 ..r("apps", "deployments", "Deployment", true, &["deploy"], true)
+            },
+            Self::PodDisruptionBudget => Registration {
+                generation: true,
+                ..r("policy", "poddisruptionbudgets", "PodDisruptionBudget", true, &["pdb"], true)
             },
             Self::CustomResourceDefinition => Registration {
                 generation: true,
@@ -178,6 +184,7 @@ impl Builtin {
             Self::EventV1 => generate::<api::events::v1::Event>(),
             Self::Lease => generate::<api::coordination::v1::Lease>(),
             Self::Deployment => generate::<api::apps::v1::Deployment>(),
+            Self::PodDisruptionBudget => generate::<api::policy::v1::PodDisruptionBudget>(),
             Self::ClusterRole => generate::<api::rbac::v1::ClusterRole>(),
             Self::ClusterRoleBinding => generate::<api::rbac::v1::ClusterRoleBinding>(),
             Self::Role => generate::<api::rbac::v1::Role>(),

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use faults::{Faults, Matcher};
+pub use faults::{Faults, LoggedRequest, Matcher};
 
 /// How to start the emulator.
 #[derive(Clone, Debug)]

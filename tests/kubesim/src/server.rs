@@ -98,11 +98,32 @@ async fn handle(
         ["openapi", "v3", "api", v] => Ok(ok(&openapi_doc(&shared, "", v))),
         ["openapi", "v3", "apis", g, v] => Ok(ok(&openapi_doc(&shared, g, v))),
         ["kubesim", rest @ ..] => admin(&shared, &method, rest, &body),
-        ["api", "v1", rest @ ..] => resource(&shared, "", "v1", rest, method, &headers, &params, body).await,
-        ["apis", g, v, rest @ ..] => resource(&shared, g, v, rest, method, &headers, &params, body).await,
+        ["api", "v1", rest @ ..] => {
+            logged(&shared, resource(&shared, "", "v1", rest, method, &headers, &params, body)).await
+        }
+        ["apis", g, v, rest @ ..] => {
+            logged(&shared, resource(&shared, g, v, rest, method, &headers, &params, body)).await
+        }
         _ => Err(ApiError::new(404, "NotFound", "the server could not find the requested resource")),
     };
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Runs a resource request and logs its answer (requests that never name a resource are not
+/// logged).
+async fn logged(
+    shared: &Shared,
+    request: impl std::future::Future<Output = (Option<RequestInfo>, ApiResult<Response>)>,
+) -> ApiResult<Response> {
+    let (info, result) = request.await;
+    if let Some(info) = info {
+        let code = match &result {
+            Ok(r) => r.status().as_u16(),
+            Err(e) => e.code,
+        };
+        shared.faults.record(&info, code);
+    }
+    result
 }
 
 fn served_versions(shared: &Shared) -> Vec<(String, String, Vec<ResourceDef>)> {
@@ -197,6 +218,8 @@ fn admin(shared: &Shared, method: &Method, rest: &[&str], body: &Bytes) -> ApiRe
         ("DELETE", ["faults"]) => faults.clear(),
         ("GET", ["counts"]) => return Ok(ok(&json!(faults.counts()))),
         ("DELETE", ["counts"]) => faults.reset_counts(),
+        ("GET", ["requests"]) => return Ok(ok(&json!(faults.requests()))),
+        ("DELETE", ["requests"]) => faults.clear_requests(),
         _ => return Err(ApiError::new(404, "NotFound", "unknown kubesim admin path")),
     }
     Ok(ok(&json!({"status": "ok"})))
@@ -266,6 +289,7 @@ fn list_opts(params: &Params) -> ApiResult<ListOpts> {
     })
 }
 
+/// A request on a resource, with what it was (once that is known) for the request log.
 #[allow(clippy::too_many_arguments)]
 async fn resource(
     shared: &Arc<Shared>,
@@ -276,6 +300,20 @@ async fn resource(
     headers: &HeaderMap,
     params: &Params,
     body: Bytes,
+) -> (Option<RequestInfo>, ApiResult<Response>) {
+    let mut seen = None;
+    let result = serve_resource(shared, (group, version, rest), method, headers, params, body, &mut seen).await;
+    (seen, result)
+}
+
+async fn serve_resource(
+    shared: &Arc<Shared>,
+    (group, version, rest): (&str, &str, &[&str]),
+    method: Method,
+    headers: &HeaderMap,
+    params: &Params,
+    body: Bytes,
+    seen: &mut Option<RequestInfo>,
 ) -> ApiResult<Response> {
     let target = parse_target(shared, group, rest)?;
     let mut ctx = shared.state().ctx_for(group, target.plural, target.namespace.clone())?;
@@ -320,7 +358,9 @@ async fn resource(
         },
         namespace: target.namespace.clone().unwrap_or_default(),
         name: target.name.unwrap_or_default().to_string(),
+        user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string(),
     };
+    *seen = Some(info.clone());
     shared.faults.admit(&info).await?;
     if ctx.def.namespaced && target.namespace.is_none() && !matches!(verb, "list" | "watch") {
         return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));

@@ -465,6 +465,47 @@ async fn fault_injection_controls() {
     assert_eq!(sim.faults().count("create", "secrets"), 0);
 }
 
+/// A client that names itself, as the operator does with its leader-election identity.
+fn client_named(sim: &KubeSim, agent: &str) -> kube::Client {
+    let mut config = kube::Config::new(sim.url().parse().unwrap());
+    config.default_namespace = "default".into();
+    config.headers.push((http::header::USER_AGENT, http::HeaderValue::from_str(agent).unwrap()));
+    kube::Client::try_from(config).unwrap()
+}
+
+#[tokio::test]
+async fn one_client_can_be_cut_off_and_every_answer_is_logged() {
+    let sim = start().await;
+    let a: Api<Secret> = Api::default_namespaced(client_named(&sim, "op/1 (a_1)"));
+    let b: Api<Secret> = Api::default_namespaced(client_named(&sim, "op/1 (b_2)"));
+    sim.faults().fail_next(
+        Matcher { verb: Some("create".into()), ..Matcher::from_client("(a_1)") },
+        u32::MAX,
+        500,
+        None,
+    );
+    let (code, _, _) = api_error(a.create(&PostParams::default(), &secret("x", json!({}))).await.unwrap_err());
+    assert_eq!(code, 500);
+    b.create(&PostParams::default(), &secret("x", json!({}))).await.expect("the other client is not cut off");
+    a.get("x").await.expect("only the matched verb fails");
+    let log: Vec<(String, String, u16, bool)> = sim
+        .faults()
+        .requests()
+        .into_iter()
+        .map(|r| (r.verb.clone(), r.user_agent.clone(), r.code, r.is_successful_write()))
+        .collect();
+    assert_eq!(
+        log,
+        [
+            ("create".into(), "op/1 (a_1)".into(), 500, false),
+            ("create".into(), "op/1 (b_2)".into(), 201, true),
+            ("get".into(), "op/1 (a_1)".into(), 200, false),
+        ]
+    );
+    sim.faults().clear_requests();
+    assert!(sim.faults().requests().is_empty());
+}
+
 #[tokio::test]
 async fn events_are_one_store_under_two_apis() {
     let sim = start().await;
