@@ -116,6 +116,12 @@ words! {
         TokenIssued,
         /// An Event: the Secret was deleted or edited and the operator wrote its token back.
         SecretRestored,
+        /// An Event: a new token was written because `tokensource.dev/refresh-requested-at`
+        /// asked for one.
+        ManualRefresh,
+        /// An Event: a `tokensource.dev/refresh-requested-at` value that is not an RFC 3339 time
+        /// was ignored.
+        RefreshRequestInvalid,
     }
 }
 
@@ -129,6 +135,6 @@ mod tests {
         assert_eq!(ConditionType::Ready.to_string(), "Ready");
         assert_eq!(ConditionStatus::from(false), "False");
         assert!(Reason::ALL.iter().all(|r| r.as_str().chars().next().is_some_and(char::is_uppercase)));
-        assert_eq!(Reason::ALL.len(), 21);
+        assert_eq!(Reason::ALL.len(), 23);
     }
 }

@@ -44,10 +44,11 @@ const JSON_PATH: &str = r"^\$";
     status = "TokenSourceStatus",
     doc = "A TokenSource obtains a short-lived API token from a token endpoint, writes it into a target Secret and renews it before it expires.",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether the target Secret holds a valid token"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Degraded\")].reason","description":"AsExpected, or why the last attempt to get a token failed (shown while the stored token is still valid too)"}"#,
     printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".spec.target.name","priority":1,"description":"The target Secret"}"#,
     printcolumn = r#"{"name":"Expires","type":"string","format":"date-time","jsonPath":".status.expirationTime","description":"When the current token expires"}"#,
     printcolumn = r#"{"name":"Renewal","type":"string","format":"date-time","jsonPath":".status.renewalTime","description":"When the operator will next ask for a token"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","priority":1,"description":"Why the TokenSource is or is not ready"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.conditions[?(@.type==\"Degraded\")].message","priority":1,"description":"What the last failed attempt met, such as the provider's answer"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -981,6 +982,24 @@ pub struct TokenSourceStatus {
     /// When the last attempt failed; the `Degraded` condition says why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure_time: Option<Time>,
+
+    /// The value of the `tokensource.dev/refresh-requested-at` annotation last acted on: a new
+    /// value asks for one new token, even while the current one is valid or during a backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub last_refresh_request: Option<String>,
+}
+
+/// The annotation that asks for a new token now: set it to a new RFC 3339 time (`kubectl
+/// tokensource refresh` does), and the operator requests one token for that value.
+pub const REFRESH_REQUESTED_AT_ANNOTATION: &str = "tokensource.dev/refresh-requested-at";
+
+impl TokenSource {
+    /// The manual refresh asked for: the annotation's value, if set.
+    pub fn refresh_requested(&self) -> Option<&str> {
+        let requested = self.metadata.annotations.as_ref()?.get(REFRESH_REQUESTED_AT_ANNOTATION)?.trim();
+        (!requested.is_empty()).then_some(requested)
+    }
 }
 
 fn is_zero(n: &i32) -> bool {

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod conditions;
+pub mod consumers;
 pub mod controller;
 pub mod crd;
 pub mod credentials;

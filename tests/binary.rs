@@ -153,10 +153,29 @@ async fn run_serves_probes_and_metrics_issues_tokens_and_stops_on_sigterm() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (code, metrics) = http_get(&format!("{base}/metrics")).await.unwrap_or_default();
+    // The per-TokenSource series follow the status write, which follows the Secret write.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (code, metrics) = loop {
+        let (code, metrics) = http_get(&format!("{base}/metrics")).await.unwrap_or_default();
+        if metrics.contains("condition=\"True\"} 1") || Instant::now() > deadline {
+            break (code, metrics);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(code, 200);
     assert!(metrics.contains("tokensource_secret_writes_total 1"), "{metrics}");
     assert!(metrics.contains("tokensource_token_requests_total{host=\"127.0.0.1\",result=\"Success\"} 1"), "{metrics}");
+    for series in [
+        "tokensource_expiration_timestamp_seconds{namespace=\"team\",name=\"podero\"} 1",
+        "tokensource_renewal_timestamp_seconds{namespace=\"team\",name=\"podero\"} 1",
+        "tokensource_ready_status{namespace=\"team\",name=\"podero\",condition=\"True\"} 1",
+        "tokensource_refreshes_total{result=\"success\",reason=\"NoToken\"} 1",
+        "tokensource_token_request_duration_seconds_count{host=\"127.0.0.1\",status_class=\"2xx\"} 1",
+        "tokensource_reconcile_duration_seconds_count ",
+        "tokensource_leader 1",
+    ] {
+        assert!(metrics.contains(series), "{series} missing from\n{metrics}");
+    }
 
     let pid = child.id().to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status();

@@ -69,7 +69,7 @@ async fn deploy_and_examples_apply_cleanly() {
         let (ok, out, err) = kubectl(&sim, &["get", "tokensources"]);
         assert!(ok, "{err}");
         let header: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();
-        assert_eq!(header, ["NAME", "READY", "EXPIRES", "RENEWAL", "AGE"], "{out}");
+        assert_eq!(header, ["NAME", "READY", "REASON", "EXPIRES", "RENEWAL", "AGE"], "{out}");
         assert_eq!(out.lines().count(), 6, "{out}");
         let (ok, out, _) = kubectl(&sim, &["get", "tks", "-o", "wide"]);
         assert!(ok && out.contains("SECRET") && out.contains("podero-token"), "{out}");
@@ -90,19 +90,21 @@ async fn deploy_and_examples_apply_cleanly() {
     });
 }
 
-#[test]
-fn the_network_policy_component_renders() {
-    // kustomize takes only relative paths, so the install is copied beside a user's overlay.
-    let work = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("network-policy-overlay");
+/// Renders the install with `components` the way a user's overlay would (kustomize takes only
+/// relative paths, so the install is copied beside the overlay); returns the documents and the
+/// rendered file.
+fn render(variant: &str, components: &[&str]) -> (Vec<serde_json::Value>, std::path::PathBuf) {
+    let work = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("overlay-{variant}"));
     let _ = std::fs::remove_dir_all(&work);
     for part in ["deploy", "crds"] {
         copy_tree(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(part), &work.join(part));
     }
     let dir = work.join("overlay");
     std::fs::create_dir_all(&dir).unwrap();
+    let components: Vec<String> = components.iter().map(|c| format!("../deploy/{c}")).collect();
     std::fs::write(
         dir.join("kustomization.yaml"),
-        "resources: [../deploy]\ncomponents: [../deploy/components/network-policy]\n",
+        format!("resources: [../deploy]\ncomponents: [{}]\n", components.join(", ")),
     )
     .unwrap();
     let out = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into()))
@@ -110,9 +112,16 @@ fn the_network_policy_component_renders() {
         .arg(&dir)
         .output()
         .expect("kubectl is required for this test");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let file = work.join("rendered.yaml");
+    std::fs::write(&file, &text).unwrap();
+    (serde_saphyr::from_multiple(&text).unwrap(), file)
+}
+
+#[test]
+fn the_network_policy_component_renders() {
+    let (docs, _) = render("network-policy", &["components/network-policy"]);
     let policy = docs.iter().find(|d| d["kind"] == "NetworkPolicy").expect("a NetworkPolicy");
     assert_eq!(policy["spec"]["ingress"][0]["ports"][0]["port"], 8080);
     let egress: Vec<i64> = policy["spec"]["egress"]
@@ -123,6 +132,44 @@ fn the_network_policy_component_renders() {
         .collect();
     assert_eq!(egress, [53, 53, 443, 6443]);
     assert!(docs.iter().any(|d| d["kind"] == "Deployment"), "the component adds to the install");
+}
+
+#[test]
+fn the_monitoring_component_scrapes_the_admin_port() {
+    let (docs, _) = render("monitoring", &["monitoring"]);
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    for kind in ["Service", "ServiceMonitor", "PrometheusRule", "Deployment"] {
+        assert!(kinds.contains(&kind), "{kind} missing: {kinds:?}");
+    }
+    let monitor = docs.iter().find(|d| d["kind"] == "ServiceMonitor").unwrap();
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "admin");
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let ports = &deployment["spec"]["template"]["spec"]["containers"][0]["ports"];
+    assert_eq!(ports[0]["name"], "admin", "the Service's targetPort names the container port");
+}
+
+/// Every install variant renders and passes the Kubernetes 1.33 schemas (strict: no unknown
+/// field), checked offline by the Python package `kubernetes-validate` (`.ci/run` installs it;
+/// the test fails, not skips, without it). The Prometheus Operator's kinds have no schema there.
+#[test]
+fn every_install_variant_passes_the_kubernetes_schemas() {
+    for (variant, components) in [
+        ("base", &[][..]),
+        ("monitoring", &["monitoring"][..]),
+        ("network-policy", &["components/network-policy"][..]),
+        ("everything", &["monitoring", "components/network-policy"][..]),
+    ] {
+        let (docs, file) = render(&format!("validate-{variant}"), components);
+        assert!(docs.len() >= 9, "{variant}: {} documents", docs.len());
+        let bin = std::env::var("KUBERNETES_VALIDATE").unwrap_or_else(|_| "kubernetes-validate".into());
+        let out = Command::new(&bin)
+            .args(["-k", "1.33.0", "--strict", "--quiet"])
+            .arg(&file)
+            .output()
+            .unwrap_or_else(|e| panic!("{bin} is required for this test (pip install kubernetes-validate): {e}"));
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && !text.contains("ERROR"), "{variant}:\n{text}");
+    }
 }
 
 fn copy_tree(from: &std::path::Path, to: &std::path::Path) {

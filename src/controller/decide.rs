@@ -216,7 +216,7 @@ mod tests {
 
     #[test]
     fn backoff_holds_until_its_time_or_a_change() {
-        let record = FailureRecord { fingerprint: "fp".into(), retry_at: t(30), failures: 1 };
+        let record = FailureRecord { fingerprint: "fp".into(), retry_at: t(30), failures: 1, provider: true };
         let none = TokenSourceStatus::default();
         assert_eq!(backoff_pending(Some(&record), &none, Some(1), "fp", t(10)), Some(t(30)));
         assert_eq!(backoff_pending(Some(&record), &none, Some(1), "fp", t(30)), None, "its time has come");

@@ -89,7 +89,9 @@ pub fn on_failure(input: FailureInput<'_>) -> (Outcome, Option<FailureRecord>) {
     let requeue = match class {
         Some(class) => {
             let at = schedule::retry_at(clock, failures, class, error.retry_after(), valid_until, jitter);
-            record = fingerprint.map(|fp| FailureRecord { fingerprint: fp.to_string(), retry_at: at, failures });
+            let provider = matches!(error, Error::FetchToken(_));
+            record =
+                fingerprint.map(|fp| FailureRecord { fingerprint: fp.to_string(), retry_at: at, failures, provider });
             status.renewal_time = Some(Time(at));
             Some(until(clock, at))
         }
@@ -157,7 +159,10 @@ mod tests {
         assert_eq!(o.status.failed_renewal_attempts, 1);
         assert_eq!(o.status.last_failure_time, Some(Time(t(0))));
         assert_eq!(o.requeue, Some(Duration::from_secs(2)), "transient: 2 s first");
-        assert_eq!(record, Some(FailureRecord { fingerprint: "fp".into(), retry_at: t(2), failures: 1 }));
+        assert_eq!(
+            record,
+            Some(FailureRecord { fingerprint: "fp".into(), retry_at: t(2), failures: 1, provider: true })
+        );
         let ev = o.event.unwrap();
         assert!(ev.warning && ev.reason == Reason::ProviderUnavailable && ev.message.contains("maintenance"));
     }

@@ -10,6 +10,7 @@ use kube::ResourceExt;
 
 use crate::credentials::Credentials;
 use crate::error::{Error, ProviderError};
+use crate::metrics::{LatencyLabels, RefreshLabels};
 use crate::providers;
 use crate::response::Token;
 
@@ -51,11 +52,20 @@ impl Context {
             }
             Err(e) => Err(e),
         };
-        self.metrics.token_request_seconds.observe(started.elapsed().as_secs_f64());
-        let result_label = match &result {
-            Ok(_) => "Success".to_string(),
-            Err(e) => e.reason().to_string(),
+        let status_class = match &result {
+            Ok(_) => "2xx".to_string(),
+            Err(ProviderError::Status { status, .. }) => format!("{}xx", status / 100),
+            Err(_) => "error".to_string(),
         };
+        let latency = LatencyLabels { host: host.clone(), status_class };
+        self.metrics.token_request_seconds.get_or_create(&latency).observe(started.elapsed().as_secs_f64());
+        let (result_label, refresh) = match &result {
+            Ok(_) => ("Success".to_string(), RefreshLabels { result: "success".into(), reason: why.into() }),
+            Err(e) => {
+                (e.reason().to_string(), RefreshLabels { result: "failure".into(), reason: e.reason().to_string() })
+            }
+        };
+        self.metrics.refreshes.get_or_create(&refresh).inc();
         self.metrics.token_request(&host, &result_label);
         Ok(Some(result?))
     }

@@ -26,6 +26,9 @@ pub struct FailureRecord {
     pub retry_at: Timestamp,
     /// Consecutive failures so far.
     pub failures: u32,
+    /// The token endpoint failed or refused: a new token is still owed, and is retried after
+    /// the backoff even while the one in hand is valid (after a failed manual refresh).
+    pub provider: bool,
 }
 
 /// A token this instance fetched, and the fingerprint of the request that produced it.
@@ -184,7 +187,7 @@ mod tests {
     fn failures_end_with_a_write_and_everything_ends_with_the_source() {
         let m = Memory::default();
         let r = ObjectRef::new("a").within("ns");
-        let f = FailureRecord { fingerprint: "fp".into(), retry_at: at(30), failures: 2 };
+        let f = FailureRecord { fingerprint: "fp".into(), retry_at: at(30), failures: 2, provider: true };
         m.remember_failure(&r, f.clone());
         assert_eq!(m.failure(&r), Some(f));
         m.remember_written(&r, Some("42".into()));

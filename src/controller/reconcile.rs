@@ -15,10 +15,10 @@ use kube::{Resource, ResourceExt};
 use super::decide::{self, Decision};
 use super::failure::{self, FailureInput};
 use super::memory::Held;
-use super::status::{self, Outcome};
+use super::status::{self, Note, Outcome};
 use super::{Context, validate};
-use crate::conditions::ConditionType;
-use crate::crd::{TokenSource, TokenSourceStatus};
+use crate::conditions::{ConditionType, Reason};
+use crate::crd::{REFRESH_REQUESTED_AT_ANNOTATION, TokenSource, TokenSourceStatus};
 use crate::error::Error;
 use crate::metrics::ResultLabels;
 use crate::redact::Redactor;
@@ -47,6 +47,7 @@ pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result
     }
     ctx.references.record(&ts);
     let now = schedule::whole_second(Timestamp::now());
+    let started = std::time::Instant::now();
     // A panic (a bug, triggered by this TokenSource's input) is this TokenSource's failure, not
     // the process's: every other TokenSource keeps being served.
     let outcome = guarded(ctx.attempt(&ts, now), || {
@@ -65,6 +66,7 @@ pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result
     if !ctx.config.leadership.is_leading() {
         return Ok(Action::await_change());
     }
+    ctx.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
     ctx.metrics.reconciles.get_or_create(&ResultLabels { result: result.unwrap_or_else(|| "Success".into()) }).inc();
     match ctx.write_status(&ts, &outcome.status).await {
         Err(Error::NotLeader) => return Ok(Action::await_change()),
@@ -102,10 +104,25 @@ impl Context {
             .newer_status(&ObjectRef::from_obj(ts), &version)
             .unwrap_or_else(|| ts.status.clone().unwrap_or_default());
         status.observed_generation = ts.meta().generation;
+        let manual = ts.refresh_requested().filter(|r| status.last_refresh_request.as_deref() != Some(*r));
+        if let Some(value) = manual.filter(|v| v.parse::<Timestamp>().is_err()) {
+            status.last_refresh_request = Some(value.to_string());
+            let message = format!(
+                "ignored {REFRESH_REQUESTED_AT_ANNOTATION}={value:?}: not an RFC 3339 time such as 2026-01-02T03:04:05Z"
+            );
+            let event = Some(Note { warning: true, reason: Reason::RefreshRequestInvalid, message });
+            return Outcome { status, requeue: None, event };
+        }
         let mut known = Known::default();
-        match self.pipeline(ts, &status, now, &mut known).await {
+        match self.pipeline(ts, &status, now, &mut known, manual).await {
             Ok(outcome) => outcome,
-            Err(error) => self.failure(ts, status, &error, known, now),
+            Err(error) => {
+                // A requested refresh that failed is still handled: the backoff takes over.
+                if let Some(value) = manual {
+                    status.last_refresh_request = Some(value.to_string());
+                }
+                self.failure(ts, status, &error, known, now)
+            }
         }
     }
 
@@ -115,6 +132,7 @@ impl Context {
         status: &TokenSourceStatus,
         now: Timestamp,
         known: &mut Known,
+        manual: Option<&str>,
     ) -> Result<Outcome, Error> {
         let me = ObjectRef::from_obj(ts);
         let generation = ts.meta().generation;
@@ -148,7 +166,15 @@ impl Context {
         });
         let times = in_hand.as_ref().map(|t| (t.issued_at, t.expires_at));
         let missing = decide::missing(stored.as_ref(), &fingerprint);
-        let why = match decide::decide(times, missing, &uid, &plan.policy, now) {
+        // A manual refresh fetches whatever the token in hand; a token the provider failed to
+        // give (a failed manual refresh) is still owed, after the backoff.
+        let owed = self.memory.failure(&me).is_some_and(|f| f.provider && f.fingerprint == fingerprint);
+        let decision = match (manual, decide::decide(times, missing, &uid, &plan.policy, now)) {
+            (Some(_), _) => Decision::Fetch { why: "ManualRefresh" },
+            (None, Decision::Keep { .. }) if owed => Decision::Fetch { why: "RetryAfterFailure" },
+            (None, decision) => decision,
+        };
+        let why = match decision {
             Decision::Keep { refresh_at } => {
                 let Some(token) = in_hand else { return Err(Error::Internal("a kept token went missing".into())) };
                 let restored = match decide::needs_write(stored.as_ref(), token.issued_at, &shape) {
@@ -171,7 +197,8 @@ impl Context {
             Decision::Fetch { why } => why,
         };
         let remembered = self.memory.failure(&me);
-        if let Some(retry_at) = decide::backoff_pending(remembered.as_ref(), status, generation, &fingerprint, now) {
+        let backoff = decide::backoff_pending(remembered.as_ref(), status, generation, &fingerprint, now);
+        if let Some(retry_at) = backoff.filter(|_| manual.is_none()) {
             return Ok(status::backing_off(status.clone(), retry_at, known.expired_at, target, generation, now));
         }
 
@@ -194,7 +221,19 @@ impl Context {
         let refresh_at =
             plan.policy.refresh_at(token.issued_at, token.expires_at, schedule::jitter_for(&uid, token.issued_at));
         let issued = Stored::issued(ts.name_any(), fingerprint, &token);
-        Ok(status::issued(status.clone(), &issued, target, refresh_at, generation, now))
+        let mut outcome = status::issued(status.clone(), &issued, target, refresh_at, generation, now);
+        if let Some(value) = manual {
+            outcome.status.last_refresh_request = Some(value.to_string());
+            outcome.event = Some(Note {
+                warning: false,
+                reason: Reason::ManualRefresh,
+                message: format!(
+                    "Wrote a new token to Secret {target:?} as requested ({REFRESH_REQUESTED_AT_ANNOTATION}={value}); it expires at {}",
+                    token.expires_at
+                ),
+            });
+        }
+        Ok(outcome)
     }
 
     /// Renders the Secret for `token` and writes it.

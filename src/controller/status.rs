@@ -142,12 +142,15 @@ pub fn issued(
     now: Timestamp,
 ) -> Outcome {
     let was_ready = is_ready(&status);
+    let failures = status.failed_renewal_attempts;
     let mut outcome = ready(status, stored, target, refresh_at, generation, now);
-    outcome.event = (!was_ready).then(|| Note {
+    // Issuance and recovery are news; a routine renewal is not.
+    let after = if failures > 0 { format!(" after {failures} failed attempts") } else { String::new() };
+    outcome.event = (!was_ready || failures > 0).then(|| Note {
         warning: false,
         reason: Reason::TokenIssued,
         message: format!(
-            "Wrote a token to Secret {target:?}; it expires at {}",
+            "Wrote a token to Secret {target:?}{after}; it expires at {}",
             stored.expires_at.map(|e| e.to_string()).unwrap_or_default()
         ),
     });

@@ -155,6 +155,7 @@ pub async fn run(
         config: config.clone(),
     });
     follow_leadership(&ctx, tx.clone(), health.clone());
+    metrics.sources.attach(ctx.sources.clone(), config.leadership.clone());
     tracing::info!(namespace = ns.as_deref().unwrap_or("<all>"), "controller running");
     controller
         .with_config(controller::Config::default().concurrency(config.concurrency))

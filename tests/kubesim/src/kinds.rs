@@ -18,6 +18,8 @@ pub enum Builtin {
     Secret,
     ConfigMap,
     ServiceAccount,
+    /// Pods are stored and served (no scheduling, no kubelet): what reads them can be tested.
+    Pod,
     /// `core/v1` events.
     Event,
     /// `events.k8s.io/v1` events, stored with the `core/v1` ones and converted both ways.
@@ -49,11 +51,12 @@ type SchemaParts = (Value, Map<String, Value>);
 type Row = (Vec<Value>, Vec<Value>);
 
 impl Builtin {
-    pub const ALL: [Builtin; 14] = [
+    pub const ALL: [Builtin; 15] = [
         Self::Namespace,
         Self::Secret,
         Self::ConfigMap,
         Self::ServiceAccount,
+        Self::Pod,
         Self::Event,
         Self::EventV1,
         Self::Lease,
@@ -84,6 +87,7 @@ impl Builtin {
             Self::Secret => r("", "secrets", "Secret", true, &[], false),
             Self::ConfigMap => r("", "configmaps", "ConfigMap", true, &["cm"], false),
             Self::ServiceAccount => r("", "serviceaccounts", "ServiceAccount", true, &["sa"], false),
+            Self::Pod => Registration { categories: &["all"], ..r("", "pods", "Pod", true, &["po"], true) },
             Self::Event => r("", "events", "Event", true, &["ev"], false),
             Self::EventV1 => r("events.k8s.io", "events", "Event", true, &["ev"], false),
             Self::Lease => r("coordination.k8s.io", "leases", "Lease", true, &[], false),
@@ -180,6 +184,7 @@ impl Builtin {
             Self::Secret => generate::<api::core::v1::Secret>(),
             Self::ConfigMap => generate::<api::core::v1::ConfigMap>(),
             Self::ServiceAccount => generate::<api::core::v1::ServiceAccount>(),
+            Self::Pod => generate::<api::core::v1::Pod>(),
             Self::Event => generate::<api::core::v1::Event>(),
             Self::EventV1 => generate::<api::events::v1::Event>(),
             Self::Lease => generate::<api::coordination::v1::Lease>(),

@@ -1,0 +1,139 @@
+//! `kubectl tokensource`, run through the real kubectl (which finds the plugin on PATH) against
+//! kubesim, with the controller running: manual refresh, its guards, and `status`.
+#![cfg(test)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Env, WAIT, check, eventually, podero, podero_credentials};
+use fake_providers::Endpoint;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+const PLUGIN: &str = env!("CARGO_BIN_EXE_kubectl-tokensource");
+
+/// Runs `kubectl <args>` with the plugin's directory first on PATH.
+fn kubectl(env: &Env, args: &[&str]) -> (bool, String, String) {
+    let sim = env.sim.as_ref().expect("kubesim");
+    let dir = std::path::Path::new(PLUGIN).parent().unwrap();
+    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into());
+    let out = Command::new(kubectl)
+        .args(args)
+        .env("PATH", path)
+        .env("KUBECONFIG", sim.kubeconfig_path())
+        .output()
+        .expect("kubectl is required for this test");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_fetches_once_per_request_even_during_a_backoff_and_status_tells_the_story() {
+    let env = Env::start().await;
+    podero_credentials(&env).await;
+    env.create(podero(&env, "api", "api-token")).await;
+    let first = env.wait_token("api-token", None).await;
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 1);
+
+    // A manual refresh while the token is valid: one new token, recorded in status.
+    let (ok, out, err) =
+        tokio::task::block_in_place(|| kubectl(&env, &["tokensource", "refresh", "api", "-n", &env.ns]));
+    assert!(ok, "{err}");
+    assert!(out.contains("tokensource.tokensource.dev/api refresh requested at 20"), "{out}");
+    let second = env.wait_token("api-token", Some(&first)).await;
+    let handled = eventually("the request recorded in status", WAIT, || async {
+        let s = env.status("api").await?;
+        check(s.last_refresh_request.is_some(), s.last_refresh_request.clone(), s)
+    })
+    .await;
+    let source = env.source("api").await;
+    assert_eq!(handled.as_deref(), source.refresh_requested());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 2, "one request per value, not one per reconcile");
+    assert!(env.events("api").await.iter().any(|e| e.1 == "ManualRefresh" && e.0 == "Normal"));
+
+    // During a backoff: the provider is down and asks for a minute; a refresh goes through now.
+    env.fakes.fail_next(Endpoint::Podero, 1, 503, json!({"error": "temporarily_unavailable"}), Some(60));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::task::block_in_place(|| kubectl(&env, &["tokensource", "refresh", "--all", "-n", &env.ns]));
+    env.wait_ready("api", "True", "TokenValid").await;
+    eventually("the failed attempt in status", WAIT, || async {
+        let s = env.status("api").await?;
+        check(s.failed_renewal_attempts == 1, (), s)
+    })
+    .await;
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 3);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::task::block_in_place(|| kubectl(&env, &["tokensource", "refresh", "api", "-n", &env.ns]));
+    let third = env.wait_token("api-token", Some(&second)).await;
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 4, "the refresh did not wait for the backoff");
+    eventually("the recovery", WAIT, || async {
+        let s = env.status("api").await?;
+        check(s.failed_renewal_attempts == 0, (), s)
+    })
+    .await;
+
+    // A value that is not a time is refused with a Warning Event, and asks for nothing.
+    let (ok, _, err) = tokio::task::block_in_place(|| {
+        kubectl(
+            &env,
+            &[
+                "annotate",
+                "--overwrite",
+                "tokensource",
+                "api",
+                "tokensource.dev/refresh-requested-at=yesterday",
+                "-n",
+                &env.ns,
+            ],
+        )
+    });
+    assert!(ok, "{err}");
+    eventually("the warning", WAIT, || async {
+        let events = env.events("api").await;
+        check(events.iter().any(|e| e.1 == "RefreshRequestInvalid" && e.2.contains("\"yesterday\"")), (), events)
+    })
+    .await;
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 4);
+
+    // Two consumers: one reads the token once at start, one through a volume.
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
+    let pod = json!({"metadata": {"name": "app"}, "spec": {
+    "volumes": [{"name": "tok", "secret": {"secretName": "api-token"}}],
+    "containers": [
+        {"name": "reader", "image": "x", "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "api-token", "key": "token"}}}]},
+        {"name": "mounter", "image": "x", "volumeMounts": [{"name": "tok", "mountPath": "/var/run/token"}]}
+    ]}});
+    pods.create(&PostParams::default(), &serde_json::from_value(pod).unwrap()).await.unwrap();
+
+    let (ok, out, err) =
+        tokio::task::block_in_place(|| kubectl(&env, &["tokensource", "status", "api", "-n", &env.ns]));
+    assert!(ok, "{err}");
+    eprintln!("{out}");
+    for line in [
+        &format!("TokenSource {}/api", env.ns),
+        "Ready     True   TokenValid",
+        "Degraded  False  AsExpected",
+        "Token expires:     20",
+        "(in 59m)",
+        "Next refresh:      20",
+        "keys: expires_at (",
+        "token (",
+        "pod/app container reader: env (read once at start)  ! never sees a renewed token",
+        "pod/app container mounter: volume mount (updated in place)\n",
+        "ManualRefresh",
+        "RefreshRequestInvalid",
+    ] {
+        assert!(out.contains(line), "{line:?} missing from:\n{out}");
+    }
+    for token in [&first, &second, &third] {
+        assert!(!out.contains(token.as_str()), "a token reached the output");
+    }
+    let (ok, _, err) = tokio::task::block_in_place(|| kubectl(&env, &["tokensource", "status", "nope", "-n", &env.ns]));
+    assert!(!ok && err.contains("not found"), "{err}");
+    let (ok, _, err) = tokio::task::block_in_place(|| kubectl(&env, &["tokensource", "refresh", "-n", &env.ns]));
+    assert!(!ok && err.contains("--all or -l SELECTOR"), "{err}");
+}
