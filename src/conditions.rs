@@ -57,6 +57,9 @@ words! {
         Ready,
         /// The last attempt to get a token failed (the Secret may still hold a valid one).
         Degraded,
+        /// Workloads owed a restart for a new token could not be restarted (only with
+        /// `target.rolloutRestart`).
+        RolloutRestartBlocked,
     }
 }
 
@@ -122,6 +125,10 @@ words! {
         /// An Event: a `tokensource.dev/refresh-requested-at` value that is not an RFC 3339 time
         /// was ignored.
         RefreshRequestInvalid,
+        /// An Event: the workloads of `target.rolloutRestart` were restarted for a new token.
+        RolloutRestarted,
+        /// The workloads could not be restarted (RBAC, a missing workload); retried every minute.
+        RolloutRestartFailed,
     }
 }
 
@@ -135,6 +142,6 @@ mod tests {
         assert_eq!(ConditionType::Ready.to_string(), "Ready");
         assert_eq!(ConditionStatus::from(false), "False");
         assert!(Reason::ALL.iter().all(|r| r.as_str().chars().next().is_some_and(char::is_uppercase)));
-        assert_eq!(Reason::ALL.len(), 23);
+        assert_eq!(Reason::ALL.len(), 25);
     }
 }

@@ -816,6 +816,70 @@ pub struct TargetSpec {
     /// templates.
     #[serde(default)]
     pub template: SecretTemplate,
+
+    /// Workloads to restart when the Secret gets a new token, for those that read it only at
+    /// start (environment variables, `subPath` mounts). Needs the operator's rollout-restart RBAC
+    /// (`deploy/components/rollout-restart`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_restart: Option<RolloutRestart>,
+}
+
+/// Restarts of workloads that consume the target Secret.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRestart {
+    /// The Deployments, StatefulSets and DaemonSets to restart, in the TokenSource's namespace.
+    #[schemars(length(min = 1, max = 32))]
+    pub workloads: Vec<WorkloadRef>,
+
+    /// At most one restart per interval, such as `5m`: new tokens inside it are folded into one
+    /// restart at its end.
+    #[serde(default = "RolloutRestart::default_interval")]
+    #[schemars(regex(pattern = DURATION), length(max = 32), extend("x-kubernetes-validations" = [{"rule": "duration(self) >= duration('10s') && duration(self) <= duration('8784h')", "message": "between 10s and a year (8784h)"}]))]
+    pub min_interval: String,
+}
+
+impl RolloutRestart {
+    fn default_interval() -> String {
+        "5m".into()
+    }
+}
+
+/// Workloads of one kind, by name or by label selector.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.name) != has(self.selector)", "message": "set exactly one of name and selector"}
+]))]
+pub struct WorkloadRef {
+    pub kind: WorkloadKind,
+    /// The workload's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
+    pub name: Option<String>,
+    /// Every workload of this kind whose labels match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// A label selector: `matchLabels` (all must match).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelector {
+    #[schemars(length(min = 1, max = 64))]
+    pub match_labels: std::collections::BTreeMap<String, String>,
+}
+
+/// A kind of workload with a pod template.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+    /// A kind this version of the operator does not know.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 /// Who owns the target Secret.
@@ -988,6 +1052,14 @@ pub struct TokenSourceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub last_refresh_request: Option<String>,
+
+    /// Since when a restart of `target.rolloutRestart.workloads` is owed for a new token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_restart_pending_since: Option<Time>,
+
+    /// When the workloads were last restarted for a new token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rollout_restart_time: Option<Time>,
 }
 
 /// The annotation that asks for a new token now: set it to a new RFC 3339 time (`kubectl

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub sources: Arc<SourceSeries>,
     pub secret_writes: Counter,
     pub status_writes: Counter,
+    pub rollout_restarts: Counter,
     pub ready_sources: Gauge,
     pub reconcile_panics: Counter,
     pub watch_errors: Family<WatchLabels, Counter>,
@@ -182,6 +183,7 @@ impl Default for Metrics {
         let sources = Arc::new(SourceSeries::default());
         let secret_writes = Counter::default();
         let status_writes = Counter::default();
+        let rollout_restarts = Counter::default();
         let ready_sources = Gauge::default();
         let reconcile_panics = Counter::default();
         let watch_errors = Family::<WatchLabels, Counter>::default();
@@ -202,6 +204,11 @@ impl Default for Metrics {
         registry.register_collector(Box::new(sources.clone()));
         registry.register("secret_writes", "Writes of target Secrets", secret_writes.clone());
         registry.register("status_writes", "Writes of TokenSource status", status_writes.clone());
+        registry.register(
+            "rollout_restarts",
+            "Restarts of target.rolloutRestart workloads for new tokens",
+            rollout_restarts.clone(),
+        );
         registry.register("ready", "TokenSources whose Secret holds a valid token", ready_sources.clone());
         registry.register(
             "reconcile_panics",
@@ -225,6 +232,7 @@ impl Default for Metrics {
             sources,
             secret_writes,
             status_writes,
+            rollout_restarts,
             ready_sources,
             reconcile_panics,
             watch_errors,

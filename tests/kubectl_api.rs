@@ -293,6 +293,30 @@ fn cases() -> Vec<Case> {
             "spec.target.template.data",
             "token, token_type, expires_at and scope are written by the operator",
         ),
+        // Rollout restarts.
+        case(
+            set(http(), "spec/target/rolloutRestart", json!({"workloads": [{"kind": "Deployment"}]})),
+            "spec.target.rolloutRestart.workloads[0]",
+            "set exactly one of name and selector",
+        ),
+        case(
+            set(
+                http(),
+                "spec/target/rolloutRestart",
+                json!({"workloads": [{"kind": "Deployment", "name": "a", "selector": {"matchLabels": {"a": "b"}}}]}),
+            ),
+            "spec.target.rolloutRestart.workloads[0]",
+            "set exactly one of name and selector",
+        ),
+        case(
+            set(
+                http(),
+                "spec/target/rolloutRestart",
+                json!({"minInterval": "1s", "workloads": [{"kind": "Deployment", "name": "a"}]}),
+            ),
+            "spec.target.rolloutRestart.minInterval",
+            "between 10s and a year (8784h)",
+        ),
     ]
 }
 

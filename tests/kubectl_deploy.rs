@@ -157,7 +157,8 @@ fn every_install_variant_passes_the_kubernetes_schemas() {
         ("base", &[][..]),
         ("monitoring", &["monitoring"][..]),
         ("network-policy", &["components/network-policy"][..]),
-        ("everything", &["monitoring", "components/network-policy"][..]),
+        ("rollout-restart", &["components/rollout-restart"][..]),
+        ("everything", &["monitoring", "components/network-policy", "components/rollout-restart"][..]),
     ] {
         let (docs, file) = render(&format!("validate-{variant}"), components);
         assert!(docs.len() >= 9, "{variant}: {} documents", docs.len());

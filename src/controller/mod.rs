@@ -26,6 +26,7 @@ mod index;
 mod load;
 mod memory;
 mod reconcile;
+mod restart;
 mod status;
 mod validate;
 mod watch;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
@@ -16,7 +17,7 @@ use super::decide::{self, Decision};
 use super::failure::{self, FailureInput};
 use super::memory::Held;
 use super::status::{self, Note, Outcome};
-use super::{Context, validate};
+use super::{Context, restart, validate};
 use crate::conditions::{ConditionType, Reason};
 use crate::crd::{REFRESH_REQUESTED_AT_ANNOTATION, TokenSource, TokenSourceStatus};
 use crate::error::Error;
@@ -50,7 +51,7 @@ pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result
     let started = std::time::Instant::now();
     // A panic (a bug, triggered by this TokenSource's input) is this TokenSource's failure, not
     // the process's: every other TokenSource keeps being served.
-    let outcome = guarded(ctx.attempt(&ts, now), || {
+    let mut outcome = guarded(ctx.attempt(&ts, now), || {
         ctx.metrics.reconcile_panics.inc();
         let error = Error::Internal(
             "the operator failed internally while reconciling this TokenSource (a bug: the operator's log has the place; please report it)".into(),
@@ -66,6 +67,7 @@ pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result
     if !ctx.config.leadership.is_leading() {
         return Ok(Action::await_change());
     }
+    ctx.rollout_restart(&ts, &mut outcome, now).await;
     ctx.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
     ctx.metrics.reconciles.get_or_create(&ResultLabels { result: result.unwrap_or_else(|| "Success".into()) }).inc();
     match ctx.write_status(&ts, &outcome.status).await {
@@ -222,6 +224,9 @@ impl Context {
             plan.policy.refresh_at(token.issued_at, token.expires_at, schedule::jitter_for(&uid, token.issued_at));
         let issued = Stored::issued(ts.name_any(), fingerprint, &token);
         let mut outcome = status::issued(status.clone(), &issued, target, refresh_at, generation, now);
+        if restart::owed_for_new_token(ts, stored.as_ref().is_some_and(|s| s.has_token)) {
+            outcome.status.rollout_restart_pending_since.get_or_insert(Time(now));
+        }
         if let Some(value) = manual {
             outcome.status.last_refresh_request = Some(value.to_string());
             outcome.event = Some(Note {

@@ -30,6 +30,8 @@ pub enum Builtin {
     Role,
     RoleBinding,
     Deployment,
+    StatefulSet,
+    DaemonSet,
     PodDisruptionBudget,
     CustomResourceDefinition,
 }
@@ -51,7 +53,7 @@ type SchemaParts = (Value, Map<String, Value>);
 type Row = (Vec<Value>, Vec<Value>);
 
 impl Builtin {
-    pub const ALL: [Builtin; 15] = [
+    pub const ALL: [Builtin; 17] = [
         Self::Namespace,
         Self::Secret,
         Self::ConfigMap,
@@ -65,6 +67,8 @@ impl Builtin {
         Self::Role,
         Self::RoleBinding,
         Self::Deployment,
+        Self::StatefulSet,
+        Self::DaemonSet,
         Self::PodDisruptionBudget,
         Self::CustomResourceDefinition,
     ];
@@ -101,6 +105,16 @@ impl Builtin {
                 generation: true,
                 categories: &["all"],
                 ..r("apps", "deployments", "Deployment", true, &["deploy"], true)
+            },
+            Self::StatefulSet => Registration {
+                generation: true,
+                categories: &["all"],
+                ..r("apps", "statefulsets", "StatefulSet", true, &["sts"], true)
+            },
+            Self::DaemonSet => Registration {
+                generation: true,
+                categories: &["all"],
+                ..r("apps", "daemonsets", "DaemonSet", true, &["ds"], true)
             },
             Self::PodDisruptionBudget => Registration {
                 generation: true,
@@ -190,6 +204,8 @@ impl Builtin {
             Self::Lease => generate::<api::coordination::v1::Lease>(),
             Self::Deployment => generate::<api::apps::v1::Deployment>(),
             Self::PodDisruptionBudget => generate::<api::policy::v1::PodDisruptionBudget>(),
+            Self::StatefulSet => generate::<api::apps::v1::StatefulSet>(),
+            Self::DaemonSet => generate::<api::apps::v1::DaemonSet>(),
             Self::ClusterRole => generate::<api::rbac::v1::ClusterRole>(),
             Self::ClusterRoleBinding => generate::<api::rbac::v1::ClusterRoleBinding>(),
             Self::Role => generate::<api::rbac::v1::Role>(),

@@ -1,0 +1,194 @@
+//! Rollout restarts: workloads that read the token only at start are restarted when the Secret
+//! gets a new one, at most once per `minInterval` (new tokens inside it are folded into one
+//! restart at its end). What is owed and when the last restart happened are in status, so a new
+//! leader picks them up.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+use kube::api::{ListParams, Patch, PatchParams};
+use serde_json::json;
+
+use super::status::{Note, Outcome, condition, set_condition, until};
+use super::{Context, MANAGER};
+use crate::conditions::{ConditionType, Reason};
+use crate::crd::{RolloutRestart, TokenSource, WorkloadKind, WorkloadRef};
+use crate::error::Error;
+use crate::schedule;
+
+/// The pod template annotation a restart sets, as `kubectl rollout restart` sets its own.
+pub const RESTARTED_AT_ANNOTATION: &str = "tokensource.dev/restartedAt";
+
+/// How soon a failed restart is tried again, at most (sooner with a shorter `minInterval`).
+const RETRY: Duration = Duration::from_secs(60);
+
+/// Whether a new token owes the workloads a restart: not for the first token, and only when
+/// restarts are configured.
+pub fn owed_for_new_token(ts: &TokenSource, replaced_a_token: bool) -> bool {
+    replaced_a_token && ts.spec.target.rollout_restart.is_some()
+}
+
+fn interval(spec: &RolloutRestart) -> SignedDuration {
+    schedule::parse_duration(&spec.min_interval).unwrap_or(SignedDuration::from_mins(5))
+}
+
+/// The earliest time the next restart may happen.
+fn next_allowed(spec: &RolloutRestart, last: Option<Timestamp>) -> Option<Timestamp> {
+    last.map(|l| l.checked_add(interval(spec)).unwrap_or(Timestamp::MAX))
+}
+
+impl Context {
+    /// Restarts the workloads if a restart is owed and the interval allows, recording it in the
+    /// outcome's status; otherwise schedules the look at the interval's end.
+    pub(super) async fn rollout_restart(&self, ts: &TokenSource, outcome: &mut Outcome, now: Timestamp) {
+        let status = &mut outcome.status;
+        let Some(spec) = &ts.spec.target.rollout_restart else {
+            status.rollout_restart_pending_since = None;
+            status.conditions.retain(|c| ConditionType::RolloutRestartBlocked != c.type_);
+            return;
+        };
+        let generation = ts.metadata.generation;
+        if status.rollout_restart_pending_since.is_none() {
+            set_condition(&mut status.conditions, unblocked(generation, now));
+            return;
+        }
+        let last = status.last_rollout_restart_time.as_ref().map(|t| t.0);
+        if let Some(at) = next_allowed(spec, last).filter(|at| *at > now) {
+            let wait = until(now, at);
+            outcome.requeue = Some(outcome.requeue.map_or(wait, |r| r.min(wait)));
+            return;
+        }
+        match self.restart_workloads(ts, &spec.workloads, now).await {
+            Ok(restarted) => {
+                status.rollout_restart_pending_since = None;
+                status.last_rollout_restart_time = Some(Time(now));
+                set_condition(&mut status.conditions, unblocked(generation, now));
+                self.metrics.rollout_restarts.inc();
+                let message =
+                    format!("Restarted {} for the new token in Secret {:?}", restarted.join(", "), ts.spec.target.name);
+                self.publish(ts, Note { warning: false, reason: Reason::RolloutRestarted, message }).await;
+            }
+            Err(Error::NotLeader) => {}
+            Err(e) => {
+                let message = restart_failure(&e);
+                let blocked = condition(
+                    ConditionType::RolloutRestartBlocked,
+                    true,
+                    Reason::RolloutRestartFailed,
+                    message.clone(),
+                    generation,
+                    now,
+                );
+                set_condition(&mut status.conditions, blocked);
+                let retry = Duration::try_from(interval(spec)).map_or(RETRY, |d| d.min(RETRY));
+                outcome.requeue = Some(outcome.requeue.map_or(retry, |r| r.min(retry)));
+                tracing::warn!(tokensource = %ts.name_any(), error = %message, "rollout restart failed");
+                self.publish(ts, Note { warning: true, reason: Reason::RolloutRestartFailed, message }).await;
+            }
+        }
+    }
+
+    /// Sets the restart annotation on every workload named or selected; returns them as
+    /// `deployment/name`.
+    async fn restart_workloads(
+        &self,
+        ts: &TokenSource,
+        workloads: &[WorkloadRef],
+        now: Timestamp,
+    ) -> Result<Vec<String>, Error> {
+        let ns = ts.namespace().unwrap_or_default();
+        let patch =
+            json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT_ANNOTATION: now.to_string()}}}}});
+        let mut restarted = vec![];
+        for w in workloads {
+            let (kind, names) = match w.kind {
+                WorkloadKind::Deployment => ("deployment", self.names::<Deployment>(&ns, w).await?),
+                WorkloadKind::StatefulSet => ("statefulset", self.names::<StatefulSet>(&ns, w).await?),
+                WorkloadKind::DaemonSet => ("daemonset", self.names::<DaemonSet>(&ns, w).await?),
+                WorkloadKind::Unknown => return Err(Error::unsupported("target.rolloutRestart.workloads[].kind")),
+            };
+            for name in names {
+                let params = PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+                let write = async {
+                    let patched = match w.kind {
+                        WorkloadKind::Deployment => {
+                            self.api::<Deployment>(&ns).patch(&name, &params, &Patch::Merge(&patch)).await.map(|_| ())
+                        }
+                        WorkloadKind::StatefulSet => {
+                            self.api::<StatefulSet>(&ns).patch(&name, &params, &Patch::Merge(&patch)).await.map(|_| ())
+                        }
+                        _ => self.api::<DaemonSet>(&ns).patch(&name, &params, &Patch::Merge(&patch)).await.map(|_| ()),
+                    };
+                    patched.map_err(Error::Kube)
+                };
+                self.config.leadership.fenced(write).await?;
+                restarted.push(format!("{kind}/{name}"));
+            }
+        }
+        Ok(restarted)
+    }
+
+    /// The workloads a reference names: its name, or those its selector matches.
+    async fn names<K>(&self, ns: &str, w: &WorkloadRef) -> Result<Vec<String>, Error>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        if let Some(name) = &w.name {
+            return Ok(vec![name.clone()]);
+        }
+        let Some(selector) = &w.selector else { return Ok(vec![]) };
+        let labels: Vec<String> = selector.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let list = self
+            .api::<K>(ns)
+            .list_metadata(&ListParams::default().labels(&labels.join(",")))
+            .await
+            .map_err(Error::Kube)?;
+        Ok(list.items.iter().map(|m| m.name_any()).collect())
+    }
+}
+
+/// `RolloutRestartBlocked=False`: nothing owed, or the last restart went through.
+fn unblocked(generation: Option<i64>, now: Timestamp) -> Condition {
+    condition(ConditionType::RolloutRestartBlocked, false, Reason::AsExpected, String::new(), generation, now)
+}
+
+/// What a failed restart says, with the fix for the usual causes.
+fn restart_failure(e: &Error) -> String {
+    let hint = match e {
+        Error::Kube(kube::Error::Api(s)) if s.code == 403 => {
+            "; the operator may not patch workloads: install the rollout-restart RBAC (deploy/components/rollout-restart)"
+        }
+        Error::Kube(kube::Error::Api(s)) if s.code == 404 => "; check target.rolloutRestart.workloads",
+        _ => "",
+    };
+    format!("restarting workloads for the new token: {e}{hint}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_are_spaced_by_the_interval() {
+        let spec = RolloutRestart { workloads: vec![], min_interval: "5m".into() };
+        let t = |s: i64| Timestamp::from_second(1_700_000_000 + s).unwrap();
+        assert_eq!(next_allowed(&spec, None), None, "the first restart is never held back");
+        assert_eq!(next_allowed(&spec, Some(t(0))), Some(t(300)));
+        let odd = RolloutRestart { min_interval: "nonsense".into(), ..spec };
+        assert_eq!(next_allowed(&odd, Some(t(0))), Some(t(300)), "an unreadable interval is the default");
+    }
+
+    #[test]
+    fn a_forbidden_restart_points_at_the_rbac_component() {
+        let forbidden =
+            kube::core::Status::failure("deployments.apps \"api\" is forbidden", "Forbidden").with_code(403);
+        let m = restart_failure(&Error::Kube(kube::Error::Api(forbidden.into())));
+        assert!(m.contains("is forbidden") && m.contains("deploy/components/rollout-restart"), "{m}");
+    }
+}

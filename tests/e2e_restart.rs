@@ -1,0 +1,136 @@
+//! Rollout restarts of the workloads that read a token only at start: not on the first token,
+//! at most once per `minInterval` with new tokens folded into one restart at its end, and a clear
+//! condition when the operator may not patch them.
+#![cfg(test)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Env, WAIT, check, eventually, podero, podero_credentials};
+use fake_providers::Endpoint;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+
+fn workload(kind: &str, name: &str, labels: Value) -> Value {
+    json!({"metadata": {"name": name, "labels": labels}, "spec": {
+        "selector": {"matchLabels": {"app": name}},
+        "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "app", "image": "x",
+            "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "api-token", "key": "token"}}}]}]}},
+        "serviceName": if kind == "StatefulSet" { json!(name) } else { Value::Null }
+    }})
+}
+
+async fn restarted_at<K>(api: &Api<K>, name: &str) -> Option<String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
+{
+    let v = serde_json::to_value(api.get(name).await.ok()?).ok()?;
+    v["spec"]["template"]["metadata"]["annotations"]["tokensource.dev/restartedAt"].as_str().map(String::from)
+}
+
+async fn setup(env: &Env) -> (Api<Deployment>, Api<StatefulSet>) {
+    podero_credentials(env).await;
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns);
+    let sets: Api<StatefulSet> = Api::namespaced(env.client.clone(), &env.ns);
+    let pp = PostParams::default();
+    deployments.create(&pp, &serde_json::from_value(workload("Deployment", "api", json!({}))).unwrap()).await.unwrap();
+    for (name, tier) in [("db", "data"), ("cache", "data"), ("other", "web")] {
+        let w = workload("StatefulSet", name, json!({"tier": tier}));
+        sets.create(&pp, &serde_json::from_value(w).unwrap()).await.unwrap();
+    }
+    let mut ts = podero(env, "api", "api-token");
+    ts["spec"]["target"]["rolloutRestart"] = json!({"minInterval": "10s", "workloads": [
+        {"kind": "Deployment", "name": "api"},
+        {"kind": "StatefulSet", "selector": {"matchLabels": {"tier": "data"}}}
+    ]});
+    env.create(ts).await;
+    (deployments, sets)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_tokens_restart_the_workloads_at_most_once_per_interval() {
+    let env = Env::start().await;
+    env.fakes.set_lifetime(Endpoint::Podero, Duration::from_secs(6));
+    let (deployments, sets) = setup(&env).await;
+    let first = env.wait_token("api-token", None).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(restarted_at(&deployments, "api").await, None, "the first token restarts nothing");
+
+    // The second token restarts them at once.
+    env.wait_token("api-token", Some(&first)).await;
+    let r1 = eventually("the first restart", WAIT, || async {
+        let r = restarted_at(&deployments, "api").await;
+        check(r.is_some(), r.clone().unwrap_or_default(), r)
+    })
+    .await;
+    let r1_seen = tokio::time::Instant::now();
+    assert_eq!(restarted_at(&sets, "db").await.as_deref(), Some(r1.as_str()));
+    assert_eq!(restarted_at(&sets, "cache").await.as_deref(), Some(r1.as_str()));
+    assert_eq!(restarted_at(&sets, "other").await, None, "not selected");
+    let calls_at_r1 = env.fakes.calls(Endpoint::Podero);
+
+    // Tokens inside the interval are folded into one restart at its end.
+    let r2 = eventually("the second restart", WAIT, || async {
+        let r = restarted_at(&deployments, "api").await;
+        check(r.as_deref() != Some(r1.as_str()), r.clone().unwrap_or_default(), r)
+    })
+    .await;
+    let gap = r2.parse::<jiff::Timestamp>().unwrap().duration_since(r1.parse().unwrap());
+    let calls_at_r2 = env.fakes.calls(Endpoint::Podero);
+    eprintln!(
+        "restarts {r1} and {r2} ({gap:?} apart, seen {:?} apart); tokens {calls_at_r1} then {calls_at_r2}",
+        r1_seen.elapsed()
+    );
+    assert!(gap >= jiff::SignedDuration::from_secs(10), "restarts only {gap:?} apart");
+    assert!(calls_at_r2 > calls_at_r1, "a restart without a new token");
+    let events = env.events("api").await;
+    let restarts: Vec<_> = events.iter().filter(|e| e.1 == "RolloutRestarted").collect();
+    assert!(!restarts.is_empty(), "{events:?}");
+    assert!(
+        restarts[0].2.contains("deployment/api")
+            && restarts[0].2.contains("statefulset/cache")
+            && restarts[0].2.contains("statefulset/db"),
+        "{restarts:?}"
+    );
+    assert!(env.metrics.encode().contains("tokensource_rollout_restarts_total 2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_the_operator_may_not_make_is_reported_and_retried() {
+    let env = Env::start().await;
+    env.fakes.set_lifetime(Endpoint::Podero, Duration::from_secs(6));
+    let sim = env.sim.as_ref().expect("kubesim").faults().clone();
+    // As without the rollout-restart RBAC.
+    sim.fail_next(kubesim::Matcher::new("patch", "deployments"), u32::MAX, 403, None);
+    let (deployments, _) = setup(&env).await;
+    let first = env.wait_token("api-token", None).await;
+    env.wait_token("api-token", Some(&first)).await;
+    let message = eventually("RolloutRestartBlocked", WAIT, || async {
+        let s = env.status("api").await?;
+        let c = s.conditions.iter().find(|c| c.type_ == "RolloutRestartBlocked").cloned();
+        check(
+            c.as_ref().is_some_and(|c| c.status == "True" && c.reason == "RolloutRestartFailed"),
+            c.clone().map(|c| c.message),
+            c,
+        )
+    })
+    .await
+    .unwrap_or_default();
+    assert!(message.contains("deploy/components/rollout-restart"), "{message}");
+    env.wait_ready("api", "True", "TokenValid").await;
+    // Allowed again: the restart owed happens within the interval.
+    sim.clear();
+    eventually("the restart once allowed", Duration::from_secs(25), || async {
+        let r = restarted_at(&deployments, "api").await;
+        check(r.is_some(), (), r)
+    })
+    .await;
+    eventually("the condition cleared", WAIT, || async {
+        let s = env.status("api").await?;
+        let c = s.conditions.iter().find(|c| c.type_ == "RolloutRestartBlocked").cloned();
+        check(c.as_ref().is_some_and(|c| c.status == "False"), (), c)
+    })
+    .await;
+}
