@@ -49,16 +49,16 @@ struct RunArgs {
     log_format: LogFormat,
     /// The latest a new token may land before the old one expires, so the kubelet can update
     /// mounted Secrets (shrunk to a quarter of the lifetime for short-lived tokens).
-    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, default_value = "2m", value_parser = parse_duration, env = "PROPAGATION_MARGIN")]
     propagation_margin: Duration,
     /// How many TokenSources are reconciled at once.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, env = "CONCURRENCY")]
     concurrency: u16,
     /// How many requests may be in flight to one token endpoint host.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, env = "MAX_REQUESTS_PER_HOST")]
     max_requests_per_host: usize,
     /// Total timeout for one token request.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "REQUEST_TIMEOUT")]
     request_timeout: Duration,
     /// Allow http:// token endpoints. Credentials then travel unencrypted: local testing only.
     #[arg(long, env = "ALLOW_INSECURE_HTTP")]

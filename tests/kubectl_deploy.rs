@@ -135,6 +135,19 @@ fn the_network_policy_component_renders() {
 }
 
 #[test]
+fn the_namespaced_component_has_no_cluster_wide_secret_access() {
+    let (docs, _) = render("namespaced", &["components/namespaced"]);
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert!(!kinds.contains(&"ClusterRole") && !kinds.contains(&"ClusterRoleBinding"), "{kinds:?}");
+    let role = docs.iter().find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "tokensource-operator").unwrap();
+    assert_eq!(role["metadata"]["namespace"], "apps");
+    assert!(role["rules"].as_array().unwrap().iter().any(|r| r["resources"][0] == "secrets"));
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
+    assert!(env.iter().any(|e| e["name"] == "WATCH_NAMESPACE" && e["value"] == "apps"), "{env:?}");
+}
+
+#[test]
 fn the_monitoring_component_scrapes_the_admin_port() {
     let (docs, _) = render("monitoring", &["monitoring"]);
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
@@ -158,6 +171,7 @@ fn every_install_variant_passes_the_kubernetes_schemas() {
         ("monitoring", &["monitoring"][..]),
         ("network-policy", &["components/network-policy"][..]),
         ("rollout-restart", &["components/rollout-restart"][..]),
+        ("namespaced", &["components/namespaced"][..]),
         ("everything", &["monitoring", "components/network-policy", "components/rollout-restart"][..]),
     ] {
         let (docs, file) = render(&format!("validate-{variant}"), components);
