@@ -26,9 +26,6 @@ const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 const SECRET_KEY: &str = r"^[-._a-zA-Z0-9]+$";
 /// GEP-2257 durations: up to four parts such as `1h30m` or `500ms`.
 const DURATION: &str = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$";
-/// http(s) URLs without userinfo or whitespace.
-const URL: &str = r"^https?://[^/?#@\s]+([/?#][^\s]*)?$";
-const JSON_PATH: &str = r"^\$";
 
 /// A TokenSource obtains a short-lived API token from a token endpoint, keeps it in a Secret that
 /// pods mount, and renews it before it expires, for as long as the TokenSource exists.
@@ -218,7 +215,7 @@ pub struct OAuth2Spec {
     /// The token endpoint, for example `https://app.podero.com/oauth2/token/`: https (http only
     /// when the operator allows it), no user or password in the URL.
     #[serde(rename = "tokenURL")]
-    #[schemars(length(min = 1, max = 2048), regex(pattern = URL))]
+    #[schemars(length(min = 1, max = 2048), extend("x-kubernetes-validations" = [{"rule": "(self.startsWith('https://') || self.startsWith('http://')) && isURL(self) && url(self).getHostname() != '' && !self.split('/')[2].contains('@') && !self.contains(' ')", "message": "must be an absolute http(s) URL with a host and no user:password@, such as https://idp.example.com/oauth2/token"}]))]
     pub token_url: String,
 
     /// The grant: `ClientCredentials` (RFC 6749 section 4.4).
@@ -410,7 +407,7 @@ pub enum CaBundleType {
 pub struct HttpSpec {
     /// The token endpoint: https (http only when the operator allows it), no user or password in
     /// the URL.
-    #[schemars(length(min = 1, max = 2048), regex(pattern = URL))]
+    #[schemars(length(min = 1, max = 2048), extend("x-kubernetes-validations" = [{"rule": "(self.startsWith('https://') || self.startsWith('http://')) && isURL(self) && url(self).getHostname() != '' && !self.split('/')[2].contains('@') && !self.contains(' ')", "message": "must be an absolute http(s) URL with a host and no user:password@, such as https://idp.example.com/oauth2/token"}]))]
     pub url: String,
 
     /// The HTTP method: `POST`, `GET` or `PUT`.
@@ -666,7 +663,7 @@ impl Default for ResponseSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ReplyPath {
     /// A JSONPath (RFC 9535), starting with `$`.
-    #[schemars(length(min = 1, max = 1024), regex(pattern = JSON_PATH))]
+    #[schemars(length(min = 1, max = 1024), extend("x-kubernetes-validations" = [{"rule": "self.startsWith('$')", "message": "a JSONPath starts with $, such as $.access_token"}]))]
     pub json_path: String,
 }
 
@@ -694,7 +691,7 @@ pub struct ReplyField {
     #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY))]
     pub key: String,
     /// A JSONPath (RFC 9535) into the reply, starting with `$`.
-    #[schemars(length(min = 1, max = 1024), regex(pattern = JSON_PATH))]
+    #[schemars(length(min = 1, max = 1024), extend("x-kubernetes-validations" = [{"rule": "self.startsWith('$')", "message": "a JSONPath starts with $, such as $.access_token"}]))]
     pub json_path: String,
 }
 
@@ -716,7 +713,7 @@ pub struct ExpirySpec {
     pub type_: ExpiryType,
     /// Where the lifetime or the expiry is, for `ExpiresIn` and `ExpiresAt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 1024), regex(pattern = JSON_PATH))]
+    #[schemars(length(min = 1, max = 1024), extend("x-kubernetes-validations" = [{"rule": "self.startsWith('$')", "message": "a JSONPath starts with $, such as $.access_token"}]))]
     pub json_path: Option<String>,
     /// How an `ExpiresAt` time is written: `UnixSeconds`, `UnixMilliseconds` (numbers or numeric
     /// strings, such as Imburse's `"1560514835115"`) or `RFC3339`.

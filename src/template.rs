@@ -96,7 +96,33 @@ pub fn render<S: serde::Serialize>(
     check(source).map_err(|e| TemplateError::new(ErrorKind::InvalidOperation, e))?;
     let template = env.template_from_str(source)?;
     let mut out = Bounded { buf: Vec::new(), limit };
-    template.render_captured_to(minijinja::value::Serde(ctx), &mut out)?;
+    if let Err(e) = template.render_captured_to(minijinja::value::Serde(ctx), &mut out) {
+        if e.kind() != ErrorKind::UndefinedError {
+            return Err(e);
+        }
+        // Name the variable, and what there is instead.
+        let known: Vec<String> = match serde_json::to_value(ctx) {
+            Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+            _ => vec![],
+        };
+        let mut missing: Vec<String> = template
+            .undeclared_variables(false)
+            .into_iter()
+            .filter(|n| !known.contains(n) && env.globals().all(|(g, _)| g != n.as_str()))
+            .collect();
+        missing.sort();
+        let message = match missing.as_slice() {
+            [] => return Err(e),
+            [one] => format!("undefined variable {one:?}"),
+            many => {
+                format!("undefined variables {}", many.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", "))
+            }
+        };
+        return Err(TemplateError::new(
+            ErrorKind::UndefinedError,
+            format!("{message}; available: {}", known.join(", ")),
+        ));
+    }
     String::from_utf8(out.buf).map_err(|_| TemplateError::new(ErrorKind::BadSerialization, "the output is not UTF-8"))
 }
 
@@ -142,6 +168,18 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn an_undefined_variable_is_named_with_what_there_is() {
+        let env = env();
+        let ctx = json!({"token": "t", "expires_at": "x"});
+        let e = render(&env, "Bearer {{ tokne }}", &ctx, 1000).unwrap_err();
+        assert_eq!(e.detail(), Some("undefined variable \"tokne\"; available: expires_at, token"));
+        let e = render(&env, "{{ a }}{{ b }}{% for c in token %}{{ c }}{% endfor %}", &ctx, 1000).unwrap_err();
+        assert!(e.detail().unwrap_or_default().starts_with("undefined variables \"a\", \"b\";"), "{e}");
+        // A missing attribute of a known variable is left to the engine's own message.
+        assert!(render(&env, "{{ token.nope.deeper }}", &ctx, 1000).is_err());
+    }
 
     #[test]
     fn strict_and_fuelled() {

@@ -168,6 +168,7 @@ async fn rejected_credentials_explain_themselves_without_leaking() {
     env.create(podero(&env, "denied", "denied-token")).await;
     let message = env.wait_ready("denied", "False", "ProviderRejected").await;
     assert!(message.contains("401") && message.contains("invalid_client"), "{message}");
+    assert!(message.contains("try clientAuth.type ClientSecretPost"), "the message says how to fix it: {message}");
     assert!(env.secret_data("denied-token").await.is_none(), "no Secret without a token");
     let status = env.source("denied").await.status.unwrap_or_default();
     assert!(status.failed_renewal_attempts >= 1);

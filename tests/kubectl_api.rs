@@ -293,6 +293,17 @@ fn cases() -> Vec<Case> {
             "spec.target.template.data",
             "token, token_type, expires_at and scope are written by the operator",
         ),
+        // Plain words for common mistakes.
+        case(
+            set(http(), "spec/response/token", json!({"jsonPath": "access_token"})),
+            "spec.response.token.jsonPath",
+            "a JSONPath starts with $, such as $.access_token",
+        ),
+        case(
+            set(oauth2(), "spec/oauth2/tokenURL", json!("https://")),
+            "spec.oauth2.tokenURL",
+            "must be an absolute http(s) URL with a host and no user:password@, such as https://idp.example.com/oauth2/token",
+        ),
         // Rollout restarts.
         case(
             set(http(), "spec/target/rolloutRestart", json!({"workloads": [{"kind": "Deployment"}]})),
@@ -359,9 +370,11 @@ async fn schema_checks_names_urls_paths_and_durations() {
         refused(
             set(oauth2(), "spec/oauth2/tokenURL", json!("https://user:pw@idp.example/token")),
             "spec.oauth2.tokenURL",
-            "should match",
+            "no user:password@",
         );
-        refused(set(http(), "spec/http/url", json!("ftp://x.example")), "spec.http.url", "should match");
+        refused(set(http(), "spec/http/url", json!("ftp://x.example")), "spec.http.url", "absolute http(s) URL");
+        refused(set(http(), "spec/http/url", json!("https://x.example/a b")), "spec.http.url", "absolute http(s) URL");
+        refused(set(http(), "spec/http/url", json!("idp.example/token")), "spec.http.url", "absolute http(s) URL");
         refused(set(http(), "spec/timeout", json!("1.5h")), "spec.timeout", "should match");
         refused(
             set(http(), "spec/renewal", json!({"renewBefore": "999999h"})),
@@ -376,7 +389,7 @@ async fn schema_checks_names_urls_paths_and_durations() {
         refused(
             set(http(), "spec/response", json!({"token": {"jsonPath": "access_token"}})),
             "spec.response.token.jsonPath",
-            "should match",
+            "starts with $",
         );
         refused(
             set(oauth2(), "spec/oauth2/clientAuth/clientSecretRef", json!({"name": "../other/secrets/x", "key": "k"})),

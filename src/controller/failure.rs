@@ -109,6 +109,33 @@ pub fn on_failure(input: FailureInput<'_>) -> (Outcome, Option<FailureRecord>) {
     (Outcome { status, requeue, event }, record)
 }
 
+/// How to fix the usual mistakes behind a provider's refusal, in plain words.
+pub fn hint(ts: &crate::crd::TokenSource, error: &Error) -> Option<&'static str> {
+    use crate::crd::{ClientAuthType, OAuth2BodyType};
+    use crate::error::ProviderError;
+    let Error::FetchToken(ProviderError::Status { status, detail, .. }) = error else { return None };
+    let oauth2 = ts.spec.oauth2.as_ref()?;
+    let said = |what: &str| detail.as_deref().is_some_and(|d| d.contains(what));
+    if said("invalid_client") || (*status == 401 && !said("invalid_grant")) {
+        return match oauth2.client_auth.type_ {
+            ClientAuthType::ClientSecretBasic => Some(
+                "check the client id and secret; if they are right, the provider may expect them in the body: try clientAuth.type ClientSecretPost",
+            ),
+            ClientAuthType::ClientSecretPost => Some(
+                "check the client id and secret; if they are right, the provider may expect them in the Authorization header: try clientAuth.type ClientSecretBasic",
+            ),
+            _ => Some("check the client's credentials and that the provider registered this authentication method"),
+        };
+    }
+    if matches!(status, 400 | 415) && (said("invalid_request") || said("unsupported") || said("content")) {
+        return Some(match oauth2.body_type {
+            OAuth2BodyType::Form => "the provider may expect a JSON body: try oauth2.bodyType JSON",
+            _ => "the provider may expect a form body (RFC 6749): try oauth2.bodyType Form",
+        });
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -279,5 +306,35 @@ mod tests {
         assert_eq!(cond(&o, ConditionType::Ready), ("False".into(), "KubernetesError".into()));
         assert!(o.requeue.is_some());
         assert_eq!(record, None);
+    }
+
+    #[test]
+    fn refusals_say_how_to_fix_the_usual_mistakes() {
+        use crate::error::ProviderError;
+        let ts = |auth: &str, body: &str| -> crate::crd::TokenSource {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "tokensource.dev/v1alpha1", "kind": "TokenSource", "metadata": {"name": "a", "namespace": "n"},
+                "spec": {"type": "OAuth2", "oauth2": {"tokenURL": "https://idp.example/token", "clientID": {"value": "a"}, "bodyType": body,
+                         "clientAuth": {"type": auth, "clientSecretRef": {"name": "c", "key": "k"}}}, "target": {"name": "t"}}
+            }))
+            .unwrap()
+        };
+        let refused = |status: u16, detail: &str| {
+            Error::FetchToken(ProviderError::Status { status, detail: Some(detail.into()), retry_after: None })
+        };
+        let basic = ts("ClientSecretBasic", "Form");
+        assert!(
+            hint(&basic, &refused(401, "invalid_client")).unwrap().contains("try clientAuth.type ClientSecretPost")
+        );
+        let post = ts("ClientSecretPost", "JSON");
+        assert!(
+            hint(&post, &refused(400, "invalid_client: bad"))
+                .unwrap()
+                .contains("try clientAuth.type ClientSecretBasic")
+        );
+        assert!(hint(&basic, &refused(400, "invalid_request: missing grant_type")).unwrap().contains("bodyType JSON"));
+        assert!(hint(&post, &refused(415, "unsupported media type")).unwrap().contains("bodyType Form"));
+        assert_eq!(hint(&basic, &refused(503, "maintenance")), None);
+        assert_eq!(hint(&basic, &refused(400, "invalid_grant")), None);
     }
 }

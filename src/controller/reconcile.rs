@@ -272,6 +272,10 @@ impl Context {
             return Outcome { status, event: None, requeue: None };
         }
         let message = known.redactor.redact(&error.to_string());
+        let message = match failure::hint(ts, error) {
+            Some(hint) => format!("{message} ({hint})"),
+            None => message,
+        };
         tracing::warn!(tokensource = %ts.name_any(), namespace = ts.namespace().unwrap_or_default(), reason = %error.reason(), error = message.as_str(), "no new token");
         let (outcome, record) = failure::on_failure(FailureInput {
             error,
