@@ -6,6 +6,7 @@ pub mod consumers;
 pub mod controller;
 pub mod crd;
 pub mod credentials;
+pub mod dry_run;
 pub mod endpoint;
 pub mod error;
 pub mod leader;

@@ -137,3 +137,67 @@ async fn refresh_fetches_once_per_request_even_during_a_backoff_and_status_tells
     let (ok, _, err) = tokio::task::block_in_place(|| kubectl(&env, &["tokensource", "refresh", "-n", &env.ns]));
     assert!(!ok && err.contains("--all or -l SELECTOR"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_sends_the_request_explains_the_answer_and_writes_nothing() {
+    let env = Env::start().await;
+    podero_credentials(&env).await;
+    let sim = env.sim.as_ref().expect("kubesim").faults().clone();
+    let mut ts = podero(&env, "dry", "dry-token");
+    ts["apiVersion"] = json!("tokensource.dev/v1alpha1");
+    ts["kind"] = json!("TokenSource");
+    let file = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-dry.yaml", env.ns));
+    std::fs::write(&file, ts.to_string()).unwrap();
+    let path = file.to_string_lossy().to_string();
+    let base = [
+        "tokensource",
+        "check",
+        "-f",
+        &path,
+        "-n",
+        &env.ns,
+        "--allow-insecure-http",
+        "--allow-endpoint-cidrs",
+        "127.0.0.1/32",
+    ];
+    sim.clear_requests();
+
+    let (ok, out, err) = tokio::task::block_in_place(|| kubectl(&env, &base));
+    assert!(ok, "{out}{err}");
+    eprintln!("{out}");
+    for line in [
+        "Request:  POST http://127.0.0.1:",
+        "Answer:   a token (Bearer, ",
+        "from the reply's expires_in (seconds from now)",
+        "Scopes:   read write",
+        "Renewal:  20",
+        "Secret:   \"dry-token\" (Opaque) would hold: expires_at, scope, token, token_type",
+        "Nothing was written to the cluster.",
+    ] {
+        assert!(out.contains(line), "{line:?} missing from:\n{out}");
+    }
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 1, "one real request");
+
+    // A wrong secret given on the command line: the refusal, and how to fix it; never the secret.
+    let mut wrong = base.to_vec();
+    wrong.extend(["--from-literal", "podero-credentials/client_secret=wrong-secret-4242"]);
+    let (ok, out, err) = tokio::task::block_in_place(|| kubectl(&env, &wrong));
+    assert!(!ok, "{out}");
+    assert!(out.contains("Failed:   token endpoint answered 401"), "{out}");
+    assert!(out.contains("Fix:      check the client id and secret") && out.contains("ClientSecretPost"), "{out}");
+    assert!(!out.contains("wrong-secret-4242") && !err.contains("wrong-secret-4242"), "a secret was printed");
+
+    // The form body Podero does not take.
+    let mut form = ts.clone();
+    form["spec"]["oauth2"]["bodyType"] = json!("Form");
+    std::fs::write(&file, form.to_string()).unwrap();
+    let (ok, out, _) = tokio::task::block_in_place(|| kubectl(&env, &base));
+    eprintln!("{out}");
+    assert!(!ok && out.contains("Failed:   token endpoint answered 400"), "{out}");
+    assert!(out.contains("Fix:      the provider may expect a JSON body: try oauth2.bodyType JSON"), "{out}");
+
+    // Nothing was written by any of it.
+    let writes: Vec<_> = sim.requests().into_iter().filter(|r| r.is_successful_write()).collect();
+    assert!(writes.is_empty(), "{writes:?}");
+    assert!(env.secret_data("dry-token").await.is_none());
+}

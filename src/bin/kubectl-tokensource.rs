@@ -6,12 +6,15 @@ use std::collections::BTreeMap;
 
 use clap::{Parser, Subcommand};
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::{Event, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use tokensource_operator::consumers;
+use tokensource_operator::controller::Config;
 use tokensource_operator::crd::{REFRESH_REQUESTED_AT_ANNOTATION, TokenSource};
+use tokensource_operator::credentials::Credentials;
+use tokensource_operator::endpoint::EndpointPolicy;
+use tokensource_operator::{consumers, dry_run};
 
 #[derive(Parser)]
 #[command(name = "kubectl tokensource", version, about = "Inspect and refresh TokenSources")]
@@ -34,6 +37,26 @@ enum Command {
     /// Conditions, expiry, next refresh, failures, recent Events, the target Secret's keys (never
     /// values) and the Pods that consume it.
     Status { name: String },
+    /// A dry run from this machine: send the token request of a TokenSource manifest and show
+    /// what the operator would do with the answer. Reads the referenced credentials from the
+    /// cluster (or --from-literal); writes nothing anywhere; never prints a secret or the token.
+    Check {
+        /// The TokenSource manifest.
+        #[arg(short = 'f', long)]
+        filename: std::path::PathBuf,
+        /// A credential instead of the cluster's: SECRET/KEY=VALUE (or KEY=VALUE for any Secret).
+        #[arg(long = "from-literal")]
+        literals: Vec<String>,
+        /// Allow an http:// token endpoint.
+        #[arg(long)]
+        allow_insecure_http: bool,
+        /// Internal networks the endpoint may be in, as the operator's flag of the same name.
+        #[arg(long, default_value = "")]
+        allow_endpoint_cidrs: String,
+        /// The only endpoint host names allowed, as the operator's flag of the same name.
+        #[arg(long, default_value = "")]
+        allow_endpoint_hosts: String,
+    },
     /// Ask for a new token now (sets the tokensource.dev/refresh-requested-at annotation).
     Refresh {
         /// TokenSources to refresh.
@@ -63,6 +86,23 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    if let Command::Check { filename, literals, allow_insecure_http, allow_endpoint_cidrs, allow_endpoint_hosts } =
+        &cli.command
+    {
+        let policy = EndpointPolicy::parse(allow_endpoint_cidrs, allow_endpoint_hosts)?;
+        let config = tokensource_operator::dry_run::config(*allow_insecure_http, policy);
+        return check(&cli, filename, literals, &config).await;
+    }
+    let (client, ns) = connect(&cli).await?;
+    match cli.command {
+        Command::Status { name } => status(&client, &ns, &name).await,
+        Command::Refresh { names, all, selector } => refresh(&client, &ns, names, all, selector).await,
+        Command::Check { .. } => Ok(()),
+    }
+}
+
+/// A client from the kubeconfig, and the namespace to work in.
+async fn connect(cli: &Cli) -> Result<(Client, String), Failure> {
     let options = kube::config::KubeConfigOptions { context: cli.context.clone(), ..Default::default() };
     let config = match &cli.kubeconfig {
         Some(path) => {
@@ -74,11 +114,111 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         },
     };
     let ns = cli.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
-    let client = Client::try_from(config)?;
-    match cli.command {
-        Command::Status { name } => status(&client, &ns, &name).await,
-        Command::Refresh { names, all, selector } => refresh(&client, &ns, names, all, selector).await,
+    Ok((Client::try_from(config)?, ns))
+}
+
+async fn check(cli: &Cli, file: &std::path::Path, literals: &[String], config: &Config) -> Result<(), Failure> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+    let mut ts: TokenSource =
+        serde_saphyr::from_str(&text).map_err(|e| format!("{} is not a TokenSource: {e}", file.display()))?;
+    let given: Vec<(String, String)> = literals
+        .iter()
+        .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect::<Option<_>>()
+        .ok_or("--from-literal takes SECRET/KEY=VALUE or KEY=VALUE")?;
+    // The cluster is asked only for what was not given.
+    let mut cluster: Option<(Client, String)> = None;
+    let mut creds = Credentials::default();
+    for r in ts.spec.secret_refs() {
+        let literal = given.iter().find(|(k, _)| *k == format!("{}/{}", r.name, r.key) || *k == r.key);
+        let value = match literal {
+            Some((_, v)) => v.clone().into_bytes(),
+            None => {
+                let (client, ns) = connected(cli, &mut cluster).await?;
+                let secret =
+                    Api::<Secret>::namespaced(client.clone(), ns).get_opt(&r.name).await?.ok_or_else(|| {
+                        format!(
+                            "Secret {ns}/{} not found (or give the value with --from-literal {}/{}=...)",
+                            r.name, r.name, r.key
+                        )
+                    })?;
+                secret
+                    .data
+                    .unwrap_or_default()
+                    .remove(&r.key)
+                    .map(|v| v.0)
+                    .ok_or_else(|| format!("Secret {ns}/{} has no key {:?}", r.name, r.key))?
+            }
+        };
+        creds.insert(r, value);
     }
+    for r in ts.spec.config_map_refs() {
+        let (client, ns) = connected(cli, &mut cluster).await?;
+        let cm = Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt(&r.name).await?;
+        let value = cm
+            .and_then(|c| c.data?.remove(&r.key))
+            .ok_or_else(|| format!("ConfigMap {ns}/{} has no key {:?}", r.name, r.key))?;
+        creds.insert_config(r, value);
+    }
+    // A chained request uses the upstream TokenSource's current token, from its Secret.
+    let upstream = match ts.spec.upstream() {
+        Some(name) => {
+            let (client, ns) = connected(cli, &mut cluster).await?;
+            let up = Api::<TokenSource>::namespaced(client.clone(), ns).get(name).await?;
+            let secret = Api::<Secret>::namespaced(client.clone(), ns).get_opt(&up.spec.target.name).await?;
+            let token =
+                secret.and_then(|s| s.data?.remove("token")).map(|t| String::from_utf8_lossy(&t.0).into_owned());
+            Some(token.ok_or_else(|| format!("the upstream TokenSource {name:?} has no token in its Secret yet"))?)
+        }
+        None => None,
+    };
+    if ts.metadata.namespace.is_none() {
+        ts.metadata.namespace = cli.namespace.clone();
+    }
+    let now = Timestamp::now();
+    match dry_run::dry_run(&ts, &creds, upstream.as_deref(), config).await {
+        Ok(r) => {
+            let t = &r.token;
+            let jwt = t.access_token.split('.').count() == 3;
+            println!("Request:  {}", r.request);
+            println!(
+                "Answer:   a token ({}, {} bytes{})",
+                t.token_type.as_deref().unwrap_or("no token_type"),
+                t.access_token.len(),
+                if jwt { ", a JWT" } else { "" }
+            );
+            println!(
+                "Expires:  {} (in {}), from {}",
+                t.expires_at,
+                human(t.expires_at.duration_since(now).abs()),
+                dry_run::lifetime_source(t.lifetime_source)
+            );
+            println!("Scopes:   {}", t.scope.as_deref().unwrap_or("(none given)"));
+            println!("Renewal:  {} (in {})", r.renew_at, human(r.renew_at.duration_since(now).abs()));
+            println!("Secret:   {:?} ({}) would hold: {}", ts.spec.target.name, r.secret_type, r.keys.join(", "));
+            println!("Nothing was written to the cluster.");
+            Ok(())
+        }
+        Err(f) => {
+            if let Some(request) = &f.request {
+                println!("Request:  {request}");
+            }
+            println!("Failed:   {}", f.message);
+            if let Some(hint) = f.hint {
+                println!("Fix:      {hint}");
+            }
+            println!("Nothing was written to the cluster.");
+            Err("the dry run failed".into())
+        }
+    }
+}
+
+/// The cluster connection, made on first use.
+async fn connected<'a>(cli: &Cli, cluster: &'a mut Option<(Client, String)>) -> Result<&'a (Client, String), Failure> {
+    if cluster.is_none() {
+        *cluster = Some(connect(cli).await?);
+    }
+    cluster.as_ref().ok_or_else(|| "no cluster".into())
 }
 
 async fn refresh(

@@ -25,13 +25,7 @@ impl Context {
         upstream_token: Option<&str>,
         why: &str,
     ) -> Result<Option<Token>, Error> {
-        let allow_http = self.config.allow_http;
-        let request = match (&ts.spec.oauth2, &ts.spec.http) {
-            (Some(o), _) => providers::oauth2::request(o, creds, allow_http)?,
-            (None, Some(h)) => providers::http::request(h, creds, upstream_token, allow_http)?,
-            (None, None) => return Err(Error::InvalidSpec("set exactly one of spec.oauth2 and spec.http".into())),
-        };
-        let mut request = self.with_tls(ts, creds, request)?;
+        let mut request = build_request(ts, creds, upstream_token, self.config.allow_http)?;
         request.timeout = Some(plan.timeout);
         let Some(slot) = self.transport.slot(&request) else { return Ok(None) };
         tracing::info!(tokensource = %ts.name_any(), namespace = ts.namespace().unwrap_or_default(), reason = why, "requesting a token");
@@ -69,42 +63,57 @@ impl Context {
         self.metrics.token_request(&host, &result_label);
         Ok(Some(result?))
     }
+}
 
-    /// Adds the spec's client certificate and CA bundle to a request.
-    fn with_tls(
-        &self,
-        ts: &TokenSource,
-        creds: &Credentials,
-        mut request: providers::Request,
-    ) -> Result<providers::Request, Error> {
-        let Some(spec) = &ts.spec.tls else { return Ok(request) };
-        let mut tls = providers::Tls::default();
-        if let Some((crt, key)) = ts.spec.client_certificate_refs() {
-            let field = "tls.clientCertificateSecretRef";
-            let mut pem = creds.get(&crt, field)?.to_vec();
-            pem.push(b'\n');
-            let key_pem = creds.get(&key, field)?;
-            request.secrets.push(key_pem.to_vec());
-            pem.extend_from_slice(key_pem);
-            tls.identity_pem = Some(pem);
-        }
-        if let Some(ca) = &spec.ca_bundle {
-            let field = "tls.caBundle";
-            let missing = |member: &str| Error::InvalidSpec(format!("{field}: type {:?} needs {member}", ca.type_));
-            tls.ca_pem = Some(match ca.type_ {
-                CaBundleType::Pem => ca.pem.clone().ok_or_else(|| missing("pem"))?.into_bytes(),
-                CaBundleType::SecretKeyRef => {
-                    creds.get(ca.secret_key_ref.as_ref().ok_or_else(|| missing("secretKeyRef"))?, field)?.to_vec()
-                }
-                CaBundleType::ConfigMapKeyRef => creds
-                    .config(ca.config_map_key_ref.as_ref().ok_or_else(|| missing("configMapKeyRef"))?, field)?
-                    .as_bytes()
-                    .to_vec(),
-                CaBundleType::Unknown => return Err(Error::unsupported("tls.caBundle.type")),
-            });
-        }
-        crate::transport::check_tls(&tls).map_err(|e| Error::CredentialsInvalid(format!("tls: {e}")))?;
-        request.tls = Some(tls);
-        Ok(request)
+/// The token request a spec asks for, with its TLS material: what the operator sends, and what
+/// `kubectl tokensource check` sends.
+pub fn build_request(
+    ts: &TokenSource,
+    creds: &Credentials,
+    upstream_token: Option<&str>,
+    allow_http: bool,
+) -> Result<providers::Request, Error> {
+    let request = match (&ts.spec.oauth2, &ts.spec.http) {
+        (Some(o), _) => providers::oauth2::request(o, creds, allow_http)?,
+        (None, Some(h)) => providers::http::request(h, creds, upstream_token, allow_http)?,
+        (None, None) => return Err(Error::InvalidSpec("set exactly one of spec.oauth2 and spec.http".into())),
+    };
+    with_tls(ts, creds, request)
+}
+
+/// Adds the spec's client certificate and CA bundle to a request.
+fn with_tls(
+    ts: &TokenSource,
+    creds: &Credentials,
+    mut request: providers::Request,
+) -> Result<providers::Request, Error> {
+    let Some(spec) = &ts.spec.tls else { return Ok(request) };
+    let mut tls = providers::Tls::default();
+    if let Some((crt, key)) = ts.spec.client_certificate_refs() {
+        let field = "tls.clientCertificateSecretRef";
+        let mut pem = creds.get(&crt, field)?.to_vec();
+        pem.push(b'\n');
+        let key_pem = creds.get(&key, field)?;
+        request.secrets.push(key_pem.to_vec());
+        pem.extend_from_slice(key_pem);
+        tls.identity_pem = Some(pem);
     }
+    if let Some(ca) = &spec.ca_bundle {
+        let field = "tls.caBundle";
+        let missing = |member: &str| Error::InvalidSpec(format!("{field}: type {:?} needs {member}", ca.type_));
+        tls.ca_pem = Some(match ca.type_ {
+            CaBundleType::Pem => ca.pem.clone().ok_or_else(|| missing("pem"))?.into_bytes(),
+            CaBundleType::SecretKeyRef => {
+                creds.get(ca.secret_key_ref.as_ref().ok_or_else(|| missing("secretKeyRef"))?, field)?.to_vec()
+            }
+            CaBundleType::ConfigMapKeyRef => creds
+                .config(ca.config_map_key_ref.as_ref().ok_or_else(|| missing("configMapKeyRef"))?, field)?
+                .as_bytes()
+                .to_vec(),
+            CaBundleType::Unknown => return Err(Error::unsupported("tls.caBundle.type")),
+        });
+    }
+    crate::transport::check_tls(&tls).map_err(|e| Error::CredentialsInvalid(format!("tls: {e}")))?;
+    request.tls = Some(tls);
+    Ok(request)
 }

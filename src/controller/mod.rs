@@ -41,6 +41,9 @@ use kube::{Client, Resource};
 
 pub use config::Config;
 pub use decide::{Decision, decide};
+pub use failure::hint;
+pub use fetch::build_request;
+pub use validate::{Plan, validate};
 pub use watch::{StartError, run};
 
 use crate::crd::TokenSource;
