@@ -60,6 +60,9 @@ words! {
         /// Workloads owed a restart for a new token could not be restarted (only with
         /// `target.rolloutRestart`).
         RolloutRestartBlocked,
+        /// Pods read the target Secret in a way that never sees a renewed token (only with
+        /// `--audit-consumers`).
+        ConsumersStale,
     }
 }
 
@@ -129,6 +132,10 @@ words! {
         RolloutRestarted,
         /// The workloads could not be restarted (RBAC, a missing workload); retried every minute.
         RolloutRestartFailed,
+        /// Pods read the target Secret through `env`, `envFrom` or a `subPath` mount.
+        StaleConsumers,
+        /// An Event: a value whose name says it is a secret is given inline in the spec.
+        InlineSecret,
     }
 }
 
@@ -142,6 +149,6 @@ mod tests {
         assert_eq!(ConditionType::Ready.to_string(), "Ready");
         assert_eq!(ConditionStatus::from(false), "False");
         assert!(Reason::ALL.iter().all(|r| r.as_str().chars().next().is_some_and(char::is_uppercase)));
-        assert_eq!(Reason::ALL.len(), 25);
+        assert_eq!(Reason::ALL.len(), 27);
     }
 }

@@ -1122,6 +1122,34 @@ impl TokenSourceSpec {
         http.auth.bearer.as_ref()?.token_source_ref.as_ref().map(|r| r.name.as_str())
     }
 
+    /// Named values given inline whose names say they are secrets (`X-Api-Key`, `password`, a
+    /// `client_secret` placeholder...): they belong in a Secret, read with `valueFrom`. Returned
+    /// as `field name`, for a warning.
+    pub fn inline_secrets(&self) -> Vec<String> {
+        const SECRET_WORDS: [&str; 7] = ["secret", "password", "passwd", "apikey", "api-key", "api_key", "private"];
+        let looks_secret = |n: &str| {
+            let n = n.to_ascii_lowercase();
+            SECRET_WORDS.iter().any(|w| n.contains(w)) || n == "token" || n.ends_with("-token") || n.ends_with("_token")
+        };
+        let mut named: Vec<(&str, &NamedValue)> = vec![];
+        if let Some(o) = &self.oauth2 {
+            named.extend(o.parameters.iter().map(|v| ("oauth2.parameters", v)));
+            named.extend(o.headers.iter().map(|v| ("oauth2.headers", v)));
+        }
+        if let Some(h) = &self.http {
+            named.extend(h.headers.iter().map(|v| ("http.headers", v)));
+            if let Some(b) = &h.body {
+                named.extend(b.values.iter().map(|v| ("http.body.values", v)));
+                named.extend(b.form.iter().flatten().map(|v| ("http.body.form", v)));
+            }
+        }
+        named
+            .into_iter()
+            .filter(|(_, v)| v.value.is_some() && looks_secret(&v.name))
+            .map(|(field, v)| format!("{field} {:?}", v.name))
+            .collect()
+    }
+
     /// Every value source of the spec, with the field it belongs to.
     fn value_sources(&self) -> Vec<ValueSource> {
         let mut out = vec![];

@@ -72,6 +72,10 @@ struct RunArgs {
     /// `*.suffix` patterns.
     #[arg(long, default_value = "", env = "ALLOW_ENDPOINT_HOSTS")]
     allow_endpoint_hosts: String,
+    /// Watch Pods and report, on each TokenSource, those that read its Secret in a way that never
+    /// sees a renewed token (env, envFrom, subPath). Needs list/watch on Pods.
+    #[arg(long, env = "AUDIT_CONSUMERS")]
+    audit_consumers: bool,
     /// Run as one of several replicas: only the holder of the Lease `tokensource-operator` calls
     /// providers and writes; the others keep their caches warm and take over when it goes.
     #[arg(long, env = "LEADER_ELECT")]
@@ -194,6 +198,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         propagation_margin: args.propagation_margin,
         allow_http: args.allow_insecure_http,
         concurrency: args.concurrency,
+        audit_consumers: args.audit_consumers,
         transport: transport::Options {
             timeout: args.request_timeout,
             per_host: args.max_requests_per_host,

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub secret_writes: Counter,
     pub status_writes: Counter,
     pub rollout_restarts: Counter,
+    /// With `--audit-consumers`: Pods that read a Secret, as the audit keeps them.
+    pub audited_pods: Gauge,
     pub ready_sources: Gauge,
     pub reconcile_panics: Counter,
     pub watch_errors: Family<WatchLabels, Counter>,
@@ -184,6 +186,7 @@ impl Default for Metrics {
         let secret_writes = Counter::default();
         let status_writes = Counter::default();
         let rollout_restarts = Counter::default();
+        let audited_pods = Gauge::default();
         let ready_sources = Gauge::default();
         let reconcile_panics = Counter::default();
         let watch_errors = Family::<WatchLabels, Counter>::default();
@@ -204,6 +207,11 @@ impl Default for Metrics {
         registry.register_collector(Box::new(sources.clone()));
         registry.register("secret_writes", "Writes of target Secrets", secret_writes.clone());
         registry.register("status_writes", "Writes of TokenSource status", status_writes.clone());
+        registry.register(
+            "audited_pods",
+            "With --audit-consumers: Pods that read a Secret, as the audit keeps them",
+            audited_pods.clone(),
+        );
         registry.register(
             "rollout_restarts",
             "Restarts of target.rolloutRestart workloads for new tokens",
@@ -233,6 +241,7 @@ impl Default for Metrics {
             secret_writes,
             status_writes,
             rollout_restarts,
+            audited_pods,
             ready_sources,
             reconcile_panics,
             watch_errors,

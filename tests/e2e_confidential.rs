@@ -7,7 +7,7 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
-use common::Env;
+use common::{Env, WAIT, check, eventually, podero, podero_credentials};
 use fake_providers::Endpoint;
 use kube::api::ListParams;
 use serde_json::json;
@@ -374,4 +374,28 @@ async fn a_secret_the_api_server_would_refuse_is_reported_before_any_write() {
     if let (Some(sim), Some(before)) = (&env.sim, writes) {
         assert_eq!(sim.faults().count("patch", "secrets"), before, "no write was even tried");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_given_inline_is_warned_about() {
+    let env = Env::start().await;
+    podero_credentials(&env).await;
+    let mut ts = podero(&env, "inline", "inline-token");
+    ts["spec"]["oauth2"]["headers"] =
+        json!([{"name": "Cache-Control", "value": "no-cache"}, {"name": "X-Api-Key", "value": "k-123456"}]);
+    env.create(ts).await;
+    env.wait_token("inline-token", None).await;
+    let warning = eventually("the InlineSecret warning", WAIT, || async {
+        let ev: Vec<_> = env.events("inline").await.into_iter().filter(|e| e.1 == "InlineSecret").collect();
+        check(!ev.is_empty(), ev.first().cloned(), ev)
+    })
+    .await
+    .expect("an event");
+    assert_eq!(warning.0, "Warning");
+    assert!(
+        warning.2.contains("oauth2.headers \"X-Api-Key\" given inline") && warning.2.contains("valueFrom.secretKeyRef"),
+        "{warning:?}"
+    );
+    assert!(!warning.2.contains("k-123456"), "the value itself is never repeated");
+    assert!(!env.events("inline").await.iter().any(|e| e.2.contains("Cache-Control")));
 }

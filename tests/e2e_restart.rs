@@ -134,3 +134,56 @@ async fn a_restart_the_operator_may_not_make_is_reported_and_retried() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_audit_names_pods_that_never_see_a_renewed_token() {
+    use k8s_openapi::api::core::v1::Pod;
+    let mut env = Env::start().await;
+    env.config.audit_consumers = true;
+    env.restart_operator().await;
+    podero_credentials(&env).await;
+    env.create(podero(&env, "api", "api-token")).await;
+    env.wait_token("api-token", None).await;
+    let consumers_stale = || async {
+        let s = env.status("api").await?;
+        Ok::<_, String>(
+            s.conditions.iter().find(|c| c.type_ == "ConsumersStale").map(|c| (c.status.clone(), c.message.clone())),
+        )
+    };
+    eventually("ConsumersStale=False", WAIT, || async {
+        let c = consumers_stale().await?;
+        check(c.as_ref().is_some_and(|c| c.0 == "False"), (), c)
+    })
+    .await;
+
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
+    let pp = PostParams::default();
+    let reader = json!({"metadata": {"name": "reader"}, "spec": {"containers": [{"name": "app", "image": "x",
+        "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "api-token", "key": "token"}}}]}]}});
+    let mounter = json!({"metadata": {"name": "mounter"}, "spec": {
+        "volumes": [{"name": "t", "secret": {"secretName": "api-token"}}],
+        "containers": [{"name": "app", "image": "x", "volumeMounts": [{"name": "t", "mountPath": "/t"}]}]}});
+    pods.create(&pp, &serde_json::from_value(reader).unwrap()).await.unwrap();
+    pods.create(&pp, &serde_json::from_value(mounter).unwrap()).await.unwrap();
+    let message = eventually("ConsumersStale=True", WAIT, || async {
+        let c = consumers_stale().await?;
+        check(c.as_ref().is_some_and(|c| c.0 == "True"), c.clone().map(|c| c.1).unwrap_or_default(), c)
+    })
+    .await;
+    assert!(message.contains("pod/reader (app: env (read once at start))"), "{message}");
+    assert!(!message.contains("mounter"), "a volume mount sees renewals: {message}");
+    let warnings = eventually("one Warning Event for the Pod", WAIT, || async {
+        let ev: Vec<_> = env.events("api").await.into_iter().filter(|e| e.1 == "StaleConsumers").collect();
+        check(!ev.is_empty(), ev.clone(), ev)
+    })
+    .await;
+    assert!(warnings.iter().all(|e| e.0 == "Warning" && e.2.contains("Pod reader")), "{warnings:?}");
+    assert!(env.metrics.encode().contains("tokensource_audited_pods 2"));
+
+    pods.delete("reader", &Default::default()).await.unwrap();
+    eventually("ConsumersStale=False again", WAIT, || async {
+        let c = consumers_stale().await?;
+        check(c.as_ref().is_some_and(|c| c.0 == "False"), (), c)
+    })
+    .await;
+}

@@ -172,7 +172,11 @@ fn every_install_variant_passes_the_kubernetes_schemas() {
         ("network-policy", &["components/network-policy"][..]),
         ("rollout-restart", &["components/rollout-restart"][..]),
         ("namespaced", &["components/namespaced"][..]),
-        ("everything", &["monitoring", "components/network-policy", "components/rollout-restart"][..]),
+        ("audit-consumers", &["components/audit-consumers"][..]),
+        (
+            "everything",
+            &["monitoring", "components/network-policy", "components/rollout-restart", "components/audit-consumers"][..],
+        ),
     ] {
         let (docs, file) = render(&format!("validate-{variant}"), components);
         assert!(docs.len() >= 9, "{variant}: {} documents", docs.len());

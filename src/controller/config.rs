@@ -13,6 +13,8 @@ pub struct Config {
     pub allow_http: bool,
     /// How many TokenSources are reconciled at once.
     pub concurrency: u16,
+    /// Watch Pods and report those that never see a renewed token (`ConsumersStale`).
+    pub audit_consumers: bool,
     pub transport: crate::transport::Options,
     /// Whether this instance may call providers and write: always, unless it runs with leader
     /// election.
@@ -26,6 +28,7 @@ impl Default for Config {
             propagation_margin: Duration::from_secs(120),
             allow_http: false,
             concurrency: 16,
+            audit_consumers: false,
             transport: crate::transport::Options::default(),
             leadership: Default::default(),
         }

@@ -47,6 +47,8 @@ struct Record {
     /// object it was computed from.
     status: Option<(String, u64, TokenSourceStatus)>,
     failure: Option<FailureRecord>,
+    /// Warnings already given (a stale consuming Pod, an inline secret of a spec generation).
+    warned: HashSet<String>,
 }
 
 /// Per-TokenSource records, forgotten when the TokenSource goes.
@@ -135,6 +137,12 @@ impl Memory {
     /// Forgets a TokenSource that no longer exists.
     pub fn forget(&self, ts: &ObjectRef<TokenSource>) {
         self.lock().remove(ts);
+    }
+
+    /// Whether the warning `what` is yet to be given for the TokenSource; remembers that it now
+    /// is.
+    pub fn warn_once(&self, ts: &ObjectRef<TokenSource>, what: &str) -> bool {
+        self.lock().entry(ts.clone()).or_default().warned.insert(what.to_string())
     }
 
     /// Forgets everything: on a change of leadership, when another instance may have written

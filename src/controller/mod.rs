@@ -18,6 +18,7 @@
 //! to the TokenSources that use them; `watch.rs` wires the watches and starts the controller.
 
 mod apply;
+mod audit;
 mod config;
 mod decide;
 mod failure;
@@ -68,6 +69,8 @@ pub struct Context {
     ticks: std::sync::Mutex<watch::Ticks>,
     recorder: Recorder,
     metrics: Arc<Metrics>,
+    /// Who reads which Secret, with `--audit-consumers`.
+    consumers: Option<Arc<audit::Consumers>>,
 }
 
 impl Context {

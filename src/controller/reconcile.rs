@@ -68,6 +68,8 @@ pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result
         return Ok(Action::await_change());
     }
     ctx.rollout_restart(&ts, &mut outcome, now).await;
+    ctx.audit_consumers(&ts, &mut outcome, now).await;
+    ctx.warn_inline_secrets(&ts).await;
     ctx.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
     ctx.metrics.reconciles.get_or_create(&ResultLabels { result: result.unwrap_or_else(|| "Success".into()) }).inc();
     match ctx.write_status(&ts, &outcome.status).await {
@@ -254,6 +256,20 @@ impl Context {
         let resource_version = self.apply_secret(ts, &desired).await?;
         self.memory.remember_written(&ObjectRef::from_obj(ts), resource_version);
         Ok(())
+    }
+
+    /// Warns, once per spec generation, about values that look secret and are given inline.
+    async fn warn_inline_secrets(&self, ts: &TokenSource) {
+        let inline = ts.spec.inline_secrets();
+        let key = format!("inline/{}", ts.meta().generation.unwrap_or_default());
+        if inline.is_empty() || !self.memory.warn_once(&ObjectRef::from_obj(ts), &key) {
+            return;
+        }
+        let message = format!(
+            "{} given inline: anyone who can read the TokenSource can read it; put it in a Secret and use valueFrom.secretKeyRef",
+            inline.join(", ")
+        );
+        self.publish(ts, Note { warning: true, reason: Reason::InlineSecret, message }).await;
     }
 
     /// Applies the failure policy, logs the failure and remembers its backoff.

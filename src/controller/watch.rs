@@ -140,7 +140,13 @@ pub async fn run(
 
     let transport = Transport::new(config.transport.clone()).map_err(|e| StartError(e.to_string()))?;
     let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let consumers = config.audit_consumers.then(|| {
+        let consumers = Arc::new(super::audit::Consumers::default());
+        watch_pods(&client, ns.as_deref(), consumers.clone(), references.clone(), tx.clone(), metrics.clone());
+        consumers
+    });
     let ctx = Arc::new(Context {
+        consumers,
         recorder: Recorder::new(client.clone(), reporter),
         client,
         transport,
@@ -180,6 +186,48 @@ pub async fn run(
         })
         .await;
     Ok(())
+}
+
+/// Watches Pods for the consumer audit: each event is reduced to who reads which Secret, and
+/// the TokenSources of the Secrets whose readers changed are reconciled.
+fn watch_pods(
+    client: &Client,
+    ns: Option<&str>,
+    consumers: Arc<super::audit::Consumers>,
+    references: Arc<References>,
+    tx: mpsc::Sender<ObjectRef<TokenSource>>,
+    metrics: Arc<Metrics>,
+) {
+    use k8s_openapi::api::core::v1::Pod;
+    // Small list pages: a page of full Pods is the only thing held at once (measured in
+    // examples/audit_memory.rs).
+    let stream = watcher(scoped::<Pod>(client, ns), watcher::Config::default().page_size(100)).default_backoff();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            let changed = match event {
+                Ok(watcher::Event::Init) => {
+                    consumers.relist_started();
+                    vec![]
+                }
+                Ok(watcher::Event::InitApply(p) | watcher::Event::Apply(p)) => consumers.apply(&p),
+                Ok(watcher::Event::Delete(p)) => consumers.delete(&p),
+                Ok(watcher::Event::InitDone) => consumers.relist_done(),
+                Err(e) => {
+                    watch_error(&metrics, "pods", &e);
+                    vec![]
+                }
+            };
+            metrics.audited_pods.set(consumers.pods() as i64);
+            for (ns, secret) in changed {
+                for r in references.affected(&ns, &secret, None) {
+                    if tx.send(r).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Acts on changes of leadership: what this instance remembers is dropped either way (another
