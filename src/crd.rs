@@ -511,7 +511,8 @@ pub enum BodyType {
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "(self.type == 'Basic') == has(self.basic)", "message": "basic is required for type Basic, and only for it"},
     {"rule": "(self.type == 'HMAC') == has(self.hmac)", "message": "hmac is required for type HMAC, and only for it"},
-    {"rule": "(self.type == 'Bearer') == has(self.bearer)", "message": "bearer is required for type Bearer, and only for it"}
+    {"rule": "(self.type == 'Bearer') == has(self.bearer)", "message": "bearer is required for type Bearer, and only for it"},
+    {"rule": "(self.type == 'JWT') == has(self.jwt)", "message": "jwt is required for type JWT, and only for it"}
 ]))]
 pub struct HttpAuth {
     /// `None`, `Basic`, `HMAC` or `Bearer`.
@@ -530,11 +531,64 @@ pub struct HttpAuth {
     /// Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bearer: Option<BearerAuth>,
+
+    /// `Authorization: Bearer` with a short JWT the operator signs for every request with a
+    /// private key from a Secret, as GitHub Apps authenticate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtAuth>,
 }
 
 impl Default for HttpAuth {
     fn default() -> Self {
-        Self { type_: AuthType::None, basic: None, hmac: None, bearer: None }
+        Self { type_: AuthType::None, basic: None, hmac: None, bearer: None, jwt: None }
+    }
+}
+
+/// A self-signed JWT as the bearer credential: `{"alg", "typ": "JWT", "kid"?}` over `iss`,
+/// `sub`?, `aud`?, `iat` (backdated by `clockSkew`), `exp` (`iat + clockSkew + lifetime`) and the
+/// extra `claims`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtAuth {
+    /// `RS256` (GitHub Apps) or `ES256`.
+    #[serde(default)]
+    pub algorithm: JwtAlgorithm,
+    /// The PEM private key (PKCS#8, or PKCS#1 for RSA, as GitHub hands it out).
+    pub private_key_secret_ref: SecretKeyRef,
+    /// The `kid` header, when the verifier needs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub key_id: Option<String>,
+    /// The `iss` claim: for a GitHub App, its App ID or Client ID.
+    pub issuer: ValueSource,
+    /// The `sub` claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub subject: Option<String>,
+    /// The `aud` claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub audience: Option<String>,
+    /// Extra string claims.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(length(max = 16), extend("x-kubernetes-validations" = [{"rule": "self.all(k, !(k in ['iss', 'sub', 'aud', 'iat', 'exp', 'nbf']))", "message": "iss, sub, aud, iat, exp and nbf are set by the operator"}]))]
+    pub claims: std::collections::BTreeMap<String, String>,
+    /// How long the JWT is valid after now, such as `9m` (GitHub accepts at most 10 minutes).
+    #[serde(default = "JwtAuth::default_lifetime")]
+    #[schemars(regex(pattern = DURATION), length(max = 32), extend("x-kubernetes-validations" = [{"rule": "duration(self) >= duration('10s') && duration(self) <= duration('1h')", "message": "between 10s and 1h"}]))]
+    pub lifetime: String,
+    /// How far `iat` is backdated, for verifiers whose clocks run behind.
+    #[serde(default = "JwtAuth::default_skew")]
+    #[schemars(regex(pattern = DURATION), length(max = 32), extend("x-kubernetes-validations" = [{"rule": "duration(self) <= duration('5m')", "message": "at most 5m"}]))]
+    pub clock_skew: String,
+}
+
+impl JwtAuth {
+    fn default_lifetime() -> String {
+        "9m".into()
+    }
+    fn default_skew() -> String {
+        "60s".into()
     }
 }
 
@@ -547,6 +601,9 @@ pub enum AuthType {
     #[serde(rename = "HMAC")]
     Hmac,
     Bearer,
+    /// A JWT the operator signs (`jwt`).
+    #[serde(rename = "JWT")]
+    Jwt,
     /// A type this version of the operator does not know: such a TokenSource is refused, never
     /// sent unauthenticated.
     #[serde(other)]
@@ -1168,6 +1225,9 @@ impl TokenSourceSpec {
             if let Some(m) = &h.auth.hmac {
                 out.push(m.public_key.clone());
             }
+            if let Some(j) = &h.auth.jwt {
+                out.push(j.issuer.clone());
+            }
         }
         out
     }
@@ -1184,6 +1244,7 @@ impl TokenSourceSpec {
             out.extend(h.auth.basic.as_ref().map(|b| b.password_secret_ref.clone()));
             out.extend(h.auth.hmac.as_ref().map(|m| m.private_key_secret_ref.clone()));
             out.extend(h.auth.bearer.as_ref().and_then(|b| b.token_secret_ref.clone()));
+            out.extend(h.auth.jwt.as_ref().map(|j| j.private_key_secret_ref.clone()));
         }
         if let Some(tls) = &self.tls {
             out.extend(tls.ca_bundle.as_ref().and_then(|c| c.secret_key_ref.clone()));

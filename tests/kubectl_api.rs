@@ -304,6 +304,30 @@ fn cases() -> Vec<Case> {
             "spec.oauth2.tokenURL",
             "must be an absolute http(s) URL with a host and no user:password@, such as https://idp.example.com/oauth2/token",
         ),
+        // Self-signed JWT bearer.
+        case(
+            set(http(), "spec/http/auth", json!({"type": "JWT"})),
+            "spec.http.auth",
+            "jwt is required for type JWT, and only for it",
+        ),
+        case(
+            set(
+                http(),
+                "spec/http/auth",
+                json!({"type": "JWT", "jwt": {"privateKeySecretRef": {"name": "k", "key": "pem"}, "issuer": {"value": "1"}, "claims": {"exp": "9999999999"}}}),
+            ),
+            "spec.http.auth.jwt.claims",
+            "iss, sub, aud, iat, exp and nbf are set by the operator",
+        ),
+        case(
+            set(
+                http(),
+                "spec/http/auth",
+                json!({"type": "JWT", "jwt": {"privateKeySecretRef": {"name": "k", "key": "pem"}, "issuer": {"value": "1"}, "lifetime": "2h"}}),
+            ),
+            "spec.http.auth.jwt.lifetime",
+            "between 10s and 1h",
+        ),
         // Rollout restarts.
         case(
             set(http(), "spec/target/rolloutRestart", json!({"workloads": [{"kind": "Deployment"}]})),

@@ -152,8 +152,46 @@ fn auth(
             secrets.push(token.as_bytes().to_vec());
             Auth::Bearer(token)
         }
+        AuthType::Jwt => {
+            let j = spec.jwt.as_ref().ok_or_else(|| missing("jwt"))?;
+            let field = "http.auth.jwt.privateKeySecretRef";
+            let key = creds.get(&j.private_key_secret_ref, field)?;
+            secrets.push(key.to_vec());
+            let issuer = creds.resolve(&j.issuer, "http.auth.jwt.issuer")?;
+            let seconds = |d: &str, what: &str| {
+                crate::schedule::parse_duration(d)
+                    .map(|d| d.as_secs())
+                    .map_err(|_| Error::InvalidSpec(format!("http.auth.jwt.{what}: {d:?} is not a duration")))
+            };
+            let (lifetime, skew) = (seconds(&j.lifetime, "lifetime")?, seconds(&j.clock_skew, "clockSkew")?);
+            let now = jiff::Timestamp::now().as_second();
+            let mut claims = serde_json::Map::new();
+            for (k, v) in &j.claims {
+                claims.insert(k.clone(), serde_json::Value::String(v.clone()));
+            }
+            claims.insert("iss".into(), issuer_claim(&issuer.text));
+            if let Some(sub) = &j.subject {
+                claims.insert("sub".into(), sub.clone().into());
+            }
+            if let Some(aud) = &j.audience {
+                claims.insert("aud".into(), aud.clone().into());
+            }
+            claims.insert("iat".into(), (now - skew).into());
+            claims.insert("exp".into(), (now + lifetime).into());
+            let jwt = super::jwt::sign(j.algorithm, key, j.key_id.as_deref(), &claims.into(), field)?;
+            secrets.push(jwt.as_bytes().to_vec());
+            Auth::Bearer(jwt)
+        }
         AuthType::Unknown => return Err(Error::unsupported("http.auth.type")),
     })
+}
+
+/// The `iss` claim: a number when the issuer is one (a GitHub App ID), else the text.
+fn issuer_claim(issuer: &str) -> serde_json::Value {
+    match issuer.parse::<u64>() {
+        Ok(n) if !issuer.starts_with('0') => n.into(),
+        _ => issuer.into(),
+    }
 }
 
 #[cfg(test)]

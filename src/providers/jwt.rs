@@ -20,10 +20,6 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn key_error(what: &str) -> Error {
-    Error::CredentialsInvalid(format!("oauth2.clientAuth.privateKeyJWT.privateKeySecretRef: {what}"))
-}
-
 /// Signs a client assertion at `now` (Unix seconds) with a fresh `jti`.
 pub fn client_assertion(
     algorithm: JwtAlgorithm,
@@ -33,16 +29,6 @@ pub fn client_assertion(
     key_id: Option<&str>,
     now: i64,
 ) -> Result<String, Error> {
-    let der = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| key_error("not a PEM private key"))?;
-    let alg = match algorithm {
-        JwtAlgorithm::RS256 => "RS256",
-        JwtAlgorithm::ES256 => "ES256",
-        JwtAlgorithm::Unknown => return Err(Error::unsupported("privateKeyJWT.algorithm")),
-    };
-    let mut header = json!({"alg": alg, "typ": "JWT"});
-    if let Some(kid) = key_id {
-        header["kid"] = json!(kid);
-    }
     let claims = json!({
         "iss": client_id,
         "sub": client_id,
@@ -51,6 +37,28 @@ pub fn client_assertion(
         "iat": now,
         "exp": now + LIFETIME_SECS,
     });
+    sign(algorithm, key_pem, key_id, &claims, "oauth2.clientAuth.privateKeyJWT.privateKeySecretRef")
+}
+
+/// Signs `claims` as a compact JWS with the PEM private key; `field` names the key in errors.
+pub fn sign(
+    algorithm: JwtAlgorithm,
+    key_pem: &[u8],
+    key_id: Option<&str>,
+    claims: &serde_json::Value,
+    field: &str,
+) -> Result<String, Error> {
+    let key_error = |what: &str| Error::CredentialsInvalid(format!("{field}: {what}"));
+    let der = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| key_error("not a PEM private key"))?;
+    let alg = match algorithm {
+        JwtAlgorithm::RS256 => "RS256",
+        JwtAlgorithm::ES256 => "ES256",
+        JwtAlgorithm::Unknown => return Err(Error::unsupported("the JWT algorithm")),
+    };
+    let mut header = json!({"alg": alg, "typ": "JWT"});
+    if let Some(kid) = key_id {
+        header["kid"] = json!(kid);
+    }
     let signing_input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
     let rng = SystemRandom::new();
     let signature = match algorithm {
@@ -66,7 +74,7 @@ pub fn client_assertion(
                 .map_err(|_| key_error("signing failed"))?;
             sig
         }
-        JwtAlgorithm::Unknown => return Err(Error::unsupported("privateKeyJWT.algorithm")),
+        JwtAlgorithm::Unknown => return Err(Error::unsupported("the JWT algorithm")),
         JwtAlgorithm::ES256 => {
             let PrivateKeyDer::Pkcs8(k) = &der else { return Err(key_error("ES256 needs a PKCS#8 P-256 key")) };
             let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, k.secret_pkcs8_der(), &rng)

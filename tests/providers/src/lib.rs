@@ -11,6 +11,7 @@
 //! last request was rejected; and they can make the next answers fail.
 
 pub mod examples;
+pub mod github;
 pub mod tls;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -45,6 +46,8 @@ pub enum Endpoint {
     /// A hostile endpoint: answers 401 with everything it received, in the encoding its `as`
     /// query parameter names (`raw`, `form`, `base64`, `base64url`, `authorization`).
     Echo,
+    /// GitHub's installation access tokens, for installation 4242 of App `github_app_id`.
+    GitHubApp,
 }
 
 impl Endpoint {
@@ -58,6 +61,7 @@ impl Endpoint {
             Self::MtlsToken => "/mtls/token",
             Self::JwtToken => "/jwt/token",
             Self::Echo => "/echo",
+            Self::GitHubApp => "/app/installations/4242/access_tokens",
         }
     }
 }
@@ -81,6 +85,10 @@ pub struct Config {
     pub mtls_client_id: String,
     /// The client id whose assertions are signed with `fixtures/jwt-*.key`.
     pub jwt_client_id: String,
+    /// The GitHub App's ID, the `iss` of its JWTs.
+    pub github_app_id: String,
+    /// The PEM private keys whose public keys the GitHub App has registered.
+    pub github_keys: Vec<Vec<u8>>,
     pub lifetime: Duration,
 }
 
@@ -93,6 +101,8 @@ impl Default for Config {
             imburse_private_b64: base64::engine::general_purpose::STANDARD.encode(b"imburse-private-key-bytes"),
             mtls_client_id: "mtls-client".into(),
             jwt_client_id: "jwt-client".into(),
+            github_app_id: "123456".into(),
+            github_keys: vec![tls::fixtures::JWT_RSA_KEY.to_vec()],
             lifetime: Duration::from_secs(3600),
         }
     }
@@ -181,6 +191,7 @@ impl Fakes {
             .route(Endpoint::ImbursePayoutHmac.path(), post(imburse_payout_hmac))
             .route(Endpoint::ImbursePayout.path(), post(imburse_payout))
             .route(Endpoint::Echo.path(), post(echo))
+            .route(Endpoint::GitHubApp.path(), post(github::access_token))
             .with_state(shared.clone())
     }
 
@@ -237,6 +248,11 @@ impl Fakes {
         for _ in 0..n {
             q.push_back(Injected { status, body: body.clone(), retry_after });
         }
+    }
+
+    /// Registers another public key for the GitHub App (a key rotation on GitHub's side).
+    pub fn register_github_key(&self, pem: &[u8]) {
+        lock(&self.shared.config).github_keys.push(pem.to_vec());
     }
 
     /// Changes the credentials Podero accepts (a rotation on the provider side).

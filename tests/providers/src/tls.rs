@@ -32,6 +32,8 @@ pub mod fixtures {
     pub const CLIENT_KEY: &[u8] = include_bytes!("../fixtures/client.key");
     pub const JWT_RSA_KEY: &[u8] = include_bytes!("../fixtures/jwt-rsa.key");
     pub const JWT_EC_KEY: &[u8] = include_bytes!("../fixtures/jwt-ec.key");
+    /// A second RSA key, for key rotations.
+    pub const JWT_RSA_KEY_2: &[u8] = include_bytes!("../fixtures/jwt-rsa-2.key");
 }
 
 /// Who is on the other end of a TLS connection.
