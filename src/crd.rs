@@ -544,23 +544,39 @@ impl Default for HttpAuth {
     }
 }
 
-/// A self-signed JWT as the bearer credential: `{"alg", "typ": "JWT", "kid"?}` over `iss`,
-/// `sub`?, `aud`?, `iat` (backdated by `clockSkew`), `exp` (`iat + clockSkew + lifetime`) and the
+/// A self-signed JWT, signed afresh for every request: `{"alg", "typ": "JWT", "kid"?}` over
+/// `iss`, `sub`?, `aud`?, `iat` (now, backdated by `clockSkew`), `exp` (`iat + lifetime`) and the
 /// extra `claims`.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.serviceAccountKeySecretRef) ? !has(self.privateKeySecretRef) && !has(self.issuer) : has(self.privateKeySecretRef) && has(self.issuer)", "message": "set serviceAccountKeySecretRef, or privateKeySecretRef and issuer"}
+]))]
 pub struct JwtAuth {
-    /// `RS256` (GitHub Apps) or `ES256`.
+    /// `RS256` (GitHub Apps, Google service accounts) or `ES256`.
     #[serde(default)]
     pub algorithm: JwtAlgorithm,
     /// The PEM private key (PKCS#8, or PKCS#1 for RSA, as GitHub hands it out).
-    pub private_key_secret_ref: SecretKeyRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_secret_ref: Option<SecretKeyRef>,
+    /// A Google service-account JSON key file, as downloaded: its `private_key` signs, its
+    /// `client_email` is `iss`, its `private_key_id` is `kid` and its `token_uri` is `aud` (unless
+    /// `keyId` or `audience` say otherwise). Instead of `privateKeySecretRef` and `issuer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_key_secret_ref: Option<SecretKeyRef>,
+    /// Where the JWT goes: `AuthorizationHeader` (`Authorization: Bearer`, as GitHub wants) or
+    /// `AssertionParameter` (the form field `assertion`, for the OAuth 2.0 JWT-bearer grant of
+    /// RFC 7523 section 2.1; the body must be a `Form` with
+    /// `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer`).
+    #[serde(default)]
+    pub send_as: JwtPlacement,
     /// The `kid` header, when the verifier needs it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     pub key_id: Option<String>,
     /// The `iss` claim: for a GitHub App, its App ID or Client ID.
-    pub issuer: ValueSource,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<ValueSource>,
     /// The `sub` claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
@@ -573,7 +589,8 @@ pub struct JwtAuth {
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     #[schemars(length(max = 16), extend("x-kubernetes-validations" = [{"rule": "self.all(k, !(k in ['iss', 'sub', 'aud', 'iat', 'exp', 'nbf']))", "message": "iss, sub, aud, iat, exp and nbf are set by the operator"}]))]
     pub claims: std::collections::BTreeMap<String, String>,
-    /// How long the JWT is valid after now, such as `9m` (GitHub accepts at most 10 minutes).
+    /// How long the JWT is valid from its `iat`, such as `9m` (GitHub accepts at most 10 minutes
+    /// ahead, Google at most an hour after `iat`). Longer than `clockSkew`.
     #[serde(default = "JwtAuth::default_lifetime")]
     #[schemars(regex(pattern = DURATION), length(max = 32), extend("x-kubernetes-validations" = [{"rule": "duration(self) >= duration('10s') && duration(self) <= duration('1h')", "message": "between 10s and 1h"}]))]
     pub lifetime: String,
@@ -581,6 +598,18 @@ pub struct JwtAuth {
     #[serde(default = "JwtAuth::default_skew")]
     #[schemars(regex(pattern = DURATION), length(max = 32), extend("x-kubernetes-validations" = [{"rule": "duration(self) <= duration('5m')", "message": "at most 5m"}]))]
     pub clock_skew: String,
+}
+
+/// Where a self-signed JWT is sent.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum JwtPlacement {
+    #[default]
+    AuthorizationHeader,
+    AssertionParameter,
+    /// A placement this version of the operator does not know.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 impl JwtAuth {
@@ -1225,8 +1254,8 @@ impl TokenSourceSpec {
             if let Some(m) = &h.auth.hmac {
                 out.push(m.public_key.clone());
             }
-            if let Some(j) = &h.auth.jwt {
-                out.push(j.issuer.clone());
+            if let Some(issuer) = h.auth.jwt.as_ref().and_then(|j| j.issuer.clone()) {
+                out.push(issuer);
             }
         }
         out
@@ -1244,7 +1273,10 @@ impl TokenSourceSpec {
             out.extend(h.auth.basic.as_ref().map(|b| b.password_secret_ref.clone()));
             out.extend(h.auth.hmac.as_ref().map(|m| m.private_key_secret_ref.clone()));
             out.extend(h.auth.bearer.as_ref().and_then(|b| b.token_secret_ref.clone()));
-            out.extend(h.auth.jwt.as_ref().map(|j| j.private_key_secret_ref.clone()));
+            if let Some(j) = &h.auth.jwt {
+                out.extend(j.private_key_secret_ref.clone());
+                out.extend(j.service_account_key_secret_ref.clone());
+            }
         }
         if let Some(tls) = &self.tls {
             out.extend(tls.ca_bundle.as_ref().and_then(|c| c.secret_key_ref.clone()));

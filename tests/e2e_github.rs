@@ -81,3 +81,53 @@ async fn a_key_github_does_not_know_is_refused_with_its_words() {
     .await;
     assert!(!events.is_empty());
 }
+
+/// A Google service-account TokenSource: the JSON key file as is, the JWT-bearer grant.
+fn google(env: &Env, name: &str) -> Value {
+    json!({"metadata": {"name": name}, "spec": {
+        "type": "HTTP",
+        "http": {
+            "url": env.fakes.endpoint_url(Endpoint::GoogleToken),
+            "method": "POST",
+            "auth": {"type": "JWT", "jwt": {
+                "serviceAccountKeySecretRef": {"name": "gsa", "key": "key.json"},
+                "sendAs": "AssertionParameter",
+                "lifetime": "1h",
+                "claims": {"scope": "https://www.googleapis.com/auth/cloud-platform"}
+            }},
+            "body": {"type": "Form", "form": [{"name": "grant_type", "value": "urn:ietf:params:oauth:grant-type:jwt-bearer"}]}
+        },
+        "target": {"name": format!("{name}-token")}
+    }})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_google_service_account_key_file_gets_access_tokens_through_the_jwt_bearer_grant() {
+    let env = Env::start().await;
+    env.fakes.set_lifetime(Endpoint::GoogleToken, Duration::from_secs(8));
+    let file = env.fakes.google_key_file("key-1", fixtures::JWT_RSA_KEY);
+    env.put_secret("gsa", &[("key.json", &file)]).await;
+    env.create(google(&env, "gcp")).await;
+    let first = env.wait_token("gcp-token", None).await;
+    assert!(first.starts_with("ya29.") && env.fakes.is_valid(&first), "{first}");
+    let second = env.wait_token("gcp-token", Some(&first)).await;
+    assert!(env.fakes.is_valid(&second), "renewed before it expired");
+    assert!(env.fakes.rejections().is_empty(), "{:?}", env.fakes.rejections());
+
+    // A new key of the account, downloaded into the Secret: used within seconds.
+    env.fakes.add_google_key("key-2", fixtures::JWT_RSA_KEY_2);
+    env.put_secret("gsa", &[("key.json", &env.fakes.google_key_file("key-2", fixtures::JWT_RSA_KEY_2))]).await;
+    let rotated = env.wait_token("gcp-token", Some(&second)).await;
+    assert!(env.fakes.is_valid(&rotated));
+
+    // A key file whose key Google does not know: Google's words, nothing leaks.
+    env.put_secret("gsa-bad", &[("key.json", &env.fakes.google_key_file("key-9", fixtures::JWT_RSA_KEY_2))]).await;
+    let mut bad = google(&env, "gcp-bad");
+    bad["spec"]["http"]["auth"]["jwt"]["serviceAccountKeySecretRef"]["name"] = json!("gsa-bad");
+    env.create(bad).await;
+    let message = env.wait_ready("gcp-bad", "False", "ProviderRejected").await;
+    assert!(message.contains("invalid_grant: Invalid JWT Signature."), "{message}");
+    let pem = std::str::from_utf8(fixtures::JWT_RSA_KEY_2).unwrap();
+    let body = pem.lines().nth(1).unwrap_or_default();
+    env.assert_nothing_leaks(&[body], &["gcp-token"]).await;
+}

@@ -328,6 +328,15 @@ fn cases() -> Vec<Case> {
             "spec.http.auth.jwt.lifetime",
             "between 10s and 1h",
         ),
+        case(
+            set(
+                http(),
+                "spec/http/auth",
+                json!({"type": "JWT", "jwt": {"privateKeySecretRef": {"name": "k", "key": "pem"}, "serviceAccountKeySecretRef": {"name": "k", "key": "json"}}}),
+            ),
+            "spec.http.auth.jwt",
+            "set serviceAccountKeySecretRef, or privateKeySecretRef and issuer",
+        ),
         // Rollout restarts.
         case(
             set(http(), "spec/target/rolloutRestart", json!({"workloads": [{"kind": "Deployment"}]})),

@@ -40,6 +40,7 @@ async fn deploy_and_examples_apply_cleanly() {
             "imburse-payout-hmac",
             "imburse-payout-from-management",
             "github-app",
+            "google-service-account",
         ] {
             let (ok, _, err) = kubectl(&sim, &["apply", "-f", &format!("deploy/examples/{file}.yaml")]);
             assert!(ok, "{file}: {err}");
@@ -71,7 +72,7 @@ async fn deploy_and_examples_apply_cleanly() {
         assert!(ok, "{err}");
         let header: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();
         assert_eq!(header, ["NAME", "READY", "REASON", "EXPIRES", "RENEWAL", "AGE"], "{out}");
-        assert_eq!(out.lines().count(), 7, "{out}");
+        assert_eq!(out.lines().count(), 8, "{out}");
         let (ok, out, _) = kubectl(&sim, &["get", "tks", "-o", "wide"]);
         assert!(ok && out.contains("SECRET") && out.contains("podero-token"), "{out}");
         let (ok, out, err) = kubectl(&sim, &["explain", "tokensource.spec.oauth2.clientAuth.type"]);

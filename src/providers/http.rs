@@ -55,11 +55,12 @@ pub fn request(
     if headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization")) && spec.auth.type_ != AuthType::None {
         return Err(Error::InvalidSpec("http: set the Authorization header or http.auth, not both".into()));
     }
-    let (body, content_type) = match &spec.body {
+    let (mut body, content_type) = match &spec.body {
         None => (vec![], None),
         Some(b) => body(b, creds, &mut secrets)?,
     };
     let auth = auth(&spec.auth, creds, upstream_token, &mut secrets)?;
+    let auth = place_assertion(&spec.auth, auth, &mut body, content_type.as_deref())?;
     let method = match spec.method {
         HttpMethod::Get => Method::Get,
         HttpMethod::Post => Method::Post,
@@ -154,10 +155,7 @@ fn auth(
         }
         AuthType::Jwt => {
             let j = spec.jwt.as_ref().ok_or_else(|| missing("jwt"))?;
-            let field = "http.auth.jwt.privateKeySecretRef";
-            let key = creds.get(&j.private_key_secret_ref, field)?;
-            secrets.push(key.to_vec());
-            let issuer = creds.resolve(&j.issuer, "http.auth.jwt.issuer")?;
+            let signer = signer(j, creds, secrets)?;
             let seconds = |d: &str, what: &str| {
                 crate::schedule::parse_duration(d)
                     .map(|d| d.as_secs())
@@ -169,21 +167,97 @@ fn auth(
             for (k, v) in &j.claims {
                 claims.insert(k.clone(), serde_json::Value::String(v.clone()));
             }
-            claims.insert("iss".into(), issuer_claim(&issuer.text));
+            claims.insert("iss".into(), issuer_claim(&signer.issuer));
             if let Some(sub) = &j.subject {
                 claims.insert("sub".into(), sub.clone().into());
             }
-            if let Some(aud) = &j.audience {
-                claims.insert("aud".into(), aud.clone().into());
+            if let Some(aud) = j.audience.clone().or(signer.audience) {
+                claims.insert("aud".into(), aud.into());
             }
-            claims.insert("iat".into(), (now - skew).into());
-            claims.insert("exp".into(), (now + lifetime).into());
-            let jwt = super::jwt::sign(j.algorithm, key, j.key_id.as_deref(), &claims.into(), field)?;
+            // The JWT spans `lifetime` from its backdated `iat`, as verifiers count it (Google:
+            // at most an hour after iat; GitHub: at most 10 minutes ahead).
+            let (iat, exp) = (now - skew, now - skew + lifetime);
+            if exp <= now + 10 {
+                return Err(Error::InvalidSpec("http.auth.jwt: lifetime must be longer than clockSkew".into()));
+            }
+            claims.insert("iat".into(), iat.into());
+            claims.insert("exp".into(), exp.into());
+            let kid = j.key_id.clone().or(signer.key_id);
+            let jwt = super::jwt::sign(j.algorithm, &signer.key, kid.as_deref(), &claims.into(), signer.field)?;
             secrets.push(jwt.as_bytes().to_vec());
             Auth::Bearer(jwt)
         }
         AuthType::Unknown => return Err(Error::unsupported("http.auth.type")),
     })
+}
+
+/// What signs a self-signed JWT, and the claims its key brings.
+struct Signer {
+    key: Vec<u8>,
+    issuer: String,
+    key_id: Option<String>,
+    audience: Option<String>,
+    field: &'static str,
+}
+
+/// The key and issuer of a JWT: a PEM key and `issuer`, or a service-account key file.
+fn signer(j: &crate::crd::JwtAuth, creds: &Credentials, secrets: &mut Vec<Vec<u8>>) -> Result<Signer, Error> {
+    if let Some(r) = &j.service_account_key_secret_ref {
+        let field = "http.auth.jwt.serviceAccountKeySecretRef";
+        let raw = creds.get(r, field)?;
+        secrets.push(raw.to_vec());
+        let file: serde_json::Value = serde_json::from_slice(raw)
+            .map_err(|_| Error::CredentialsInvalid(format!("{field}: not a JSON service-account key file")))?;
+        let text = |k: &str| {
+            file.get(k).and_then(|v| v.as_str()).filter(|v| !v.is_empty()).map(String::from).ok_or_else(|| {
+                Error::CredentialsInvalid(format!("{field}: the key file has no {k:?} (is it a service-account key?)"))
+            })
+        };
+        let key = text("private_key")?.into_bytes();
+        secrets.push(key.clone());
+        return Ok(Signer {
+            key,
+            issuer: text("client_email")?,
+            key_id: text("private_key_id").ok(),
+            audience: text("token_uri").ok(),
+            field,
+        });
+    }
+    let field = "http.auth.jwt.privateKeySecretRef";
+    let missing = |m: &str| {
+        Error::InvalidSpec(format!(
+            "http.auth.jwt: set serviceAccountKeySecretRef, or privateKeySecretRef and issuer ({m} is missing)"
+        ))
+    };
+    let key =
+        creds.get(j.private_key_secret_ref.as_ref().ok_or_else(|| missing("privateKeySecretRef"))?, field)?.to_vec();
+    secrets.push(key.clone());
+    let issuer = creds.resolve(j.issuer.as_ref().ok_or_else(|| missing("issuer"))?, "http.auth.jwt.issuer")?;
+    Ok(Signer { key, issuer: issuer.text, key_id: None, audience: None, field })
+}
+
+/// Moves a JWT meant for the `assertion` form field out of the Authorization header and into
+/// the body (the OAuth 2.0 JWT-bearer grant).
+fn place_assertion(spec: &HttpAuth, auth: Auth, body: &mut Vec<u8>, content_type: Option<&str>) -> Result<Auth, Error> {
+    let assertion = spec.type_ == AuthType::Jwt
+        && spec.jwt.as_ref().is_some_and(|j| j.send_as == crate::crd::JwtPlacement::AssertionParameter);
+    if spec.jwt.as_ref().is_some_and(|j| j.send_as == crate::crd::JwtPlacement::Unknown) {
+        return Err(Error::unsupported("http.auth.jwt.sendAs"));
+    }
+    let Auth::Bearer(jwt) = auth else { return Ok(auth) };
+    if !assertion {
+        return Ok(Auth::Bearer(jwt));
+    }
+    if content_type != Some("application/x-www-form-urlencoded") {
+        return Err(Error::InvalidSpec(
+            "http.auth.jwt.sendAs AssertionParameter needs a Form body (with grant_type urn:ietf:params:oauth:grant-type:jwt-bearer)".into(),
+        ));
+    }
+    let text = String::from_utf8(std::mem::take(body)).unwrap_or_default();
+    let mut form = url::form_urlencoded::Serializer::for_suffix(text, 0);
+    form.append_pair("assertion", &jwt);
+    *body = form.finish().into_bytes();
+    Ok(Auth::None)
 }
 
 /// The `iss` claim: a number when the issuer is one (a GitHub App ID), else the text.

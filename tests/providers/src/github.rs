@@ -27,7 +27,7 @@ fn github_error(status: StatusCode, message: &str) -> Response {
 }
 
 /// The public key of a PEM RSA private key.
-fn public_key(pem: &[u8]) -> Option<UnparsedPublicKey<Vec<u8>>> {
+pub(crate) fn rsa_public_key(pem: &[u8]) -> Option<UnparsedPublicKey<Vec<u8>>> {
     let pair = match PrivateKeyDer::from_pem_slice(pem).ok()? {
         PrivateKeyDer::Pkcs8(k) => RsaKeyPair::from_pkcs8(k.secret_pkcs8_der()).ok()?,
         PrivateKeyDer::Pkcs1(k) => RsaKeyPair::from_der(k.secret_pkcs1_der()).ok()?,
@@ -52,7 +52,7 @@ fn check_jwt(s: &Shared, jwt: &str) -> Result<(), &'static str> {
     let config = lock(&s.config).clone();
     let input = format!("{h}.{c}");
     let verified =
-        config.github_keys.iter().filter_map(|k| public_key(k)).any(|k| k.verify(input.as_bytes(), &sig).is_ok());
+        config.github_keys.iter().filter_map(|k| rsa_public_key(k)).any(|k| k.verify(input.as_bytes(), &sig).is_ok());
     if !verified {
         return Err("A JSON web token could not be decoded");
     }

@@ -12,6 +12,7 @@
 
 pub mod examples;
 pub mod github;
+pub mod google;
 pub mod tls;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -48,6 +49,8 @@ pub enum Endpoint {
     Echo,
     /// GitHub's installation access tokens, for installation 4242 of App `github_app_id`.
     GitHubApp,
+    /// Google's OAuth 2.0 token endpoint for service accounts (the JWT-bearer grant).
+    GoogleToken,
 }
 
 impl Endpoint {
@@ -62,6 +65,7 @@ impl Endpoint {
             Self::JwtToken => "/jwt/token",
             Self::Echo => "/echo",
             Self::GitHubApp => "/app/installations/4242/access_tokens",
+            Self::GoogleToken => "/google/token",
         }
     }
 }
@@ -89,6 +93,10 @@ pub struct Config {
     pub github_app_id: String,
     /// The PEM private keys whose public keys the GitHub App has registered.
     pub github_keys: Vec<Vec<u8>>,
+    /// The service account's e-mail, the `iss` of its assertions.
+    pub google_client_email: String,
+    /// The service account's keys: (private_key_id, PEM private key).
+    pub google_keys: Vec<(String, Vec<u8>)>,
     pub lifetime: Duration,
 }
 
@@ -103,6 +111,8 @@ impl Default for Config {
             jwt_client_id: "jwt-client".into(),
             github_app_id: "123456".into(),
             github_keys: vec![tls::fixtures::JWT_RSA_KEY.to_vec()],
+            google_client_email: "operator@project.iam.gserviceaccount.com".into(),
+            google_keys: vec![("key-1".into(), tls::fixtures::JWT_RSA_KEY.to_vec())],
             lifetime: Duration::from_secs(3600),
         }
     }
@@ -132,6 +142,8 @@ pub(crate) struct Shared {
     pub(crate) config: Mutex<Config>,
     pub(crate) inner: Mutex<Inner>,
     pub(crate) port: Mutex<u16>,
+    /// `http://127.0.0.1:PORT` or `https://localhost:PORT`: what clients call this server.
+    pub(crate) base_url: Mutex<String>,
 }
 
 /// A running set of fake token endpoints.
@@ -152,9 +164,15 @@ impl Fakes {
     }
 
     pub async fn start_on(config: Config, addr: SocketAddr) -> std::io::Result<Self> {
-        let shared = Arc::new(Shared { config: Mutex::new(config), inner: Mutex::default(), port: Mutex::new(0) });
+        let shared = Arc::new(Shared {
+            config: Mutex::new(config),
+            inner: Mutex::default(),
+            port: Mutex::new(0),
+            base_url: Mutex::default(),
+        });
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        *lock(&shared.base_url) = format!("http://{addr}");
         let app = Self::router(&shared);
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -165,10 +183,16 @@ impl Fakes {
     /// The same endpoints over HTTPS (a certificate for `localhost` from the fixtures' test CA),
     /// plus the mutual-TLS and private_key_jwt endpoints. Use `https://localhost:PORT`.
     pub async fn start_tls(config: Config) -> std::io::Result<Self> {
-        let shared = Arc::new(Shared { config: Mutex::new(config), inner: Mutex::default(), port: Mutex::new(0) });
+        let shared = Arc::new(Shared {
+            config: Mutex::new(config),
+            inner: Mutex::default(),
+            port: Mutex::new(0),
+            base_url: Mutex::default(),
+        });
         let listener = tls::listener(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = axum::serve::Listener::local_addr(&listener)?.addr;
         *lock(&shared.port) = addr.port();
+        *lock(&shared.base_url) = format!("https://localhost:{}", addr.port());
         let app = Self::router(&shared)
             .merge(
                 Router::new()
@@ -192,6 +216,7 @@ impl Fakes {
             .route(Endpoint::ImbursePayout.path(), post(imburse_payout))
             .route(Endpoint::Echo.path(), post(echo))
             .route(Endpoint::GitHubApp.path(), post(github::access_token))
+            .route(Endpoint::GoogleToken.path(), post(google::token))
             .with_state(shared.clone())
     }
 
@@ -253,6 +278,26 @@ impl Fakes {
     /// Registers another public key for the GitHub App (a key rotation on GitHub's side).
     pub fn register_github_key(&self, pem: &[u8]) {
         lock(&self.shared.config).github_keys.push(pem.to_vec());
+    }
+
+    /// Adds a key to the Google service account (a key rotation on Google's side).
+    pub fn add_google_key(&self, key_id: &str, pem: &[u8]) {
+        lock(&self.shared.config).google_keys.push((key_id.into(), pem.to_vec()));
+    }
+
+    /// A service-account JSON key file for key `key_id`, as Google's console downloads it.
+    pub fn google_key_file(&self, key_id: &str, pem: &[u8]) -> String {
+        serde_json::json!({
+            "type": "service_account",
+            "project_id": "project",
+            "private_key_id": key_id,
+            "private_key": String::from_utf8_lossy(pem),
+            "client_email": lock(&self.shared.config).google_client_email,
+            "client_id": "109876543210",
+            "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+            "token_uri": self.endpoint_url(Endpoint::GoogleToken),
+        })
+        .to_string()
     }
 
     /// Changes the credentials Podero accepts (a rotation on the provider side).

@@ -103,11 +103,11 @@ pub async fn listener(addr: SocketAddr) -> std::io::Result<TlsListener> {
     Ok(TlsListener { tcp, acceptor: TlsAcceptor::from(Arc::new(config)) })
 }
 
-fn form(body: &[u8]) -> Vec<(String, String)> {
+pub(crate) fn form(body: &[u8]) -> Vec<(String, String)> {
     url::form_urlencoded::parse(body).into_owned().collect()
 }
 
-fn get<'a>(form: &'a [(String, String)], k: &str) -> Option<&'a str> {
+pub(crate) fn get<'a>(form: &'a [(String, String)], k: &str) -> Option<&'a str> {
     form.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str())
 }
 
