@@ -164,7 +164,6 @@ pub struct Elector {
     observed: Option<Observed>,
     /// The Lease as this instance last wrote it, for renewals without a read.
     written: Option<Lease>,
-    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The watch of the one Lease, retried with backoff when the API fails.
@@ -185,14 +184,10 @@ fn whole_seconds(d: Duration) -> i32 {
 }
 
 impl Elector {
-    pub fn new(
-        client: kube::Client,
-        settings: Settings,
-        leadership: Arc<Leadership>,
-        metrics: Arc<crate::metrics::Metrics>,
-    ) -> Self {
+    /// `tokensource_leader` follows `leadership` (the controller sets it on every change).
+    pub fn new(client: kube::Client, settings: Settings, leadership: Arc<Leadership>) -> Self {
         let api = Api::namespaced(client, &settings.namespace);
-        Self { api, settings, leadership, observed: None, written: None, metrics }
+        Self { api, settings, leadership, observed: None, written: None }
     }
 
     /// Takes part in the election until `stop` turns true, then releases the Lease if held.
@@ -243,7 +238,6 @@ impl Elector {
     fn leadership_held(&mut self, started: Instant) {
         if !self.leadership.is_leading() {
             tracing::info!(identity = %self.settings.identity, "leader election: leading");
-            self.metrics.leader.set(1);
         }
         self.leadership.renewed(started, self.settings.renew_deadline);
     }
@@ -258,7 +252,6 @@ impl Elector {
             self.leadership.step_down();
             self.written = None;
         }
-        self.metrics.leader.set(0);
     }
 
     /// One round of client-go's `tryAcquireOrRenew`: `Ok(true)` when this instance holds the Lease.
@@ -358,7 +351,6 @@ impl Elector {
     async fn release(&mut self) {
         let was_leading = self.leadership.is_leading();
         self.leadership.step_down();
-        self.metrics.leader.set(0);
         let Some(mut lease) = self.written.take().filter(|_| was_leading) else { return };
         if let Some(spec) = lease.spec.as_mut() {
             spec.holder_identity = None;

@@ -210,7 +210,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     // its reconciles first, then the Lease is released.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let elector = election.map(|settings| {
-        let elector = leader::Elector::new(client.clone(), settings, leadership, metrics.clone());
+        let elector = leader::Elector::new(client.clone(), settings, leadership);
         tokio::spawn(elector.run(stopped))
     });
     let result = controller::run(client, config, metrics, health, shutdown_signal()).await;

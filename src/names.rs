@@ -1,4 +1,7 @@
-//! Name syntax the API server enforces, checked before anything is written.
+//! Name syntax and sizes the API server enforces, checked before anything is written.
+
+/// The most data a Secret may hold, as the API server counts it (the values' bytes).
+pub const MAX_SECRET_DATA: usize = 1 << 20;
 
 /// Whether `key` is a valid Secret (or ConfigMap) data key: alphanumerics, `-`, `_` and `.`.
 pub fn is_secret_key(key: &str) -> bool {

@@ -177,10 +177,10 @@ impl Reader {
                 Some(v) => {
                     let value = scalar_string(v);
                     size = size.saturating_add(value.len());
-                    if size > crate::secret::MAX_SECRET_DATA {
+                    if size > crate::names::MAX_SECRET_DATA {
                         return Err(ProviderError::TooLarge(format!(
                             "the token and response.fields come to more than {} bytes, a Secret's limit",
-                            crate::secret::MAX_SECRET_DATA
+                            crate::names::MAX_SECRET_DATA
                         )));
                     }
                     fields.insert(key.clone(), value);

@@ -26,8 +26,7 @@ pub const SHAPE_ANNOTATION: &str = "tokensource.dev/shape";
 /// A salted hash of the data the operator wrote (never the data): an edit of the Secret shows.
 pub const DATA_HASH_ANNOTATION: &str = "tokensource.dev/data-hash";
 
-/// The most data a Secret may hold, as the API server counts it (the values' bytes).
-pub const MAX_SECRET_DATA: usize = 1 << 20;
+pub use crate::names::MAX_SECRET_DATA;
 
 /// The default keys of the target Secret.
 pub const TOKEN_KEY: &str = "token";
