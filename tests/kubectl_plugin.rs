@@ -196,6 +196,12 @@ async fn check_sends_the_request_explains_the_answer_and_writes_nothing() {
     assert!(!ok && out.contains("Failed:   token endpoint answered 400"), "{out}");
     assert!(out.contains("Fix:      the provider may expect a JSON body: try oauth2.bodyType JSON"), "{out}");
 
+    // A provider that counts milliseconds in expires_in: the lifetime is named as suspicious.
+    env.fakes.set_lifetime(Endpoint::Podero, Duration::from_secs(3_600_000));
+    std::fs::write(&file, ts.to_string()).unwrap();
+    let (ok, out, _) = tokio::task::block_in_place(|| kubectl(&env, &base));
+    assert!(ok && out.contains("Note:     a lifetime of 41d is unusual") && out.contains("milliseconds"), "{out}");
+
     // Nothing was written by any of it.
     let writes: Vec<_> = sim.requests().into_iter().filter(|r| r.is_successful_write()).collect();
     assert!(writes.is_empty(), "{writes:?}");

@@ -193,6 +193,17 @@ async fn check(cli: &Cli, file: &std::path::Path, literals: &[String], config: &
                 human(t.expires_at.duration_since(now).abs()),
                 dry_run::lifetime_source(t.lifetime_source)
             );
+            if t.expires_at.duration_since(now) > jiff::SignedDuration::from_hours(7 * 24) {
+                println!(
+                    "Note:     a lifetime of {} is unusual for an API token: if the provider counts milliseconds, this was read as seconds (response.expiry.type ExpiresAt with format UnixMilliseconds, or check the provider's documentation)",
+                    human(t.expires_at.duration_since(now).abs())
+                );
+            }
+            if t.lifetime_source == tokensource_operator::response::LifetimeSource::Default {
+                println!(
+                    "Note:     the reply gave no expiry; the operator would assume response.expiry.defaultLifetime"
+                );
+            }
             println!("Scopes:   {}", t.scope.as_deref().unwrap_or("(none given)"));
             println!("Renewal:  {} (in {})", r.renew_at, human(r.renew_at.duration_since(now).abs()));
             println!("Secret:   {:?} ({}) would hold: {}", ts.spec.target.name, r.secret_type, r.keys.join(", "));
