@@ -863,17 +863,27 @@ pub struct RenewalSpec {
     #[serde(default = "RenewalSpec::default_percentage")]
     #[schemars(range(min = 1, max = 99))]
     pub renew_before_percentage: i32,
+
+    /// TokenSources in one namespace that send identical requests (URL, method, headers, body,
+    /// authentication and credential values) and read the reply alike share one token: one
+    /// provider call per lifetime, each target Secret gets it. This also spares providers that
+    /// revoke a client's older token when a new one is issued. Never across namespaces.
+    #[serde(default = "RenewalSpec::share")]
+    pub share_identical_requests: bool,
 }
 
 impl RenewalSpec {
     fn default_percentage() -> i32 {
         33
     }
+    fn share() -> bool {
+        true
+    }
 }
 
 impl Default for RenewalSpec {
     fn default() -> Self {
-        Self { renew_before: None, renew_before_percentage: Self::default_percentage() }
+        Self { renew_before: None, renew_before_percentage: Self::default_percentage(), share_identical_requests: true }
     }
 }
 

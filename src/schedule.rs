@@ -183,7 +183,11 @@ mod tests {
     }
 
     fn policy(renew_before: Option<&str>, percentage: i32) -> Policy {
-        let spec = RenewalSpec { renew_before: renew_before.map(String::from), renew_before_percentage: percentage };
+        let spec = RenewalSpec {
+            renew_before: renew_before.map(String::from),
+            renew_before_percentage: percentage,
+            share_identical_requests: true,
+        };
         Policy::new(&spec, Duration::from_secs(120)).unwrap()
     }
 
@@ -257,9 +261,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_settings() {
-        let spec = RenewalSpec { renew_before: Some("soon".into()), renew_before_percentage: 33 };
+        let spec = RenewalSpec {
+            renew_before: Some("soon".into()),
+            renew_before_percentage: 33,
+            share_identical_requests: true,
+        };
         assert!(Policy::new(&spec, Duration::from_secs(1)).is_err());
-        let spec = RenewalSpec { renew_before: None, renew_before_percentage: 100 };
+        let spec = RenewalSpec { renew_before: None, renew_before_percentage: 100, share_identical_requests: true };
         assert!(Policy::new(&spec, Duration::from_secs(1)).is_err());
     }
 
@@ -339,7 +347,7 @@ mod properties_256_cases {
             margin in 0u64..10_000,
             jitter in proptest::num::f64::ANY,
         ) {
-            let spec = RenewalSpec { renew_before: renew_before.map(|s| format!("{s}s")), renew_before_percentage: percentage };
+            let spec = RenewalSpec { renew_before: renew_before.map(|s| format!("{s}s")), renew_before_percentage: percentage, share_identical_requests: true };
             let policy = Policy::new(&spec, Duration::from_secs(margin)).unwrap();
             let at = policy.refresh_at(t(0), t(lifetime), jitter);
             prop_assert!(at >= t(5), "renewal at {at}");

@@ -200,7 +200,8 @@ async fn a_hung_host_delays_only_its_own_tokensources() {
     for i in 0..20 {
         env.create(json!({
             "metadata": {"name": format!("hung-{i}")},
-            "spec": {"type": "HTTP", "http": {"url": url}, "target": {"name": format!("hung-{i}-token")}}
+            // Twenty different requests (identical ones would share one request in flight).
+            "spec": {"type": "HTTP", "http": {"url": format!("{url}?n={i}")}, "target": {"name": format!("hung-{i}-token")}}
         }))
         .await;
     }

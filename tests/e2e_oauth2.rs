@@ -418,3 +418,34 @@ async fn api_server_faults_are_survived() {
     assert!(env.fakes.is_valid(&second));
     assert_eq!(env.fakes.calls(Endpoint::Podero), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_requests_share_one_token_per_lifetime_within_a_namespace() {
+    let env = Env::start().await;
+    env.fakes.set_lifetime(Endpoint::Podero, Duration::from_secs(6));
+    podero_credentials(&env).await;
+    let names: Vec<String> = (0..8).map(|i| format!("same-{i}")).collect();
+    for n in &names {
+        env.create(podero(&env, n, &format!("{n}-token"))).await;
+    }
+    let mut first = vec![];
+    for n in &names {
+        first.push(env.wait_token(&format!("{n}-token"), None).await);
+    }
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 1, "eight identical requests, one call");
+    assert!(first.iter().all(|t| *t == first[0]), "every Secret got the one token");
+    // Renewed together: one call per lifetime, and every Secret follows the new token.
+    let mut second = vec![];
+    for n in &names {
+        second.push(env.wait_token(&format!("{n}-token"), Some(&first[0])).await);
+    }
+    assert!(second.iter().all(|t| *t == second[0]), "{second:?}");
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 2, "one call per lifetime for all eight");
+    // Opting out gets a token of its own.
+    let mut own = podero(&env, "own", "own-token");
+    own["spec"]["renewal"] = json!({"shareIdenticalRequests": false});
+    env.create(own).await;
+    let mine = env.wait_token("own-token", None).await;
+    assert!(!first.contains(&mine) && !second.contains(&mine));
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 3);
+}

@@ -457,7 +457,7 @@ async fn defaults_are_stored_and_name_and_type_cannot_change() {
         assert_eq!(spec["http"]["auth"], json!({"type": "None"}), "no authentication is spelled out");
         assert_eq!(spec["response"]["token"], json!({"jsonPath": "$.access_token"}));
         assert_eq!(spec["response"]["expiry"], json!({"type": "Auto"}));
-        assert_eq!(spec["renewal"], json!({"renewBeforePercentage": 33}));
+        assert_eq!(spec["renewal"], json!({"renewBeforePercentage": 33, "shareIdenticalRequests": true}));
         assert_eq!(
             spec["target"],
             json!({"name": "t-token", "creationPolicy": "Owner", "template": {"type": "Opaque", "engineVersion": "v1", "mergePolicy": "Merge"}})

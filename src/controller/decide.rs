@@ -119,6 +119,29 @@ pub fn fingerprint(ts: &TokenSource, creds: &Credentials) -> String {
     hex(h)
 }
 
+/// What TokenSources sending identical requests share: the fingerprint's request and values,
+/// scoped to the namespace instead of salted with the uid.
+pub fn request_key(ts: &TokenSource, creds: &Credentials) -> String {
+    let spec = &ts.spec;
+    let request = json!({
+        "type": spec.type_,
+        "oauth2": spec.oauth2,
+        "http": spec.http,
+        "tls": spec.tls,
+        "response": spec.response,
+    });
+    let mut h = Sha256::new();
+    h.update(b"shared\0");
+    h.update(ts.meta().namespace.as_deref().unwrap_or_default().as_bytes());
+    h.update(b"\0");
+    h.update(request.to_string().as_bytes());
+    for v in creds.all_values() {
+        h.update((v.len() as u64).to_be_bytes());
+        h.update(v);
+    }
+    hex(h)
+}
+
 /// A hash of what shapes the Secret around the token: the template and the creation policy. A
 /// change re-renders the Secret from the token it holds; it needs no new token.
 pub fn shape(ts: &TokenSource) -> String {

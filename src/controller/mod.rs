@@ -28,6 +28,7 @@ mod load;
 mod memory;
 mod reconcile;
 mod restart;
+mod shared;
 mod status;
 mod validate;
 mod watch;
@@ -37,7 +38,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::events::Recorder;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource};
 
 pub use config::Config;
@@ -71,6 +72,10 @@ pub struct Context {
     metrics: Arc<Metrics>,
     /// Who reads which Secret, with `--audit-consumers`.
     consumers: Option<Arc<audit::Consumers>>,
+    /// Tokens shared by TokenSources that send identical requests.
+    shared: shared::SharedTokens,
+    /// Reconciles TokenSources from inside a reconcile (sharers of a new token).
+    retrigger: tokio::sync::mpsc::Sender<ObjectRef<TokenSource>>,
 }
 
 impl Context {

@@ -173,9 +173,17 @@ impl Context {
         // A manual refresh fetches whatever the token in hand; a token the provider failed to
         // give (a failed manual refresh) is still owed, after the backoff.
         let owed = self.memory.failure(&me).is_some_and(|f| f.provider && f.fingerprint == fingerprint);
+        // Identical requests share one token: a newer one a sharer got is taken at once.
+        let key = ts.spec.renewal.share_identical_requests.then(|| decide::request_key(ts, &creds));
+        let in_hand_issued = in_hand.as_ref().map(|t| t.issued_at);
+        let newer_shared = key
+            .as_deref()
+            .and_then(|k| self.shared.token(k, now))
+            .is_some_and(|t| in_hand_issued.is_some_and(|mine| t.issued_at > mine));
         let decision = match (manual, decide::decide(times, missing, &uid, &plan.policy, now)) {
             (Some(_), _) => Decision::Fetch { why: "ManualRefresh" },
             (None, Decision::Keep { .. }) if owed => Decision::Fetch { why: "RetryAfterFailure" },
+            (None, Decision::Keep { .. }) if newer_shared => Decision::Fetch { why: "SharedToken" },
             (None, decision) => decision,
         };
         let why = match decision {
@@ -215,7 +223,40 @@ impl Context {
         if let Some(t) = &upstream_token {
             known.redactor.add(t.as_bytes());
         }
-        let Some(token) = self.fetch(ts, &plan, &creds, upstream_token.as_deref(), why).await? else {
+        let token = match &key {
+            None => self.fetch(ts, &plan, &creds, upstream_token.as_deref(), why).await?,
+            Some(k) => {
+                // One request at a time per shared request; a sharer's newer token that is not
+                // due by this TokenSource's policy is taken instead of a new request.
+                let flight = self.shared.join(k, &me);
+                // A sharer's request in flight is not waited for (a hung endpoint must not hold
+                // reconcile workers): this one looks again in a second or two.
+                let Ok(_one) = flight.try_lock() else {
+                    return Ok(status::host_busy(status.clone()));
+                };
+                // A manual refresh always asks; the others then take its token.
+                let reuse = self.shared.token(k, now).filter(|t| {
+                    manual.is_none()
+                        && in_hand_issued.is_none_or(|mine| t.issued_at > mine)
+                        && plan.policy.refresh_at(t.issued_at, t.expires_at, schedule::jitter_for(&uid, t.issued_at))
+                            > now
+                });
+                match reuse {
+                    Some(t) => Some(t),
+                    None => {
+                        let fetched = self.fetch(ts, &plan, &creds, upstream_token.as_deref(), why).await?;
+                        if let Some(t) = &fetched {
+                            for other in self.shared.offer(k, t.clone(), &me) {
+                                // Never blocks a reconcile: a full queue leaves it to its renewal.
+                                let _ = self.retrigger.try_send(other);
+                            }
+                        }
+                        fetched
+                    }
+                }
+            }
+        };
+        let Some(token) = token else {
             return Ok(status::host_busy(status.clone()));
         };
         known.redactor.add(token.access_token.as_bytes());

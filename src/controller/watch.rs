@@ -147,6 +147,8 @@ pub async fn run(
     });
     let ctx = Arc::new(Context {
         consumers,
+        shared: Default::default(),
+        retrigger: tx.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         client,
         transport,
@@ -245,6 +247,7 @@ fn follow_leadership(ctx: &Arc<Context>, tx: mpsc::Sender<ObjectRef<TokenSource>
             ctx.metrics.leader.set(i64::from(leading));
             if !std::mem::take(&mut first) {
                 ctx.memory.clear();
+                ctx.shared.clear();
                 if leading {
                     while !health.ready.load(Ordering::Relaxed) {
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -296,6 +299,7 @@ impl Context {
         if sweep {
             let live: HashSet<ObjectRef<TokenSource>> = sources.iter().map(|ts| ObjectRef::from_obj(&**ts)).collect();
             self.memory.retain(&live);
+            self.shared.retain(&live, jiff::Timestamp::now());
             self.references.retain(&live);
             let urls: Vec<url::Url> = sources.iter().filter_map(|ts| endpoint(ts)).collect();
             self.transport.retain_hosts(&urls.iter().map(crate::transport::host_key).collect());

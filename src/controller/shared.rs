@@ -1,0 +1,68 @@
+//! Tokens shared by TokenSources that send identical requests in one namespace
+//! (`renewal.shareIdenticalRequests`): one provider call per lifetime for all of them. One
+//! request at a time per shared request (single flight); a new token is offered to every sharer
+//! at once, so none keeps an older one a provider may have revoked.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use jiff::Timestamp;
+use kube::runtime::reflector::ObjectRef;
+
+use crate::crd::TokenSource;
+use crate::response::Token;
+
+#[derive(Default)]
+struct Entry {
+    token: Option<Token>,
+    sharers: HashSet<ObjectRef<TokenSource>>,
+    flight: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The shared tokens, by request key.
+#[derive(Default)]
+pub struct SharedTokens {
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+impl SharedTokens {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Joins `ts` to the sharers of `key`; returns the lock that keeps one request in flight.
+    pub fn join(&self, key: &str, ts: &ObjectRef<TokenSource>) -> Arc<tokio::sync::Mutex<()>> {
+        let mut entries = self.lock();
+        let e = entries.entry(key.to_string()).or_default();
+        e.sharers.insert(ts.clone());
+        e.flight.clone()
+    }
+
+    /// The token shared for `key`, if it is still valid at `now`.
+    pub fn token(&self, key: &str, now: Timestamp) -> Option<Token> {
+        self.lock().get(key).and_then(|e| e.token.clone()).filter(|t| t.expires_at > now)
+    }
+
+    /// Offers a new token; returns the other sharers, to reconcile now.
+    pub fn offer(&self, key: &str, token: Token, from: &ObjectRef<TokenSource>) -> Vec<ObjectRef<TokenSource>> {
+        let mut entries = self.lock();
+        let e = entries.entry(key.to_string()).or_default();
+        e.token = Some(token);
+        e.sharers.iter().filter(|s| *s != from).cloned().collect()
+    }
+
+    /// Forgets TokenSources that are gone, and tokens that expired.
+    pub fn retain(&self, live: &HashSet<ObjectRef<TokenSource>>, now: Timestamp) {
+        self.lock().retain(|_, e| {
+            e.sharers.retain(|s| live.contains(s));
+            if e.token.as_ref().is_some_and(|t| t.expires_at <= now) {
+                e.token = None;
+            }
+            !e.sharers.is_empty()
+        });
+    }
+
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+}
