@@ -101,6 +101,13 @@ pub fn backoff_pending(
 /// reply specs and the values read from Secrets and ConfigMaps, salted with the TokenSource's
 /// uid. A change means a new token is needed; the credentials cannot be recovered from it.
 pub fn fingerprint(ts: &TokenSource, creds: &Credentials) -> String {
+    let mut h = Sha256::new();
+    h.update(ts.meta().uid.as_deref().unwrap_or_default().as_bytes());
+    request_hash(h, ts, creds)
+}
+
+/// Adds the request and reply specs and every credential value to `h`.
+fn request_hash(mut h: Sha256, ts: &TokenSource, creds: &Credentials) -> String {
     let spec = &ts.spec;
     let request = json!({
         "type": spec.type_,
@@ -109,8 +116,6 @@ pub fn fingerprint(ts: &TokenSource, creds: &Credentials) -> String {
         "tls": spec.tls,
         "response": spec.response,
     });
-    let mut h = Sha256::new();
-    h.update(ts.meta().uid.as_deref().unwrap_or_default().as_bytes());
     h.update(request.to_string().as_bytes());
     for v in creds.all_values() {
         h.update((v.len() as u64).to_be_bytes());
@@ -122,24 +127,11 @@ pub fn fingerprint(ts: &TokenSource, creds: &Credentials) -> String {
 /// What TokenSources sending identical requests share: the fingerprint's request and values,
 /// scoped to the namespace instead of salted with the uid.
 pub fn request_key(ts: &TokenSource, creds: &Credentials) -> String {
-    let spec = &ts.spec;
-    let request = json!({
-        "type": spec.type_,
-        "oauth2": spec.oauth2,
-        "http": spec.http,
-        "tls": spec.tls,
-        "response": spec.response,
-    });
     let mut h = Sha256::new();
     h.update(b"shared\0");
     h.update(ts.meta().namespace.as_deref().unwrap_or_default().as_bytes());
     h.update(b"\0");
-    h.update(request.to_string().as_bytes());
-    for v in creds.all_values() {
-        h.update((v.len() as u64).to_be_bytes());
-        h.update(v);
-    }
-    hex(h)
+    request_hash(h, ts, creds)
 }
 
 /// A hash of what shapes the Secret around the token: the template and the creation policy. A
