@@ -3,10 +3,13 @@
 
 #![cfg(test)]
 
+mod common;
+
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{free_port, http_get};
 use fake_providers::{Endpoint, Fakes};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -15,17 +18,6 @@ use serde_json::json;
 use tokensource_operator::crd::TokenSource;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokensource-operator");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(18080)
-}
-
-async fn http_get(url: &str) -> Option<(u16, String)> {
-    tokensource_operator::transport::install_crypto_provider();
-    let r = reqwest::get(url).await.ok()?;
-    let code = r.status().as_u16();
-    Some((code, r.text().await.unwrap_or_default()))
-}
 
 #[test]
 fn crd_subcommand_prints_the_committed_crd() {

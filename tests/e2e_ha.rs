@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{WAIT, check, eventually};
+use common::{WAIT, check, eventually, free_port, http_get};
 use fake_providers::{Config as FakeConfig, Endpoint, Fakes};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
@@ -33,16 +33,6 @@ const RETRY: Duration = Duration::from_millis(500);
 
 fn unix_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn http_get(url: &str) -> Option<(u16, String)> {
-    tokensource_operator::transport::install_crypto_provider();
-    let r = reqwest::get(url).await.ok()?;
-    Some((r.status().as_u16(), r.text().await.ok()?))
 }
 
 /// One operator process.

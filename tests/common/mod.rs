@@ -38,6 +38,19 @@ pub fn local_endpoints() -> tokensource_operator::transport::Options {
     tokensource_operator::transport::Options { endpoints: Arc::new(endpoints), ..Default::default() }
 }
 
+/// A port free on loopback now (for a process started next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// GETs `url`: the status and the body, or `None` when nothing answered.
+pub async fn http_get(url: &str) -> Option<(u16, String)> {
+    tokensource_operator::transport::install_crypto_provider();
+    let r = reqwest::get(url).await.ok()?;
+    let code = r.status().as_u16();
+    Some((code, r.text().await.unwrap_or_default()))
+}
+
 /// Polls `f` every 50ms until it yields `Ok`, or fails the test after `timeout` with the last
 /// state `f` described in its `Err`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
