@@ -66,8 +66,12 @@ async fn new_tokens_restart_the_workloads_at_most_once_per_interval() {
     })
     .await;
     let r1_seen = tokio::time::Instant::now();
-    assert_eq!(restarted_at(&sets, "db").await.as_deref(), Some(r1.as_str()));
-    assert_eq!(restarted_at(&sets, "cache").await.as_deref(), Some(r1.as_str()));
+    // The workloads are patched one after the other: the StatefulSets follow the Deployment.
+    eventually("the selected StatefulSets restarted with it", WAIT, || async {
+        let (db, cache) = (restarted_at(&sets, "db").await, restarted_at(&sets, "cache").await);
+        check(db.as_deref() == Some(r1.as_str()) && cache.as_deref() == Some(r1.as_str()), (), (db, cache))
+    })
+    .await;
     assert_eq!(restarted_at(&sets, "other").await, None, "not selected");
     let calls_at_r1 = env.fakes.calls(Endpoint::Podero);
 
