@@ -118,6 +118,9 @@ words! {
         InternalError,
         /// The token endpoint's address is one the operator does not send requests to.
         EndpointNotAllowed,
+        /// The ServiceAccount token a workload identity flow sends could not be had (no such
+        /// ServiceAccount, or the operator may not request its tokens); retried with backoff.
+        ServiceAccountTokenFailed,
         /// An Event: a token was written to the Secret for the first time, or after failures.
         TokenIssued,
         /// An Event: the Secret was deleted or edited and the operator wrote its token back.
@@ -149,6 +152,6 @@ mod tests {
         assert_eq!(ConditionType::Ready.to_string(), "Ready");
         assert_eq!(ConditionStatus::from(false), "False");
         assert!(Reason::ALL.iter().all(|r| r.as_str().chars().next().is_some_and(char::is_uppercase)));
-        assert_eq!(Reason::ALL.len(), 27);
+        assert_eq!(Reason::ALL.len(), 28);
     }
 }

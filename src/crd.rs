@@ -52,7 +52,7 @@ const DURATION: &str = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$";
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self.type != 'OAuth2' || (has(self.oauth2) && !has(self.http))", "message": "type OAuth2 needs oauth2 and no http"},
     {"rule": "self.type != 'HTTP' || (has(self.http) && !has(self.oauth2))", "message": "type HTTP needs http and no oauth2"},
-    {"rule": "!has(self.oauth2) || self.oauth2.clientAuth.type != 'TLSClientAuth' || (has(self.tls) && has(self.tls.clientCertificateSecretRef))", "message": "clientAuth type TLSClientAuth needs tls.clientCertificateSecretRef", "fieldPath": ".oauth2.clientAuth.type"},
+    {"rule": "!has(self.oauth2) || !has(self.oauth2.clientAuth) || self.oauth2.clientAuth.type != 'TLSClientAuth' || (has(self.tls) && has(self.tls.clientCertificateSecretRef))", "message": "clientAuth type TLSClientAuth needs tls.clientCertificateSecretRef", "fieldPath": ".oauth2.clientAuth.type"},
     {"rule": "!has(self.response.fields) || !has(self.target.template.data) || self.response.fields.all(f, !(f.key in self.target.template.data))", "message": "a Secret key is written by both response.fields and target.template.data", "fieldPath": ".response.fields"}
 ]))]
 pub struct TokenSourceSpec {
@@ -209,7 +209,10 @@ impl NamedValue {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "!has(self.headers) || self.headers.all(h, h.name.lowerAscii() != 'authorization')", "message": "the Authorization header belongs to clientAuth", "fieldPath": ".headers"},
-    {"rule": "!has(self.parameters) || self.parameters.all(p, !(p.name in ['grant_type', 'scope', 'client_id', 'client_secret', 'client_assertion', 'client_assertion_type']))", "message": "grant_type, scope, client_id, client_secret, client_assertion and client_assertion_type are set by the operator", "fieldPath": ".parameters"}
+    {"rule": "!has(self.parameters) || self.parameters.all(p, !(p.name in ['grant_type', 'scope', 'client_id', 'client_secret', 'client_assertion', 'client_assertion_type', 'subject_token', 'subject_token_type', 'requested_token_type']))", "message": "grant_type, scope, client_id, client_secret, client_assertion, client_assertion_type, subject_token, subject_token_type and requested_token_type are set by the operator", "fieldPath": ".parameters"},
+    {"rule": "has(self.grantType) && self.grantType == 'TokenExchange' || (has(self.clientID) && has(self.clientAuth))", "message": "the ClientCredentials grant needs clientID and clientAuth"},
+    {"rule": "!has(self.clientAuth) || has(self.clientID)", "message": "clientAuth needs clientID"},
+    {"rule": "(has(self.grantType) && self.grantType == 'TokenExchange') == has(self.tokenExchange)", "message": "tokenExchange is required for the TokenExchange grant, and only for it"}
 ]))]
 pub struct OAuth2Spec {
     /// The token endpoint, for example `https://app.podero.com/oauth2/token/`: https (http only
@@ -218,16 +221,24 @@ pub struct OAuth2Spec {
     #[schemars(length(min = 1, max = 2048), extend("x-kubernetes-validations" = [{"rule": "(self.startsWith('https://') || self.startsWith('http://')) && isURL(self) && url(self).getHostname() != '' && !self.split('/')[2].contains('@') && !self.contains(' ')", "message": "must be an absolute http(s) URL with a host and no user:password@, such as https://idp.example.com/oauth2/token"}]))]
     pub token_url: String,
 
-    /// The grant: `ClientCredentials` (RFC 6749 section 4.4).
+    /// The grant: `ClientCredentials` (RFC 6749 section 4.4) or `TokenExchange` (RFC 8693, a
+    /// ServiceAccount token exchanged for the provider's token; set `tokenExchange`).
     #[serde(default)]
     pub grant_type: GrantType,
 
-    /// The client identifier.
-    #[serde(rename = "clientID")]
-    pub client_id: ValueSource,
+    /// The client identifier. Required for `ClientCredentials`; for `TokenExchange` only when the
+    /// token service wants to know the client.
+    #[serde(rename = "clientID", default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<ValueSource>,
 
-    /// How the client authenticates to the token endpoint.
-    pub client_auth: ClientAuth,
+    /// How the client authenticates to the token endpoint. Required for `ClientCredentials`; a
+    /// `TokenExchange` without it is a public client's (RFC 8693 section 2.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuth>,
+
+    /// What the `TokenExchange` grant exchanges: a ServiceAccount token, as `subject_token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_exchange: Option<TokenExchange>,
 
     /// How the request parameters are encoded: `Form` (`application/x-www-form-urlencoded`, as
     /// RFC 6749 requires) or `JSON` (a JSON object, as Podero expects).
@@ -256,6 +267,10 @@ pub enum GrantType {
     /// The client credentials grant (RFC 6749 section 4.4).
     #[default]
     ClientCredentials,
+    /// The token exchange grant (RFC 8693): `grant_type=urn:ietf:params:oauth:grant-type:token-exchange`
+    /// with a ServiceAccount token as `subject_token`, as Google's and other workload identity
+    /// federations take it. The target audience or resource go in `parameters`.
+    TokenExchange,
     /// A grant this version of the operator does not know.
     #[serde(other)]
     #[schemars(skip)]
@@ -267,13 +282,16 @@ pub enum GrantType {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "(self.type in ['ClientSecretBasic', 'ClientSecretPost']) == has(self.clientSecretRef)", "message": "clientSecretRef is required for ClientSecretBasic and ClientSecretPost, and only for them"},
-    {"rule": "(self.type == 'PrivateKeyJWT') == has(self.privateKeyJWT)", "message": "privateKeyJWT is required for PrivateKeyJWT, and only for it"}
+    {"rule": "(self.type == 'PrivateKeyJWT') == has(self.privateKeyJWT)", "message": "privateKeyJWT is required for PrivateKeyJWT, and only for it"},
+    {"rule": "(self.type == 'ServiceAccountToken') == has(self.serviceAccountToken)", "message": "serviceAccountToken is required for ServiceAccountToken, and only for it"}
 ]))]
 pub struct ClientAuth {
     /// `ClientSecretBasic`: `Authorization: Basic base64(id:secret)` (RFC 6749 section 2.3.1);
     /// `ClientSecretPost`: `client_id` and `client_secret` as request parameters;
     /// `PrivateKeyJWT`: a signed client assertion (RFC 7523); `TLSClientAuth`: the client
-    /// certificate of `spec.tls` (RFC 8705), only `client_id` is sent.
+    /// certificate of `spec.tls` (RFC 8705), only `client_id` is sent; `ServiceAccountToken`: a
+    /// Kubernetes ServiceAccount token as the client assertion (RFC 7523 section 2.2), as Entra ID
+    /// workload identity federation takes it — no secret is stored anywhere.
     #[serde(rename = "type")]
     pub type_: ClientAuthType,
     /// The client secret, for `ClientSecretBasic` and `ClientSecretPost`.
@@ -282,6 +300,63 @@ pub struct ClientAuth {
     /// The key and claims of the client assertion, for `PrivateKeyJWT`.
     #[serde(rename = "privateKeyJWT", default, skip_serializing_if = "Option::is_none")]
     pub private_key_jwt: Option<PrivateKeyJwt>,
+    /// The ServiceAccount token sent as the client assertion, for `ServiceAccountToken`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_token: Option<ServiceAccountToken>,
+}
+
+/// A Kubernetes ServiceAccount token the operator requests (TokenRequest API,
+/// `serviceaccounts/token`) for every token request and sends in place of a stored secret. The
+/// ServiceAccount must be in the TokenSource's namespace, and the operator must be allowed to
+/// request its tokens (`deploy/components/workload-identity`). The token lives only in memory,
+/// for the one request.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountToken {
+    /// The ServiceAccount, in the TokenSource's namespace.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
+    pub service_account_name: String,
+    /// The token's audience (`aud`): what the provider's federation expects, such as
+    /// `api://AzureADTokenExchange` for Entra ID or the workload identity provider's URL for
+    /// Google. Never the Kubernetes API server's own audience.
+    #[schemars(length(min = 1, max = 1024), extend("x-kubernetes-validations" = [{"rule": "!self.startsWith('https://kubernetes.default.svc')", "message": "a token for the Kubernetes API itself is not sent to token endpoints"}]))]
+    pub audience: String,
+    /// How long the ServiceAccount token is valid: between `10m` (the API server's minimum) and
+    /// `1h`. It is used once, right away.
+    #[serde(default = "ServiceAccountToken::default_expiration")]
+    #[schemars(regex(pattern = DURATION), length(max = 32), extend("x-kubernetes-validations" = [{"rule": "duration(self) >= duration('10m') && duration(self) <= duration('1h')", "message": "between 10m and 1h"}]))]
+    pub expiration: String,
+}
+
+impl ServiceAccountToken {
+    fn default_expiration() -> String {
+        "10m".into()
+    }
+}
+
+/// An RFC 8693 token exchange of a ServiceAccount token.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenExchange {
+    /// The ServiceAccount token sent as `subject_token`.
+    pub service_account_token: ServiceAccountToken,
+    /// The `subject_token_type`: `urn:ietf:params:oauth:token-type:jwt` (the default) or
+    /// `urn:ietf:params:oauth:token-type:id_token`, whichever the token service expects for
+    /// Kubernetes tokens.
+    #[serde(default = "TokenExchange::default_subject_token_type")]
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^urn:[!-~]+$"))]
+    pub subject_token_type: String,
+    /// The `requested_token_type`, such as `urn:ietf:params:oauth:token-type:access_token`; not
+    /// sent when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^urn:[!-~]+$"))]
+    pub requested_token_type: Option<String>,
+}
+
+impl TokenExchange {
+    fn default_subject_token_type() -> String {
+        "urn:ietf:params:oauth:token-type:jwt".into()
+    }
 }
 
 /// OAuth 2.0 client authentication methods (the names of the IANA registry, in UpperCamelCase).
@@ -293,6 +368,7 @@ pub enum ClientAuthType {
     PrivateKeyJwt,
     #[serde(rename = "TLSClientAuth")]
     TlsClientAuth,
+    ServiceAccountToken,
     /// A method this version of the operator does not know.
     #[serde(other)]
     #[schemars(skip)]
@@ -1250,7 +1326,7 @@ impl TokenSourceSpec {
     fn value_sources(&self) -> Vec<ValueSource> {
         let mut out = vec![];
         if let Some(o) = &self.oauth2 {
-            out.push(o.client_id.clone());
+            out.extend(o.client_id.clone());
             out.extend(o.parameters.iter().chain(&o.headers).map(NamedValue::source));
         }
         if let Some(h) = &self.http {
@@ -1275,9 +1351,9 @@ impl TokenSourceSpec {
     pub fn secret_refs(&self) -> Vec<SecretKeyRef> {
         let mut out: Vec<SecretKeyRef> =
             self.value_sources().into_iter().filter_map(|v| v.value_from.and_then(|f| f.secret_key_ref)).collect();
-        if let Some(o) = &self.oauth2 {
-            out.extend(o.client_auth.client_secret_ref.clone());
-            out.extend(o.client_auth.private_key_jwt.as_ref().map(|j| j.private_key_secret_ref.clone()));
+        if let Some(auth) = self.oauth2.as_ref().and_then(|o| o.client_auth.as_ref()) {
+            out.extend(auth.client_secret_ref.clone());
+            out.extend(auth.private_key_jwt.as_ref().map(|j| j.private_key_secret_ref.clone()));
         }
         if let Some(h) = &self.http {
             out.extend(h.auth.basic.as_ref().map(|b| b.password_secret_ref.clone()));
@@ -1298,6 +1374,15 @@ impl TokenSourceSpec {
         out.sort();
         out.dedup();
         out
+    }
+
+    /// The ServiceAccount token each token request needs, if any.
+    pub fn service_account_token(&self) -> Option<&ServiceAccountToken> {
+        let o = self.oauth2.as_ref()?;
+        match o.grant_type {
+            GrantType::TokenExchange => o.token_exchange.as_ref().map(|t| &t.service_account_token),
+            _ => o.client_auth.as_ref()?.service_account_token.as_ref(),
+        }
     }
 
     /// Every ConfigMap key the spec reads.

@@ -12,6 +12,9 @@ use crate::error::Error;
 pub struct Credentials {
     secrets: BTreeMap<SecretKeyRef, Vec<u8>>,
     config_maps: BTreeMap<ConfigMapKeyRef, String>,
+    /// A ServiceAccount token requested for this one token request. Not a credential value: a
+    /// fresh one each time, so it is left out of what fingerprints the request.
+    service_account_token: Option<String>,
 }
 
 impl fmt::Debug for Credentials {
@@ -76,6 +79,18 @@ impl Credentials {
                 "{field}: set exactly one of value, valueFrom.secretKeyRef and valueFrom.configMapKeyRef"
             ))),
         }
+    }
+
+    /// Holds the ServiceAccount token of this attempt.
+    pub fn set_service_account_token(&mut self, token: String) {
+        self.service_account_token = Some(token);
+    }
+
+    /// The ServiceAccount token of this attempt; `field` names the spec field for the error.
+    pub fn service_account_token(&self, field: &str) -> Result<&str, Error> {
+        self.service_account_token
+            .as_deref()
+            .ok_or_else(|| Error::CredentialsNotFound(format!("{field}: no ServiceAccount token was requested")))
     }
 
     /// Every value read from a Secret, for scrubbing provider replies.

@@ -43,6 +43,9 @@ pub async fn dry_run(
     for v in creds.secret_values() {
         redactor.add(v);
     }
+    if let Ok(t) = creds.service_account_token("") {
+        redactor.add(t.as_bytes());
+    }
     if let Some(t) = upstream_token {
         redactor.add(t.as_bytes());
     }

@@ -103,6 +103,9 @@ pub enum Error {
         "Secret {0:?} already exists and is not managed by this TokenSource; delete it or choose another target.name"
     )]
     SecretConflict(String),
+    /// The ServiceAccount token of a workload identity flow could not be requested.
+    #[error("{0}")]
+    ServiceAccountToken(String),
     /// A chained TokenSource has no usable token.
     #[error("{}", upstream_message(name, *state))]
     Upstream { name: String, state: UpstreamState },
@@ -149,6 +152,8 @@ impl Error {
             Self::CredentialsInvalid(_) => (Reason::CredentialsInvalid, None),
             Self::SecretConflict(_) => (Reason::SecretConflict, None),
             Self::Upstream { .. } => (Reason::WaitingForUpstream, None),
+            // ServiceAccounts and RBAC are not watched: a fix is found by trying again.
+            Self::ServiceAccountToken(_) => (Reason::ServiceAccountTokenFailed, Some(RetryClass::Transient)),
             Self::FetchToken(p) => {
                 let (reason, class) = p.classify();
                 (reason, Some(class))

@@ -134,7 +134,36 @@ fn cases() -> Vec<Case> {
         case(
             set(oauth2(), "spec/oauth2/parameters", named("client_secret")),
             "spec.oauth2.parameters",
-            "grant_type, scope, client_id, client_secret, client_assertion and client_assertion_type are set by the operator",
+            "grant_type, scope, client_id, client_secret, client_assertion, client_assertion_type, subject_token, subject_token_type and requested_token_type are set by the operator",
+        ),
+        // Workload identity.
+        case(
+            remove(oauth2(), "spec/oauth2/clientAuth"),
+            "spec.oauth2",
+            "the ClientCredentials grant needs clientID and clientAuth",
+        ),
+        case(
+            set(oauth2(), "spec/oauth2/grantType", json!("TokenExchange")),
+            "spec.oauth2",
+            "tokenExchange is required for the TokenExchange grant, and only for it",
+        ),
+        case(
+            set(
+                oauth2(),
+                "spec/oauth2/clientAuth",
+                json!({"type": "ServiceAccountToken", "clientSecretRef": {"name": "c", "key": "k"}}),
+            ),
+            "spec.oauth2.clientAuth",
+            "serviceAccountToken is required for ServiceAccountToken, and only for it",
+        ),
+        case(
+            set(
+                oauth2(),
+                "spec/oauth2/clientAuth",
+                json!({"type": "ServiceAccountToken", "serviceAccountToken": {"serviceAccountName": "payments", "audience": "api://AzureADTokenExchange", "expiration": "5m"}}),
+            ),
+            "spec.oauth2.clientAuth.serviceAccountToken.expiration",
+            "between 10m and 1h",
         ),
         case(
             set(oauth2(), "spec/oauth2/headers", named("X Api")),

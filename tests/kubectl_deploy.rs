@@ -41,6 +41,8 @@ async fn deploy_and_examples_apply_cleanly() {
             "imburse-payout-from-management",
             "github-app",
             "google-service-account",
+            "azure-workload-identity",
+            "token-exchange",
         ] {
             let (ok, _, err) = kubectl(&sim, &["apply", "-f", &format!("deploy/examples/{file}.yaml")]);
             assert!(ok, "{file}: {err}");
@@ -72,7 +74,7 @@ async fn deploy_and_examples_apply_cleanly() {
         assert!(ok, "{err}");
         let header: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();
         assert_eq!(header, ["NAME", "READY", "REASON", "EXPIRES", "RENEWAL", "AGE"], "{out}");
-        assert_eq!(out.lines().count(), 8, "{out}");
+        assert_eq!(out.lines().count(), 10, "{out}");
         let (ok, out, _) = kubectl(&sim, &["get", "tks", "-o", "wide"]);
         assert!(ok && out.contains("SECRET") && out.contains("podero-token"), "{out}");
         let (ok, out, err) = kubectl(&sim, &["explain", "tokensource.spec.oauth2.clientAuth.type"]);
@@ -82,6 +84,16 @@ async fn deploy_and_examples_apply_cleanly() {
             words.contains("`ClientSecretBasic`: `Authorization: Basic base64(id:secret)` (RFC 6749 section 2.3.1)"),
             "{out}"
         );
+        let (ok, out, err) =
+            kubectl(&sim, &["explain", "tokensource.spec.oauth2.clientAuth.serviceAccountToken.audience"]);
+        assert!(ok && out.contains("api://AzureADTokenExchange"), "{out} {err}");
+        // A ServiceAccount token for the Kubernetes API itself is refused by the schema.
+        let api_audience = "apiVersion: tokensource.dev/v1alpha1\nkind: TokenSource\nmetadata: {name: api}\nspec:\n  type: OAuth2\n  oauth2:\n    tokenURL: https://x.example/token\n    clientID: {value: a}\n    clientAuth: {type: ServiceAccountToken, serviceAccountToken: {serviceAccountName: default, audience: https://kubernetes.default.svc.cluster.local}}\n  target: {name: api}\n";
+        let path = std::env::temp_dir().join(format!("api-audience-{}.yaml", std::process::id()));
+        std::fs::write(&path, api_audience).unwrap();
+        let (ok, _, err) = kubectl(&sim, &["apply", "-f", path.to_str().unwrap_or_default()]);
+        let _ = std::fs::remove_file(&path);
+        assert!(!ok && err.contains("a token for the Kubernetes API itself is not sent to token endpoints"), "{err}");
         // A mistake the schema catches is rejected at apply time with the rule's message.
         let bad = "apiVersion: tokensource.dev/v1alpha1\nkind: TokenSource\nmetadata: {name: bad}\nspec:\n  type: OAuth2\n  oauth2:\n    tokenURL: https://x.example/token\n    clientID: {value: a}\n    clientAuth: {type: Bearer}\n  target: {name: bad}\n";
         let path = std::env::temp_dir().join(format!("bad-tokensource-{}.yaml", std::process::id()));
@@ -175,9 +187,16 @@ fn every_install_variant_passes_the_kubernetes_schemas() {
         ("rollout-restart", &["components/rollout-restart"][..]),
         ("namespaced", &["components/namespaced"][..]),
         ("audit-consumers", &["components/audit-consumers"][..]),
+        ("workload-identity", &["components/workload-identity"][..]),
         (
             "everything",
-            &["monitoring", "components/network-policy", "components/rollout-restart", "components/audit-consumers"][..],
+            &[
+                "monitoring",
+                "components/network-policy",
+                "components/rollout-restart",
+                "components/audit-consumers",
+                "components/workload-identity",
+            ][..],
         ),
     ] {
         let (docs, file) = render(&format!("validate-{variant}"), components);

@@ -11,6 +11,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokensource_operator::controller::Config;
+use tokensource_operator::controller::service_account_token;
 use tokensource_operator::crd::{REFRESH_REQUESTED_AT_ANNOTATION, TokenSource};
 use tokensource_operator::credentials::Credentials;
 use tokensource_operator::endpoint::EndpointPolicy;
@@ -172,6 +173,12 @@ async fn check(cli: &Cli, file: &std::path::Path, literals: &[String], config: &
         }
         None => None,
     };
+    // A workload identity flow sends a ServiceAccount token, requested with the user's rights.
+    if let Some(spec) = ts.spec.service_account_token() {
+        let (client, ns) = connected(cli, &mut cluster).await?;
+        let token = service_account_token(client, ns, spec).await.map_err(|e| e.to_string())?;
+        creds.set_service_account_token(token);
+    }
     if ts.metadata.namespace.is_none() {
         ts.metadata.namespace = cli.namespace.clone();
     }

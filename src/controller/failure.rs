@@ -116,12 +116,18 @@ pub fn hint(ts: &crate::crd::TokenSource, error: &Error) -> Option<&'static str>
     let Error::FetchToken(ProviderError::Status { status, detail, .. }) = error else { return None };
     let oauth2 = ts.spec.oauth2.as_ref()?;
     let said = |what: &str| detail.as_deref().is_some_and(|d| d.contains(what));
+    if ts.spec.service_account_token().is_some() && (said("invalid_client") || said("invalid_grant") || *status == 401)
+    {
+        return Some(
+            "check the provider's trust of this cluster: the issuer must be the cluster's service-account issuer, the subject system:serviceaccount:NAMESPACE:SERVICEACCOUNT and the audience serviceAccountToken.audience",
+        );
+    }
     if said("invalid_client") || (*status == 401 && !said("invalid_grant")) {
-        return match oauth2.client_auth.type_ {
-            ClientAuthType::ClientSecretBasic => Some(
+        return match oauth2.client_auth.as_ref().map(|a| a.type_) {
+            Some(ClientAuthType::ClientSecretBasic) => Some(
                 "check the client id and secret; if they are right, the provider may expect them in the body: try clientAuth.type ClientSecretPost",
             ),
-            ClientAuthType::ClientSecretPost => Some(
+            Some(ClientAuthType::ClientSecretPost) => Some(
                 "check the client id and secret; if they are right, the provider may expect them in the Authorization header: try clientAuth.type ClientSecretBasic",
             ),
             _ => Some("check the client's credentials and that the provider registered this authentication method"),

@@ -25,6 +25,8 @@ impl Context {
         upstream_token: Option<&str>,
         why: &str,
     ) -> Result<Option<Token>, Error> {
+        let with_token = self.with_service_account_token(ts, creds).await?;
+        let creds = with_token.as_ref().unwrap_or(creds);
         let mut request = build_request(ts, creds, upstream_token, self.config.allow_http)?;
         request.timeout = Some(plan.timeout);
         let Some(slot) = self.transport.slot(&request) else { return Ok(None) };

@@ -5,15 +5,48 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
 use super::Context;
-use crate::crd::{MergePolicy, TokenSource};
+use crate::crd::{MergePolicy, ServiceAccountToken, TokenSource};
 use crate::credentials::Credentials;
 use crate::error::{Error, UpstreamState};
 use crate::secret::{self, Stored};
+
+/// Requests a token for the ServiceAccount `spec` names in `namespace` (TokenRequest API), for one
+/// token request: what the operator sends and what `kubectl tokensource check` sends.
+pub async fn service_account_token(
+    client: &kube::Client,
+    namespace: &str,
+    spec: &ServiceAccountToken,
+) -> Result<String, Error> {
+    let seconds = super::validate::service_account_token_lifetime(spec)?;
+    let name = &spec.service_account_name;
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![spec.audience.clone()],
+            expiration_seconds: Some(seconds),
+            bound_object_ref: None,
+        },
+        ..Default::default()
+    };
+    let api: kube::Api<ServiceAccount> = kube::Api::namespaced(client.clone(), namespace);
+    let answer = api.create_token_request(name, &kube::api::PostParams::default(), &request).await.map_err(|e| {
+        Error::ServiceAccountToken(match &e {
+            kube::Error::Api(s) if s.code == 404 => format!("ServiceAccount {name:?} not found"),
+            kube::Error::Api(s) if s.code == 403 => format!(
+                "the operator may not request tokens for ServiceAccount {name:?} (Forbidden): grant it create on serviceaccounts/token (deploy/components/workload-identity)"
+            ),
+            _ => format!("requesting a token for ServiceAccount {name:?}: {e}"),
+        })
+    })?;
+    answer.status.map(|s| s.token).filter(|t| !t.is_empty()).ok_or_else(|| {
+        Error::ServiceAccountToken(format!("the API server answered no token for ServiceAccount {name:?}"))
+    })
+}
 
 /// Credential Secrets' data, by namespace and name, kept while the resourceVersion the metadata
 /// watch reports has not moved.
@@ -96,6 +129,20 @@ impl Context {
             creds.insert_config(r, value);
         }
         Ok(creds)
+    }
+
+    /// A ServiceAccount token for this attempt of a workload identity flow, if the spec uses one.
+    pub(super) async fn with_service_account_token(
+        &self,
+        ts: &TokenSource,
+        creds: &Credentials,
+    ) -> Result<Option<Credentials>, Error> {
+        let Some(spec) = ts.spec.service_account_token() else { return Ok(None) };
+        let ns = ts.namespace().unwrap_or_default();
+        let token = service_account_token(&self.client, &ns, spec).await?;
+        let mut creds = creds.clone();
+        creds.set_service_account_token(token);
+        Ok(Some(creds))
     }
 
     /// Follows the bearer chain: the upstream TokenSource must exist and the chain must not loop.

@@ -45,6 +45,7 @@ pub use config::Config;
 pub use decide::{Decision, decide};
 pub use failure::hint;
 pub use fetch::build_request;
+pub use load::service_account_token;
 pub use validate::{Plan, validate};
 pub use watch::{StartError, run};
 

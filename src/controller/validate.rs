@@ -49,6 +49,14 @@ pub fn validate(ts: &TokenSource, config: &Config) -> Result<Plan, Error> {
     {
         return Err(Error::unsupported("tls.caBundle.type"));
     }
+    if let Some(t) = spec.service_account_token() {
+        service_account_token_lifetime(t)?;
+        if t.audience.is_empty() || t.audience.starts_with("https://kubernetes.default.svc") {
+            return Err(Error::InvalidSpec(
+                "serviceAccountToken.audience must name the provider's federation, not the Kubernetes API".into(),
+            ));
+        }
+    }
     let most = config.transport.timeout;
     let timeout = match spec.timeout.as_deref() {
         None => most,
@@ -64,6 +72,16 @@ pub fn validate(ts: &TokenSource, config: &Config) -> Result<Plan, Error> {
     Ok(Plan { policy, reader, timeout })
 }
 
+/// The lifetime to request for a ServiceAccount token, in seconds: 10 minutes (the API server's
+/// minimum) to an hour.
+pub fn service_account_token_lifetime(t: &crate::crd::ServiceAccountToken) -> Result<i64, Error> {
+    let d = schedule::parse_duration(&t.expiration)?;
+    if d < jiff::SignedDuration::from_mins(10) || d > jiff::SignedDuration::from_hours(1) {
+        return Err(Error::InvalidSpec("serviceAccountToken.expiration must be between 10m and 1h".into()));
+    }
+    Ok(d.as_secs())
+}
+
 /// Every object name the spec gives is a DNS subdomain, before any of them is put into a request
 /// path (the CRD checks this too; an older CRD might not).
 pub fn check_names(ts: &TokenSource) -> Result<(), Error> {
@@ -74,6 +92,7 @@ pub fn check_names(ts: &TokenSource) -> Result<(), Error> {
         .map(|r| ("a Secret", r.name))
         .chain(spec.config_map_refs().into_iter().map(|r| ("a ConfigMap", r.name)))
         .chain(spec.upstream().map(|n| ("a TokenSource", n.to_string())))
+        .chain(spec.service_account_token().map(|t| ("a ServiceAccount", t.service_account_name.clone())))
         .chain([("target.name", spec.target.name.clone())]);
     for (what, name) in names {
         if !crate::names::is_dns_subdomain(&name) {

@@ -18,6 +18,7 @@ mod selector;
 mod server;
 mod store;
 mod table;
+mod tokens;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,9 @@ pub struct Options {
     pub bookmark_interval: Duration,
     /// Where to write the kubeconfig; a temporary file when unset.
     pub kubeconfig: Option<PathBuf>,
+    /// The `iss` of the ServiceAccount tokens it issues and of its OIDC discovery document; the
+    /// server's own URL when unset.
+    pub service_account_issuer: Option<String>,
 }
 
 impl Default for Options {
@@ -45,6 +49,7 @@ impl Default for Options {
             history_limit: 200_000,
             bookmark_interval: Duration::from_secs(1),
             kubeconfig: None,
+            service_account_issuer: None,
         }
     }
 }
@@ -67,10 +72,12 @@ impl KubeSim {
         let listener = tokio::net::TcpListener::bind(opts.addr).await?;
         let addr = listener.local_addr()?;
         let (state, _tx) = store::State::new(opts.history_limit);
+        let issuer_url = opts.service_account_issuer.clone().unwrap_or_else(|| format!("http://{addr}"));
         let shared = Arc::new(server::Shared {
             state: Mutex::new(state),
             faults: Faults::default(),
             bookmark_interval: opts.bookmark_interval,
+            issuer: tokens::Issuer::new(issuer_url)?,
         });
         let app = server::router(shared.clone());
         let task = tokio::spawn(async move {
@@ -114,6 +121,11 @@ impl KubeSim {
         config.default_namespace = "default".into();
         config.read_timeout = None;
         kube::Client::try_from(config).unwrap_or_else(|e| panic!("kubesim: cannot build a client: {e}"))
+    }
+
+    /// The `iss` of the ServiceAccount tokens this server issues.
+    pub fn service_account_issuer(&self) -> &str {
+        &self.shared.issuer.url
     }
 
     pub fn faults(&self) -> &Faults {

@@ -180,7 +180,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
     obj.insert("kind".into(), json!(kind));
     let supported = matches!(
         (api_version.as_str(), kind.as_str()),
-        ("v1", "Secret" | "ConfigMap" | "Namespace" | "ServiceAccount")
+        ("v1", "Secret" | "ConfigMap" | "Namespace" | "ServiceAccount") | ("authentication.k8s.io/v1", "TokenRequest")
     );
     if !supported {
         return Err(ApiError::unsupported_media(&format!(
@@ -224,6 +224,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
                     a.push(json!({ "name": name }))
                 }
             }
+            ("TokenRequest", 2) => drop(obj.insert("spec".into(), token_request_spec(x)?)),
             _ => {}
         }
     }
@@ -231,6 +232,21 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
         obj.remove("type");
     }
     Ok(Value::Object(obj))
+}
+
+/// `TokenRequestSpec`: audiences (1), expirationSeconds (4); a boundObjectRef (3) is not kept.
+fn token_request_spec(x: &[u8]) -> Result<Value, ApiError> {
+    let mut audiences = vec![];
+    let mut spec = Map::new();
+    for (n, f) in fields(x)? {
+        match (n, f) {
+            (1, Field::Bytes(s)) => audiences.push(string(s)?),
+            (4, Field::Varint(v)) => drop(spec.insert("expirationSeconds".into(), json!(v as i64))),
+            _ => {}
+        }
+    }
+    spec.insert("audiences".into(), json!(audiences));
+    Ok(Value::Object(spec))
 }
 
 #[cfg(test)]

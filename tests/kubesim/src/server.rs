@@ -25,6 +25,7 @@ pub struct Shared {
     pub state: Mutex<State>,
     pub faults: Faults,
     pub bookmark_interval: Duration,
+    pub issuer: crate::tokens::Issuer,
 }
 
 impl Shared {
@@ -97,6 +98,8 @@ async fn handle(
         ["openapi", "v3"] => Ok(ok(&openapi_index(&shared))),
         ["openapi", "v3", "api", v] => Ok(ok(&openapi_doc(&shared, "", v))),
         ["openapi", "v3", "apis", g, v] => Ok(ok(&openapi_doc(&shared, g, v))),
+        [".well-known", "openid-configuration"] => Ok(ok(&shared.issuer.discovery())),
+        ["openid", "v1", "jwks"] => Ok(ok(&shared.issuer.jwks())),
         ["kubesim", rest @ ..] => admin(&shared, &method, rest, &body),
         ["api", "v1", rest @ ..] => {
             logged(&shared, resource(&shared, "", "v1", rest, method, &headers, &params, body)).await
@@ -330,6 +333,9 @@ async fn serve_resource(
     let status_sub = match target.subresource {
         None => false,
         Some("status") if ctx.def.has_status(version) => true,
+        Some("token") if group.is_empty() && target.plural == "serviceaccounts" && method == Method::POST => {
+            return token_request(shared, &ctx, &target, headers, body, seen).await;
+        }
         Some(_) => {
             return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
         }
@@ -456,6 +462,30 @@ async fn serve_resource(
         }
         _ => Err(ApiError::method_not_allowed("unsupported verb")),
     }
+}
+
+/// `create serviceaccounts/token`: a signed token for an existing ServiceAccount.
+async fn token_request(
+    shared: &Shared,
+    ctx: &Ctx,
+    target: &Target<'_>,
+    headers: &HeaderMap,
+    body: Bytes,
+    seen: &mut Option<RequestInfo>,
+) -> ApiResult<Response> {
+    let name = target.name.unwrap_or_default();
+    let info = RequestInfo {
+        verb: "create".into(),
+        resource: "serviceaccounts/token".into(),
+        namespace: target.namespace.clone().unwrap_or_default(),
+        name: name.to_string(),
+        user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string(),
+    };
+    *seen = Some(info.clone());
+    shared.faults.admit(&info).await?;
+    let sa = shared.state().get(ctx, name)?;
+    let out = shared.issuer.token_request(&sa, &parse_body(&body, false)?)?;
+    Ok(json_response(StatusCode::CREATED, &out))
 }
 
 fn delete_opts(params: &Params, body: &Bytes) -> ApiResult<DeleteOpts> {

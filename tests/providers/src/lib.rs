@@ -11,6 +11,7 @@
 //! last request was rejected; and they can make the next answers fail.
 
 pub mod examples;
+pub mod federation;
 pub mod github;
 pub mod google;
 pub mod tls;
@@ -51,6 +52,11 @@ pub enum Endpoint {
     GitHubApp,
     /// Google's OAuth 2.0 token endpoint for service accounts (the JWT-bearer grant).
     GoogleToken,
+    /// Microsoft Entra ID's token endpoint, with a federated ServiceAccount token as the client
+    /// assertion (tenant `contoso`).
+    EntraToken,
+    /// An RFC 8693 token exchange of a ServiceAccount token (as Google's STS).
+    TokenExchange,
 }
 
 impl Endpoint {
@@ -66,6 +72,8 @@ impl Endpoint {
             Self::Echo => "/echo",
             Self::GitHubApp => "/app/installations/4242/access_tokens",
             Self::GoogleToken => "/google/token",
+            Self::EntraToken => "/contoso/oauth2/v2.0/token",
+            Self::TokenExchange => "/sts/v1/token",
         }
     }
 }
@@ -97,6 +105,14 @@ pub struct Config {
     pub google_client_email: String,
     /// The service account's keys: (private_key_id, PEM private key).
     pub google_keys: Vec<(String, Vec<u8>)>,
+    /// The Entra application (client) ID that has the federated credential.
+    pub entra_client_id: String,
+    /// Which ServiceAccount tokens Entra accepts for `entra_client_id`; none until set.
+    pub entra_federation: Option<federation::Federation>,
+    /// The `audience` parameter the token exchange serves (its workload identity provider).
+    pub sts_audience: String,
+    /// Which ServiceAccount tokens the token exchange accepts; none until set.
+    pub sts_federation: Option<federation::Federation>,
     pub lifetime: Duration,
 }
 
@@ -113,6 +129,11 @@ impl Default for Config {
             github_keys: vec![tls::fixtures::JWT_RSA_KEY.to_vec()],
             google_client_email: "operator@project.iam.gserviceaccount.com".into(),
             google_keys: vec![("key-1".into(), tls::fixtures::JWT_RSA_KEY.to_vec())],
+            entra_client_id: "7f8c2a34-1b6e-4d0a-9c55-0e4f3b2a1d90".into(),
+            entra_federation: None,
+            sts_audience:
+                "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/k8s/providers/kubesim".into(),
+            sts_federation: None,
             lifetime: Duration::from_secs(3600),
         }
     }
@@ -217,6 +238,8 @@ impl Fakes {
             .route(Endpoint::Echo.path(), post(echo))
             .route(Endpoint::GitHubApp.path(), post(github::access_token))
             .route(Endpoint::GoogleToken.path(), post(google::token))
+            .route(Endpoint::EntraToken.path(), post(federation::entra_token))
+            .route(Endpoint::TokenExchange.path(), post(federation::token_exchange))
             .with_state(shared.clone())
     }
 
@@ -298,6 +321,16 @@ impl Fakes {
             "token_uri": self.endpoint_url(Endpoint::GoogleToken),
         })
         .to_string()
+    }
+
+    /// Trusts ServiceAccount tokens for Entra (`Some`), or withdraws the trust.
+    pub fn set_entra_federation(&self, federation: Option<federation::Federation>) {
+        lock(&self.shared.config).entra_federation = federation;
+    }
+
+    /// Trusts ServiceAccount tokens for the token exchange (`Some`), or withdraws the trust.
+    pub fn set_sts_federation(&self, federation: Option<federation::Federation>) {
+        lock(&self.shared.config).sts_federation = federation;
     }
 
     /// Changes the credentials Podero accepts (a rotation on the provider side).
