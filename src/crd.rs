@@ -63,12 +63,12 @@ pub struct TokenSourceSpec {
 
     /// An OAuth 2.0 token request (RFC 6749), for `type: OAuth2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub oauth2: Option<OAuth2Spec>,
+    pub oauth2: Option<Box<OAuth2Spec>>,
 
     /// A token request for endpoints that are not plain OAuth 2.0, for `type: HTTP`: any URL,
     /// method, headers and body, with Basic, HMAC-signed or bearer authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<HttpSpec>,
+    pub http: Option<Box<HttpSpec>>,
 
     /// Where the token, its type, scopes and expiry are in the endpoint's JSON reply. The
     /// defaults read the RFC 6749 fields (`access_token`, `token_type`, `scope`, `expires_in`).

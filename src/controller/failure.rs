@@ -106,7 +106,7 @@ pub fn on_failure(input: FailureInput<'_>) -> (Outcome, Option<FailureRecord>) {
         status.expiration_time = valid_until.map(Time).or(status.expiration_time);
     }
     let event = (!repeated).then_some(Note { warning: true, reason, message });
-    (Outcome { status, requeue, event }, record)
+    (Outcome { status, requeue, event, deferred: false }, record)
 }
 
 /// How to fix the usual mistakes behind a provider's refusal, in plain words.

@@ -7,6 +7,7 @@ use super::Context;
 use super::validate::Plan;
 use crate::crd::{CaBundleType, TokenSource};
 use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
 
 use crate::credentials::Credentials;
 use crate::error::{Error, ProviderError};
@@ -29,7 +30,12 @@ impl Context {
         let creds = with_token.as_ref().unwrap_or(creds);
         let mut request = build_request(ts, creds, upstream_token, self.config.allow_http)?;
         request.timeout = Some(plan.timeout);
-        let Some(slot) = self.transport.slot(&request) else { return Ok(None) };
+        let host_key = crate::transport::host_key(&request.url);
+        let Some(slot) = self.transport.slot(&request) else {
+            // Called back as soon as a request to the host ends (or after a second or two).
+            self.waiting.wait(&host_key, ObjectRef::from_obj(ts));
+            return Ok(None);
+        };
         tracing::info!(tokensource = %ts.name_any(), namespace = ts.namespace().unwrap_or_default(), reason = why, "requesting a token");
         let host = request.url.host_str().unwrap_or_default().to_string();
         let started = std::time::Instant::now();
@@ -48,6 +54,10 @@ impl Context {
             }
             Err(e) => Err(e),
         };
+        // The slot is free again: the next TokenSource waiting for this host takes it.
+        if let Some(next) = self.waiting.next(&host_key) {
+            let _ = self.retrigger.try_send(next);
+        }
         let status_class = match &result {
             Ok(_) => "2xx".to_string(),
             Err(ProviderError::Status { status, .. }) => format!("{}xx", status / 100),

@@ -1,10 +1,15 @@
 //! Which TokenSources refer to which Secrets and upstream TokenSources, so a Secret event finds
-//! the TokenSources it affects without scanning them all.
+//! the TokenSources it affects without scanning them all; and the resourceVersions of the
+//! Secrets they refer to.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
 
 use crate::crd::TokenSource;
 
@@ -88,6 +93,11 @@ impl References {
         }
     }
 
+    /// Whether a TokenSource reads or writes the Secret `ns/name`.
+    pub fn refers_to_secret(&self, ns: &str, name: &str) -> bool {
+        self.lock().by_key.contains_key(&RefKey::Secret(ns.into(), name.into()))
+    }
+
     /// The TokenSources affected by a change to a Secret: those that read or write it, and for a
     /// target Secret its owner and every TokenSource chained to the owner.
     pub fn affected(&self, ns: &str, name: &str, owner: Option<&str>) -> Vec<ObjectRef<TokenSource>> {
@@ -102,6 +112,94 @@ impl References {
         out.sort_by_key(|r| r.to_string());
         out.dedup();
         out
+    }
+}
+
+/// The resourceVersion of each Secret a TokenSource refers to, kept from a metadata watch of
+/// every Secret: a cached credential is fresh while its version has not moved. Secrets nothing
+/// refers to are passed over, so memory does not grow with the cluster's other Secrets; a Secret
+/// that comes to be referred to is read once and remembered from then on.
+#[derive(Default)]
+pub struct SecretVersions {
+    inner: std::sync::Mutex<Versions>,
+    synced: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Versions {
+    current: HashMap<(String, String), String>,
+    /// Built during a re-list, then taken as the whole truth.
+    relist: Option<HashMap<(String, String), String>>,
+}
+
+impl SecretVersions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Versions> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes one event of the metadata watch.
+    pub fn observe(&self, event: &watcher::Event<PartialObjectMeta<Secret>>, refs: &References) {
+        let key = |m: &PartialObjectMeta<Secret>| (m.namespace().unwrap_or_default(), m.name_any());
+        let version = |m: &PartialObjectMeta<Secret>| m.metadata.resource_version.clone().unwrap_or_default();
+        let mut v = self.lock();
+        match event {
+            watcher::Event::Init => v.relist = Some(HashMap::new()),
+            watcher::Event::InitApply(m) => {
+                let k = key(m);
+                if refs.refers_to_secret(&k.0, &k.1) || v.current.contains_key(&k) {
+                    v.relist.get_or_insert_default().insert(k, version(m));
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(all) = v.relist.take() {
+                    v.current = all;
+                }
+                drop(v);
+                self.synced.store(true, Ordering::Release);
+                self.notify.notify_waiters();
+            }
+            watcher::Event::Apply(m) => {
+                let k = key(m);
+                if refs.refers_to_secret(&k.0, &k.1) || v.current.contains_key(&k) {
+                    v.current.insert(k, version(m));
+                }
+            }
+            watcher::Event::Delete(m) => {
+                v.current.remove(&key(m));
+            }
+        }
+    }
+
+    /// The version the watch last reported for `ns/name`, if it is one a TokenSource refers to.
+    pub fn get(&self, ns: &str, name: &str) -> Option<String> {
+        self.lock().current.get(&(ns.to_string(), name.to_string())).cloned()
+    }
+
+    /// A version read from the API, for a Secret the watch passed over before anything referred
+    /// to it; what the watch reports wins.
+    pub fn remember(&self, ns: &str, name: &str, version: &str) {
+        self.lock().current.entry((ns.to_string(), name.to_string())).or_insert_with(|| version.to_string());
+    }
+
+    /// Forgets Secrets nothing refers to any more.
+    pub fn retain(&self, refs: &References) {
+        self.lock().current.retain(|(ns, name), _| refs.refers_to_secret(ns, name));
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().current.len()
+    }
+
+    /// Returns once the first listing of Secrets has been seen.
+    pub async fn wait_synced(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.synced.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -146,5 +244,37 @@ mod tests {
         assert!(refs.affected("ns", "rotated", None).is_empty());
         refs.forget(&ObjectRef::from_obj(&b));
         assert!(refs.affected("ns", "a-token", Some("a")).is_empty());
+    }
+
+    fn meta(name: &str, rv: &str) -> PartialObjectMeta<Secret> {
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": "ns", "resourceVersion": rv}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn versions_keep_only_referenced_secrets() {
+        let refs = References::default();
+        refs.record(&source("a", "creds", "a-token", None));
+        let v = SecretVersions::default();
+        v.observe(&watcher::Event::Init, &refs);
+        v.observe(&watcher::Event::InitApply(meta("creds", "1")), &refs);
+        v.observe(&watcher::Event::InitApply(meta("unrelated", "2")), &refs);
+        v.observe(&watcher::Event::InitDone, &refs);
+        assert_eq!(v.get("ns", "creds").as_deref(), Some("1"));
+        assert_eq!(v.get("ns", "unrelated"), None, "an unrelated Secret is not kept");
+        v.observe(&watcher::Event::Apply(meta("creds", "3")), &refs);
+        v.observe(&watcher::Event::Apply(meta("other", "4")), &refs);
+        assert_eq!((v.get("ns", "creds").as_deref(), v.len()), (Some("3"), 1));
+        // Read from the API before the watch reported it: remembered, and the watch then wins.
+        v.remember("ns", "late", "5");
+        v.observe(&watcher::Event::Apply(meta("late", "6")), &refs);
+        assert_eq!(v.get("ns", "late").as_deref(), Some("6"));
+        v.remember("ns", "late", "5");
+        assert_eq!(v.get("ns", "late").as_deref(), Some("6"), "an older read does not win");
+        v.observe(&watcher::Event::Delete(meta("creds", "7")), &refs);
+        assert_eq!(v.get("ns", "creds"), None);
+        v.retain(&refs);
+        assert_eq!(v.len(), 0, "\"late\" is referred to by nothing");
     }
 }

@@ -49,15 +49,26 @@ pub async fn service_account_token(
 }
 
 /// Credential Secrets' data, by namespace and name, kept while the resourceVersion the metadata
-/// watch reports has not moved.
+/// watch reports has not moved. Each Secret has its own lock, held while it is read from the API:
+/// TokenSources that share a Secret wait for one read; others are not held up.
 #[derive(Default)]
 pub struct CredentialCache {
-    secrets: tokio::sync::Mutex<HashMap<(String, String), CachedSecret>>,
+    secrets: std::sync::Mutex<HashMap<(String, String), Slot>>,
 }
+
+/// One Secret's cached data, locked while it is read.
+type Slot = Arc<tokio::sync::Mutex<Option<CachedSecret>>>;
 
 struct CachedSecret {
     resource_version: String,
-    data: BTreeMap<String, Vec<u8>>,
+    data: Arc<BTreeMap<String, Vec<u8>>>,
+}
+
+impl CredentialCache {
+    fn slot(&self, key: &(String, String)) -> Slot {
+        let mut secrets = self.secrets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        secrets.entry(key.clone()).or_default().clone()
+    }
 }
 
 impl Context {
@@ -65,6 +76,11 @@ impl Context {
     /// not have it (a Secret the operator did not create carries no label and is not cached) or
     /// shows another version than this instance last wrote (the cache may not have caught up, or
     /// someone changed it since: only the API can tell).
+    /// The target Secret as the cache of managed Secrets shows it.
+    pub(super) fn cached_target(&self, ts: &TokenSource) -> Option<Arc<Secret>> {
+        self.targets.get(&ObjectRef::new(&ts.spec.target.name).within(&ts.namespace().unwrap_or_default()))
+    }
+
     pub(super) async fn target(&self, ts: &TokenSource) -> Result<Option<Secret>, Error> {
         let ns = ts.namespace().unwrap_or_default();
         let name = &ts.spec.target.name;
@@ -82,35 +98,14 @@ impl Context {
     pub(super) async fn credentials(&self, ts: &TokenSource) -> Result<Credentials, Error> {
         let ns = ts.namespace().unwrap_or_default();
         let mut creds = Credentials::default();
-        let mut cache = self.credentials.secrets.lock().await;
         for r in ts.spec.secret_refs() {
-            let key = (ns.clone(), r.name.clone());
-            let current_rv = self
-                .secret_meta
-                .get(&ObjectRef::new(&r.name).within(&ns))
-                .and_then(|m| m.metadata.resource_version.clone());
-            let fresh = matches!((cache.get(&key), &current_rv), (Some(c), Some(rv)) if &c.resource_version == rv);
-            if !fresh {
-                match self.api::<Secret>(&ns).get_opt(&r.name).await.map_err(Error::Kube)? {
-                    Some(s) => {
-                        let data = s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
-                        let resource_version = s.metadata.resource_version.unwrap_or_default();
-                        cache.insert(key.clone(), CachedSecret { resource_version, data });
-                    }
-                    None => {
-                        cache.remove(&key);
-                        return Err(Error::CredentialsNotFound(format!("Secret {:?} not found", r.name)));
-                    }
-                }
-            }
-            let value = cache
-                .get(&key)
-                .and_then(|c| c.data.get(&r.key))
+            let data = self.credential_secret(&ns, &r.name).await?;
+            let value = data
+                .get(&r.key)
                 .ok_or_else(|| Error::CredentialsNotFound(format!("Secret {:?} has no key {:?}", r.name, r.key)))?;
             creds.insert(r, value.clone());
         }
-        self.prune(&mut cache);
-        drop(cache);
+        self.prune();
         let mut config_maps: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         for r in ts.spec.config_map_refs() {
             if !config_maps.contains_key(&r.name) {
@@ -185,10 +180,40 @@ impl Context {
             .flatten()
     }
 
-    /// Forgets cached credential Secrets that nothing refers to any more, once the cache has grown
-    /// well past what the TokenSources need.
-    fn prune(&self, cache: &mut HashMap<(String, String), CachedSecret>) {
-        if cache.len() <= self.sources.len() * 4 + 64 {
+    /// The data of one credential Secret: cached while its version has not moved, else read
+    /// once for every TokenSource that asks meanwhile.
+    async fn credential_secret(&self, ns: &str, name: &str) -> Result<Arc<BTreeMap<String, Vec<u8>>>, Error> {
+        let key = (ns.to_string(), name.to_string());
+        let slot = self.credentials.slot(&key);
+        let mut cached = slot.lock().await;
+        let current = self.versions.get(ns, name);
+        if let (Some(c), Some(v)) = (cached.as_ref(), current.as_deref())
+            && c.resource_version == v
+        {
+            return Ok(c.data.clone());
+        }
+        match self.api::<Secret>(ns).get_opt(name).await.map_err(Error::Kube)? {
+            Some(s) => {
+                let resource_version = s.metadata.resource_version.unwrap_or_default();
+                self.versions.remember(ns, name, &resource_version);
+                let data: Arc<BTreeMap<String, Vec<u8>>> =
+                    Arc::new(s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect());
+                *cached = Some(CachedSecret { resource_version, data: data.clone() });
+                Ok(data)
+            }
+            None => {
+                *cached = None;
+                Err(Error::CredentialsNotFound(format!("Secret {name:?} not found")))
+            }
+        }
+    }
+
+    /// Forgets cached credential Secrets (and their versions) that nothing refers to any more,
+    /// once the cache has grown well past what the TokenSources need.
+    fn prune(&self) {
+        let limit = self.sources.len() * 4 + 64;
+        let mut secrets = self.credentials.secrets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if secrets.len() <= limit && self.versions.len() <= limit {
             return;
         }
         let sources = self.sources.state();
@@ -199,6 +224,8 @@ impl Context {
                 ts.spec.secret_refs().into_iter().map(move |r| (ns.clone(), r.name))
             })
             .collect();
-        cache.retain(|k, _| referenced.contains(k));
+        secrets.retain(|k, _| referenced.contains(k));
+        drop(secrets);
+        self.versions.retain(&self.references);
     }
 }

@@ -43,6 +43,8 @@ struct Record {
     held: Option<Held>,
     /// The resourceVersion the target Secret had after this instance last wrote it.
     written: Option<String>,
+    /// The version the cache showed just before that write (`None`: none), and when it was made.
+    written_over: Option<(Option<String>, std::time::Instant)>,
     /// The status this instance last wrote (and a hash of it), and the resourceVersion of the
     /// object it was computed from.
     status: Option<(String, u64, TokenSourceStatus)>,
@@ -82,12 +84,35 @@ impl Memory {
         self.lock().get(ts).and_then(|r| r.written.clone())
     }
 
-    /// Records a successful write of the Secret; it ends any failure streak.
-    pub fn remember_written(&self, ts: &ObjectRef<TokenSource>, resource_version: Option<String>) {
+    /// Records a successful write of the Secret over the version `over` the cache showed; it
+    /// ends any failure streak.
+    pub fn remember_written(
+        &self,
+        ts: &ObjectRef<TokenSource>,
+        resource_version: Option<String>,
+        over: Option<String>,
+    ) {
         let mut records = self.lock();
         let r = records.entry(ts.clone()).or_default();
         r.written = resource_version;
+        r.written_over = Some((over, std::time::Instant::now()));
         r.failure = None;
+    }
+
+    /// Whether a cache showing `cached` of the target Secret has not yet seen this instance's
+    /// write of it, made less than `within` ago: it still shows what the write replaced. Its own
+    /// watch event is on the way and reconciles again; an older write may have been undone by
+    /// a deletion the cache shows the same way, so it is not waited for.
+    pub fn cache_behind_write(
+        &self,
+        ts: &ObjectRef<TokenSource>,
+        cached: Option<&str>,
+        within: std::time::Duration,
+    ) -> bool {
+        self.lock().get(ts).is_some_and(|r| {
+            r.written.as_deref() != cached
+                && r.written_over.as_ref().is_some_and(|(over, at)| over.as_deref() == cached && at.elapsed() < within)
+        })
     }
 
     /// Whether this instance already wrote the status hashed `status` for the object at
@@ -198,7 +223,11 @@ mod tests {
         let f = FailureRecord { fingerprint: "fp".into(), retry_at: at(30), failures: 2, provider: true };
         m.remember_failure(&r, f.clone());
         assert_eq!(m.failure(&r), Some(f));
-        m.remember_written(&r, Some("42".into()));
+        m.remember_written(&r, Some("42".into()), None);
+        assert!(m.cache_behind_write(&r, None, std::time::Duration::from_secs(5)), "the cache has not seen it");
+        assert!(!m.cache_behind_write(&r, Some("42"), std::time::Duration::from_secs(5)), "the cache has it");
+        assert!(!m.cache_behind_write(&r, Some("43"), std::time::Duration::from_secs(5)), "changed since");
+        assert!(!m.cache_behind_write(&r, None, std::time::Duration::ZERO), "not waited for long");
         assert_eq!(m.failure(&r), None);
         assert_eq!(m.written(&r).as_deref(), Some("42"));
         m.hold(&r, Held { fingerprint: "fp".into(), token: token(100) });

@@ -31,12 +31,13 @@ mod restart;
 mod shared;
 mod status;
 mod validate;
+mod waiting;
 mod watch;
 
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PartialObjectMeta};
+use kube::api::Api;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource};
@@ -63,8 +64,11 @@ pub struct Context {
     transport: Transport,
     sources: Store<TokenSource>,
     targets: Store<Secret>,
-    secret_meta: Store<PartialObjectMeta<Secret>>,
+    /// The versions of the Secrets TokenSources refer to.
+    versions: Arc<index::SecretVersions>,
     credentials: load::CredentialCache,
+    /// TokenSources waiting for a request slot of a busy host.
+    waiting: waiting::Waiting,
     memory: Arc<memory::Memory>,
     references: Arc<index::References>,
     /// When the periodic work last ran.

@@ -40,6 +40,10 @@ struct Known {
     fingerprint: Option<String>,
 }
 
+/// How long a reconcile waits for the cache to show this instance's own write of a Secret
+/// before it reads the Secret from the API instead.
+const CACHE_CATCH_UP: Duration = Duration::from_secs(5);
+
 pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result<Action, Error> {
     // A standby keeps its caches warm and does nothing else; the leader reconciles everything
     // again when it takes over.
@@ -47,7 +51,11 @@ pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result
         return Ok(Action::await_change());
     }
     ctx.references.record(&ts);
-    let now = schedule::whole_second(Timestamp::now());
+    let exact = Timestamp::now();
+    let now = schedule::whole_second(exact);
+    // Times are whole seconds; a requeue counts from the exact time, or it would come up to a
+    // second late.
+    let truncated = Duration::try_from(exact.duration_since(now)).unwrap_or_default();
     let started = std::time::Instant::now();
     // A panic (a bug, triggered by this TokenSource's input) is this TokenSource's failure, not
     // the process's: every other TokenSource keeps being served.
@@ -72,15 +80,17 @@ pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result
     ctx.warn_inline_secrets(&ts).await;
     ctx.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
     ctx.metrics.reconciles.get_or_create(&ResultLabels { result: result.unwrap_or_else(|| "Success".into()) }).inc();
-    match ctx.write_status(&ts, &outcome.status).await {
-        Err(Error::NotLeader) => return Ok(Action::await_change()),
-        written => written?,
+    if !outcome.deferred {
+        match ctx.write_status(&ts, &outcome.status).await {
+            Err(Error::NotLeader) => return Ok(Action::await_change()),
+            written => written?,
+        }
     }
     if let Some(note) = outcome.event {
         ctx.publish(&ts, note).await;
     }
     Ok(match outcome.requeue {
-        Some(d) => Action::requeue(d.max(Duration::from_millis(100))),
+        Some(d) => Action::requeue(d.saturating_sub(truncated).max(Duration::from_millis(100))),
         None => Action::await_change(),
     })
 }
@@ -115,7 +125,7 @@ impl Context {
                 "ignored {REFRESH_REQUESTED_AT_ANNOTATION}={value:?}: not an RFC 3339 time such as 2026-01-02T03:04:05Z"
             );
             let event = Some(Note { warning: true, reason: Reason::RefreshRequestInvalid, message });
-            return Outcome { status, requeue: None, event };
+            return Outcome { status, requeue: None, event, deferred: false };
         }
         let mut known = Known::default();
         match self.pipeline(ts, &status, now, &mut known, manual).await {
@@ -145,6 +155,12 @@ impl Context {
 
         // Load and validate; no name reaches a request path before it is checked.
         validate::check_names(ts)?;
+        // The cache has not yet seen this instance's last write of the Secret: the write's own
+        // event comes in a moment and reconciles again, so nothing is read or written now.
+        let cached_version = self.cached_target(ts).and_then(|s| s.metadata.resource_version.clone());
+        if self.memory.cache_behind_write(&me, cached_version.as_deref(), CACHE_CATCH_UP) {
+            return Ok(status::deferred(status.clone()));
+        }
         let secret = self.target(ts).await?;
         let stored = secret.as_ref().map(|s| Stored::of(s, ts.spec.target.template.merge_policy, &uid));
         validate::owner(ts, stored.as_ref())?;
@@ -232,7 +248,7 @@ impl Context {
                 // A sharer's request in flight is not waited for (a hung endpoint must not hold
                 // reconcile workers): this one looks again in a second or two.
                 let Ok(_one) = flight.try_lock() else {
-                    return Ok(status::host_busy(status.clone()));
+                    return Ok(status::deferred(status.clone()));
                 };
                 // A manual refresh always asks; the others then take its token.
                 let reuse = self.shared.token(k, now).filter(|t| {
@@ -257,7 +273,7 @@ impl Context {
             }
         };
         let Some(token) = token else {
-            return Ok(status::host_busy(status.clone()));
+            return Ok(status::deferred(status.clone()));
         };
         known.redactor.add(token.access_token.as_bytes());
         // Held before it is written: a failed write is retried with it, without a new request.
@@ -294,8 +310,10 @@ impl Context {
                 .await
                 .map_err(|_| Error::Internal("rendering the Secret failed".into()))??
         };
+        let me = ObjectRef::from_obj(ts);
+        let over = self.cached_target(ts).and_then(|s| s.metadata.resource_version.clone());
         let resource_version = self.apply_secret(ts, &desired).await?;
-        self.memory.remember_written(&ObjectRef::from_obj(ts), resource_version);
+        self.memory.remember_written(&me, resource_version, over);
         Ok(())
     }
 
@@ -326,7 +344,7 @@ impl Context {
         if matches!(error, Error::NotLeader) {
             // Not a failure of this TokenSource: nothing is counted or remembered.
             tracing::debug!(tokensource = %ts.name_any(), "not the leader; nothing written");
-            return Outcome { status, event: None, requeue: None };
+            return Outcome { status, event: None, requeue: None, deferred: false };
         }
         let message = known.redactor.redact(&error.to_string());
         let message = match failure::hint(ts, error) {

@@ -33,6 +33,9 @@ pub struct Outcome {
     /// When to reconcile again without a change; `None` waits for one.
     pub requeue: Option<Duration>,
     pub event: Option<Note>,
+    /// Nothing was learnt (a request slot was not free): the status is not written; the
+    /// TokenSource comes back when a slot frees or at `requeue`.
+    pub deferred: bool,
 }
 
 /// The most a condition message or an Event note holds (events.k8s.io allows 1 KiB notes).
@@ -129,7 +132,7 @@ pub fn ready(
         &mut status.conditions,
         condition(ConditionType::Degraded, false, Reason::AsExpected, String::new(), generation, now),
     );
-    Outcome { status, requeue: Some(until(now, refresh_at)), event: None }
+    Outcome { status, requeue: Some(until(now, refresh_at)), event: None, deferred: false }
 }
 
 /// After a new token was written: Ready, with a `TokenIssued` Event when it was not Ready before.
@@ -183,14 +186,15 @@ pub fn backing_off(
     if let Some(at) = expired_at {
         set_condition(&mut status.conditions, expired(target, at, generation, now));
     }
-    Outcome { status, requeue: Some(until(now, retry_at)), event: None }
+    Outcome { status, requeue: Some(until(now, retry_at)), event: None, deferred: false }
 }
 
-/// Every request slot of the endpoint's host is taken: try again in a second or two, status
-/// unchanged.
-pub fn host_busy(status: TokenSourceStatus) -> Outcome {
+/// Nothing to learn now (every request slot of the endpoint's host is taken, or the cache has
+/// not caught up with this instance's last write): try again when called back or in a second or
+/// two; the status is not written.
+pub fn deferred(status: TokenSourceStatus) -> Outcome {
     let wait = Duration::from_millis(1000 + (rand::random::<f64>() * 1000.0) as u64);
-    Outcome { status, requeue: Some(wait), event: None }
+    Outcome { status, requeue: Some(wait), event: None, deferred: true }
 }
 
 impl Context {

@@ -91,20 +91,22 @@ pub async fn run(
     // the controller waits on it: a second waiter could steal its wake-up, so the watch's InitDone
     // is observed here instead.
     let synced = health.clone();
-    let source_events =
-        reflector::reflector(sources_writer, watcher(sources_api, watcher::Config::default().any_semantic()))
-            .inspect_ok(move |event| match event {
-                watcher::Event::Delete(ts) => {
-                    let gone = ObjectRef::from_obj(ts);
-                    forget.0.forget(&gone);
-                    forget.1.forget(&gone);
-                }
-                watcher::Event::InitDone if !synced.ready.swap(true, Ordering::Relaxed) => {
-                    tracing::info!("caches synced; ready");
-                }
-                _ => {}
-            })
-            .applied_objects();
+    let source_events = reflector::reflector(
+        sources_writer,
+        watcher(sources_api, watcher::Config::default().any_semantic()).modify(slim),
+    )
+    .inspect_ok(move |event| match event {
+        watcher::Event::Delete(ts) => {
+            let gone = ObjectRef::from_obj(ts);
+            forget.0.forget(&gone);
+            forget.1.forget(&gone);
+        }
+        watcher::Event::InitDone if !synced.ready.swap(true, Ordering::Relaxed) => {
+            tracing::info!("caches synced; ready");
+        }
+        _ => {}
+    })
+    .applied_objects();
     let controller = Controller::for_stream(source_events, sources.clone());
 
     // Managed Secrets, whole: their tokens drive chains and their deletion or tampering is noticed.
@@ -112,18 +114,18 @@ pub async fn run(
     let selector = format!("{}={}", secret::MANAGED_BY_LABEL, secret::MANAGED_BY);
     let targets_stream = reflector::reflector(
         targets_writer,
-        watcher(scoped::<Secret>(&client, ns.as_deref()), watcher::Config::default().labels(&selector)),
+        watcher(scoped::<Secret>(&client, ns.as_deref()), watcher::Config::default().labels(&selector)).modify(slim),
     )
     .default_backoff()
     .touched_objects();
-    // Every Secret, metadata only: credential changes without caching every Secret's data.
-    let (secret_meta, meta_writer) = reflector::store();
-    let meta_stream = reflector::reflector(
-        meta_writer,
-        watcher(scoped::<PartialObjectMeta<Secret>>(&client, ns.as_deref()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
+    // Every Secret, metadata only, kept for none but the referenced ones: credential changes are
+    // noticed without caching any other Secret.
+    let versions = Arc::new(super::index::SecretVersions::default());
+    let (seen, refs) = (versions.clone(), references.clone());
+    let meta_stream = watcher(scoped::<PartialObjectMeta<Secret>>(&client, ns.as_deref()), watcher::Config::default())
+        .default_backoff()
+        .inspect_ok(move |event| seen.observe(event, &refs))
+        .touched_objects();
 
     let (tx, rx) = mpsc::channel::<ObjectRef<TokenSource>>(4096);
     let by_target = references.clone();
@@ -136,7 +138,7 @@ pub async fn run(
         by_secret.affected(&m.namespace().unwrap_or_default(), &m.name_any(), None)
     });
     targets.wait_until_ready().await.map_err(|e| StartError(e.to_string()))?;
-    secret_meta.wait_until_ready().await.map_err(|e| StartError(e.to_string()))?;
+    versions.wait_synced().await;
 
     let transport = Transport::new(config.transport.clone()).map_err(|e| StartError(e.to_string()))?;
     let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
@@ -154,8 +156,9 @@ pub async fn run(
         transport,
         sources,
         targets,
-        secret_meta,
+        versions,
         credentials: Default::default(),
+        waiting: Default::default(),
         memory,
         references,
         ticks: Default::default(),
@@ -188,6 +191,15 @@ pub async fn run(
         })
         .await;
     Ok(())
+}
+
+/// Drops what the caches never read and what costs most of an object's memory: the managed
+/// fields (a tree of every field each writer set) and kubectl's last-applied copy of the object.
+fn slim<K: ResourceExt>(obj: &mut K) {
+    obj.managed_fields_mut().clear();
+    if let Some(a) = obj.meta_mut().annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
 /// Watches Pods for the consumer audit: each event is reduced to who reads which Secret, and
