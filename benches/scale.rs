@@ -12,7 +12,8 @@
 //! `SCALE_CRON_SAMPLE` [20] tokens done the CronJob way, `SCALE_CONCURRENCY` [16] (the operator's
 //! `--concurrency` and the floor's workers), `SCALE_OPERATOR_LOG` [warn] (its `--log-level`),
 //! `SCALE_OPERATOR_WRAPPER` (a profiler to run it under, such as `heaptrack`), `SCALE_QUICK=1`
-//! (cold starts and restarts only).
+//! (cold starts and restarts only), `SCALE_IDENTICAL=1` (every TokenSource sends the same request;
+//! with `SCALE_QUICK=1 SCALE_N=1000` the figure for identical requests).
 //!
 //! With `--kubesim KUBECONFIG` the binary is kubesim itself (how the benchmark starts it as its
 //! own process).
@@ -308,6 +309,12 @@ fn name(i: usize) -> String {
     format!("ts-{i:05}")
 }
 
+/// Each TokenSource's own `audience`, so each sends its own request; with `SCALE_IDENTICAL=1`
+/// they all send the same one (and share one token).
+fn audience(i: usize) -> String {
+    if env("SCALE_IDENTICAL", 0) == 1 { "shared".into() } else { name(i) }
+}
+
 fn token_source(i: usize, url: &str, creds: &str) -> Result<TokenSource, BoxError> {
     let from = |key: &str| json!({"valueFrom": {"secretKeyRef": {"name": creds, "key": key}}});
     Ok(serde_json::from_value(json!({
@@ -320,7 +327,7 @@ fn token_source(i: usize, url: &str, creds: &str) -> Result<TokenSource, BoxErro
                 "clientID": from("client_id"),
                 "clientAuth": {"type": "ClientSecretBasic", "clientSecretRef": {"name": creds, "key": "client_secret"}},
                 "headers": [{"name": "Cache-Control", "value": "no-cache"}],
-                "parameters": [{"name": "audience", "value": name(i)}]
+                "parameters": [{"name": "audience", "value": audience(i)}]
             },
             "target": {"name": format!("{}-token", name(i))}
         }
@@ -822,10 +829,13 @@ async fn main() -> Result<(), BoxError> {
         for c in &colds {
             let r = c.restart.as_ref();
             println!(
-                "N={} M={}: cold start {:.2}s, peak RSS {:.1} MiB; restart RSS {:.1} MiB (peak {:.1})",
+                "N={} M={}: cold start {:.2}s, provider calls {}, Secret writes {}, status writes {}, peak RSS {:.1} MiB; restart RSS {:.1} MiB (peak {:.1})",
                 c.n,
                 c.m,
                 c.seconds,
+                c.calls,
+                count(&c.counts, "patch secrets"),
+                count(&c.counts, "patch tokensources/status"),
                 c.peak_rss,
                 r.map_or(0.0, |r| r.rss),
                 r.map_or(0.0, |r| r.hwm)
