@@ -207,3 +207,51 @@ async fn check_sends_the_request_explains_the_answer_and_writes_nothing() {
     assert!(writes.is_empty(), "{writes:?}");
     assert!(env.secret_data("dry-token").await.is_none());
 }
+
+/// `check` of a workload identity TokenSource requests the ServiceAccount token with the user's
+/// own rights, sends it, and prints neither it nor the issued token's secret parts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_requests_the_service_account_token_of_a_workload_identity_flow() {
+    let env = Env::start().await;
+    let sim = env.sim.as_ref().expect("kubesim");
+    let sa: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "payments"}})).unwrap();
+    kube::Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(env.client.clone(), &env.ns)
+        .create(&Default::default(), &sa)
+        .await
+        .unwrap();
+    env.fakes.set_entra_federation(Some(fake_providers::federation::Federation {
+        issuer: sim.service_account_issuer().to_string(),
+        subject: format!("system:serviceaccount:{}:payments", env.ns),
+        audience: "api://AzureADTokenExchange".into(),
+    }));
+    let ts = json!({"apiVersion": "tokensource.dev/v1alpha1", "kind": "TokenSource", "metadata": {"name": "wi"},
+        "spec": {"type": "OAuth2", "oauth2": {
+            "tokenURL": env.fakes.endpoint_url(Endpoint::EntraToken),
+            "clientID": {"value": env.fakes.config().entra_client_id},
+            "clientAuth": {"type": "ServiceAccountToken", "serviceAccountToken": {"serviceAccountName": "payments", "audience": "api://AzureADTokenExchange"}},
+            "scopes": ["https://vault.azure.net/.default"]},
+        "target": {"name": "wi-token"}}});
+    let file = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-wi.yaml", env.ns));
+    std::fs::write(&file, ts.to_string()).unwrap();
+    let path = file.to_string_lossy().to_string();
+    let args = [
+        "tokensource",
+        "check",
+        "-f",
+        &path,
+        "-n",
+        &env.ns,
+        "--allow-insecure-http",
+        "--allow-endpoint-cidrs",
+        "127.0.0.1/32",
+    ];
+    let (ok, out, err) = tokio::task::block_in_place(|| kubectl(&env, &args));
+    assert!(ok && out.contains("Answer:   a token (Bearer, "), "{out}{err}");
+    assert_eq!(env.fakes.calls(Endpoint::EntraToken), 1);
+    assert!(env.fakes.rejections().is_empty(), "{:?}", env.fakes.rejections());
+    let requested = sim.faults().requests().iter().filter(|r| r.resource == "serviceaccounts/token").count();
+    assert_eq!(requested, 1, "one ServiceAccount token, requested by the plugin");
+    // kubesim's tokens begin with {"alg":"RS256","kid":" in base64url.
+    assert!(!out.contains("eyJhbGciOiJSUzI1NiIsImtpZCI6") && !err.contains("eyJhbGciOiJSUzI1NiIsImtpZCI6"));
+}

@@ -35,7 +35,8 @@ pub struct References {
 #[derive(Default)]
 struct ReferencesInner {
     by_source: HashMap<ObjectRef<TokenSource>, Vec<RefKey>>,
-    by_key: HashMap<RefKey, HashSet<ObjectRef<TokenSource>>>,
+    /// Most keys have one or two referrers: a list costs far less than a set per key.
+    by_key: HashMap<RefKey, Vec<ObjectRef<TokenSource>>>,
 }
 
 impl References {
@@ -55,14 +56,16 @@ impl References {
         }
         keys.sort_by_key(|k| format!("{k:?}"));
         keys.dedup();
-        let r = ObjectRef::from_obj(ts);
+        // Names only: the resourceVersion and uid are not copied into every entry.
+        let r = ObjectRef::new(&ts.name_any()).within(&ns);
         let mut inner = self.lock();
         if inner.by_source.get(&r) == Some(&keys) {
             return;
         }
+        // Removed from every key it had, so it is in none of the lists below.
         Self::remove(&mut inner, &r);
         for k in &keys {
-            inner.by_key.entry(k.clone()).or_default().insert(r.clone());
+            inner.by_key.entry(k.clone()).or_default().push(r.clone());
         }
         inner.by_source.insert(r, keys);
     }
@@ -70,7 +73,9 @@ impl References {
     fn remove(inner: &mut ReferencesInner, r: &ObjectRef<TokenSource>) {
         for k in inner.by_source.remove(r).unwrap_or_default() {
             if let Some(set) = inner.by_key.get_mut(&k) {
-                set.remove(r);
+                if let Some(i) = set.iter().position(|x| x == r) {
+                    set.swap_remove(i);
+                }
                 if set.is_empty() {
                     inner.by_key.remove(&k);
                 }

@@ -137,12 +137,18 @@ impl Memory {
     /// The status this instance last wrote, if the cached object at `resource_version` has not
     /// caught up with that write yet: a reconcile must build on it, not on the older status the
     /// cache shows (which would drop what the write added, such as the Ready condition).
+    /// Once the cache shows another version, the copy is dropped: it is of no further use.
     pub fn newer_status(&self, ts: &ObjectRef<TokenSource>, resource_version: &str) -> Option<TokenSourceStatus> {
-        self.lock()
-            .get(ts)
-            .and_then(|r| r.status.as_ref())
-            .filter(|(rv, _, _)| rv == resource_version)
-            .map(|(_, _, status)| status.clone())
+        let mut records = self.lock();
+        let record = records.get_mut(ts)?;
+        match &record.status {
+            Some((rv, _, status)) if rv == resource_version => Some(status.clone()),
+            Some(_) => {
+                record.status = None;
+                None
+            }
+            None => None,
+        }
     }
 
     pub fn failure(&self, ts: &ObjectRef<TokenSource>) -> Option<FailureRecord> {
@@ -246,8 +252,10 @@ mod tests {
         assert!(!m.wrote_status(&r, "7", 2), "another status for the same object");
         assert!(!m.wrote_status(&r, "9", 1), "someone changed the object since");
         // A reconcile of the stale object builds on what was written, not on what it shows.
-        assert_eq!(m.newer_status(&r, "7"), Some(written));
+        assert_eq!(m.newer_status(&r, "7"), Some(written.clone()));
         assert_eq!(m.newer_status(&r, "9"), None, "the cache has caught up (or someone else wrote)");
+        assert_eq!(m.newer_status(&r, "7"), None, "the copy is dropped once the cache moved on");
+        m.remember_status(&r, "7".into(), 1, written.clone());
         m.clear();
         assert_eq!(m.newer_status(&r, "7"), None);
     }
