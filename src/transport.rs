@@ -116,12 +116,9 @@ impl Transport {
         Ok(client)
     }
 
-    fn host_limit(&self, req: &Request) -> Arc<Semaphore> {
+    fn host_limit(&self, url: &url::Url) -> Arc<Semaphore> {
         let mut hosts = self.hosts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        hosts
-            .entry(host_key(&req.url))
-            .or_insert_with(|| Arc::new(Semaphore::new(self.options.per_host.max(1))))
-            .clone()
+        hosts.entry(host_key(url)).or_insert_with(|| Arc::new(Semaphore::new(self.options.per_host.max(1)))).clone()
     }
 
     /// Forgets the request slots of hosts not in `live` (as [`host_key`] names them); a host
@@ -135,7 +132,13 @@ impl Transport {
     /// One of the request slots of the request's host, if one is free. Waiting for a slot is the
     /// caller's to arrange, so that a slow host never holds anything but its own slots.
     pub fn slot(&self, req: &Request) -> Option<Slot> {
-        self.host_limit(req).try_acquire_owned().ok().map(|p| Slot { _permit: p })
+        self.slot_for(&req.url)
+    }
+
+    /// One of the request slots of the host of `url`, if one is free: taken before the request
+    /// is built when building it costs something (a ServiceAccount token).
+    pub fn slot_for(&self, url: &url::Url) -> Option<Slot> {
+        self.host_limit(url).try_acquire_owned().ok().map(|p| Slot { _permit: p })
     }
 
     /// Sends one attempt in `slot` and returns the reply body of a 2xx answer.

@@ -138,6 +138,20 @@ async fn refresh_fetches_once_per_request_even_during_a_backoff_and_status_tells
     assert!(!ok && err.contains("--all or -l SELECTOR"), "{err}");
 }
 
+/// Writes `ts` to a file and returns it with the `kubectl tokensource check` arguments for it
+/// (the fakes are on loopback, over http).
+fn check_args(env: &Env, name: &str, ts: &serde_json::Value) -> (std::path::PathBuf, Vec<String>) {
+    let file = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{name}.yaml", env.ns));
+    std::fs::write(&file, ts.to_string()).unwrap();
+    let path = file.to_string_lossy().to_string();
+    let args = ["tokensource", "check", "-f", &path, "-n", &env.ns]
+        .into_iter()
+        .chain(["--allow-insecure-http", "--allow-endpoint-cidrs", "127.0.0.1/32"])
+        .map(String::from)
+        .collect();
+    (file, args)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_sends_the_request_explains_the_answer_and_writes_nothing() {
     let env = Env::start().await;
@@ -146,20 +160,8 @@ async fn check_sends_the_request_explains_the_answer_and_writes_nothing() {
     let mut ts = podero(&env, "dry", "dry-token");
     ts["apiVersion"] = json!("tokensource.dev/v1alpha1");
     ts["kind"] = json!("TokenSource");
-    let file = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-dry.yaml", env.ns));
-    std::fs::write(&file, ts.to_string()).unwrap();
-    let path = file.to_string_lossy().to_string();
-    let base = [
-        "tokensource",
-        "check",
-        "-f",
-        &path,
-        "-n",
-        &env.ns,
-        "--allow-insecure-http",
-        "--allow-endpoint-cidrs",
-        "127.0.0.1/32",
-    ];
+    let (file, base) = check_args(&env, "dry", &ts);
+    let base: Vec<&str> = base.iter().map(String::as_str).collect();
     sim.clear_requests();
 
     let (ok, out, err) = tokio::task::block_in_place(|| kubectl(&env, &base));
@@ -232,20 +234,8 @@ async fn check_requests_the_service_account_token_of_a_workload_identity_flow() 
             "clientAuth": {"type": "ServiceAccountToken", "serviceAccountToken": {"serviceAccountName": "payments", "audience": "api://AzureADTokenExchange"}},
             "scopes": ["https://vault.azure.net/.default"]},
         "target": {"name": "wi-token"}}});
-    let file = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-wi.yaml", env.ns));
-    std::fs::write(&file, ts.to_string()).unwrap();
-    let path = file.to_string_lossy().to_string();
-    let args = [
-        "tokensource",
-        "check",
-        "-f",
-        &path,
-        "-n",
-        &env.ns,
-        "--allow-insecure-http",
-        "--allow-endpoint-cidrs",
-        "127.0.0.1/32",
-    ];
+    let (_, args) = check_args(&env, "wi", &ts);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (ok, out, err) = tokio::task::block_in_place(|| kubectl(&env, &args));
     assert!(ok && out.contains("Answer:   a token (Bearer, "), "{out}{err}");
     assert_eq!(env.fakes.calls(Endpoint::EntraToken), 1);

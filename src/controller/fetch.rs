@@ -26,16 +26,18 @@ impl Context {
         upstream_token: Option<&str>,
         why: &str,
     ) -> Result<Option<Token>, Error> {
-        let with_token = self.with_service_account_token(ts, creds).await?;
-        let creds = with_token.as_ref().unwrap_or(creds);
-        let mut request = build_request(ts, creds, upstream_token, self.config.allow_http)?;
-        request.timeout = Some(plan.timeout);
-        let host_key = crate::transport::host_key(&request.url);
-        let Some(slot) = self.transport.slot(&request) else {
+        // The slot first: a ServiceAccount token is requested only for a request that goes out.
+        let url = request_url(ts, self.config.allow_http)?;
+        let host_key = crate::transport::host_key(&url);
+        let Some(slot) = self.transport.slot_for(&url) else {
             // Called back as soon as a request to the host ends (or after a second or two).
             self.waiting.wait(&host_key, ObjectRef::from_obj(ts));
             return Ok(None);
         };
+        let with_token = self.with_service_account_token(ts, creds).await?;
+        let creds = with_token.as_ref().unwrap_or(creds);
+        let mut request = build_request(ts, creds, upstream_token, self.config.allow_http)?;
+        request.timeout = Some(plan.timeout);
         tracing::info!(tokensource = %ts.name_any(), namespace = ts.namespace().unwrap_or_default(), reason = why, "requesting a token");
         let host = request.url.host_str().unwrap_or_default().to_string();
         let started = std::time::Instant::now();
@@ -74,6 +76,15 @@ impl Context {
         self.metrics.refreshes.get_or_create(&refresh).inc();
         self.metrics.token_request(&host, &result_label);
         Ok(Some(result?))
+    }
+}
+
+/// The URL the spec's token request goes to.
+fn request_url(ts: &TokenSource, allow_http: bool) -> Result<url::Url, Error> {
+    match (&ts.spec.oauth2, &ts.spec.http) {
+        (Some(o), _) => providers::parse_url("oauth2.tokenURL", &o.token_url, allow_http),
+        (None, Some(h)) => providers::parse_url("http.url", &h.url, allow_http),
+        (None, None) => Err(Error::InvalidSpec("set exactly one of spec.oauth2 and spec.http".into())),
     }
 }
 
