@@ -259,6 +259,11 @@ struct Endpoint {
     /// Call times, and which TokenSource called, for the steady state.
     log: Mutex<Vec<(Instant, String)>>,
     accepted: Mutex<Vec<String>>,
+    /// The bench's view of the TokenSources: at a call, it still shows the renewal time the
+    /// call fulfils (the status announcing the next one is written after it).
+    view: std::sync::OnceLock<Arc<View>>,
+    /// Each call's lateness against that renewal time, in seconds.
+    lateness: Mutex<Vec<f64>>,
 }
 
 async fn token(State(e): State<Arc<Endpoint>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -271,6 +276,9 @@ async fn token(State(e): State<Arc<Endpoint>>, headers: HeaderMap, body: Bytes) 
         return (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "invalid_client"}))).into_response();
     }
     let who = body["audience"].as_str().unwrap_or_default().to_string();
+    if let Some(plan) = e.view.get().and_then(|v| lock(&v.renewal_at).get(&who).copied()) {
+        lock(&e.lateness).push(Timestamp::now().duration_since(plan).as_secs_f64());
+    }
     lock(&e.log).push((Instant::now(), who));
     let n = e.calls.load(Ordering::Relaxed);
     axum::Json(json!({
@@ -551,6 +559,7 @@ impl Bench {
         .await?;
         let view = Arc::new(View::default());
         watch(&sim, &view);
+        let _ = endpoint.view.set(view.clone());
         sim.reset().await?;
         let (sim_cpu, bench_cpu) = (usage(sim.pid()).cpu, usage(std::process::id()).cpu);
         let log = self.logs.join(format!("operator-{tag}.log"));
@@ -639,36 +648,14 @@ struct Steady {
     peak_rss: f64,
 }
 
-async fn steady(
-    sim: &Sim,
-    endpoint: &Endpoint,
-    view: &View,
-    operator: &Operator,
-    seconds: u64,
-) -> Result<Steady, BoxError> {
+async fn steady(sim: &Sim, endpoint: &Endpoint, operator: &Operator, seconds: u64) -> Result<Steady, BoxError> {
     sim.reset().await?;
     let from = lock(&endpoint.log).len();
     let (op_cpu, sim_cpu) = (usage(operator.pid()).cpu, usage(sim.pid()).cpu);
+    lock(&endpoint.lateness).clear();
     let start = Instant::now();
-    let wall = Timestamp::now();
-    // Planned renewals, sampled each 50 ms so each call is held against the plan it fulfilled.
-    let mut lateness = vec![];
-    let mut seen = from;
-    let mut plans: HashMap<String, Timestamp> = lock(&view.renewal_at).clone();
-    while start.elapsed() < Duration::from_secs(seconds) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        {
-            let log = lock(&endpoint.log);
-            for (at, who) in &log[seen..] {
-                if let Some(plan) = plans.get(who) {
-                    let called = wall + jiff::SignedDuration::try_from(at.duration_since(start)).unwrap_or_default();
-                    lateness.push(called.duration_since(*plan).as_secs_f64());
-                }
-            }
-            seen = log.len();
-        }
-        plans = lock(&view.renewal_at).clone();
-    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let lateness = std::mem::take(&mut *lock(&endpoint.lateness));
     let calls: Vec<Instant> = lock(&endpoint.log)[from..].iter().map(|(at, _)| *at).filter(|at| *at >= start).collect();
     let mut per_second: BTreeMap<u64, usize> = BTreeMap::new();
     for at in &calls {
@@ -844,10 +831,10 @@ async fn main() -> Result<(), BoxError> {
         return Ok(());
     }
     eprintln!("steady state: N={largest}, {lifetime}s tokens, {steady_seconds}s");
-    let (warm, sim, endpoint, view, operator) = bench.cold_start(largest, 0, 0, lifetime).await?;
+    let (warm, sim, endpoint, _view, operator) = bench.cold_start(largest, 0, 0, lifetime).await?;
     // One lifetime to let the first renewals spread, then the measurement.
     tokio::time::sleep(Duration::from_secs(lifetime)).await;
-    let st = steady(&sim, &endpoint, &view, &operator, steady_seconds).await?;
+    let st = steady(&sim, &endpoint, &operator, steady_seconds).await?;
     operator.stop();
     drop(sim);
 

@@ -86,11 +86,9 @@ impl Credentials {
         self.service_account_token = Some(token);
     }
 
-    /// The ServiceAccount token of this attempt; `field` names the spec field for the error.
-    pub fn service_account_token(&self, field: &str) -> Result<&str, Error> {
-        self.service_account_token
-            .as_deref()
-            .ok_or_else(|| Error::CredentialsNotFound(format!("{field}: no ServiceAccount token was requested")))
+    /// The ServiceAccount token of this attempt, if one was requested.
+    pub fn service_account_token(&self) -> Option<&str> {
+        self.service_account_token.as_deref()
     }
 
     /// Every value read from a Secret, for scrubbing provider replies.

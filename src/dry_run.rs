@@ -43,7 +43,7 @@ pub async fn dry_run(
     for v in creds.secret_values() {
         redactor.add(v);
     }
-    if let Ok(t) = creds.service_account_token("") {
+    if let Some(t) = creds.service_account_token() {
         redactor.add(t.as_bytes());
     }
     if let Some(t) = upstream_token {

@@ -48,7 +48,7 @@ pub fn request(spec: &OAuth2Spec, creds: &Credentials, allow_http: bool) -> Resu
             let exchange = spec.token_exchange.as_ref().ok_or_else(|| {
                 Error::InvalidSpec("oauth2.tokenExchange is required for the TokenExchange grant".into())
             })?;
-            let subject = creds.service_account_token("oauth2.tokenExchange.serviceAccountToken")?;
+            let subject = service_account_token(creds, "oauth2.tokenExchange.serviceAccountToken")?;
             secrets.push(subject.as_bytes().to_vec());
             params.push(("grant_type".into(), TOKEN_EXCHANGE.into()));
             params.push(("subject_token".into(), subject.to_string()));
@@ -116,6 +116,13 @@ pub fn request(spec: &OAuth2Spec, creds: &Credentials, allow_http: bool) -> Resu
     })
 }
 
+/// The ServiceAccount token requested for this attempt; `field` names the spec field.
+fn service_account_token<'a>(creds: &'a Credentials, field: &str) -> Result<&'a str, Error> {
+    creds
+        .service_account_token()
+        .ok_or_else(|| Error::CredentialsNotFound(format!("{field}: no ServiceAccount token was requested")))
+}
+
 /// The client authentication: the `Authorization` header to send, or the parameters it adds.
 fn client_auth(
     spec: &OAuth2Spec,
@@ -173,7 +180,7 @@ fn client_auth(
             Auth::None
         }
         ClientAuthType::ServiceAccountToken => {
-            assertion(creds.service_account_token("oauth2.clientAuth.serviceAccountToken")?.to_string());
+            assertion(service_account_token(creds, "oauth2.clientAuth.serviceAccountToken")?.to_string());
             Auth::None
         }
         ClientAuthType::TlsClientAuth => {

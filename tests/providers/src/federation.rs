@@ -47,14 +47,19 @@ fn refuse(error: &'static str, description: impl Into<String>) -> Refusal {
     Refusal { error, description: description.into() }
 }
 
-/// An HTTP client for the issuer's discovery documents (plain HTTP on loopback in tests).
-fn client() -> Result<reqwest::Client, String> {
+/// The fakes' HTTP client for the issuers' discovery documents (plain HTTP on loopback in tests),
+/// made once per set of fakes: a client belongs to the runtime it was made in.
+fn client(s: &Shared) -> Result<reqwest::Client, String> {
+    if let Some(c) = s.http.get() {
+        return Ok(c.clone());
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    let c = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(5))
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(s.http.get_or_init(|| c).clone())
 }
 
 async fn fetch_json(client: &reqwest::Client, url: &str) -> Result<Value, String> {
@@ -68,7 +73,7 @@ async fn fetch_json(client: &reqwest::Client, url: &str) -> Result<Value, String
 /// The claims of `jwt` once its signature is verified against the issuer's published keys; the
 /// issuer must be `federation.issuer` before anything is fetched from it. `messages` words the
 /// refusals (Entra's or RFC 8693's).
-async fn verify(jwt: &str, federation: &Federation, messages: &Messages) -> Result<Value, Refusal> {
+async fn verify(s: &Shared, jwt: &str, federation: &Federation, messages: &Messages) -> Result<Value, Refusal> {
     let parts: Vec<&str> = jwt.split('.').collect();
     let [h, c, sig] = parts.as_slice() else { return Err(refuse(messages.malformed.0, messages.malformed.1)) };
     let decode = |x: &str| URL_SAFE_NO_PAD.decode(x).ok();
@@ -83,7 +88,7 @@ async fn verify(jwt: &str, federation: &Federation, messages: &Messages) -> Resu
     if header["alg"] != "RS256" {
         return Err(refuse(messages.signature.0, messages.signature.1));
     }
-    let client = client().map_err(|e| refuse("temporarily_unavailable", e))?;
+    let client = client(s).map_err(|e| refuse("temporarily_unavailable", e))?;
     let discovery = fetch_json(&client, &format!("{}/.well-known/openid-configuration", iss.trim_end_matches('/')))
         .await
         .map_err(|e| refuse(messages.discovery.0, messages.discovery.1.replace("{}", &e)))?;
@@ -168,6 +173,22 @@ const STS: Messages = Messages {
     time: ("invalid_grant", "The subject token has expired or is not yet valid."),
 };
 
+/// One check of a request's form, and the service's words when it fails.
+struct Check<'a> {
+    ok: bool,
+    what: &'a str,
+    error: &'static str,
+    description: &'a str,
+}
+
+/// The refusal (400) of the first failed check, in order, if any fails.
+fn first_refusal(s: &Shared, e: Endpoint, checks: &[Check<'_>]) -> Option<Response> {
+    checks
+        .iter()
+        .find(|c| !c.ok)
+        .map(|c| s.reject(e, c.what, oauth_error(StatusCode::BAD_REQUEST, c.error, c.description)))
+}
+
 /// The federation trusted at `e`, if one is configured.
 fn config_of(s: &Shared, e: Endpoint) -> Option<Federation> {
     let config = lock(&s.config).clone();
@@ -185,51 +206,60 @@ pub(crate) async fn entra_token(State(s): State<Arc<Shared>>, headers: HeaderMap
     if let Some(r) = s.enter(e) {
         return r;
     }
-    let bad = |code: &'static str, why: &str| oauth_error(StatusCode::BAD_REQUEST, code, why);
-    if media_type(&headers) != "application/x-www-form-urlencoded" {
-        return s.reject(
-            e,
-            "Content-Type",
-            bad(
-                "invalid_request",
-                "AADSTS900144: The request body must contain the following parameter: 'grant_type'.",
-            ),
-        );
-    }
     let f = form(&body);
-    if get(&f, "grant_type") != Some("client_credentials") {
-        return s.reject(
-            e,
-            "grant_type",
-            bad("unsupported_grant_type", "AADSTS70003: The app requested an unsupported grant type."),
-        );
-    }
     let client_id = lock(&s.config).entra_client_id.clone();
-    if get(&f, "client_id") != Some(client_id.as_str()) {
-        return s.reject(
-            e,
-            "client_id",
-            bad("unauthorized_client", "AADSTS700016: Application with identifier was not found in the directory."),
-        );
+    let missing_credential =
+        "AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'.";
+    let checks = [
+        Check {
+            ok: media_type(&headers) == "application/x-www-form-urlencoded",
+            what: "Content-Type",
+            error: "invalid_request",
+            description: "AADSTS900144: The request body must contain the following parameter: 'grant_type'.",
+        },
+        Check {
+            ok: get(&f, "grant_type") == Some("client_credentials"),
+            what: "grant_type",
+            error: "unsupported_grant_type",
+            description: "AADSTS70003: The app requested an unsupported grant type.",
+        },
+        Check {
+            ok: get(&f, "client_id") == Some(client_id.as_str()),
+            what: "client_id",
+            error: "unauthorized_client",
+            description: "AADSTS700016: Application with identifier was not found in the directory.",
+        },
+        Check {
+            ok: get(&f, "scope").is_some_and(|sc| sc.split(' ').count() == 1 && sc.ends_with("/.default")),
+            what: "scope",
+            error: "invalid_scope",
+            description: "AADSTS1002012: The provided value for scope is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI).",
+        },
+        Check {
+            ok: get(&f, "client_secret").is_none() && !headers.contains_key(axum::http::header::AUTHORIZATION),
+            what: "second credential",
+            error: "invalid_request",
+            description: "AADSTS50049: Multiple client credentials were presented.",
+        },
+        Check {
+            ok: get(&f, "client_assertion_type") == Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+            what: "client_assertion_type",
+            error: "invalid_request",
+            description: missing_credential,
+        },
+        Check {
+            ok: get(&f, "client_assertion").is_some(),
+            what: "no assertion",
+            error: "invalid_request",
+            description: missing_credential,
+        },
+    ];
+    if let Some(r) = first_refusal(&s, e, &checks) {
+        return r;
     }
-    if !get(&f, "scope").is_some_and(|sc| sc.split(' ').count() == 1 && sc.ends_with("/.default")) {
-        return s.reject(e, "scope", bad("invalid_scope", "AADSTS1002012: The provided value for scope is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."));
-    }
-    if get(&f, "client_secret").is_some() || headers.contains_key(axum::http::header::AUTHORIZATION) {
-        return s.reject(
-            e,
-            "second credential",
-            bad("invalid_request", "AADSTS50049: Multiple client credentials were presented."),
-        );
-    }
-    if get(&f, "client_assertion_type") != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer") {
-        return s.reject(e, "client_assertion_type", bad("invalid_request", "AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'."));
-    }
-    let Some(assertion) = get(&f, "client_assertion") else {
-        return s.reject(e, "no assertion", bad("invalid_request", "AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'."));
-    };
+    let assertion = get(&f, "client_assertion").unwrap_or_default();
     let Some(federation) = config_of(&s, e) else { return no_trust(&s, e) };
-    if let Err(r) = verify(assertion, &federation, &ENTRA).await {
+    if let Err(r) = verify(&s, assertion, &federation, &ENTRA).await {
         return s.reject(e, r.description.clone(), oauth_error(StatusCode::UNAUTHORIZED, r.error, &r.description));
     }
     let token = format!("eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.{}", random_token(48));
@@ -250,45 +280,56 @@ pub(crate) async fn token_exchange(State(s): State<Arc<Shared>>, headers: Header
     if let Some(r) = s.enter(e) {
         return r;
     }
-    let bad = |code: &'static str, why: &str| oauth_error(StatusCode::BAD_REQUEST, code, why);
-    if media_type(&headers) != "application/x-www-form-urlencoded" {
-        return s.reject(
-            e,
-            "Content-Type",
-            bad("invalid_request", "Content-Type must be application/x-www-form-urlencoded"),
-        );
-    }
     let f = form(&body);
-    if get(&f, "grant_type") != Some("urn:ietf:params:oauth:grant-type:token-exchange") {
-        return s.reject(e, "grant_type", bad("unsupported_grant_type", "Invalid value for \"grant_type\"."));
-    }
-    if !matches!(
-        get(&f, "subject_token_type"),
-        Some("urn:ietf:params:oauth:token-type:jwt" | "urn:ietf:params:oauth:token-type:id_token")
-    ) {
-        return s.reject(e, "subject_token_type", bad("invalid_request", "Invalid value for \"subject_token_type\"."));
-    }
-    if get(&f, "requested_token_type").is_some_and(|t| t != "urn:ietf:params:oauth:token-type:access_token") {
-        return s.reject(
-            e,
-            "requested_token_type",
-            bad("invalid_request", "Invalid value for \"requested_token_type\"."),
-        );
-    }
     let expected_audience = lock(&s.config).sts_audience.clone();
-    if get(&f, "audience") != Some(expected_audience.as_str()) {
-        return s.reject(
-            e,
-            "audience",
-            bad("invalid_target", "The target service indicated by the \"audience\" parameter is invalid."),
-        );
+    let checks = [
+        Check {
+            ok: media_type(&headers) == "application/x-www-form-urlencoded",
+            what: "Content-Type",
+            error: "invalid_request",
+            description: "Content-Type must be application/x-www-form-urlencoded",
+        },
+        Check {
+            ok: get(&f, "grant_type") == Some("urn:ietf:params:oauth:grant-type:token-exchange"),
+            what: "grant_type",
+            error: "unsupported_grant_type",
+            description: "Invalid value for \"grant_type\".",
+        },
+        Check {
+            ok: matches!(
+                get(&f, "subject_token_type"),
+                Some("urn:ietf:params:oauth:token-type:jwt" | "urn:ietf:params:oauth:token-type:id_token")
+            ),
+            what: "subject_token_type",
+            error: "invalid_request",
+            description: "Invalid value for \"subject_token_type\".",
+        },
+        Check {
+            ok: get(&f, "requested_token_type").is_none_or(|t| t == "urn:ietf:params:oauth:token-type:access_token"),
+            what: "requested_token_type",
+            error: "invalid_request",
+            description: "Invalid value for \"requested_token_type\".",
+        },
+        Check {
+            ok: get(&f, "audience") == Some(expected_audience.as_str()),
+            what: "audience",
+            error: "invalid_target",
+            description: "The target service indicated by the \"audience\" parameter is invalid.",
+        },
+        Check {
+            ok: get(&f, "subject_token").is_some(),
+            what: "no subject_token",
+            error: "invalid_request",
+            description: "Missing required parameter: subject_token",
+        },
+    ];
+    if let Some(r) = first_refusal(&s, e, &checks) {
+        return r;
     }
-    let Some(subject_token) = get(&f, "subject_token") else {
-        return s.reject(e, "no subject_token", bad("invalid_request", "Missing required parameter: subject_token"));
-    };
+    let subject_token = get(&f, "subject_token").unwrap_or_default();
     let Some(federation) = config_of(&s, e) else { return no_trust(&s, e) };
-    if let Err(r) = verify(subject_token, &federation, &STS).await {
-        return s.reject(e, r.description.clone(), bad(r.error, &r.description));
+    if let Err(r) = verify(&s, subject_token, &federation, &STS).await {
+        return s.reject(e, r.description.clone(), oauth_error(StatusCode::BAD_REQUEST, r.error, &r.description));
     }
     let token = format!("ya29.sts.{}", random_token(40));
     let lifetime = s.lifetime(e);

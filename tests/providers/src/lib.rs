@@ -165,6 +165,8 @@ pub(crate) struct Shared {
     pub(crate) port: Mutex<u16>,
     /// `http://127.0.0.1:PORT` or `https://localhost:PORT`: what clients call this server.
     pub(crate) base_url: Mutex<String>,
+    /// The client the federation fakes fetch discovery documents with.
+    pub(crate) http: std::sync::OnceLock<reqwest::Client>,
 }
 
 /// A running set of fake token endpoints.
@@ -190,6 +192,7 @@ impl Fakes {
             inner: Mutex::default(),
             port: Mutex::new(0),
             base_url: Mutex::default(),
+            http: std::sync::OnceLock::new(),
         });
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -209,6 +212,7 @@ impl Fakes {
             inner: Mutex::default(),
             port: Mutex::new(0),
             base_url: Mutex::default(),
+            http: std::sync::OnceLock::new(),
         });
         let listener = tls::listener(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = axum::serve::Listener::local_addr(&listener)?.addr;
