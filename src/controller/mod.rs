@@ -21,6 +21,7 @@ mod apply;
 mod audit;
 mod config;
 mod decide;
+mod events;
 mod failure;
 mod fetch;
 mod index;
@@ -38,7 +39,6 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource};
 
@@ -73,7 +73,7 @@ pub struct Context {
     references: Arc<index::References>,
     /// When the periodic work last ran.
     ticks: std::sync::Mutex<watch::Ticks>,
-    recorder: Recorder,
+    recorder: events::Recorder,
     metrics: Arc<Metrics>,
     /// Who reads which Secret, with `--audit-consumers`.
     consumers: Option<Arc<audit::Consumers>>,

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use super::events::Occurrence;
 use jiff::{SignedDuration, Timestamp};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -216,10 +216,13 @@ impl Context {
             "kind": TokenSource::kind(&()),
             "status": status,
         });
-        self.api::<TokenSource>(&ts.namespace().unwrap_or_default())
-            .patch_status(&ts.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
-            .await
-            .map_err(Error::UpdateStatus)?;
+        let api = self.api::<TokenSource>(&ts.namespace().unwrap_or_default());
+        let write = async {
+            api.patch_status(&ts.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+                .await
+                .map_err(Error::UpdateStatus)
+        };
+        self.config.leadership.fenced(write).await?;
         self.memory.remember_status(&key, version, hash, status.clone());
         self.metrics.status_writes.inc();
         Ok(())
@@ -227,14 +230,9 @@ impl Context {
 
     /// Publishes an Event about the TokenSource; a failure to do so is logged, not fatal.
     pub(super) async fn publish(&self, ts: &TokenSource, note: Note) {
-        let ev = Event {
-            type_: if note.warning { EventType::Warning } else { EventType::Normal },
-            reason: note.reason.to_string(),
-            note: Some(note.message),
-            action: "GetToken".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &ts.object_ref(&())).await {
+        let reason = note.reason.to_string();
+        let ev = Occurrence { warning: note.warning, reason: &reason, action: "GetToken", note: &note.message };
+        if let Err(e) = self.recorder.publish(&ts.object_ref(&()), ev, &self.config.leadership).await {
             tracing::warn!(error = %e, "could not publish an Event");
         }
     }

@@ -11,7 +11,6 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, PartialObjectMeta};
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -141,7 +140,6 @@ pub async fn run(
     versions.wait_synced().await;
 
     let transport = Transport::new(config.transport.clone()).map_err(|e| StartError(e.to_string()))?;
-    let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let consumers = config.audit_consumers.then(|| {
         let consumers = Arc::new(super::audit::Consumers::default());
         watch_pods(&client, ns.as_deref(), consumers.clone(), references.clone(), tx.clone(), metrics.clone());
@@ -151,7 +149,7 @@ pub async fn run(
         consumers,
         shared: Default::default(),
         retrigger: tx.clone(),
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: super::events::Recorder::new(client.clone(), MANAGER, std::env::var("POD_NAME").ok()),
         client,
         transport,
         sources,
