@@ -12,7 +12,7 @@
 //! `SCALE_CRON_SAMPLE` [20] tokens done the CronJob way, `SCALE_CONCURRENCY` [16] (the operator's
 //! `--concurrency` and the floor's workers), `SCALE_OPERATOR_LOG` [warn] (its `--log-level`),
 //! `SCALE_OPERATOR_WRAPPER` (a profiler to run it under, such as `heaptrack`), `SCALE_QUICK=1`
-//! (cold starts and restarts only), `SCALE_IDENTICAL=1` (every TokenSource sends the same request;
+//! (cold starts and restarts only), `SCALE_ONLY=steady` (the steady state only), `SCALE_IDENTICAL=1` (every TokenSource sends the same request;
 //! with `SCALE_QUICK=1 SCALE_N=1000` the figure for identical requests).
 //!
 //! With `--kubesim KUBECONFIG` the binary is kubesim itself (how the benchmark starts it as its
@@ -785,11 +785,14 @@ async fn main() -> Result<(), BoxError> {
 
     // SCALE_QUICK=1: the cold starts and restarts only (for profiling).
     let quick = env("SCALE_QUICK", 0) == 1;
+    // SCALE_ONLY=steady: the steady state alone (for profiling).
+    let only_steady = std::env::var("SCALE_ONLY").is_ok_and(|v| v == "steady");
     let mut colds = vec![];
     let mut floor_rate = f64::NAN;
     let mut cron_rate = f64::NAN;
     let mut rotation_result = None;
-    for &unrelated_m in &[0, m] {
+    let passes = if only_steady { vec![] } else { vec![0, m] };
+    for &unrelated_m in &passes {
         for &n in &ns {
             eprintln!("cold start: N={n}, M={unrelated_m}");
             let (mut cold, sim, endpoint, view, operator) = bench.cold_start(n, unrelated_m, k.min(n), 3600).await?;
@@ -837,6 +840,10 @@ async fn main() -> Result<(), BoxError> {
     let st = steady(&sim, &endpoint, &operator, steady_seconds).await?;
     operator.stop();
     drop(sim);
+    if only_steady {
+        println!("{}", steady_line(&st, largest, lifetime));
+        return Ok(());
+    }
 
     let setup = Setup { largest, m, concurrency, lifetime };
     report(&colds, &warm, &st, (floor_rate, cron_rate), rotation_result, &setup);
@@ -850,6 +857,33 @@ struct Setup {
     m: usize,
     concurrency: usize,
     lifetime: u64,
+}
+
+/// Lateness of the steady state's renewals against their announced time: p50 and p99.
+fn lateness(st: &Steady) -> (f64, f64) {
+    let mut late = st.lateness.clone();
+    (percentile(&mut late, 0.5), percentile(&mut late, 0.99))
+}
+
+/// The steady state's figures on one line.
+fn steady_line(st: &Steady, largest: usize, lifetime: u64) -> String {
+    let (p50, p99) = lateness(st);
+    let steady_writes = count(&st.counts, "patch secrets") + count(&st.counts, "patch tokensources/status");
+    format!(
+        "steady state: N={largest}, {}s tokens, {:.0}s observed: {} renewals, lateness against renewalTime p50 {:.3}s p99 {:.3}s, provider rate peak {:.0}/s mean {:.1}/s (peak/mean {:.2}), API writes per renewal {:.2}, operator CPU {:.1}s, kubesim CPU {:.1}s, peak RSS {:.1} MiB",
+        lifetime,
+        st.seconds,
+        st.renewals,
+        p50,
+        p99,
+        st.peak_rate,
+        st.mean_rate,
+        st.peak_rate / st.mean_rate,
+        steady_writes as f64 / st.renewals.max(1) as f64,
+        st.operator_cpu,
+        st.kubesim_cpu,
+        st.peak_rss
+    )
 }
 
 fn report(
@@ -926,25 +960,9 @@ fn report(
         op_rate / cron_rate
     );
 
-    let mut late = st.lateness.clone();
-    let (p50, p99) = (percentile(&mut late, 0.5), percentile(&mut late, 0.99));
-    let steady_writes = count(&st.counts, "patch secrets") + count(&st.counts, "patch tokensources/status");
+    let (_, p99) = lateness(st);
     println!();
-    println!(
-        "steady state: N={largest}, {}s tokens, {:.0}s observed: {} renewals, lateness against renewalTime p50 {:.3}s p99 {:.3}s, provider rate peak {:.0}/s mean {:.1}/s (peak/mean {:.2}), API writes per renewal {:.2}, operator CPU {:.1}s, kubesim CPU {:.1}s, peak RSS {:.1} MiB",
-        lifetime,
-        st.seconds,
-        st.renewals,
-        p50,
-        p99,
-        st.peak_rate,
-        st.mean_rate,
-        st.peak_rate / st.mean_rate,
-        steady_writes as f64 / st.renewals.max(1) as f64,
-        st.operator_cpu,
-        st.kubesim_cpu,
-        st.peak_rss
-    );
+    println!("{}", steady_line(st, largest, lifetime));
     println!("  API requests per renewal: {}", per(&st.counts, st.renewals));
     let mut rot_p99 = f64::NAN;
     if let Some((k, (mut lat, reads))) = rotation {

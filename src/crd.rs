@@ -1190,8 +1190,8 @@ pub struct TokenSourceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiration_time: Option<Time>,
 
-    /// When the operator will next ask for a token: the scheduled renewal, or the next retry
-    /// after a failure.
+    /// When the operator will next ask for a token: the scheduled renewal (it starts by this
+    /// whole second), or the next retry after a failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewal_time: Option<Time>,
 

@@ -54,6 +54,17 @@ pub fn whole_second(t: Timestamp) -> Timestamp {
     Timestamp::from_second(t.as_second()).unwrap_or(t)
 }
 
+/// The first whole second at or after `t`.
+pub fn ceil_second(t: Timestamp) -> Timestamp {
+    let down = whole_second(t);
+    if down < t { add(down, SignedDuration::from_secs(1)) } else { down }
+}
+
+/// Drops the fraction of a millisecond.
+fn whole_millisecond(t: Timestamp) -> Timestamp {
+    Timestamp::from_millisecond(t.as_millisecond()).unwrap_or(t)
+}
+
 /// Parses a duration such as `90s`, `10m`, `1h30m` or `500ms` (whole numbers, as Gateway API's
 /// GEP-2257 durations), of at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<SignedDuration, Error> {
@@ -106,6 +117,9 @@ impl Policy {
     /// margin (shrunk to a quarter of the lifetime for short-lived tokens), never earlier than a
     /// hundredth of the lifetime after issue, and never sooner than [`MIN_RENEWAL_INTERVAL`]
     /// after it, whatever the lifetime.
+    ///
+    /// The time keeps its milliseconds: tokens that fall due in the same second are renewed
+    /// spread over it, not all at its start (status announces [`ceil_second`] of it).
     pub fn refresh_at(&self, issued: Timestamp, expires: Timestamp, jitter: f64) -> Timestamp {
         let lifetime = expires.duration_since(issued);
         let earliest = add(issued, MIN_RENEWAL_INTERVAL);
@@ -124,7 +138,7 @@ impl Policy {
         let jittered = before.saturating_add(scale(before, 0.1 * jitter.clamp(0.0, 1.0)));
         let floor = SignedDuration::from_secs(1).max(lifetime / 100).min(lifetime / 2);
         let at = add(expires, -jittered.min(lifetime.saturating_sub(floor)));
-        whole_second(at.max(add(issued, floor)).max(earliest))
+        whole_millisecond(at.max(add(issued, floor)).max(earliest))
     }
 }
 
@@ -170,8 +184,7 @@ pub fn retry_at(
     }
     let at = at.max(add(now, RETRY_FLOOR));
     // Whole seconds, rounded up so the floor holds.
-    let up = whole_second(at);
-    if up < at { add(up, SignedDuration::from_secs(1)) } else { up }
+    ceil_second(at)
 }
 
 #[cfg(test)]

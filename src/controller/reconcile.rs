@@ -59,7 +59,7 @@ pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result
     let started = std::time::Instant::now();
     // A panic (a bug, triggered by this TokenSource's input) is this TokenSource's failure, not
     // the process's: every other TokenSource keeps being served.
-    let mut outcome = guarded(ctx.attempt(&ts, now), || {
+    let mut outcome = guarded(ctx.attempt(&ts, Clock { now, exact }), || {
         ctx.metrics.reconcile_panics.inc();
         let error = Error::Internal(
             "the operator failed internally while reconciling this TokenSource (a bug: the operator's log has the place; please report it)".into(),
@@ -95,6 +95,14 @@ pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result
     })
 }
 
+/// The time of a reconcile: whole seconds for what it writes (Kubernetes times have no
+/// fractions), and exact for whether a renewal is due.
+#[derive(Clone, Copy)]
+struct Clock {
+    now: Timestamp,
+    exact: Timestamp,
+}
+
 /// Runs `attempt`; if it panics, the outcome `on_panic` gives instead.
 async fn guarded<T>(attempt: impl std::future::Future<Output = T>, on_panic: impl FnOnce() -> T) -> T {
     match AssertUnwindSafe(attempt).catch_unwind().await {
@@ -111,7 +119,8 @@ pub(super) fn error_policy(_ts: Arc<TokenSource>, err: &Error, _ctx: Arc<Context
 
 impl Context {
     /// Runs the pipeline and turns its result, success or failure, into the outcome to write.
-    async fn attempt(&self, ts: &TokenSource, now: Timestamp) -> Outcome {
+    async fn attempt(&self, ts: &TokenSource, clock: Clock) -> Outcome {
+        let now = clock.now;
         let version = ts.resource_version().unwrap_or_default();
         let mut status = self
             .memory
@@ -128,7 +137,7 @@ impl Context {
             return Outcome { status, requeue: None, event, deferred: false };
         }
         let mut known = Known::default();
-        match self.pipeline(ts, &status, now, &mut known, manual).await {
+        match self.pipeline(ts, &status, clock, &mut known, manual).await {
             Ok(outcome) => outcome,
             Err(error) => {
                 // A requested refresh that failed is still handled: the backoff takes over.
@@ -144,10 +153,11 @@ impl Context {
         &self,
         ts: &TokenSource,
         status: &TokenSourceStatus,
-        now: Timestamp,
+        clock: Clock,
         known: &mut Known,
         manual: Option<&str>,
     ) -> Result<Outcome, Error> {
+        let Clock { now, exact } = clock;
         let me = ObjectRef::from_obj(ts);
         let generation = ts.meta().generation;
         let target = ts.spec.target.name.as_str();
@@ -196,7 +206,7 @@ impl Context {
             .as_deref()
             .and_then(|k| self.shared.token(k, now))
             .is_some_and(|t| in_hand_issued.is_some_and(|mine| t.issued_at > mine));
-        let decision = match (manual, decide::decide(times, missing, &uid, &plan.policy, now)) {
+        let decision = match (manual, decide::decide(times, missing, &uid, &plan.policy, exact)) {
             (Some(_), _) => Decision::Fetch { why: "ManualRefresh" },
             (None, Decision::Keep { .. }) if owed => Decision::Fetch { why: "RetryAfterFailure" },
             (None, Decision::Keep { .. }) if newer_shared => Decision::Fetch { why: "SharedToken" },
@@ -255,7 +265,7 @@ impl Context {
                     manual.is_none()
                         && in_hand_issued.is_none_or(|mine| t.issued_at > mine)
                         && plan.policy.refresh_at(t.issued_at, t.expires_at, schedule::jitter_for(&uid, t.issued_at))
-                            > now
+                            > exact
                 });
                 match reuse {
                     Some(t) => Some(t),

@@ -16,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::{TokenSource, TokenSourceStatus};
 use crate::error::Error;
+use crate::schedule;
 use crate::secret::Stored;
 
 /// An Event to publish about the TokenSource.
@@ -120,7 +121,8 @@ pub fn ready(
     status.token_type = stored.token_type.clone();
     status.scopes =
         stored.scope.as_deref().map(|s| s.split_whitespace().map(String::from).collect()).unwrap_or_default();
-    status.renewal_time = Some(Time(refresh_at));
+    // Announced as the whole second by which the renewal starts.
+    status.renewal_time = Some(Time(schedule::ceil_second(refresh_at)));
     status.failed_renewal_attempts = 0;
     status.last_failure_time = None;
     let msg = format!("Secret {target:?} holds a valid token");

@@ -188,7 +188,7 @@ fn validate_string(s: &str, schema: &Value, here: &str, causes: &mut Vec<Cause>)
         causes.push(Cause::new("FieldValueTooLong", here, format!("Too long: may not be more than {max} bytes")));
     }
     if let Some(pattern) = schema["pattern"].as_str() {
-        match regex::Regex::new(pattern) {
+        match compiled(pattern) {
             Ok(re) if !re.is_match(s) => causes.push(Cause::new(
                 "FieldValueInvalid",
                 here,
@@ -407,6 +407,16 @@ pub fn process(obj: &mut Value, schema: &Value) -> (Vec<Cause>, Vec<String>) {
         }
     }
     (causes, unknown)
+}
+
+/// A schema pattern, compiled once (every write of every object validates against it).
+fn compiled(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+    static PATTERNS: LazyLock<Mutex<HashMap<String, Result<regex::Regex, regex::Error>>>> =
+        LazyLock::new(Default::default);
+    let mut patterns = PATTERNS.lock().unwrap_or_else(|p| p.into_inner());
+    patterns.entry(pattern.to_string()).or_insert_with(|| regex::Regex::new(pattern)).clone()
 }
 
 #[cfg(test)]

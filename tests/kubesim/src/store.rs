@@ -69,7 +69,8 @@ impl WatchEvent {
 /// Everything a request says about where and how it acts.
 #[derive(Clone, Debug)]
 pub struct Ctx {
-    pub def: ResourceDef,
+    /// Shared with the registry: a request does not copy the (possibly large) schema.
+    pub def: Arc<ResourceDef>,
     pub version: String,
     pub namespace: Option<String>,
     pub manager: String,
@@ -107,7 +108,7 @@ pub type Key = (String, String);
 pub type WatchStart = (Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>);
 
 pub struct State {
-    pub defs: BTreeMap<GroupResource, ResourceDef>,
+    pub defs: BTreeMap<GroupResource, Arc<ResourceDef>>,
     pub objects: BTreeMap<GroupResource, BTreeMap<Key, Entry>>,
     pub rv: u64,
     pub history: VecDeque<Arc<WatchEvent>>,
@@ -201,7 +202,7 @@ impl State {
             dependents: Default::default(),
         };
         for def in registry::builtins() {
-            s.defs.insert(def.gr(), def);
+            s.defs.insert(def.gr(), Arc::new(def));
         }
         let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}});
         let namespaces = Builtin::Namespace.gr();
@@ -725,14 +726,15 @@ impl State {
         mut body: Value,
         subresource: bool,
     ) -> ApiResult<(Value, Vec<String>)> {
-        if ctx.def.builtin == Some(Builtin::EventV1) {
-            body = events::patch_to_core(&body);
-            if let Some(m) = body.as_object_mut() {
-                m.remove("apiVersion");
-            }
-        }
+        let event_v1 = ctx.def.builtin == Some(Builtin::EventV1);
         let existing = self.bucket(ctx).and_then(|b| b.get(&Self::key(ctx, name))).cloned();
         if let PatchKind::Apply { force } = kind {
+            if event_v1 {
+                body = events::patch_to_core(&body);
+                if let Some(m) = body.as_object_mut() {
+                    m.remove("apiVersion");
+                }
+            }
             return self.apply(ctx, name, existing, body, force, subresource);
         }
         let old = existing.ok_or_else(|| ApiError::not_found(&ctx.def.gr(), name))?;
@@ -747,6 +749,10 @@ impl State {
                 patch::strategic_merge(&mut new, &body)
             }
             PatchKind::Apply { .. } => {}
+        }
+        // The patch was made against the events.k8s.io form; the object is kept in core form.
+        if event_v1 {
+            new = events::to_core(&new);
         }
         self.replace(ctx, name, &old, new, subresource)
     }
@@ -963,7 +969,7 @@ impl State {
                 self.cel_rules.insert((gr.clone(), v.name.clone()), Arc::new(kube_cel::compile_schema(schema)));
             }
         }
-        self.defs.insert(gr, def);
+        self.defs.insert(gr, Arc::new(def));
     }
 
     /// A deleted CRD takes its custom objects with it and stops being served.
@@ -1148,6 +1154,6 @@ impl State {
     }
 
     pub fn served(&self) -> impl Iterator<Item = &ResourceDef> {
-        self.defs.values()
+        self.defs.values().map(|d| &**d)
     }
 }

@@ -522,6 +522,19 @@ async fn events_are_one_store_under_two_apis() {
     assert_eq!(c.message.as_deref(), Some("hello"));
     assert_eq!(c.involved_object.name.as_deref(), Some("x"));
     assert_eq!(c.reporting_component.as_deref(), Some("tests"));
+
+    // A merge patch of the series alone (as recorders send for a repeat) keeps the rest, in both
+    // forms.
+    let series = json!({"series": {"count": 2, "lastObservedTime": "2026-01-01T00:01:00.000000Z"}});
+    let patched = new.patch("e1", &PatchParams::default(), &Patch::Merge(&series)).await.unwrap();
+    assert_eq!(patched.series.as_ref().map(|s| s.count), Some(2));
+    assert_eq!(
+        (patched.note.as_deref(), patched.regarding.and_then(|r| r.name).as_deref()),
+        (Some("hello"), Some("x"))
+    );
+    let c = core.get("e1").await.unwrap();
+    assert_eq!((c.message.as_deref(), c.involved_object.name.as_deref()), (Some("hello"), Some("x")));
+    assert_eq!(c.series.and_then(|s| s.count), Some(2));
 }
 
 #[tokio::test]
