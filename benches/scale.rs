@@ -12,8 +12,10 @@
 //! `SCALE_CRON_SAMPLE` [20] tokens done the CronJob way, `SCALE_CONCURRENCY` [16] (the operator's
 //! `--concurrency` and the floor's workers), `SCALE_OPERATOR_LOG` [warn] (its `--log-level`),
 //! `SCALE_OPERATOR_WRAPPER` (a profiler to run it under, such as `heaptrack`), `SCALE_QUICK=1`
-//! (cold starts and restarts only), `SCALE_ONLY=steady` (the steady state only), `SCALE_IDENTICAL=1` (every TokenSource sends the same request;
-//! with `SCALE_QUICK=1 SCALE_N=1000` the figure for identical requests).
+//! (cold starts and restarts only), `SCALE_ONLY=steady` (the steady state only; with
+//! `SCALE_HISTOGRAM=1` it prints the provider calls of each second), `SCALE_IDENTICAL=1` (every
+//! TokenSource sends the same request; with `SCALE_QUICK=1 SCALE_N=1000` the figure for identical
+//! requests).
 //!
 //! With `--kubesim KUBECONFIG` the binary is kubesim itself (how the benchmark starts it as its
 //! own process).
@@ -662,6 +664,9 @@ async fn steady(sim: &Sim, endpoint: &Endpoint, operator: &Operator, seconds: u6
         *per_second.entry(at.duration_since(start).as_secs()).or_default() += 1;
     }
     let peak = per_second.values().copied().max().unwrap_or(0) as f64;
+    if std::env::var("SCALE_HISTOGRAM").is_ok() {
+        eprintln!("provider calls per second: {:?}", per_second.values().collect::<Vec<_>>());
+    }
     let op = usage(operator.pid());
     Ok(Steady {
         seconds: seconds as f64,

@@ -33,6 +33,9 @@ pub struct Token {
     pub lifetime_source: LifetimeSource,
     pub fields: BTreeMap<String, String>,
     pub raw: Value,
+    /// When the operator planned to renew it, if it chose a spread-out first renewal
+    /// ([`crate::schedule::Policy::first_refresh_at`]); otherwise the policy's regular time.
+    pub renew_at: Option<Timestamp>,
 }
 
 /// How the expiry is read, compiled.
@@ -197,6 +200,7 @@ impl Reader {
             lifetime_source,
             fields,
             raw,
+            renew_at: None,
         })
     }
 

@@ -142,6 +142,51 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// The renewal of a token that was not itself a scheduled renewal (the first token, one
+    /// after a spec or credential change, a manual refresh, recovery from failures): anywhere in
+    /// the last three quarters of the time [`Policy::refresh_at`] would keep it, by `jitter`. Tokens
+    /// obtained together (a thousand TokenSources created at once, or all of them recovering
+    /// from an outage) would otherwise renew together for ever, each cycle one burst; spread
+    /// once, they stay spread. It costs at most one earlier renewal per such token.
+    pub fn first_refresh_at(&self, issued: Timestamp, expires: Timestamp, jitter: f64) -> Timestamp {
+        let (earliest, regular) = self.first_window(issued, expires);
+        let span = regular.duration_since(earliest);
+        whole_millisecond(add(earliest, scale(span, jitter.clamp(0.0, 1.0))).min(regular))
+    }
+
+    /// When to renew a token planned for `planned` (as [`Policy::first_refresh_at`] chose and
+    /// the Secret recorded): that time, if it lies in the window that function chooses from,
+    /// else the regular time. A planned time from elsewhere can make a renewal neither earlier
+    /// nor later than the policy allows.
+    pub fn planned_refresh_at(
+        &self,
+        issued: Timestamp,
+        expires: Timestamp,
+        jitter: f64,
+        planned: Option<Timestamp>,
+    ) -> Timestamp {
+        let regular = self.refresh_at(issued, expires, jitter);
+        let (earliest, latest) = self.first_window(issued, expires);
+        match planned {
+            Some(p) if p >= earliest && p <= latest => p,
+            _ => regular,
+        }
+    }
+
+    /// The window a first renewal is chosen from: the last three quarters of the time the token
+    /// would be kept, never sooner than [`MIN_RENEWAL_INTERVAL`] after issue. Wide, because
+    /// TokenSources created together are created over as long as the API server takes to write
+    /// them (20 s for 10,000 on a small cluster): a window narrower than that burst leaves the
+    /// burst's rate in every later cycle.
+    fn first_window(&self, issued: Timestamp, expires: Timestamp) -> (Timestamp, Timestamp) {
+        let regular = self.refresh_at(issued, expires, 0.0);
+        let quarter = add(issued, regular.duration_since(issued) / 4);
+        let earliest = quarter.max(add(issued, MIN_RENEWAL_INTERVAL)).min(regular);
+        (earliest, regular)
+    }
+}
+
 /// A jitter in `[0, 1)` fixed for one token of one TokenSource, so every reconcile computes the
 /// same renewal time for it while tokens issued together still spread out.
 pub fn jitter_for(uid: &str, issued: Timestamp) -> f64 {
@@ -226,6 +271,23 @@ mod tests {
         // earlier at most.
         assert_eq!(p.refresh_at(ts(0), ts(36_000), 0.0), ts(24_120));
         assert_eq!(p.refresh_at(ts(0), ts(36_000), 0.5), ts(23_526));
+    }
+
+    #[test]
+    fn a_first_renewal_is_spread_over_the_second_half_and_kept_within_it() {
+        let p = Policy::new(&RenewalSpec::default(), Duration::from_secs(120)).unwrap();
+        // A 10-hour token is kept until 6h42m at most; a first renewal falls from 1h40m30s on.
+        assert_eq!(p.first_refresh_at(ts(0), ts(36_000), 0.0), ts(6_030));
+        assert_eq!(p.first_refresh_at(ts(0), ts(36_000), 0.5), ts(15_075));
+        assert!(p.first_refresh_at(ts(0), ts(36_000), 0.999_999) <= ts(24_120));
+        // A planned time inside that window holds; one outside it (an edited annotation) does not.
+        let regular = p.refresh_at(ts(0), ts(36_000), 0.3);
+        assert_eq!(p.planned_refresh_at(ts(0), ts(36_000), 0.3, Some(ts(15_000))), ts(15_000));
+        assert_eq!(p.planned_refresh_at(ts(0), ts(36_000), 0.3, Some(ts(6_000))), regular, "too early");
+        assert_eq!(p.planned_refresh_at(ts(0), ts(36_000), 0.3, Some(ts(30_000))), regular, "too late");
+        assert_eq!(p.planned_refresh_at(ts(0), ts(36_000), 0.3, None), regular);
+        // Short tokens: never sooner than the minimum interval after issue.
+        assert_eq!(p.first_refresh_at(ts(0), ts(8), 0.0), ts(5));
     }
 
     #[test]

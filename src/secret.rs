@@ -20,6 +20,9 @@ pub const NAME_LABEL: &str = "tokensource.dev/name";
 pub const FINGERPRINT_ANNOTATION: &str = "tokensource.dev/fingerprint";
 pub const EXPIRES_AT_ANNOTATION: &str = "tokensource.dev/expires-at";
 pub const RENEWED_AT_ANNOTATION: &str = "tokensource.dev/renewed-at";
+/// When the operator plans to renew the token, when it chose a spread-out first renewal: kept
+/// with the token so a restart renews at the same time.
+pub const RENEW_AT_ANNOTATION: &str = "tokensource.dev/renew-at";
 /// A hash of the target's shape in the spec (template, creation policy) the Secret was written
 /// with: a change re-renders the Secret from the token it holds.
 pub const SHAPE_ANNOTATION: &str = "tokensource.dev/shape";
@@ -42,6 +45,8 @@ pub struct Stored {
     pub fingerprint: Option<String>,
     pub expires_at: Option<Timestamp>,
     pub refreshed_at: Option<Timestamp>,
+    /// The planned renewal, when the operator chose one for this token.
+    pub renew_at: Option<Timestamp>,
     /// The Secret holds what the operator wrote: the `token` key (`Merge`), or data (`Replace`).
     pub has_token: bool,
     pub token_type: Option<String>,
@@ -69,6 +74,7 @@ impl Stored {
             fingerprint: annotations.and_then(|a| a.get(FINGERPRINT_ANNOTATION)).cloned(),
             expires_at: ts(EXPIRES_AT_ANNOTATION),
             refreshed_at: ts(RENEWED_AT_ANNOTATION),
+            renew_at: ts(RENEW_AT_ANNOTATION),
             has_token,
             token_type: text(secret, TOKEN_TYPE_KEY),
             scope: text(secret, SCOPE_KEY),
@@ -86,6 +92,7 @@ impl Stored {
             fingerprint: Some(fingerprint),
             expires_at: Some(token.expires_at),
             refreshed_at: Some(token.issued_at),
+            renew_at: token.renew_at,
             has_token: true,
             token_type: token.token_type.clone(),
             scope: token.scope.clone(),
@@ -145,6 +152,7 @@ pub fn read_back(ts: &TokenSource, secret: &Secret, stored: &Stored) -> Option<T
         lifetime_source: crate::response::LifetimeSource::Stored,
         fields,
         raw: serde_json::Value::Null,
+        renew_at: stored.renew_at,
     })
 }
 
@@ -304,6 +312,9 @@ pub fn desired(ts: &TokenSource, token: &Token, fingerprint: &str, shape: &str) 
     annotations.insert(FINGERPRINT_ANNOTATION.into(), fingerprint.into());
     annotations.insert(EXPIRES_AT_ANNOTATION.into(), token.expires_at.to_string());
     annotations.insert(RENEWED_AT_ANNOTATION.into(), token.issued_at.to_string());
+    if let Some(at) = token.renew_at {
+        annotations.insert(RENEW_AT_ANNOTATION.into(), at.to_string());
+    }
     annotations.insert(SHAPE_ANNOTATION.into(), shape.into());
     annotations.insert(DATA_HASH_ANNOTATION.into(), hash);
     let owner_references = match target.creation_policy {
@@ -353,6 +364,7 @@ mod tests {
             lifetime_source: LifetimeSource::ExpiresIn,
             fields: [("merchant_code".to_string(), "MX1".to_string())].into(),
             raw: json!({"access_token": "tok", "extra": {"region": "eu"}}),
+            renew_at: None,
         }
     }
 

@@ -29,18 +29,19 @@ pub enum Decision {
     },
 }
 
-/// Keep or fetch, for the token in hand (`held`: when it was issued and when it expires), or
-/// `missing` as the reason when there is none. The renewal time is recomputed, not read back
-/// from status, with the token's own fixed jitter: every reconcile and every restart arrives at
+/// Keep or fetch, for the token in hand (`held`: when it was issued, when it expires and the
+/// renewal planned for it, if any), or `missing` as the reason when there is none. The renewal
+/// time is the planned one (kept with the token in the Secret) within the policy's bounds, else
+/// recomputed with the token's own fixed jitter: every reconcile and every restart arrives at
 /// the same time.
 pub fn decide(
-    held: Option<(Timestamp, Timestamp)>,
+    held: Option<(Timestamp, Timestamp, Option<Timestamp>)>,
     missing: &'static str,
     uid: &str,
     policy: &Policy,
     now: Timestamp,
 ) -> Decision {
-    let Some((issued, expires)) = held else { return Decision::Fetch { why: missing } };
+    let Some((issued, expires, planned)) = held else { return Decision::Fetch { why: missing } };
     if expires <= now {
         let earliest = schedule::add(issued, schedule::MIN_RENEWAL_INTERVAL);
         if now < earliest {
@@ -48,7 +49,7 @@ pub fn decide(
         }
         return Decision::Fetch { why: "Expired" };
     }
-    let refresh_at = policy.refresh_at(issued, expires, schedule::jitter_for(uid, issued));
+    let refresh_at = policy.planned_refresh_at(issued, expires, schedule::jitter_for(uid, issued), planned);
     if refresh_at <= now {
         return Decision::Fetch { why: "RenewalDue" };
     }
@@ -178,8 +179,15 @@ mod tests {
         Policy::new(&Default::default(), Duration::from_secs(120)).unwrap()
     }
 
-    fn held(issued: i64, expires: i64) -> Option<(Timestamp, Timestamp)> {
-        Some((t(issued), t(expires)))
+    fn held(issued: i64, expires: i64) -> Option<(Timestamp, Timestamp, Option<Timestamp>)> {
+        Some((t(issued), t(expires), None))
+    }
+
+    #[test]
+    fn a_planned_renewal_is_kept_to() {
+        let planned = Some((t(0), t(3600), Some(t(1500))));
+        assert_eq!(decide(planned, "NoToken", "u", &policy(), t(1499)), Decision::Keep { refresh_at: t(1500) });
+        assert_eq!(decide(planned, "NoToken", "u", &policy(), t(1500)), Decision::Fetch { why: "RenewalDue" });
     }
 
     #[test]

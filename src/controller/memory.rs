@@ -209,6 +209,7 @@ mod tests {
             lifetime_source: LifetimeSource::ExpiresIn,
             fields: Default::default(),
             raw: json!({}),
+            renew_at: None,
         }
     }
 

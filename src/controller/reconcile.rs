@@ -95,6 +95,16 @@ pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result
     })
 }
 
+/// A token that is not a scheduled renewal gets its first renewal spread over the last three
+/// quarters of its keep time ([`schedule::Policy::first_refresh_at`]), recorded with it.
+fn spread_first_renewal(mut token: Token, why: &str, policy: &schedule::Policy, uid: &str) -> Token {
+    if why != "RenewalDue" && token.renew_at.is_none() {
+        let jitter = schedule::jitter_for(uid, token.issued_at);
+        token.renew_at = Some(policy.first_refresh_at(token.issued_at, token.expires_at, jitter));
+    }
+    token
+}
+
 /// The time of a reconcile: whole seconds for what it writes (Kubernetes times have no
 /// fractions), and exact for whether a renewal is due.
 #[derive(Clone, Copy)]
@@ -194,7 +204,7 @@ impl Context {
             (stored.fingerprint.as_deref() == Some(fingerprint.as_str()))
                 .then(|| secret::read_back(ts, secret, stored))?
         });
-        let times = in_hand.as_ref().map(|t| (t.issued_at, t.expires_at));
+        let times = in_hand.as_ref().map(|t| (t.issued_at, t.expires_at, t.renew_at));
         let missing = decide::missing(stored.as_ref(), &fingerprint);
         // A manual refresh fetches whatever the token in hand; a token the provider failed to
         // give (a failed manual refresh) is still owed, after the backoff.
@@ -250,7 +260,10 @@ impl Context {
             known.redactor.add(t.as_bytes());
         }
         let token = match &key {
-            None => self.fetch(ts, &plan, &creds, upstream_token.as_deref(), why).await?,
+            None => self
+                .fetch(ts, &plan, &creds, upstream_token.as_deref(), why)
+                .await?
+                .map(|t| spread_first_renewal(t, why, &plan.policy, &uid)),
             Some(k) => {
                 // One request at a time per shared request; a sharer's newer token that is not
                 // due by this TokenSource's policy is taken instead of a new request.
@@ -264,13 +277,18 @@ impl Context {
                 let reuse = self.shared.token(k, now).filter(|t| {
                     manual.is_none()
                         && in_hand_issued.is_none_or(|mine| t.issued_at > mine)
-                        && plan.policy.refresh_at(t.issued_at, t.expires_at, schedule::jitter_for(&uid, t.issued_at))
-                            > exact
+                        && plan.policy.planned_refresh_at(
+                            t.issued_at,
+                            t.expires_at,
+                            schedule::jitter_for(&uid, t.issued_at),
+                            t.renew_at,
+                        ) > exact
                 });
                 match reuse {
                     Some(t) => Some(t),
                     None => {
                         let fetched = self.fetch(ts, &plan, &creds, upstream_token.as_deref(), why).await?;
+                        let fetched = fetched.map(|t| spread_first_renewal(t, why, &plan.policy, &uid));
                         if let Some(t) = &fetched {
                             for other in self.shared.offer(k, t.clone(), &me) {
                                 // Never blocks a reconcile: a full queue leaves it to its renewal.
@@ -289,8 +307,8 @@ impl Context {
         // Held before it is written: a failed write is retried with it, without a new request.
         self.memory.hold(&me, Held { fingerprint: fingerprint.clone(), token: token.clone() });
         self.write(ts, &token, &fingerprint, &shape).await?;
-        let refresh_at =
-            plan.policy.refresh_at(token.issued_at, token.expires_at, schedule::jitter_for(&uid, token.issued_at));
+        let jitter = schedule::jitter_for(&uid, token.issued_at);
+        let refresh_at = plan.policy.planned_refresh_at(token.issued_at, token.expires_at, jitter, token.renew_at);
         let issued = Stored::issued(ts.name_any(), fingerprint, &token);
         let mut outcome = status::issued(status.clone(), &issued, target, refresh_at, generation, now);
         if restart::owed_for_new_token(ts, stored.as_ref().is_some_and(|s| s.has_token)) {
