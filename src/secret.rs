@@ -373,6 +373,19 @@ mod tests {
     }
 
     #[test]
+    fn a_planned_renewal_is_kept_with_the_token() {
+        let planned: Timestamp = "2026-01-01T05:00:00.250Z".parse().unwrap();
+        let t = Token { renew_at: Some(planned), ..token() };
+        let s = desired(&ts(json!({"name": "podero-token"})), &t, "fp", "shape").unwrap();
+        let stored = Stored::of(&s, MergePolicy::Merge, "uid-1");
+        assert_eq!(stored.renew_at, Some(planned));
+        let back = read_back(&ts(json!({"name": "podero-token"})), &s, &stored).unwrap();
+        assert_eq!(back.renew_at, Some(planned), "a restart reads the plan back");
+        let plain = desired(&ts(json!({"name": "podero-token"})), &token(), "fp", "shape").unwrap();
+        assert!(!plain.metadata.annotations.unwrap_or_default().contains_key(RENEW_AT_ANNOTATION));
+    }
+
+    #[test]
     fn default_keys_labels_and_owner() {
         let s = desired(&ts(json!({"name": "podero-token"})), &token(), "fp", "shape").unwrap();
         assert_eq!(text(&s, "token").as_deref(), Some("tok"));

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use super::memory::FailureRecord;
 use crate::crd::{TokenSource, TokenSourceStatus};
 use crate::credentials::Credentials;
+use crate::response::Token;
 use crate::schedule::{self, Policy};
 use crate::secret::Stored;
 
@@ -54,6 +55,12 @@ pub fn decide(
         return Decision::Fetch { why: "RenewalDue" };
     }
     Decision::Keep { refresh_at }
+}
+
+/// When `token` of the TokenSource with `uid` is renewed: its planned time, else the policy's.
+pub fn renewal_of(token: &Token, uid: &str, policy: &Policy) -> Timestamp {
+    let jitter = schedule::jitter_for(uid, token.issued_at);
+    policy.planned_refresh_at(token.issued_at, token.expires_at, jitter, token.renew_at)
 }
 
 /// Why there is no token in hand for today's request: what the Secret says.

@@ -277,12 +277,7 @@ impl Context {
                 let reuse = self.shared.token(k, now).filter(|t| {
                     manual.is_none()
                         && in_hand_issued.is_none_or(|mine| t.issued_at > mine)
-                        && plan.policy.planned_refresh_at(
-                            t.issued_at,
-                            t.expires_at,
-                            schedule::jitter_for(&uid, t.issued_at),
-                            t.renew_at,
-                        ) > exact
+                        && decide::renewal_of(t, &uid, &plan.policy) > exact
                 });
                 match reuse {
                     Some(t) => Some(t),
@@ -307,8 +302,7 @@ impl Context {
         // Held before it is written: a failed write is retried with it, without a new request.
         self.memory.hold(&me, Held { fingerprint: fingerprint.clone(), token: token.clone() });
         self.write(ts, &token, &fingerprint, &shape).await?;
-        let jitter = schedule::jitter_for(&uid, token.issued_at);
-        let refresh_at = plan.policy.planned_refresh_at(token.issued_at, token.expires_at, jitter, token.renew_at);
+        let refresh_at = decide::renewal_of(&token, &uid, &plan.policy);
         let issued = Stored::issued(ts.name_any(), fingerprint, &token);
         let mut outcome = status::issued(status.clone(), &issued, target, refresh_at, generation, now);
         if restart::owed_for_new_token(ts, stored.as_ref().is_some_and(|s| s.has_token)) {
