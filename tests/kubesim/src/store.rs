@@ -518,23 +518,52 @@ impl State {
     }
 
     /// Runs the schema's CEL rules, with the stored object as `oldSelf` for transition rules.
+    /// Ratcheted like the API server (CRDValidationRatcheting, GA in 1.33): on an update, the rules
+    /// of a top-level field that did not change are not run again (a status write does not
+    /// re-validate the spec it left alone).
     fn cel_causes(&self, rules: &kube_cel::CompiledSchema, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
-        match self.cel.validate_compiled(rules, obj, old) {
-            Ok(()) => vec![],
-            Err(errors) => errors
+        let rules_only_in_fields = rules.validations.is_empty()
+            && rules.items.is_none()
+            && rules.additional_properties.is_none()
+            && rules.all_of.is_empty()
+            && rules.one_of.is_empty()
+            && rules.any_of.is_empty();
+        let errors: Vec<(String, kube_cel::ValidationError)> = match old {
+            Some(old) if rules_only_in_fields => rules
+                .properties
                 .iter()
-                .map(|e| {
-                    let field = if e.field_path.is_empty() { "<root>".to_string() } else { e.field_path.clone() };
-                    let reason = match e.reason.as_deref() {
-                        Some("FieldValueRequired") => "FieldValueRequired",
-                        Some("FieldValueForbidden") => "FieldValueForbidden",
-                        Some("FieldValueDuplicate") => "FieldValueDuplicate",
-                        _ => "FieldValueInvalid",
-                    };
-                    Cause::new(reason, field, format!("Invalid value: \"object\": {}", e.message))
+                .filter(|(field, _)| obj.get(field.as_str()) != old.get(field.as_str()))
+                .filter_map(|(field, sub)| {
+                    let (now, before) = (obj.get(field.as_str())?, old.get(field.as_str()));
+                    let errors = self.cel.validate_compiled(sub, now, before).err()?;
+                    Some(errors.into_vec().into_iter().map(|e| (field.clone(), e)))
                 })
+                .flatten()
                 .collect(),
-        }
+            _ => match self.cel.validate_compiled(rules, obj, old) {
+                Ok(()) => vec![],
+                Err(errors) => errors.into_vec().into_iter().map(|e| (String::new(), e)).collect(),
+            },
+        };
+        errors
+            .into_iter()
+            .map(|(under, e)| {
+                let field = match (under.as_str(), e.field_path.chars().next()) {
+                    ("", None) => "<root>".to_string(),
+                    ("", Some(_)) => e.field_path.clone(),
+                    (under, None) => under.to_string(),
+                    (under, Some('.' | '[')) => format!("{under}{}", e.field_path),
+                    (under, Some(_)) => format!("{under}.{}", e.field_path),
+                };
+                let reason = match e.reason.as_deref() {
+                    Some("FieldValueRequired") => "FieldValueRequired",
+                    Some("FieldValueForbidden") => "FieldValueForbidden",
+                    Some("FieldValueDuplicate") => "FieldValueDuplicate",
+                    _ => "FieldValueInvalid",
+                };
+                Cause::new(reason, field, format!("Invalid value: \"object\": {}", e.message))
+            })
+            .collect()
     }
 
     /// Stores a new version of an object (or the first), unless nothing changed.

@@ -609,6 +609,23 @@ async fn cel_validation_rules_are_enforced() {
     assert_eq!(code, 422);
     assert!(message.contains("id is immutable"), "{message}");
     api.patch("r", &PatchParams::default(), &Patch::Merge(json!({"spec": {"max": 9}}))).await.unwrap();
+
+    // Ratcheting: a rule added later that the stored spec breaks fails only writes that change
+    // the spec; a write that leaves it alone (labels here, a status write alike) goes through.
+    let mut stricter = crds.get("ranges.example.com").await.unwrap();
+    stricter.data["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"rule": "self.min > 3", "message": "min must exceed 3"}));
+    crds.replace("ranges.example.com", &PostParams::default(), &stricter).await.unwrap();
+    api.patch("r", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}}))).await.unwrap();
+    let (code, _, message) = api_error(
+        api.patch("r", &PatchParams::default(), &Patch::Merge(json!({"spec": {"max": 8}})))
+            .await
+            .expect_err("a changed spec is validated by the new rule"),
+    );
+    assert_eq!(code, 422);
+    assert!(message.contains("min must exceed 3") && message.contains("spec"), "{message}");
 }
 
 #[tokio::test]
