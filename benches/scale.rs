@@ -21,6 +21,7 @@
 //! own process).
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -200,6 +201,8 @@ impl Operator {
             .args(["--concurrency", &concurrency.to_string()])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log)?)
+            // Its own process group, so `stop` reaches the operator under a wrapper too.
+            .process_group(0)
             .spawn()?;
         Ok(Self { child, admin })
     }
@@ -225,7 +228,7 @@ impl Operator {
 
     /// SIGTERM, and the wait for it to end.
     fn stop(mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill").args(["-TERM", "--", &format!("-{}", self.child.id())]).status();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
