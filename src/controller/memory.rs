@@ -10,7 +10,7 @@
 //! cluster.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
@@ -31,13 +31,16 @@ pub struct FailureRecord {
     pub provider: bool,
 }
 
-/// A token this instance fetched, and the fingerprint of the request that produced it.
+/// A token this instance fetched, and the fingerprint of the request that produced it. The
+/// token is shared with the entry of identical requests, if any: one copy of each token.
 #[derive(Clone, Debug)]
 pub struct Held {
     pub fingerprint: String,
-    pub token: Token,
+    pub token: Arc<Token>,
 }
 
+/// What is kept of one TokenSource: one per TokenSource, so the parts most of them never need
+/// (a failure, a status not yet in the cache, warnings given) are boxed and cost a pointer.
 #[derive(Clone, Debug, Default)]
 struct Record {
     held: Option<Held>,
@@ -47,10 +50,10 @@ struct Record {
     written_over: Option<(Option<String>, std::time::Instant)>,
     /// The status this instance last wrote (and a hash of it), and the resourceVersion of the
     /// object it was computed from.
-    status: Option<(String, u64, TokenSourceStatus)>,
-    failure: Option<FailureRecord>,
+    status: Option<Box<(String, u64, TokenSourceStatus)>>,
+    failure: Option<Box<FailureRecord>>,
     /// Warnings already given (a stale consuming Pod, an inline secret of a spec generation).
-    warned: HashSet<String>,
+    warned: Vec<String>,
 }
 
 /// Per-TokenSource records, forgotten when the TokenSource goes.
@@ -66,7 +69,7 @@ impl Memory {
 
     /// The token this instance holds for `ts`, if it was fetched for `fingerprint` and has not
     /// expired at `now`.
-    pub fn held(&self, ts: &ObjectRef<TokenSource>, fingerprint: &str, now: Timestamp) -> Option<Token> {
+    pub fn held(&self, ts: &ObjectRef<TokenSource>, fingerprint: &str, now: Timestamp) -> Option<Arc<Token>> {
         self.lock()
             .get(ts)
             .and_then(|r| r.held.as_ref())
@@ -120,7 +123,7 @@ impl Memory {
     pub fn wrote_status(&self, ts: &ObjectRef<TokenSource>, resource_version: &str, status: u64) -> bool {
         self.lock()
             .get(ts)
-            .and_then(|r| r.status.as_ref())
+            .and_then(|r| r.status.as_deref())
             .is_some_and(|(rv, s, _)| rv == resource_version && *s == status)
     }
 
@@ -131,7 +134,7 @@ impl Memory {
         hash: u64,
         status: TokenSourceStatus,
     ) {
-        self.lock().entry(ts.clone()).or_default().status = Some((resource_version, hash, status));
+        self.lock().entry(ts.clone()).or_default().status = Some(Box::new((resource_version, hash, status)));
     }
 
     /// The status this instance last wrote, if the cached object at `resource_version` has not
@@ -141,7 +144,7 @@ impl Memory {
     pub fn newer_status(&self, ts: &ObjectRef<TokenSource>, resource_version: &str) -> Option<TokenSourceStatus> {
         let mut records = self.lock();
         let record = records.get_mut(ts)?;
-        match &record.status {
+        match record.status.as_deref() {
             Some((rv, _, status)) if rv == resource_version => Some(status.clone()),
             Some(_) => {
                 record.status = None;
@@ -152,11 +155,11 @@ impl Memory {
     }
 
     pub fn failure(&self, ts: &ObjectRef<TokenSource>) -> Option<FailureRecord> {
-        self.lock().get(ts).and_then(|r| r.failure.clone())
+        self.lock().get(ts).and_then(|r| r.failure.as_deref().cloned())
     }
 
     pub fn remember_failure(&self, ts: &ObjectRef<TokenSource>, failure: FailureRecord) {
-        self.lock().entry(ts.clone()).or_default().failure = Some(failure);
+        self.lock().entry(ts.clone()).or_default().failure = Some(Box::new(failure));
     }
 
     pub fn forget_failure(&self, ts: &ObjectRef<TokenSource>) {
@@ -173,7 +176,13 @@ impl Memory {
     /// Whether the warning `what` is yet to be given for the TokenSource; remembers that it now
     /// is.
     pub fn warn_once(&self, ts: &ObjectRef<TokenSource>, what: &str) -> bool {
-        self.lock().entry(ts.clone()).or_default().warned.insert(what.to_string())
+        let mut records = self.lock();
+        let warned = &mut records.entry(ts.clone()).or_default().warned;
+        let first = !warned.iter().any(|w| w == what);
+        if first {
+            warned.push(what.to_string());
+        }
+        first
     }
 
     /// Forgets everything: on a change of leadership, when another instance may have written
@@ -217,7 +226,7 @@ mod tests {
     fn a_held_token_serves_only_its_own_request_and_only_while_valid() {
         let m = Memory::default();
         let r = ObjectRef::new("a").within("ns");
-        m.hold(&r, Held { fingerprint: "fp".into(), token: token(100) });
+        m.hold(&r, Held { fingerprint: "fp".into(), token: Arc::new(token(100)) });
         assert!(m.held(&r, "fp", at(10)).is_some());
         assert!(m.held(&r, "other", at(10)).is_none(), "the spec or credentials changed");
         assert!(m.held(&r, "fp", at(100)).is_none(), "expired");
@@ -237,7 +246,7 @@ mod tests {
         assert!(!m.cache_behind_write(&r, None, std::time::Duration::ZERO), "not waited for long");
         assert_eq!(m.failure(&r), None);
         assert_eq!(m.written(&r).as_deref(), Some("42"));
-        m.hold(&r, Held { fingerprint: "fp".into(), token: token(100) });
+        m.hold(&r, Held { fingerprint: "fp".into(), token: Arc::new(token(100)) });
         m.retain(&HashSet::new());
         assert!(m.held(&r, "fp", at(10)).is_none() && m.written(&r).is_none(), "forgotten with the source");
     }

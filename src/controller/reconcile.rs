@@ -203,6 +203,7 @@ impl Context {
             let (secret, stored) = (secret.as_ref()?, stored.as_ref()?);
             (stored.fingerprint.as_deref() == Some(fingerprint.as_str()))
                 .then(|| secret::read_back(ts, secret, stored))?
+                .map(Arc::new)
         });
         let times = in_hand.as_ref().map(|t| (t.issued_at, t.expires_at, t.renew_at));
         let missing = decide::missing(stored.as_ref(), &fingerprint);
@@ -263,7 +264,7 @@ impl Context {
             None => self
                 .fetch(ts, &plan, &creds, upstream_token.as_deref(), why)
                 .await?
-                .map(|t| spread_first_renewal(t, why, &plan.policy, &uid)),
+                .map(|t| Arc::new(spread_first_renewal(t, why, &plan.policy, &uid))),
             Some(k) => {
                 // One request at a time per shared request; a sharer's newer token that is not
                 // due by this TokenSource's policy is taken instead of a new request.
@@ -283,7 +284,7 @@ impl Context {
                     Some(t) => Some(t),
                     None => {
                         let fetched = self.fetch(ts, &plan, &creds, upstream_token.as_deref(), why).await?;
-                        let fetched = fetched.map(|t| spread_first_renewal(t, why, &plan.policy, &uid));
+                        let fetched = fetched.map(|t| Arc::new(spread_first_renewal(t, why, &plan.policy, &uid)));
                         if let Some(t) = &fetched {
                             for other in self.shared.offer(k, t.clone(), &me) {
                                 // Never blocks a reconcile: a full queue leaves it to its renewal.
@@ -323,7 +324,7 @@ impl Context {
     }
 
     /// Renders the Secret for `token` and writes it.
-    async fn write(&self, ts: &TokenSource, token: &Token, fingerprint: &str, shape: &str) -> Result<(), Error> {
+    async fn write(&self, ts: &TokenSource, token: &Arc<Token>, fingerprint: &str, shape: &str) -> Result<(), Error> {
         // Rendering templates over the reply is kept off the async runtime.
         let desired = {
             let (ts, token, fingerprint, shape) =

@@ -12,10 +12,13 @@ use kube::runtime::reflector::ObjectRef;
 use crate::crd::TokenSource;
 use crate::response::Token;
 
+/// One shared request: every TokenSource keeps one (sharing is on by default), most of them
+/// alone, so it is small: the token is the one the sharer holds (an `Arc`), the sharers a list
+/// allocated to size.
 #[derive(Default)]
 struct Entry {
-    token: Option<Token>,
-    sharers: HashSet<ObjectRef<TokenSource>>,
+    token: Option<Arc<Token>>,
+    sharers: Vec<ObjectRef<TokenSource>>,
     flight: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -34,17 +37,20 @@ impl SharedTokens {
     pub fn join(&self, key: &str, ts: &ObjectRef<TokenSource>) -> Arc<tokio::sync::Mutex<()>> {
         let mut entries = self.lock();
         let e = entries.entry(key.to_string()).or_default();
-        e.sharers.insert(ts.clone());
+        if !e.sharers.contains(ts) {
+            e.sharers.reserve_exact(1);
+            e.sharers.push(ts.clone());
+        }
         e.flight.clone()
     }
 
     /// The token shared for `key`, if it is still valid at `now`.
-    pub fn token(&self, key: &str, now: Timestamp) -> Option<Token> {
+    pub fn token(&self, key: &str, now: Timestamp) -> Option<Arc<Token>> {
         self.lock().get(key).and_then(|e| e.token.clone()).filter(|t| t.expires_at > now)
     }
 
     /// Offers a new token; returns the other sharers, to reconcile now.
-    pub fn offer(&self, key: &str, token: Token, from: &ObjectRef<TokenSource>) -> Vec<ObjectRef<TokenSource>> {
+    pub fn offer(&self, key: &str, token: Arc<Token>, from: &ObjectRef<TokenSource>) -> Vec<ObjectRef<TokenSource>> {
         let mut entries = self.lock();
         let e = entries.entry(key.to_string()).or_default();
         e.token = Some(token);
@@ -55,6 +61,7 @@ impl SharedTokens {
     pub fn retain(&self, live: &HashSet<ObjectRef<TokenSource>>, now: Timestamp) {
         self.lock().retain(|_, e| {
             e.sharers.retain(|s| live.contains(s));
+            e.sharers.shrink_to_fit();
             if e.token.as_ref().is_some_and(|t| t.expires_at <= now) {
                 e.token = None;
             }
