@@ -14,7 +14,7 @@ use super::Context;
 use crate::crd::{MergePolicy, ServiceAccountToken, TokenSource};
 use crate::credentials::Credentials;
 use crate::error::{Error, UpstreamState};
-use crate::secret::{self, Stored};
+use crate::secret::{self, Managed, Stored};
 
 /// Requests a token for the ServiceAccount `spec` names in `namespace` (TokenRequest API), for one
 /// token request: what the operator sends and what `kubectl tokensource check` sends.
@@ -77,7 +77,7 @@ impl Context {
     /// shows another version than this instance last wrote (the cache may not have caught up, or
     /// someone changed it since: only the API can tell).
     /// The target Secret as the cache of managed Secrets shows it.
-    pub(super) fn cached_target(&self, ts: &TokenSource) -> Option<Arc<Secret>> {
+    pub(super) fn cached_target(&self, ts: &TokenSource) -> Option<Arc<Managed>> {
         self.targets.get(&ObjectRef::new(&ts.spec.target.name).within(&ts.namespace().unwrap_or_default()))
     }
 
@@ -86,9 +86,9 @@ impl Context {
         let name = &ts.spec.target.name;
         let written = self.memory.written(&ObjectRef::from_obj(ts));
         if let Some(s) = self.targets.get(&ObjectRef::new(name).within(&ns))
-            && (written.is_none() || s.metadata.resource_version == written)
+            && (written.is_none() || s.resource_version() == written.as_deref())
         {
-            return Ok(Some((*s).clone()));
+            return Ok(Some(s.to_secret()));
         }
         self.api::<Secret>(&ns).get_opt(name).await.map_err(Error::Kube)
     }
@@ -172,7 +172,7 @@ impl Context {
     /// The upstream's current token, if its Secret holds a valid one.
     pub(super) fn upstream_token(&self, upstream: &TokenSource, now: Timestamp) -> Option<String> {
         let ns = upstream.namespace().unwrap_or_default();
-        let s = self.targets.get(&ObjectRef::new(&upstream.spec.target.name).within(&ns))?;
+        let s = self.targets.get(&ObjectRef::new(&upstream.spec.target.name).within(&ns))?.to_secret();
         let uid = upstream.metadata.uid.as_deref().unwrap_or_default();
         let stored = Stored::of(&s, upstream.spec.target.template.merge_policy, uid);
         (stored.owner.as_deref() == Some(upstream.name_any().as_str()) && stored.intact && stored.valid_at(now))

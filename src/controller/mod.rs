@@ -37,7 +37,6 @@ mod watch;
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource};
@@ -63,7 +62,7 @@ pub struct Context {
     config: Config,
     transport: Transport,
     sources: Store<TokenSource>,
-    targets: Store<Secret>,
+    targets: Store<crate::secret::Managed>,
     /// The versions of the Secrets TokenSources refer to.
     versions: Arc<index::SecretVersions>,
     credentials: load::CredentialCache,

@@ -177,7 +177,7 @@ impl Context {
         validate::check_names(ts)?;
         // The cache has not yet seen this instance's last write of the Secret: the write's own
         // event comes in a moment and reconciles again, so nothing is read or written now.
-        let cached_version = self.cached_target(ts).and_then(|s| s.metadata.resource_version.clone());
+        let cached_version = self.cached_target(ts).and_then(|s| s.resource_version().map(String::from));
         if self.memory.cache_behind_write(&me, cached_version.as_deref(), CACHE_CATCH_UP) {
             return Ok(status::deferred(status.clone()));
         }
@@ -334,7 +334,7 @@ impl Context {
                 .map_err(|_| Error::Internal("rendering the Secret failed".into()))??
         };
         let me = ObjectRef::from_obj(ts);
-        let over = self.cached_target(ts).and_then(|s| s.metadata.resource_version.clone());
+        let over = self.cached_target(ts).and_then(|s| s.resource_version().map(String::from));
         let resource_version = self.apply_secret(ts, &desired).await?;
         self.memory.remember_written(&me, resource_version, over);
         Ok(())

@@ -108,15 +108,13 @@ pub async fn run(
     .applied_objects();
     let controller = Controller::for_stream(source_events, sources.clone());
 
-    // Managed Secrets, whole: their tokens drive chains and their deletion or tampering is noticed.
-    let (targets, targets_writer) = reflector::store();
+    // Managed Secrets, what the operator reads of them (`secret::Managed`): their tokens drive
+    // chains and their deletion or tampering is noticed.
+    let (targets, targets_writer) = reflector::store::<secret::Managed>();
     let selector = format!("{}={}", secret::MANAGED_BY_LABEL, secret::MANAGED_BY);
-    let targets_stream = reflector::reflector(
-        targets_writer,
-        watcher(scoped::<Secret>(&client, ns.as_deref()), watcher::Config::default().labels(&selector)).modify(slim),
-    )
-    .default_backoff()
-    .touched_objects();
+    let managed =
+        watcher(scoped::<Secret>(&client, ns.as_deref()), watcher::Config::default().labels(&selector)).map_ok(project);
+    let targets_stream = reflector::reflector(targets_writer, managed).default_backoff().touched_objects();
     // Every Secret, metadata only, kept for none but the referenced ones: credential changes are
     // noticed without caching any other Secret.
     let versions = Arc::new(super::index::SecretVersions::default());
@@ -128,9 +126,10 @@ pub async fn run(
 
     let (tx, rx) = mpsc::channel::<ObjectRef<TokenSource>>(4096);
     let by_target = references.clone();
-    forward(targets_stream, tx.clone(), (metrics.clone(), "managed-secrets"), move |s: &Secret| {
-        let owner = s.labels().get(secret::NAME_LABEL).cloned();
-        by_target.affected(&s.namespace().unwrap_or_default(), &s.name_any(), owner.as_deref())
+    forward(targets_stream, tx.clone(), (metrics.clone(), "managed-secrets"), move |s: &secret::Managed| {
+        use reflector::Lookup;
+        let (ns, name) = (s.namespace().unwrap_or_default(), s.name().unwrap_or_default());
+        by_target.affected(&ns, &name, s.owner())
     });
     let by_secret = references.clone();
     forward(meta_stream, tx.clone(), (metrics.clone(), "secret-metadata"), move |m: &PartialObjectMeta<Secret>| {
@@ -189,6 +188,17 @@ pub async fn run(
         })
         .await;
     Ok(())
+}
+
+/// A managed Secret's watch event, with the Secret reduced to what the cache keeps.
+fn project(event: watcher::Event<Secret>) -> watcher::Event<secret::Managed> {
+    match event {
+        watcher::Event::Apply(s) => watcher::Event::Apply(secret::Managed::of(s)),
+        watcher::Event::Delete(s) => watcher::Event::Delete(secret::Managed::of(s)),
+        watcher::Event::InitApply(s) => watcher::Event::InitApply(secret::Managed::of(s)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
 }
 
 /// Drops what the caches never read and what costs most of an object's memory: the managed
