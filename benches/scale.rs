@@ -236,6 +236,12 @@ impl Operator {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.kill();
+    }
+
+    /// SIGKILL to the whole group: a profiler's wrapper may outlive its operator, or the reverse.
+    fn kill(&mut self) {
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.child.id())]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -244,8 +250,7 @@ impl Operator {
 impl Drop for Operator {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            self.kill();
         }
     }
 }
