@@ -82,7 +82,7 @@ pub struct TokenSourceSpec {
     /// TLS for the token request: a client certificate (mutual TLS) and a CA bundle for private
     /// CAs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<TlsSpec>,
+    pub tls: Option<Box<TlsSpec>>,
 
     /// How long one token request may take, such as `10s`. Unset: the operator's
     /// `--request-timeout` (30s unless changed), which is also the most it allows.

@@ -32,6 +32,7 @@ pub struct Token {
     pub expires_at: Timestamp,
     pub lifetime_source: LifetimeSource,
     pub fields: BTreeMap<String, String>,
+    /// The reply, for templates that read it; `Null` when none does (it is not kept).
     pub raw: Value,
     /// When the operator planned to renew it, if it chose a spread-out first renewal
     /// ([`crate::schedule::Policy::first_refresh_at`]); otherwise the policy's regular time.

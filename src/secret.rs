@@ -131,10 +131,7 @@ pub fn data_hash<'a>(uid: &str, data: impl IntoIterator<Item = (&'a str, &'a [u8
 /// is not kept anywhere.
 pub fn read_back(ts: &TokenSource, secret: &Secret, stored: &Stored) -> Option<Token> {
     let template = &ts.spec.target.template;
-    if template.merge_policy != MergePolicy::Merge
-        || !stored.intact
-        || template.data.values().any(|t| crate::template::reads(t, "response"))
-    {
+    if template.merge_policy != MergePolicy::Merge || !stored.intact || reads_reply(ts) {
         return None;
     }
     let fields = ts
@@ -155,6 +152,12 @@ pub fn read_back(ts: &TokenSource, secret: &Secret, stored: &Stored) -> Option<T
         raw: serde_json::Value::Null,
         renew_at: stored.renew_at,
     })
+}
+
+/// Whether the TokenSource's templates read the provider's reply (`response`): only then is the
+/// reply kept with the token.
+pub fn reads_reply(ts: &TokenSource) -> bool {
+    ts.spec.target.template.data.values().any(|t| crate::template::reads(t, "response"))
 }
 
 /// The token a managed Secret holds, for chained requests.
@@ -348,13 +351,23 @@ pub struct Managed {
     resource_version: Option<Box<str>>,
     /// The value of [`NAME_LABEL`], when [`MANAGED_BY_LABEL`] says the operator manages it.
     owner: Option<Box<str>>,
-    /// The operator's annotations (`tokensource.dev/…`).
-    annotations: Box<[(Box<str>, Box<str>)]>,
+    /// The operator's annotations that [`Stored::of`] reads.
+    annotations: Box<[(&'static str, Box<str>)]>,
     data: Box<[KeptValue]>,
 }
 
-/// A key of a kept Secret's data, and its value.
-type KeptValue = (Box<str>, Box<[u8]>);
+/// A key of a kept Secret's data (the default keys without a copy), and its value.
+type KeptValue = (Cow<'static, str>, Box<[u8]>);
+
+/// The annotations a kept Secret keeps.
+const KEPT_ANNOTATIONS: [&str; 6] = [
+    FINGERPRINT_ANNOTATION,
+    EXPIRES_AT_ANNOTATION,
+    RENEWED_AT_ANNOTATION,
+    RENEW_AT_ANNOTATION,
+    SHAPE_ANNOTATION,
+    DATA_HASH_ANNOTATION,
+];
 
 impl Managed {
     /// What the cache keeps of `secret`.
@@ -362,7 +375,6 @@ impl Managed {
         let meta = secret.metadata;
         let labels = meta.labels.unwrap_or_default();
         let managed = labels.get(MANAGED_BY_LABEL).is_some_and(|v| v == MANAGED_BY);
-        let operators = |k: &String| k.starts_with("tokensource.dev/");
         Self {
             name: meta.name.unwrap_or_default().into(),
             namespace: meta.namespace.map(Into::into),
@@ -372,10 +384,20 @@ impl Managed {
                 .annotations
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|(k, _)| operators(k))
-                .map(|(k, v)| (k.into(), v.into()))
+                .filter_map(|(k, v)| KEPT_ANNOTATIONS.into_iter().find(|kept| *kept == k).map(|kept| (kept, v.into())))
                 .collect(),
-            data: secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k.into(), v.0.into())).collect(),
+            data: secret
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| {
+                    let key = [TOKEN_KEY, TOKEN_TYPE_KEY, EXPIRES_AT_KEY, SCOPE_KEY]
+                        .into_iter()
+                        .find(|d| *d == k)
+                        .map_or(Cow::Owned(k), Cow::Borrowed);
+                    (key, v.0.into())
+                })
+                .collect(),
         }
     }
 

@@ -352,6 +352,66 @@ async fn edits_of_the_secret_s_shape_apply_at_once_without_a_new_token() {
     assert_eq!(env.fakes.calls(Endpoint::Podero), 1, "one shared token, none for the edits");
 }
 
+/// The reply is kept with a held token only for templates that read it: a template that starts
+/// reading it costs one new token, and a sharer that reads it gets a token with the reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_that_read_the_reply_get_it_though_others_do_not_keep_it() {
+    let env = Env::start().await;
+    common::podero_credentials(&env).await;
+    let mut plain = common::podero(&env, "plain", "plain-token");
+    plain["spec"]["renewal"] = json!({"shareIdenticalRequests": false});
+    env.create(plain).await;
+    env.wait_token("plain-token", None).await;
+    env.wait_ready("plain", "True", "TokenValid").await;
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 1);
+    let patch = json!({"spec": {"target": {"template": {"data": {"granted": "scope={{ response.scope }}"}}}}});
+    env.sources().patch("plain", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    let granted = |secret: &'static str| {
+        let env = &env;
+        async move { env.secret_data(secret).await.and_then(|d| d.get("granted").cloned()) }
+    };
+    common::eventually("the reply rendered", common::WAIT, || async {
+        let g = granted("plain-token").await;
+        common::check(g.as_deref() == Some("scope=read write"), (), g)
+    })
+    .await;
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 2, "the reply was not kept: one new token");
+    // Now it is kept: a label edit re-renders from the token in hand.
+    let patch = json!({"spec": {"target": {"template": {"metadata": {"labels": {"team": "energy"}}}}}});
+    env.sources().patch("plain", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    common::eventually("the label", common::WAIT, || async {
+        let s = env.secrets().get("plain-token").await.map_err(|e| e.to_string())?;
+        let labelled = s.metadata.labels.as_ref().and_then(|l| l.get("team")).is_some();
+        common::check(labelled, (), labelled)
+    })
+    .await;
+    assert_eq!(granted("plain-token").await.as_deref(), Some("scope=read write"));
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 2, "no call for the label");
+
+    // Identical requests: the first sharer does not read the reply; the second does.
+    env.create(common::podero(&env, "first", "first-token")).await;
+    env.wait_ready("first", "True", "TokenValid").await;
+    let mut second = common::podero(&env, "second", "second-token");
+    second["spec"]["target"]["template"] = json!({"data": {"granted": "scope={{ response.scope }}"}});
+    env.create(second).await;
+    common::eventually("the sharer that reads the reply", common::WAIT, || async {
+        let g = granted("second-token").await;
+        common::check(g.as_deref() == Some("scope=read write"), (), g)
+    })
+    .await;
+    env.wait_ready("second", "True", "TokenValid").await;
+    common::eventually("one token for both", common::WAIT, || async {
+        let token = |secret: &'static str| {
+            let env = &env;
+            async move { env.secret_data(secret).await.and_then(|d| d.get("token").cloned()) }
+        };
+        let (first, second) = (token("first-token").await, token("second-token").await);
+        common::check(first.is_some() && first == second, (), (first.is_some(), second.is_some()))
+    })
+    .await;
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 4, "one token for the first, one with the reply for both");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_the_api_server_would_refuse_is_reported_before_any_write() {
     let env = Env::start().await;

@@ -105,6 +105,15 @@ fn spread_first_renewal(mut token: Token, why: &str, policy: &schedule::Policy, 
     token
 }
 
+/// The token without the provider's reply unless `keep`: most templates never read it, and the
+/// reply is most of what a held token costs (10,000 held replies were 6 MiB).
+fn without_unread_reply(mut token: Token, keep: bool) -> Token {
+    if !keep {
+        token.raw = serde_json::Value::Null;
+    }
+    token
+}
+
 /// The time of a reconcile: whole seconds for what it writes (Kubernetes times have no
 /// fractions), and exact for whether a renewal is due.
 #[derive(Clone, Copy)]
@@ -199,7 +208,10 @@ impl Context {
         let fingerprint = decide::fingerprint(ts, &creds);
         let shape = decide::shape(ts);
         known.fingerprint = Some(fingerprint.clone());
-        let in_hand = self.memory.held(&me, &fingerprint, now).or_else(|| {
+        // A token whose reply was not kept serves only templates that do not read it.
+        let reads_reply = secret::reads_reply(ts);
+        let usable = |t: &Token| !reads_reply || !t.raw.is_null();
+        let in_hand = self.memory.held(&me, &fingerprint, now).filter(|t| usable(t)).or_else(|| {
             let (secret, stored) = (secret.as_ref()?, stored.as_ref()?);
             (stored.fingerprint.as_deref() == Some(fingerprint.as_str()))
                 .then(|| secret::read_back(ts, secret, stored))?
@@ -212,11 +224,15 @@ impl Context {
         let owed = self.memory.failure(&me).is_some_and(|f| f.provider && f.fingerprint == fingerprint);
         // Identical requests share one token: a newer one a sharer got is taken at once.
         let key = ts.spec.renewal.share_identical_requests.then(|| decide::request_key(ts, &creds));
-        let in_hand_issued = in_hand.as_ref().map(|t| t.issued_at);
+        // Newer than the token in hand: the shared entry holds the last token any sharer fetched,
+        // so another token not issued before this one is newer (issue times are whole seconds:
+        // two sharers may fetch within one).
+        let mine = in_hand.clone();
+        let newer = |t: &Token, mine: &Token| t.issued_at >= mine.issued_at && t.access_token != mine.access_token;
         let newer_shared = key
             .as_deref()
             .and_then(|k| self.shared.token(k, now))
-            .is_some_and(|t| in_hand_issued.is_some_and(|mine| t.issued_at > mine));
+            .is_some_and(|t| usable(&t) && mine.as_ref().is_some_and(|mine| newer(&t, mine)));
         let decision = match (manual, decide::decide(times, missing, &uid, &plan.policy, exact)) {
             (Some(_), _) => Decision::Fetch { why: "ManualRefresh" },
             (None, Decision::Keep { .. }) if owed => Decision::Fetch { why: "RetryAfterFailure" },
@@ -264,11 +280,11 @@ impl Context {
             None => self
                 .fetch(ts, &plan, &creds, upstream_token.as_deref(), why)
                 .await?
-                .map(|t| Arc::new(spread_first_renewal(t, why, &plan.policy, &uid))),
+                .map(|t| Arc::new(spread_first_renewal(without_unread_reply(t, reads_reply), why, &plan.policy, &uid))),
             Some(k) => {
                 // One request at a time per shared request; a sharer's newer token that is not
                 // due by this TokenSource's policy is taken instead of a new request.
-                let flight = self.shared.join(k, &me);
+                let flight = self.shared.join(k, &me, reads_reply);
                 // A sharer's request in flight is not waited for (a hung endpoint must not hold
                 // reconcile workers): this one looks again in a second or two.
                 let Ok(_one) = flight.try_lock() else {
@@ -277,14 +293,19 @@ impl Context {
                 // A manual refresh always asks; the others then take its token.
                 let reuse = self.shared.token(k, now).filter(|t| {
                     manual.is_none()
-                        && in_hand_issued.is_none_or(|mine| t.issued_at > mine)
+                        && usable(t)
+                        && mine.as_ref().is_none_or(|mine| newer(t, mine))
                         && decide::renewal_of(t, &uid, &plan.policy) > exact
                 });
                 match reuse {
                     Some(t) => Some(t),
                     None => {
                         let fetched = self.fetch(ts, &plan, &creds, upstream_token.as_deref(), why).await?;
-                        let fetched = fetched.map(|t| Arc::new(spread_first_renewal(t, why, &plan.policy, &uid)));
+                        // The reply is kept if any sharer's template reads it.
+                        let keep_reply = reads_reply || self.shared.needs_reply(k);
+                        let fetched = fetched.map(|t| {
+                            Arc::new(spread_first_renewal(without_unread_reply(t, keep_reply), why, &plan.policy, &uid))
+                        });
                         if let Some(t) = &fetched {
                             for other in self.shared.offer(k, t.clone(), &me) {
                                 // Never blocks a reconcile: a full queue leaves it to its renewal.

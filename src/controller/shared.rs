@@ -20,6 +20,8 @@ struct Entry {
     token: Option<Arc<Token>>,
     sharers: Vec<ObjectRef<TokenSource>>,
     flight: Arc<tokio::sync::Mutex<()>>,
+    /// A sharer's template reads the reply: tokens for this request keep it.
+    needs_reply: bool,
 }
 
 /// The shared tokens, by request key.
@@ -33,15 +35,22 @@ impl SharedTokens {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Joins `ts` to the sharers of `key`; returns the lock that keeps one request in flight.
-    pub fn join(&self, key: &str, ts: &ObjectRef<TokenSource>) -> Arc<tokio::sync::Mutex<()>> {
+    /// Joins `ts` (whose template reads the reply, or not) to the sharers of `key`; returns the
+    /// lock that keeps one request in flight.
+    pub fn join(&self, key: &str, ts: &ObjectRef<TokenSource>, reads_reply: bool) -> Arc<tokio::sync::Mutex<()>> {
         let mut entries = self.lock();
         let e = entries.entry(key.to_string()).or_default();
+        e.needs_reply |= reads_reply;
         if !e.sharers.contains(ts) {
             e.sharers.reserve_exact(1);
             e.sharers.push(ts.clone());
         }
         e.flight.clone()
+    }
+
+    /// Whether a sharer of `key` reads the reply.
+    pub fn needs_reply(&self, key: &str) -> bool {
+        self.lock().get(key).is_some_and(|e| e.needs_reply)
     }
 
     /// The token shared for `key`, if it is still valid at `now`.
