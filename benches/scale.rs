@@ -1027,8 +1027,13 @@ fn report(
         mark(reads_ok),
         colds.iter().map(|c| format!("{}", c.credential_gets)).collect::<Vec<_>>().join(" ")
     );
+    // The operator's peak in either life: the cold start, and the restart with every token valid.
     let rss = big_m.map(|c| c.peak_rss).unwrap_or(f64::NAN);
-    println!("  {} peak RSS <= 100 MiB at N={largest}, M={m}: {rss:.1} MiB", mark(rss <= 100.0));
+    let restart_rss = big_m.and_then(|c| c.restart.as_ref()).map(|r| r.hwm).unwrap_or(f64::NAN);
+    println!(
+        "  {} peak RSS <= 100 MiB at N={largest}, M={m}: cold start {rss:.1} MiB, restart {restart_rss:.1} MiB",
+        mark(rss.max(restart_rss) <= 100.0)
+    );
     let growth = match (big, big_m) {
         (Some(a), Some(b)) => b.peak_rss - a.peak_rss,
         _ => f64::NAN,
