@@ -72,15 +72,15 @@ impl CredentialCache {
 }
 
 impl Context {
-    /// The target Secret: from the cache of managed Secrets, or from the API when the cache does
-    /// not have it (a Secret the operator did not create carries no label and is not cached) or
-    /// shows another version than this instance last wrote (the cache may not have caught up, or
-    /// someone changed it since: only the API can tell).
     /// The target Secret as the cache of managed Secrets shows it.
     pub(super) fn cached_target(&self, ts: &TokenSource) -> Option<Arc<Managed>> {
         self.targets.get(&ObjectRef::new(&ts.spec.target.name).within(&ts.namespace().unwrap_or_default()))
     }
 
+    /// The target Secret: from the cache of managed Secrets, or from the API when the cache does
+    /// not have it (a Secret the operator did not create carries no label and is not cached) or
+    /// shows another version than this instance last wrote (the cache may not have caught up, or
+    /// someone changed it since: only the API can tell).
     pub(super) async fn target(&self, ts: &TokenSource) -> Result<Option<Secret>, Error> {
         let ns = ts.namespace().unwrap_or_default();
         let name = &ts.spec.target.name;
