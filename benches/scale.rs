@@ -11,7 +11,9 @@
 //! largest N, `SCALE_ROTATION_K` [500] TokenSources sharing the rotated credentials,
 //! `SCALE_CRON_SAMPLE` [20] tokens done the CronJob way, `SCALE_CONCURRENCY` [16] (the operator's
 //! `--concurrency` and the floor's workers), `SCALE_OPERATOR_LOG` [warn] (its `--log-level`),
-//! `SCALE_OPERATOR_WRAPPER` (a profiler to run it under, such as `heaptrack`), `SCALE_QUICK=1`
+//! `SCALE_OPERATOR_WRAPPER` (a profiler to run it under, such as `heaptrack`),
+//! `SCALE_OPERATOR_BINARY` (another build of it, such as the musl binary the image ships),
+//! `SCALE_QUICK=1`
 //! (cold starts and restarts only), `SCALE_ONLY=steady` (the steady state only; with
 //! `SCALE_HISTOGRAM=1` it prints the provider calls of each second), `SCALE_IDENTICAL=1` (every
 //! TokenSource sends the same request; with `SCALE_QUICK=1 SCALE_N=1000` the figure for identical
@@ -173,6 +175,16 @@ impl Drop for Sim {
     }
 }
 
+/// The operator's binary: this package's release build, or SCALE_OPERATOR_BINARY (another build,
+/// such as the static musl binary the image ships:
+/// `cargo build --release --target x86_64-unknown-linux-musl --bin tokensource-operator`).
+fn operator_binary() -> String {
+    std::env::var("SCALE_OPERATOR_BINARY")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_tokensource-operator").to_owned())
+}
+
 /// The operator's release binary in its own process.
 struct Operator {
     child: Child,
@@ -185,14 +197,14 @@ impl Operator {
         let admin = format!("127.0.0.1:{port}");
         // SCALE_OPERATOR_WRAPPER: a profiler to run the operator under, such as `heaptrack`.
         let wrapper = std::env::var("SCALE_OPERATOR_WRAPPER").ok().filter(|w| !w.is_empty());
-        let binary = env!("CARGO_BIN_EXE_tokensource-operator");
+        let binary = operator_binary();
         let mut command = match &wrapper {
             Some(w) => {
                 let mut c = Command::new(w);
-                c.arg(binary);
+                c.arg(&binary);
                 c
             }
-            None => Command::new(binary),
+            None => Command::new(&binary),
         };
         let child = command
             .args(["run", "--kubeconfig", &sim.kubeconfig.to_string_lossy(), "--admin-addr", &admin])
@@ -792,7 +804,8 @@ async fn main() -> Result<(), BoxError> {
     let bench = Bench { http: reqwest::Client::new(), concurrency, logs: logs.clone() };
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!(
-        "scale benchmark: kubesim and the operator (release binary) as their own processes, the token endpoint in the bench process; {cores} cores; operator --concurrency {concurrency}; operator logs in {}",
+        "scale benchmark: kubesim and the operator ({}) as their own processes, the token endpoint in the bench process; {cores} cores; operator --concurrency {concurrency}; operator logs in {}",
+        operator_binary(),
         logs.display()
     );
 

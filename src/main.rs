@@ -13,6 +13,12 @@ use tokensource_operator::metrics::Metrics;
 use tokensource_operator::telemetry::{self, LogFormat};
 use tokensource_operator::{crd, leader, schedule, transport};
 
+/// musl's allocator is slow under many threads (see BENCHMARKS.md): the static musl build the
+/// image ships uses jemalloc.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(version, about = "Keeps short-lived API bearer tokens fresh in Kubernetes Secrets")]
 struct Cli {
