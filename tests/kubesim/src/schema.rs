@@ -389,16 +389,19 @@ pub fn process(obj: &mut Value, schema: &Value) -> (Vec<Cause>, Vec<String>) {
     prune(obj, schema, "", &mut unknown);
     apply_defaults(obj, schema);
     let mut causes = vec![];
-    let mut root_schema = schema.clone();
-    if let Some(props) = root_schema.get_mut("properties").and_then(Value::as_object_mut) {
-        props.remove("apiVersion");
-        props.remove("kind");
-        props.remove("metadata");
+    // The three root fields were taken out above, so the schema's properties for them match
+    // nothing; only a root `required` naming them would fail. The schema is cloned (it is large,
+    // and every write comes here) only for a root that requires one of them.
+    let root = |r: &Value| matches!(r.as_str(), Some("apiVersion" | "kind" | "metadata"));
+    if schema["required"].as_array().is_some_and(|req| req.iter().any(root)) {
+        let mut root_schema = schema.clone();
+        if let Some(req) = root_schema.get_mut("required").and_then(Value::as_array_mut) {
+            req.retain(|r| !root(r));
+        }
+        validate(obj, &root_schema, "", &mut causes);
+    } else {
+        validate(obj, schema, "", &mut causes);
     }
-    if let Some(req) = root_schema.get_mut("required").and_then(Value::as_array_mut) {
-        req.retain(|r| !matches!(r.as_str(), Some("apiVersion" | "kind" | "metadata")));
-    }
-    validate(obj, &root_schema, "", &mut causes);
     if let (Some(map), Some((api, kind, metadata))) = (obj.as_object_mut(), meta) {
         for (k, v) in [("apiVersion", api), ("kind", kind), ("metadata", metadata)] {
             if let Some(v) = v {

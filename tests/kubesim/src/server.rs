@@ -398,12 +398,14 @@ async fn serve_resource(
             if meta_only {
                 let items: Vec<Value> =
                     list["items"].as_array().map(|a| a.iter().map(partial).collect()).unwrap_or_default();
-                return Ok(ok(&json!({
+                let mut partial_list = json!({
                     "kind": "PartialObjectMetadataList",
                     "apiVersion": "meta.k8s.io/v1",
                     "metadata": list["metadata"],
-                    "items": items,
-                })));
+                });
+                // Moved in, not through `json!`, which would serialise every item again.
+                partial_list["items"] = Value::Array(items);
+                return Ok(ok(&partial_list));
             }
             if table::wants_table(&accept) {
                 let items = list["items"].as_array().cloned().unwrap_or_default();

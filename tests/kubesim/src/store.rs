@@ -284,9 +284,13 @@ impl State {
         let mut cont = None;
         let mut remaining = 0usize;
         if let Some(bucket) = self.bucket(ctx) {
-            let matching = bucket.iter().filter(|(k, e)| {
-                start.as_ref().is_none_or(|s| *k > s)
-                    && (!ctx.def.namespaced || ctx.namespace.as_ref().is_none_or(|ns| &k.0 == ns))
+            // A continued list starts after the last key it returned, not at the first.
+            let from = match &start {
+                Some(s) => std::ops::Bound::Excluded(s),
+                None => std::ops::Bound::Unbounded,
+            };
+            let matching = bucket.range::<Key, _>((from, std::ops::Bound::Unbounded)).filter(|(k, e)| {
+                (!ctx.def.namespaced || ctx.namespace.as_ref().is_none_or(|ns| &k.0 == ns))
                     && opts.labels.matches(&e.obj["metadata"]["labels"])
                     && opts.fields.matches(&e.obj)
             });
@@ -312,12 +316,14 @@ impl State {
             meta["continue"] = json!(c);
             meta["remainingItemCount"] = json!(remaining);
         }
-        Ok(json!({
+        let mut list = json!({
             "kind": ctx.def.list_kind,
             "apiVersion": ctx.def.api_version(&ctx.version),
             "metadata": meta,
-            "items": items.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
-        }))
+        });
+        // Moved in, not through `json!`, which would serialise every item into a new Value.
+        list["items"] = Value::Array(items.into_iter().map(|(_, v)| v).collect());
+        Ok(list)
     }
 
     /// Registers a watcher: the events after `from` (or the current objects as ADDED when `from`
