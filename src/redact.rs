@@ -22,54 +22,42 @@ pub fn redact<'a>(text: &str, secrets: impl IntoIterator<Item = &'a str>) -> Str
     r.redact(text)
 }
 
-/// A set of secret values and their encodings.
-#[derive(Clone, Debug, Default)]
+/// A set of secret values; their encodings are worked out only when a text is redacted (most
+/// reconciles redact nothing, and the encodings are a dozen strings per value).
+#[derive(Clone, Default)]
 pub struct Redactor {
-    needles: Vec<String>,
+    secrets: Vec<Secret>,
+}
+
+/// Shows how many values it hides, never them.
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redactor").field("secrets", &self.secrets.len()).finish()
+    }
+}
+
+/// A value to hide, as given.
+#[derive(Clone)]
+enum Secret {
+    /// Bytes: their textual forms, and base64 of the bytes and of each textual form.
+    Bytes(Vec<u8>),
+    /// A text: its textual forms only.
+    Text(String),
 }
 
 impl Redactor {
     /// Adds a secret value (bytes: a key may not be text) in all its encodings: its textual
     /// forms, and base64 of the bytes and of each textual form.
     pub fn add(&mut self, value: &[u8]) {
-        if value.len() < MIN_LEN {
-            return;
-        }
-        let mut forms: Vec<Vec<u8>> = vec![value.to_vec()];
-        if let Ok(text) = std::str::from_utf8(value) {
-            forms.extend(textual(text).into_iter().map(String::into_bytes));
-        }
-        forms.dedup();
-        for form in &forms {
-            if let Ok(text) = std::str::from_utf8(form) {
-                self.push(text.to_string());
-            }
-            self.add_base64(form);
-        }
-    }
-
-    /// Base64 of `bytes` in every alphabet and padding, also where they start one or two bytes
-    /// into a group of a longer encoding (the groups entirely their own are the same whatever
-    /// came before).
-    fn add_base64(&mut self, bytes: &[u8]) {
-        for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
-            self.push(engine.encode(bytes));
-            for offset in 1..3 {
-                let mut shifted = vec![0u8; offset];
-                shifted.extend_from_slice(bytes);
-                let encoded = engine.encode(&shifted);
-                let inner = encoded.get(4..encoded.len().saturating_sub(4)).unwrap_or_default();
-                self.push(inner.to_string());
-            }
+        if value.len() >= MIN_LEN {
+            self.secrets.push(Secret::Bytes(value.to_vec()));
         }
     }
 
     /// Adds a text secret in its textual forms (as is, percent- and form-encoded, JSON-escaped).
     fn add_text(&mut self, text: &str) {
         if text.len() >= MIN_LEN {
-            for form in textual(text) {
-                self.push(form);
-            }
+            self.secrets.push(Secret::Text(text.to_string()));
         }
     }
 
@@ -77,12 +65,6 @@ impl Redactor {
     pub fn add_pair(&mut self, id: &str, secret: &str) {
         if secret.len() >= MIN_LEN {
             self.add(format!("{id}:{secret}").as_bytes());
-        }
-    }
-
-    fn push(&mut self, needle: String) {
-        if needle.len() >= MIN_LEN {
-            self.needles.push(needle);
         }
     }
 
@@ -98,14 +80,13 @@ impl Redactor {
 
     /// Adds everything another redactor hides.
     pub fn extend(&mut self, other: &Redactor) {
-        for n in &other.needles {
-            self.push(n.clone());
-        }
+        self.secrets.extend(other.secrets.iter().cloned());
     }
 
     /// `text` with every secret in every encoding replaced by [`MASK`].
     pub fn redact(&self, text: &str) -> String {
-        let mut needles: Vec<&String> = self.needles.iter().collect();
+        let needles = self.needles();
+        let mut needles: Vec<&String> = needles.iter().collect();
         // Longer first, so a value is not half-replaced by one of its parts.
         needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
         needles.dedup();
@@ -119,7 +100,48 @@ impl Redactor {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.needles.is_empty()
+        self.secrets.is_empty()
+    }
+
+    /// Every form of every secret, four characters or longer.
+    fn needles(&self) -> Vec<String> {
+        let mut needles = vec![];
+        for secret in &self.secrets {
+            match secret {
+                Secret::Bytes(value) => {
+                    let mut forms: Vec<Vec<u8>> = vec![value.clone()];
+                    if let Ok(text) = std::str::from_utf8(value) {
+                        forms.extend(textual(text).into_iter().map(String::into_bytes));
+                    }
+                    forms.dedup();
+                    for form in &forms {
+                        if let Ok(text) = std::str::from_utf8(form) {
+                            needles.push(text.to_string());
+                        }
+                        base64_forms(form, &mut needles);
+                    }
+                }
+                Secret::Text(text) => needles.extend(textual(text)),
+            }
+        }
+        needles.retain(|n| n.len() >= MIN_LEN);
+        needles
+    }
+}
+
+/// Base64 of `bytes` in every alphabet and padding, also where they start one or two bytes into
+/// a group of a longer encoding (the groups entirely their own are the same whatever came
+/// before).
+fn base64_forms(bytes: &[u8], out: &mut Vec<String>) {
+    for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+        out.push(engine.encode(bytes));
+        for offset in 1..3 {
+            let mut shifted = vec![0u8; offset];
+            shifted.extend_from_slice(bytes);
+            let encoded = engine.encode(&shifted);
+            let inner = encoded.get(4..encoded.len().saturating_sub(4)).unwrap_or_default();
+            out.push(inner.to_string());
+        }
     }
 }
 

@@ -105,26 +105,33 @@ pub fn backoff_pending(
     status.renewal_time.as_ref().map(|t| t.0).filter(|t| *t > now)
 }
 
-/// A hash of everything that shaped the request and the reading of its reply: the request and
-/// reply specs and the values read from Secrets and ConfigMaps, salted with the TokenSource's
-/// uid. A change means a new token is needed; the credentials cannot be recovered from it.
-pub fn fingerprint(ts: &TokenSource, creds: &Credentials) -> String {
-    let mut h = Sha256::new();
-    h.update(ts.meta().uid.as_deref().unwrap_or_default().as_bytes());
-    request_hash(h, ts, creds)
-}
-
-/// Adds the request and reply specs and every credential value to `h`.
-fn request_hash(mut h: Sha256, ts: &TokenSource, creds: &Credentials) -> String {
+/// The request and reply specs as canonical JSON (keys sorted): what a token is fetched for.
+/// Worked out once per reconcile for [`fingerprint`] and [`request_key`].
+pub fn request_spec(ts: &TokenSource) -> String {
     let spec = &ts.spec;
-    let request = json!({
+    json!({
         "type": spec.type_,
         "oauth2": spec.oauth2,
         "http": spec.http,
         "tls": spec.tls,
         "response": spec.response,
-    });
-    h.update(request.to_string().as_bytes());
+    })
+    .to_string()
+}
+
+/// A hash of everything that shaped the request and the reading of its reply: the request and
+/// reply specs ([`request_spec`]) and the values read from Secrets and ConfigMaps, salted with
+/// the TokenSource's uid. A change means a new token is needed; the credentials cannot be
+/// recovered from it.
+pub fn fingerprint(ts: &TokenSource, request: &str, creds: &Credentials) -> String {
+    let mut h = Sha256::new();
+    h.update(ts.meta().uid.as_deref().unwrap_or_default().as_bytes());
+    request_hash(h, request, creds)
+}
+
+/// Adds the request and reply specs and every credential value to `h`.
+fn request_hash(mut h: Sha256, request: &str, creds: &Credentials) -> String {
+    h.update(request.as_bytes());
     for v in creds.all_values() {
         h.update((v.len() as u64).to_be_bytes());
         h.update(v);
@@ -134,12 +141,12 @@ fn request_hash(mut h: Sha256, ts: &TokenSource, creds: &Credentials) -> String 
 
 /// What TokenSources sending identical requests share: the fingerprint's request and values,
 /// scoped to the namespace instead of salted with the uid.
-pub fn request_key(ts: &TokenSource, creds: &Credentials) -> String {
+pub fn request_key(ts: &TokenSource, request: &str, creds: &Credentials) -> String {
     let mut h = Sha256::new();
     h.update(b"shared\0");
     h.update(ts.meta().namespace.as_deref().unwrap_or_default().as_bytes());
     h.update(b"\0");
-    request_hash(h, ts, creds)
+    request_hash(h, request, creds)
 }
 
 /// A hash of what shapes the Secret around the token: the template and the creation policy. A
@@ -272,6 +279,10 @@ mod tests {
         .unwrap();
         ts.metadata.uid = Some("uid-1".into());
         ts
+    }
+
+    fn fingerprint(ts: &TokenSource, creds: &Credentials) -> String {
+        super::fingerprint(ts, &request_spec(ts), creds)
     }
 
     #[test]

@@ -205,7 +205,8 @@ impl Context {
 
         // Decide. The token in hand: the one this instance holds for today's request, else the
         // one the Secret holds, read back, if it was written for today's request.
-        let fingerprint = decide::fingerprint(ts, &creds);
+        let request = decide::request_spec(ts);
+        let fingerprint = decide::fingerprint(ts, &request, &creds);
         let shape = decide::shape(ts);
         known.fingerprint = Some(fingerprint.clone());
         // A token whose reply was not kept serves only templates that do not read it.
@@ -223,7 +224,7 @@ impl Context {
         // give (a failed manual refresh) is still owed, after the backoff.
         let owed = self.memory.failure(&me).is_some_and(|f| f.provider && f.fingerprint == fingerprint);
         // Identical requests share one token: a newer one a sharer got is taken at once.
-        let key = ts.spec.renewal.share_identical_requests.then(|| decide::request_key(ts, &creds));
+        let key = ts.spec.renewal.share_identical_requests.then(|| decide::request_key(ts, &request, &creds));
         // Newer than the token in hand: the shared entry holds the last token any sharer fetched,
         // so another token not issued before this one is newer (issue times are whole seconds:
         // two sharers may fetch within one).
