@@ -151,24 +151,28 @@ fn random_suffix() -> String {
 }
 
 /// The parts of an object that are not metadata or status: a change there bumps generation.
-fn spec_part(obj: &Value, with_status: bool) -> Value {
-    let mut o = obj.clone();
-    if let Some(m) = o.as_object_mut() {
-        m.remove("metadata");
-        if with_status {
-            m.remove("status");
+/// Whether two objects are equal but for the top-level fields `skip` (compared in place: every
+/// write compares, and objects are large).
+fn equal_except(a: &Value, b: &Value, skip: &[&str]) -> bool {
+    match (a.as_object(), b.as_object()) {
+        (Some(a), Some(b)) => {
+            let kept = |(k, _): &(&String, &Value)| !skip.contains(&k.as_str());
+            a.iter().filter(kept).eq(b.iter().filter(kept))
         }
+        _ => a == b,
     }
-    o
 }
 
-fn without_volatile(obj: &Value) -> Value {
-    let mut o = obj.clone();
-    if let Some(m) = o["metadata"].as_object_mut() {
-        m.remove("resourceVersion");
-        m.remove("managedFields");
-    }
-    o
+/// Whether the spec (everything but metadata, and status where it is a subresource) differs.
+fn spec_changed(old: &Value, new: &Value, with_status: bool) -> bool {
+    let skip: &[&str] = if with_status { &["metadata", "status"] } else { &["metadata"] };
+    !equal_except(old, new, skip)
+}
+
+/// Whether two versions are the same object but for resourceVersion and managedFields.
+fn same_but_volatile(old: &Value, new: &Value) -> bool {
+    equal_except(old, new, &["metadata"])
+        && equal_except(&old["metadata"], &new["metadata"], &["resourceVersion", "managedFields"])
 }
 
 impl Ctx {
@@ -578,14 +582,10 @@ impl State {
             if ctx.def.generation {
                 let with_status = ctx.def.has_status(&ctx.version);
                 let generation = old.obj["metadata"]["generation"].as_i64().unwrap_or(1);
-                let bumped = if spec_part(&old.obj, with_status) != spec_part(&entry.obj, with_status) {
-                    generation + 1
-                } else {
-                    generation
-                };
+                let bumped = if spec_changed(&old.obj, &entry.obj, with_status) { generation + 1 } else { generation };
                 entry.obj["metadata"]["generation"] = json!(bumped);
             }
-            if without_volatile(&old.obj) == without_volatile(&entry.obj) && old.managers == entry.managers {
+            if same_but_volatile(&old.obj, &entry.obj) && old.managers == entry.managers {
                 return Ok(Self::present(ctx, &old.rendered()));
             }
         }
@@ -602,17 +602,18 @@ impl State {
             self.register(def);
         }
         let rendered = entry.rendered();
+        let presented = Self::present(ctx, &rendered);
         let storage = ctx.def.storage.clone();
         self.index(&storage, &key, old.map(|o| &o.obj), Some(&entry.obj));
         self.objects.entry(storage.clone()).or_default().insert(key.clone(), entry);
         let before = old.map(|o| o.obj.clone());
-        self.emit(if before.is_some() { "MODIFIED" } else { "ADDED" }, &storage, &key.0, rendered.clone(), before);
+        self.emit(if before.is_some() { "MODIFIED" } else { "ADDED" }, &storage, &key.0, rendered, before);
         if finishing {
             self.remove(&storage, &key);
         } else if old.is_none() {
             self.collect_if_orphaned(&storage, &key);
         }
-        Ok(Self::present(ctx, &rendered))
+        Ok(presented)
     }
 
     fn entry(&self, ctx: &Ctx, name: &str) -> ApiResult<Entry> {
@@ -905,7 +906,7 @@ impl State {
         Self::carry_over(ctx, &old.obj, &mut new, subresource)?;
         let warnings = self.prepare(ctx, &mut new, Some(&old.obj))?;
         // A re-apply of the same configuration changes only the manager's timestamp: keep the old one.
-        if without_volatile(&old.obj) == without_volatile(&new) {
+        if same_but_volatile(&old.obj, &new) {
             let same_sets = managers.len() == old.managers.len()
                 && managers.iter().all(|m| {
                     old.managers.iter().any(|o| {
