@@ -13,9 +13,9 @@ use tokensource_operator::metrics::Metrics;
 use tokensource_operator::telemetry::{self, LogFormat};
 use tokensource_operator::{crd, leader, schedule, transport};
 
-/// musl's allocator is slow under many threads (see BENCHMARKS.md): the static musl build the
-/// image ships uses jemalloc.
-#[cfg(target_env = "musl")]
+/// jemalloc on Linux (see BENCHMARKS.md): musl's allocator is slow under many threads, and
+/// glibc's per-thread arenas keep memory a restart's listings freed.
+#[cfg(target_os = "linux")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
