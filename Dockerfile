@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # Build: a static musl binary, so the runtime image needs no libc.
 FROM rust:1.95-alpine AS build
-# make: jemalloc (the musl build's allocator) is built from source.
+# make: jemalloc (the operator's allocator) is built from source.
 RUN apk add --no-cache musl-dev make
 WORKDIR /src
 # Everything the workspace manifest names must be here: the test crates are workspace members
