@@ -194,6 +194,13 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_names_no_secret() {
+        let shown = format!("{:?}", redactor());
+        assert_eq!(shown, "Redactor { secrets: 2 }");
+        assert!(!shown.contains("s3cr3t"));
+    }
+
+    #[test]
     fn every_encoding_is_redacted() {
         let r = redactor();
         let b = SECRET.as_bytes();
