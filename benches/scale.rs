@@ -47,6 +47,13 @@ use tokensource_operator::crd::TokenSource;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// jemalloc, as in the operator: this binary is also kubesim (`--kubesim`), which under glibc's
+/// malloc spent about half its CPU in the allocator and in the kernel zeroing the pages the
+/// allocator had given back and took again, so every figure measured the emulator's allocator.
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const NS: &str = "bench";
 const CLIENT_ID: &str = "bench-client";
 const SECRET_A: &str = "bench-secret-a";
