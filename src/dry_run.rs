@@ -17,8 +17,11 @@ pub struct Report {
     /// The request line, such as `POST https://idp.example/token`.
     pub request: String,
     pub token: Token,
-    /// When the operator would renew it.
+    /// When the operator would renew it on its regular schedule.
     pub renew_at: Timestamp,
+    /// The window a first token (of a new TokenSource, or after a change) is renewed in: the
+    /// operator spreads such renewals over it.
+    pub first_renewal: (Timestamp, Timestamp),
     pub secret_type: String,
     /// The keys the target Secret would hold.
     pub keys: Vec<String>,
@@ -82,9 +85,11 @@ pub async fn dry_run(
     let secret =
         crate::secret::desired(ts, &token, "dry-run", "").map_err(|e| fail(Some(line.clone()), e, &redactor))?;
     let renew_at = plan.policy.refresh_at(token.issued_at, token.expires_at, 0.5);
+    let first_renewal = plan.policy.first_window(token.issued_at, token.expires_at);
     Ok(Report {
         request: line,
         renew_at,
+        first_renewal,
         secret_type: secret.type_.unwrap_or_else(|| "Opaque".into()),
         keys: secret.data.unwrap_or_default().into_keys().collect(),
         token,

@@ -179,7 +179,7 @@ impl Policy {
     /// TokenSources created together are created over as long as the API server takes to write
     /// them (20 s for 10,000 on a small cluster): a window narrower than that burst leaves the
     /// burst's rate in every later cycle.
-    fn first_window(&self, issued: Timestamp, expires: Timestamp) -> (Timestamp, Timestamp) {
+    pub fn first_window(&self, issued: Timestamp, expires: Timestamp) -> (Timestamp, Timestamp) {
         let regular = self.refresh_at(issued, expires, 0.0);
         let quarter = add(issued, regular.duration_since(issued) / 4);
         let earliest = quarter.max(add(issued, MIN_RENEWAL_INTERVAL)).min(regular);

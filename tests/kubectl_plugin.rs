@@ -173,11 +173,17 @@ async fn check_sends_the_request_explains_the_answer_and_writes_nothing() {
         "from the reply's expires_in (seconds from now)",
         "Scopes:   read write",
         "Renewal:  20",
+        "First:    a new TokenSource's first token, or one after a change, renews at a time spread from 20",
         "Secret:   \"dry-token\" (Opaque) would hold: expires_at, scope, token, token_type",
         "Nothing was written to the cluster.",
     ] {
         assert!(out.contains(line), "{line:?} missing from:\n{out}");
     }
+    // The first renewal's window: from a quarter of the keep time to the regular renewal.
+    let first = out.lines().find(|l| l.starts_with("First:")).expect("a First: line");
+    let times: Vec<jiff::Timestamp> = first.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(times.len(), 2, "{first}");
+    assert!(times[0] < times[1], "{first}");
     assert_eq!(env.fakes.calls(Endpoint::Podero), 1, "one real request");
 
     // A wrong secret given on the command line: the refusal, and how to fix it; never the secret.

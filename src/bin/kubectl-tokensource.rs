@@ -213,6 +213,12 @@ async fn check(cli: &Cli, file: &std::path::Path, literals: &[String], config: &
             }
             println!("Scopes:   {}", t.scope.as_deref().unwrap_or("(none given)"));
             println!("Renewal:  {} (in {})", r.renew_at, human(r.renew_at.duration_since(now).abs()));
+            let (from, to) = r.first_renewal;
+            println!(
+                "First:    a new TokenSource's first token, or one after a change, renews at a time spread from {from} (in {}) to {to} (in {}), so tokens obtained together do not renew together",
+                human(from.duration_since(now).abs()),
+                human(to.duration_since(now).abs())
+            );
             println!("Secret:   {:?} ({}) would hold: {}", ts.spec.target.name, r.secret_type, r.keys.join(", "));
             println!("Nothing was written to the cluster.");
             Ok(())
