@@ -150,7 +150,6 @@ fn random_suffix() -> String {
     (0..5).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect()
 }
 
-/// The parts of an object that are not metadata or status: a change there bumps generation.
 /// Whether two objects are equal but for the top-level fields `skip` (compared in place: every
 /// write compares, and objects are large).
 fn equal_except(a: &Value, b: &Value, skip: &[&str]) -> bool {
