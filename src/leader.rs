@@ -10,11 +10,21 @@
 //!   so two standbys cannot both win.
 //! - The leader renews every `retry_period`. Writes are **fenced**: each one is allowed only until
 //!   `renew_deadline` after the start of the last successful renewal, and is cut off (cancelled)
-//!   at that instant. A standby can take over no earlier than `lease_duration` after it saw that
-//!   renewal, which it cannot have seen before the renewal started; since
-//!   `renew_deadline < lease_duration`, no write of the old leader is started after another
-//!   instance may lead. The fence is a point in time, not a flag: a leader whose election task is
-//!   stuck stops writing all the same.
+//!   at that instant unless a renewal moved the fence meanwhile. A standby can take over no
+//!   earlier than `lease_duration` after it saw that renewal, which it cannot have seen before the
+//!   renewal started; since `renew_deadline < lease_duration`, no write of the old leader is
+//!   started after another instance may lead. The fence is a point in time, not a flag: a leader
+//!   whose election task is stuck stops writing all the same. Provider calls are fenced the same
+//!   way, so an old leader never has a request in flight once another instance may lead.
+//! - A slow API (a Lease round trip longer than `renew_deadline − retry_period`) lets the fence
+//!   lapse between renewals that all succeed. The leader writes nothing in such a gap, but it has
+//!   not lost the Lease: when the renewal under way succeeds it announces a resumption, and the
+//!   controller does the work it refused in the gap. Rounds start `retry_period` apart (back to
+//!   back when slower), and a leader renews with one request per round.
+//! - A leader steps down at once, whatever its fence says, when it learns that another instance
+//!   holds the Lease: from a renewal that finds another holder, loses a compare-and-swap or finds
+//!   the Lease deleted, or from the Lease's watch (once the watch has shown this instance's own
+//!   acquisition, so an event from before it is not taken for news).
 //! - On shutdown the leader stops writing, then releases the Lease (empty holder), and a standby
 //!   that watches the Lease takes it at once.
 //!
@@ -23,7 +33,7 @@
 //! it has no renew deadline or retry period (whole seconds, one renewal per period); and it
 //! judges expiry by the holder's `renewTime` against the local clock.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -86,13 +96,22 @@ pub fn identity() -> String {
 }
 
 /// Whether this instance may write now. Shared by every write of the controller.
+///
+/// Three states: a standby (no fence), a leader whose fence holds, and a leader whose fence has
+/// lapsed while a renewal is still under way (a slow API): it writes nothing then, but it has not
+/// lost the Lease, and when the renewal succeeds the work it refused is done (see
+/// [`Leadership::resumptions`]).
 #[derive(Debug)]
 pub struct Leadership {
     /// False for a single instance without election: it always leads.
     elected: bool,
-    /// While leading: the instant writes must stop unless the Lease is renewed before.
-    fence: Mutex<Option<Instant>>,
+    /// While leading: the instant writes must stop unless the Lease is renewed before. A watch,
+    /// so that a write in flight is cut off at once when the instance steps down and carries on
+    /// when the fence moves.
+    fence: watch::Sender<Option<Instant>>,
     leading: watch::Sender<bool>,
+    /// How many times the fence was renewed after it had lapsed.
+    resumed: watch::Sender<u64>,
 }
 
 impl Default for Leadership {
@@ -104,16 +123,25 @@ impl Default for Leadership {
 impl Leadership {
     /// A single instance: leads from the start, with no fence.
     pub fn single() -> Self {
-        Self { elected: false, fence: Mutex::new(None), leading: watch::channel(true).0 }
+        Self::new(false)
     }
 
     /// An instance that leads only while it holds the Lease.
     pub fn elected() -> Self {
-        Self { elected: true, fence: Mutex::new(None), leading: watch::channel(false).0 }
+        Self::new(true)
+    }
+
+    fn new(elected: bool) -> Self {
+        Self {
+            elected,
+            fence: watch::channel(None).0,
+            leading: watch::channel(!elected).0,
+            resumed: watch::channel(0).0,
+        }
     }
 
     fn fence_until(&self) -> Option<Instant> {
-        *self.fence.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self.fence.borrow()
     }
 
     /// Whether this instance may call providers and write now.
@@ -121,15 +149,33 @@ impl Leadership {
         !self.elected || self.fence_until().is_some_and(|t| Instant::now() < t)
     }
 
+    /// Whether this instance holds the Lease as far as it knows, fence or no fence: work it
+    /// refuses while the fence has lapsed is due again when the renewal under way succeeds.
+    pub fn holds_lease(&self) -> bool {
+        *self.leading.borrow()
+    }
+
+    /// Runs `work` while this instance leads: `None`, and `work` cancelled, the moment the fence
+    /// lapses or the instance steps down. A renewal that moves the fence meanwhile lets it go on.
+    pub async fn while_leading<T>(&self, work: impl Future<Output = T>) -> Option<T> {
+        if !self.elected {
+            return Some(work.await);
+        }
+        let mut fence = self.fence.subscribe();
+        let mut work = std::pin::pin!(work);
+        loop {
+            let deadline = (*fence.borrow_and_update()).filter(|t| Instant::now() < *t)?;
+            tokio::select! {
+                done = &mut work => return Some(done),
+                () = tokio::time::sleep_until(deadline) => {}
+                changed = fence.changed() => changed.ok()?,
+            }
+        }
+    }
+
     /// Runs one write if this instance leads, cancelling it at the fence.
     pub async fn fenced<T>(&self, write: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
-        if !self.elected {
-            return write.await;
-        }
-        match self.fence_until().filter(|t| Instant::now() < *t) {
-            Some(deadline) => tokio::time::timeout_at(deadline, write).await.unwrap_or(Err(Error::NotLeader)),
-            None => Err(Error::NotLeader),
-        }
+        self.while_leading(write).await.unwrap_or(Err(Error::NotLeader))
     }
 
     /// Leadership as it changes: `true` once the Lease is won, `false` once it is lost.
@@ -137,15 +183,25 @@ impl Leadership {
         self.leading.subscribe()
     }
 
+    /// Counts the renewals that came after the fence had lapsed: whatever was refused in the gap
+    /// is to be done now.
+    pub fn resumptions(&self) -> watch::Receiver<u64> {
+        self.resumed.subscribe()
+    }
+
     /// A renewal (or the acquisition) that started at `started` succeeded.
     fn renewed(&self, started: Instant, renew_deadline: Duration) {
-        *self.fence.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(started + renew_deadline);
+        let now = Instant::now();
+        let before = self.fence.send_replace(Some(started + renew_deadline));
+        if before.is_some_and(|t| t <= now) {
+            self.resumed.send_modify(|n| *n += 1);
+        }
         self.leading.send_if_modified(|l| !std::mem::replace(l, true));
     }
 
-    /// Stops every write at once.
+    /// Stops every write at once, including writes in flight.
     fn step_down(&self) {
-        *self.fence.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        self.fence.send_replace(None);
         self.leading.send_if_modified(|l| std::mem::replace(l, false));
     }
 }
@@ -164,6 +220,21 @@ pub struct Elector {
     observed: Option<Observed>,
     /// The Lease as this instance last wrote it, for renewals without a read.
     written: Option<Lease>,
+    /// The Lease's watch has shown this instance as the holder since it acquired the Lease:
+    /// from then on the watch shows every later change, so another holder or a deletion it shows
+    /// is news, not an event from before the acquisition.
+    confirmed: bool,
+}
+
+/// What one round of the election found.
+#[derive(Debug)]
+enum Round {
+    /// This instance holds the Lease: it renewed or acquired it.
+    Held,
+    /// Another instance holds the Lease, or won the race for it.
+    Taken,
+    /// The round could not tell: the API failed or did not answer within the renew deadline.
+    Unknown(String),
 }
 
 /// The watch of the one Lease, retried with backoff when the API fails.
@@ -183,37 +254,43 @@ fn whole_seconds(d: Duration) -> i32 {
     i32::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0)).unwrap_or(i32::MAX)
 }
 
+fn holder(lease: &Lease) -> Option<&str> {
+    lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()).filter(|h| !h.is_empty())
+}
+
 impl Elector {
     /// `tokensource_leader` follows `leadership` (the controller sets it on every change).
     pub fn new(client: kube::Client, settings: Settings, leadership: Arc<Leadership>) -> Self {
         let api = Api::namespaced(client, &settings.namespace);
-        Self { api, settings, leadership, observed: None, written: None }
+        Self { api, settings, leadership, observed: None, written: None, confirmed: false }
     }
 
     /// Takes part in the election until `stop` turns true, then releases the Lease if held.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let s = &self.settings;
         tracing::info!(identity = %s.identity, lease = %format!("{}/{}", s.namespace, s.lease_name), "leader election: standing by");
-        // Changes of the Lease wake a standby at once (a release is taken without waiting).
+        // Changes of the Lease wake a standby at once (a release is taken without waiting), and
+        // tell a leader at once that another instance took the Lease.
         let fields = format!("metadata.name={}", s.lease_name);
         let mut changes = lease_watch(&self.api, &fields);
         loop {
-            let leading = self.leadership.is_leading();
-            let pause = if leading {
+            let pause = if self.leadership.holds_lease() {
                 self.settings.retry_period
             } else {
                 self.settings.retry_period.mul_f64(1.0 + rand::random::<f64>() * 0.2)
             };
             let started = Instant::now();
             match self.try_acquire_or_renew().await {
-                Ok(true) => self.leadership_held(started),
-                Ok(false) => self.not_held(),
-                Err(e) => {
+                Round::Held => self.leadership_held(started),
+                Round::Taken => self.lost("another instance holds the Lease"),
+                Round::Unknown(e) => {
                     tracing::warn!(error = %e, "leader election: cannot reach the Lease");
                     self.not_held();
                 }
             }
-            let wake = Instant::now() + pause;
+            // Rounds start `pause` apart, or back to back when the API is slower than that: the
+            // fence of a slow renewal lapses for as short a time as it can.
+            let wake = started + pause;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(wake) => break,
@@ -221,13 +298,13 @@ impl Elector {
                         self.release().await;
                         return;
                     }
-                    // The watch is drained while leading too, so it never backs up.
                     event = changes.next() => match event {
-                        // A change of the record (a release, another holder): a standby looks
-                        // again now.
-                        Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)))
-                            if !self.leadership.is_leading() => break,
-                        Some(_) => {}
+                        Some(Ok(event)) => {
+                            if self.seen(event) {
+                                break;
+                            }
+                        }
+                        Some(Err(_)) => {}
                         None => changes = lease_watch(&self.api, &fields),
                     },
                 }
@@ -235,40 +312,80 @@ impl Elector {
         }
     }
 
+    /// A change of the Lease as its watch shows it; `true` to look at the Lease again now.
+    fn seen(&mut self, event: watcher::Event<Lease>) -> bool {
+        let me = self.settings.identity.as_str();
+        let (other, what) = match &event {
+            watcher::Event::Apply(l) | watcher::Event::InitApply(l) => match holder(l) {
+                Some(h) if h == me => {
+                    self.confirmed = true;
+                    return false;
+                }
+                Some(_) => (true, "another instance took the Lease"),
+                None => (true, "the Lease was released by someone else"),
+            },
+            watcher::Event::Delete(_) => (true, "the Lease was deleted"),
+            watcher::Event::Init | watcher::Event::InitDone => (false, ""),
+        };
+        if !other {
+            return false;
+        }
+        if !self.leadership.holds_lease() {
+            // A standby looks again now: the Lease may be free.
+            return true;
+        }
+        if self.confirmed {
+            // A leader stops writing at once, whatever its fence says, and looks again.
+            self.lost(what);
+            return true;
+        }
+        false
+    }
+
     fn leadership_held(&mut self, started: Instant) {
-        if !self.leadership.is_leading() {
+        if !self.leadership.holds_lease() {
             tracing::info!(identity = %self.settings.identity, "leader election: leading");
         }
         self.leadership.renewed(started, self.settings.renew_deadline);
     }
 
-    /// A failed renewal: the leader keeps leading until its fence, then steps down.
-    fn not_held(&mut self) {
-        if self.leadership.is_leading() {
-            return;
+    /// Another instance holds the Lease (or may, any moment): every write stops now.
+    fn lost(&mut self, why: &str) {
+        if self.leadership.holds_lease() {
+            tracing::warn!(identity = %self.settings.identity, why, "leader election: lost the Lease; every write stopped");
         }
-        if *self.leadership.leading.borrow() {
-            tracing::warn!(identity = %self.settings.identity, "leader election: lost the Lease; every write stopped");
-            self.leadership.step_down();
-            self.written = None;
-        }
+        self.leadership.step_down();
+        self.written = None;
+        self.confirmed = false;
     }
 
-    /// One round of client-go's `tryAcquireOrRenew`: `Ok(true)` when this instance holds the Lease.
-    async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+    /// A failed renewal: the leader keeps leading until its fence, then steps down.
+    fn not_held(&mut self) {
+        if self.leadership.is_leading() || !self.leadership.holds_lease() {
+            return;
+        }
+        self.lost("the Lease could not be renewed before the renew deadline");
+    }
+
+    /// One round of client-go's `tryAcquireOrRenew`.
+    async fn try_acquire_or_renew(&mut self) -> Round {
         let deadline = self.settings.renew_deadline;
         let round = async {
-            // Renewing what this instance wrote last needs no read; a conflict falls back to one.
-            if let Some(mut lease) = self.written.clone().filter(|_| self.leadership.is_leading()) {
+            // Renewing what this instance wrote last needs no read (also while the fence has
+            // lapsed: a slow API gets one round trip per round, not two); a conflict falls back
+            // to one.
+            if let Some(mut lease) = self.written.clone().filter(|_| self.leadership.holds_lease()) {
                 if let Some(spec) = lease.spec.as_mut() {
                     spec.renew_time = Some(micro_now());
                 }
                 match self.api.replace(&self.settings.lease_name, &PostParams::default(), &lease).await {
                     Ok(l) => {
                         self.written = Some(l);
-                        return Ok(true);
+                        return Ok(Round::Held);
                     }
                     Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    // Deleted under this leader: a standby may create it any moment.
+                    Err(kube::Error::Api(e)) if e.code == 404 => self.lost("the Lease was deleted"),
                     Err(e) => return Err(e),
                 }
             }
@@ -278,10 +395,14 @@ impl Elector {
             self.acquire_or_renew(current).await
         };
         // A round never outlives the renew deadline (a hung API must not hold the loop).
-        tokio::time::timeout(deadline, round).await.unwrap_or(Ok(false))
+        match tokio::time::timeout(deadline, round).await {
+            Ok(Ok(round)) => round,
+            Ok(Err(e)) => Round::Unknown(e.to_string()),
+            Err(_) => Round::Unknown(format!("no answer within the renew deadline ({deadline:?})")),
+        }
     }
 
-    async fn create(&mut self) -> Result<bool, kube::Error> {
+    async fn create(&mut self) -> Result<Round, kube::Error> {
         let now = micro_now();
         let lease = Lease {
             metadata: ObjectMeta { name: Some(self.settings.lease_name.clone()), ..Default::default() },
@@ -296,15 +417,23 @@ impl Elector {
         };
         match self.api.create(&PostParams::default(), &lease).await {
             Ok(l) => {
-                self.written = Some(l);
-                Ok(true)
+                tracing::info!(identity = %self.settings.identity, "leader election: created and acquired the Lease");
+                self.acquired(l);
+                Ok(Round::Held)
             }
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Round::Taken),
             Err(e) => Err(e),
         }
     }
 
-    async fn acquire_or_renew(&mut self, mut current: Lease) -> Result<bool, kube::Error> {
+    /// This instance won the Lease: what it wrote, and a watch yet to show it.
+    fn acquired(&mut self, lease: Lease) {
+        self.observed = lease.spec.clone().map(|spec| Observed { spec, at: Instant::now() });
+        self.written = Some(lease);
+        self.confirmed = false;
+    }
+
+    async fn acquire_or_renew(&mut self, mut current: Lease) -> Result<Round, kube::Error> {
         let spec = current.spec.clone().unwrap_or_default();
         if self.observed.as_ref().is_none_or(|o| o.spec != spec) {
             self.observed = Some(Observed { spec: spec.clone(), at: Instant::now() });
@@ -319,7 +448,7 @@ impl Elector {
                 .map_or(self.settings.lease_duration, Duration::from_secs);
             let seen = self.observed.as_ref().map_or_else(Instant::now, |o| o.at);
             if Instant::now() < seen + duration {
-                return Ok(false);
+                return Ok(Round::Taken);
             }
         }
         let now = micro_now();
@@ -334,22 +463,25 @@ impl Elector {
         current.spec = Some(next);
         // The resourceVersion read above makes this a compare-and-swap.
         match self.api.replace(&self.settings.lease_name, &PostParams::default(), &current).await {
-            Ok(l) => {
-                if !held_by_me {
-                    tracing::info!(identity = %me, previous = holder.unwrap_or("<none>"), "leader election: acquired the Lease");
-                }
+            Ok(l) if held_by_me => {
                 self.observed = l.spec.clone().map(|spec| Observed { spec, at: Instant::now() });
                 self.written = Some(l);
-                Ok(true)
+                Ok(Round::Held)
             }
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Ok(l) => {
+                tracing::info!(identity = %me, previous = holder.unwrap_or("<none>"), "leader election: acquired the Lease");
+                self.acquired(l);
+                Ok(Round::Held)
+            }
+            // Someone else wrote the Lease since it was read: maybe a takeover.
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Round::Taken),
             Err(e) => Err(e),
         }
     }
 
     /// Stops writing, then hands the Lease back (empty holder) so a standby takes it at once.
     async fn release(&mut self) {
-        let was_leading = self.leadership.is_leading();
+        let was_leading = self.leadership.holds_lease();
         self.leadership.step_down();
         let Some(mut lease) = self.written.take().filter(|_| was_leading) else { return };
         if let Some(spec) = lease.spec.as_mut() {
@@ -421,6 +553,52 @@ mod tests {
         assert!(matches!(l.fenced(async { Ok(()) }).await, Err(Error::NotLeader)));
         l.step_down();
         assert!(!*l.changes().borrow());
+    }
+
+    #[tokio::test]
+    async fn work_goes_on_while_the_fence_moves_and_stops_at_a_step_down() {
+        let l = Arc::new(Leadership::elected());
+        l.renewed(Instant::now(), Duration::from_millis(300));
+        // Renewed every 100ms, the fence never lapses: work that takes a second finishes.
+        let renewing = {
+            let l = l.clone();
+            tokio::spawn(async move {
+                for _ in 0..15 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    l.renewed(Instant::now(), Duration::from_millis(300));
+                }
+            })
+        };
+        let long = l.while_leading(tokio::time::sleep(Duration::from_secs(1))).await;
+        assert!(long.is_some(), "cut off although the fence kept moving");
+        renewing.await.unwrap();
+        // A step-down cuts off work in flight at once, well before its fence.
+        l.renewed(Instant::now(), Duration::from_secs(30));
+        let stepping = {
+            let l = l.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                l.step_down();
+            })
+        };
+        let started = Instant::now();
+        assert!(l.while_leading(tokio::time::sleep(Duration::from_secs(20))).await.is_none());
+        assert!(started.elapsed() < Duration::from_secs(2), "cut off after {:?}", started.elapsed());
+        stepping.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_renewal_after_a_lapse_is_announced_and_a_timely_one_is_not() {
+        let l = Leadership::elected();
+        let resumed = l.resumptions();
+        l.renewed(Instant::now(), Duration::from_millis(200));
+        l.renewed(Instant::now(), Duration::from_millis(200));
+        assert_eq!(*resumed.borrow(), 0, "the first renewal and a timely one are not resumptions");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(!l.is_leading() && l.holds_lease(), "lapsed, but still the holder as far as it knows");
+        l.renewed(Instant::now(), Duration::from_millis(200));
+        assert_eq!(*resumed.borrow(), 1);
+        assert!(l.is_leading());
     }
 
     #[tokio::test]

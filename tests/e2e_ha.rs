@@ -130,7 +130,17 @@ impl Ha {
         Some(Self { sim, kubeconfig, client, fakes, ns })
     }
 
+    /// An operator with the short lease settings.
     fn operator(&self, name: &'static str) -> Operator {
+        self.spawn(name, true)
+    }
+
+    /// An operator with `deploy/`'s lease settings (15s, 10s, 2s): the flags' defaults.
+    fn operator_with_default_timings(&self, name: &'static str) -> Operator {
+        self.spawn(name, false)
+    }
+
+    fn spawn(&self, name: &'static str, short: bool) -> Operator {
         let port = free_port();
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{name}.log", self.ns));
         let file = std::fs::File::create(&log).unwrap();
@@ -138,8 +148,12 @@ impl Ha {
             .args(["run", "--namespace", &self.ns, "--allow-insecure-http", "--allow-endpoint-cidrs", "127.0.0.1/32"])
             .args(["--propagation-margin", "1s", "--log-level", "info,tokensource_operator=debug"])
             .args(["--leader-elect", "--leader-election-namespace", &self.ns])
-            .args(["--leader-election-lease-duration", "3s", "--leader-election-renew-deadline", "2s"])
-            .args(["--leader-election-retry-period", "500ms"])
+            .args(if short {
+                &["--leader-election-lease-duration", "3s", "--leader-election-renew-deadline", "2s"][..]
+            } else {
+                &[]
+            })
+            .args(if short { &["--leader-election-retry-period", "500ms"][..] } else { &[] })
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(["--admin-addr", &format!("127.0.0.1:{port}")])
@@ -167,11 +181,17 @@ impl Ha {
     }
 
     async fn create(&self, name: &str) {
+        self.create_sharing(name, true).await;
+    }
+
+    /// A TokenSource for the Podero fake; `share: false` makes it ask for its own token.
+    async fn create_sharing(&self, name: &str, share: bool) {
         let ts = json!({"apiVersion": "tokensource.dev/v1alpha1", "kind": "TokenSource", "metadata": {"name": name}, "spec": {
             "type": "OAuth2",
             "oauth2": {"tokenURL": self.fakes.endpoint_url(Endpoint::Podero), "bodyType": "JSON",
                        "clientID": {"valueFrom": {"secretKeyRef": {"name": "podero-credentials", "key": "client_id"}}},
                        "clientAuth": {"type": "ClientSecretBasic", "clientSecretRef": {"name": "podero-credentials", "key": "client_secret"}}},
+            "renewal": {"shareIdenticalRequests": share},
             "target": {"name": format!("{name}-token")}}});
         Api::<TokenSource>::namespaced(self.client.clone(), &self.ns)
             .create(&PostParams::default(), &serde_json::from_value(ts).unwrap())
@@ -500,4 +520,263 @@ async fn a_backoff_recorded_in_status_is_honoured_by_the_new_leader() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(ha.fakes.calls(Endpoint::Podero), 1, "the new leader did not wait for the backoff");
     assert!(ha.token("backoff").await.is_none());
+}
+
+/// Every 200ms, the TokenSources' statuses: the longest time one said `Ready=True` past its own
+/// `expirationTime`, in milliseconds.
+fn watch_statuses(ha: &Arc<Ha>) -> (Arc<AtomicBool>, tokio::task::JoinHandle<i64>) {
+    let sources: Api<TokenSource> = Api::namespaced(ha.client.clone(), &ha.ns);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let task = tokio::spawn(async move {
+        let mut worst = 0i64;
+        while !stopped.load(Ordering::Relaxed) {
+            let now = jiff::Timestamp::now();
+            for ts in sources.list(&Default::default()).await.map(|l| l.items).unwrap_or_default() {
+                let Some(status) = ts.status else { continue };
+                let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+                if let (true, Some(exp)) = (ready, status.expiration_time) {
+                    worst = worst.max(now.duration_since(exp.0).as_millis() as i64);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        worst
+    });
+    (stop, task)
+}
+
+/// Every Lease request takes six seconds for forty seconds, with `deploy/`'s timings (renew
+/// deadline 10s, retry period 2s): each renewal succeeds, but the fence lapses for a few seconds
+/// between them. Renewals of tokens must go on throughout and after, and no status may say
+/// Ready over an expired token.
+async fn slow_lease_renewals_go_on(replicas: usize) {
+    let Some(ha) = Ha::start(Duration::from_secs(20), true).await else { return };
+    let ha = Arc::new(ha);
+    let sim = ha.sim.as_ref().expect("kubesim");
+    let first = ha.operator_with_default_timings("slow-a");
+    ha.wait_holder("slow-a", WAIT).await;
+    let second = (replicas > 1).then(|| ha.operator_with_default_timings("slow-b"));
+    first.wait_ready().await;
+    if let Some(b) = &second {
+        b.wait_ready().await;
+    }
+    let names: Vec<String> = (0..20).map(|i| format!("slow{i:02}")).collect();
+    for n in &names {
+        ha.create_sharing(n, false).await;
+    }
+    for n in &names {
+        ha.wait_token(n, None).await;
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (stop_secrets, secrets) = monitor(&ha, &refs);
+    let (stop_statuses, statuses) = watch_statuses(&ha);
+
+    let leases = kubesim::Matcher { resource: Some("leases".into()), ..Default::default() };
+    sim.faults().add_latency(leases, Duration::from_secs(6));
+    let mut calls = vec![ha.fakes.calls(Endpoint::Podero)];
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        calls.push(ha.fakes.calls(Endpoint::Podero));
+    }
+    sim.faults().clear();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        calls.push(ha.fakes.calls(Endpoint::Podero));
+    }
+    stop_secrets.store(true, Ordering::Relaxed);
+    stop_statuses.store(true, Ordering::Relaxed);
+    let ((seen, expired), worst) = (secrets.await.unwrap(), statuses.await.unwrap());
+    let during = calls[4] - calls[0];
+    let after = calls[8] - calls[4];
+    eprintln!(
+        "slow Lease, {replicas} replica(s): provider calls every 10s {calls:?} ({during} during the 40s slowdown, {after} in the 40s after); {} tokens seen; longest Ready=True past expiry {worst} ms",
+        seen.len()
+    );
+    let log = first.logs();
+    assert!(!log.contains("lost the Lease"), "a slow but successful renewal is not a lost Lease:\n{log}");
+    // 20-second tokens renew about every 13s: each TokenSource renews at least twice in 40s.
+    assert!(during >= 40, "renewals stalled while the Lease was slow: {calls:?}");
+    assert!(after >= 40, "renewals stalled after the Lease was fast again: {calls:?}");
+    for w in calls.windows(2) {
+        assert!(w[1] > w[0], "no renewal for 10 seconds: {calls:?}");
+    }
+    assert!(expired.is_empty(), "Secrets held expired tokens: {expired:?}");
+    assert!(worst <= 1000, "a status said Ready=True {worst} ms after its token expired");
+    if let Some(b) = &second {
+        assert_eq!(b.leader_gauge().await, Some(0), "the standby took over from a leader that kept renewing");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_lease_never_stops_renewals_with_one_replica() {
+    slow_lease_renewals_go_on(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_lease_never_stops_renewals_with_two_replicas() {
+    slow_lease_renewals_go_on(2).await;
+}
+
+/// Creates a TokenSource every 100ms for `count` times (work for whoever leads).
+fn keep_creating(ha: &Arc<Ha>, prefix: &'static str, count: usize) -> tokio::task::JoinHandle<Vec<String>> {
+    let ha = ha.clone();
+    tokio::spawn(async move {
+        let mut names = vec![];
+        for i in 0..count {
+            let name = format!("{prefix}{i}");
+            ha.create(&name).await;
+            names.push(name);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        names
+    })
+}
+
+/// The first successful write of the Lease by `who` at or after `since`, in Unix milliseconds.
+fn lease_write_of(ha: &Ha, who: &str, verb: &str, since: u64) -> Option<u64> {
+    ha.requests_of(who)
+        .into_iter()
+        .find(|r| r.resource == "leases" && r.verb == verb && r.is_successful_write() && r.at_unix_millis >= since)
+        .map(|r| r.at_unix_millis)
+}
+
+/// Successful writes by `who` other than of the Lease, answered at or after `since`.
+fn writes_since(ha: &Ha, who: &str, since: u64) -> Vec<kubesim::LoggedRequest> {
+    ha.requests_of(who)
+        .into_iter()
+        .filter(|r| r.resource != "leases" && r.is_successful_write() && r.at_unix_millis >= since)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_lease_is_deleted_stops_writing_before_the_standby_creates_it() {
+    let Some(ha) = Ha::start(Duration::from_secs(3600), true).await else { return };
+    let ha = Arc::new(ha);
+    let sim = ha.sim.as_ref().expect("kubesim");
+    let (a, b, a_id) = leader_and_standby(&ha).await;
+    ha.create("d").await;
+    ha.wait_token("d", None).await;
+    // The old leader cannot win the race to create the Lease again: the standby does.
+    let create = kubesim::Matcher {
+        verb: Some("create".into()),
+        resource: Some("leases".into()),
+        ..kubesim::Matcher::from_client(&a_id)
+    };
+    sim.faults().fail_next(create, u32::MAX, 500, None);
+    let work = keep_creating(&ha, "d", 30);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let deleted_ms = unix_millis();
+    Api::<Lease>::namespaced(ha.client.clone(), &ha.ns)
+        .delete("tokensource-operator", &Default::default())
+        .await
+        .unwrap();
+    let b_id = ha.wait_holder("op-b", Duration::from_secs(10)).await;
+    let names = work.await.unwrap();
+    for n in &names {
+        ha.wait_token(n, None).await;
+    }
+    let created_ms = lease_write_of(&ha, &b_id, "create", deleted_ms).expect("the standby created the Lease");
+    let late = writes_since(&ha, &a_id, created_ms);
+    let last = writes_since(&ha, &a_id, deleted_ms).iter().map(|r| r.at_unix_millis).max();
+    eprintln!(
+        "Lease deleted: the standby created it {} ms later; the old leader's last write {:?} ms after the deletion",
+        created_ms - deleted_ms,
+        last.map(|l| l as i64 - deleted_ms as i64)
+    );
+    assert!(
+        late.is_empty(),
+        "the old leader made {} writes after the standby created the Lease: {:?}",
+        late.len(),
+        &late[..late.len().min(3)]
+    );
+    assert!(a.logs().contains("lost the Lease"), "{}", a.logs());
+    assert_eq!((a.leader_gauge().await, b.leader_gauge().await), (Some(0), Some(1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stops_writing_at_once_when_the_lease_names_another_holder() {
+    let Some(ha) = Ha::start(Duration::from_secs(3600), true).await else { return };
+    let ha = Arc::new(ha);
+    let (a, b, a_id) = leader_and_standby(&ha).await;
+    ha.create("h").await;
+    ha.wait_token("h", None).await;
+    let work = keep_creating(&ha, "h", 40);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Somebody else's holder written into the Lease, as another elector would.
+    let leases: Api<Lease> = Api::namespaced(ha.client.clone(), &ha.ns);
+    let mut lease = leases.get("tokensource-operator").await.unwrap();
+    if let Some(spec) = lease.spec.as_mut() {
+        spec.holder_identity = Some("intruder".into());
+    }
+    leases.replace("tokensource-operator", &PostParams::default(), &lease).await.unwrap();
+    let edited_ms = unix_millis();
+    // Nobody renews for the intruder: after the lease duration one of the two takes over (the
+    // old leader too may win, in a new term).
+    let next = eventually("a new holder", Duration::from_secs(10), || async {
+        let h = ha.holder().await;
+        check(h.as_deref().is_some_and(|h| h != "intruder"), h.clone().unwrap_or_default(), h)
+    })
+    .await;
+    let names = work.await.unwrap();
+    for n in &names {
+        ha.wait_token(n, None).await;
+    }
+    let acquired_ms = lease_write_of(&ha, &next, "update", edited_ms).expect("the new holder's acquisition");
+    let last = writes_since(&ha, &a_id, edited_ms.saturating_sub(1000)).iter().map(|r| r.at_unix_millis).max();
+    let late: Vec<_> =
+        writes_since(&ha, &a_id, edited_ms + 250).into_iter().filter(|r| r.at_unix_millis < acquired_ms).collect();
+    eprintln!(
+        "holder edited: the old leader's last write {:?} ms after the edit; {next} acquired the Lease {} ms after it",
+        last.map(|l| l as i64 - edited_ms as i64),
+        acquired_ms - edited_ms
+    );
+    assert!(
+        late.is_empty(),
+        "the old leader made {} writes after the Lease named another holder: {:?}",
+        late.len(),
+        &late[..late.len().min(3)]
+    );
+    assert!(a.logs().contains("lost the Lease"), "{}", a.logs());
+    let gauges = (a.leader_gauge().await, b.leader_gauge().await);
+    assert!(matches!(gauges, (Some(1), Some(0)) | (Some(0), Some(1))), "leader gauges {gauges:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_leader_never_mints_after_a_takeover() {
+    let Some(ha) = Ha::start(Duration::from_secs(3600), true).await else { return };
+    let sim = ha.sim.as_ref().expect("kubesim");
+    let (a, b, a_id) = leader_and_standby(&ha).await;
+    // A provider that takes four seconds, longer than the lease: the old leader's request is in
+    // flight when it is cut off from its Lease.
+    ha.fakes.set_delay(Endpoint::Podero, Duration::from_secs(4));
+    ha.create("m").await;
+    eventually("the leader's request", WAIT, || async {
+        let calls = ha.fakes.calls(Endpoint::Podero);
+        check(calls == 1, (), calls)
+    })
+    .await;
+    let cut = kubesim::Matcher { resource: Some("leases".into()), ..kubesim::Matcher::from_client(&a_id) };
+    sim.faults().fail_next(cut, u32::MAX, 500, None);
+    let b_id = ha.wait_holder("op-b", Duration::from_secs(10)).await;
+    let takeover = tokio::time::Instant::now();
+    let token = eventually("a token", Duration::from_secs(20), || async {
+        let t = ha.token("m").await;
+        check(t.is_some(), t.clone().unwrap_or_default(), t)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let minted: Vec<Duration> = ha
+        .fakes
+        .issue_times(Endpoint::Podero)
+        .iter()
+        .map(|t| t.saturating_duration_since(takeover.into_std()))
+        .collect();
+    eprintln!(
+        "slow provider across a takeover: {} calls, tokens issued {minted:?} after the takeover by {b_id}",
+        ha.fakes.calls(Endpoint::Podero)
+    );
+    assert_eq!(minted.len(), 1, "the old leader's request was still in flight after the takeover and minted");
+    assert!(ha.fakes.is_valid(&token));
+    assert_eq!((a.leader_gauge().await, b.leader_gauge().await), (Some(0), Some(1)));
 }

@@ -34,14 +34,26 @@ impl Context {
             self.waiting.wait(&host_key, ObjectRef::from_obj(ts));
             return Ok(None);
         };
-        let with_token = self.with_service_account_token(ts, creds).await?;
+        // A ServiceAccount token and the request are fenced like every write: an instance whose
+        // fence lapses cuts them off, so it has nothing in flight once another may lead.
+        let leadership = &self.config.leadership;
+        let with_token = match leadership.while_leading(self.with_service_account_token(ts, creds)).await {
+            Some(t) => t?,
+            None => {
+                drop(slot);
+                return Err(self.released(&host_key));
+            }
+        };
         let creds = with_token.as_ref().unwrap_or(creds);
         let mut request = build_request(ts, creds, upstream_token, self.config.allow_http)?;
         request.timeout = Some(plan.timeout);
         tracing::info!(tokensource = %ts.name_any(), namespace = ts.namespace().unwrap_or_default(), reason = why, "requesting a token");
         let host = request.url.host_str().unwrap_or_default().to_string();
         let started = std::time::Instant::now();
-        let result = match self.transport.send(&request, slot).await {
+        let Some(sent) = leadership.while_leading(self.transport.send(&request, slot)).await else {
+            return Err(self.released(&host_key));
+        };
+        let result = match sent {
             // Parsing up to a megabyte and querying it is kept off the async runtime.
             Ok(body) => {
                 let reader = plan.reader.clone();
@@ -56,10 +68,7 @@ impl Context {
             }
             Err(e) => Err(e),
         };
-        // The slot is free again: the next TokenSource waiting for this host takes it.
-        if let Some(next) = self.waiting.next(&host_key) {
-            let _ = self.retrigger.try_send(next);
-        }
+        self.slot_freed(&host_key);
         let status_class = match &result {
             Ok(_) => "2xx".to_string(),
             Err(ProviderError::Status { status, .. }) => format!("{}xx", status / 100),
@@ -76,6 +85,21 @@ impl Context {
         self.metrics.refreshes.get_or_create(&refresh).inc();
         self.metrics.token_request(&host, &result_label);
         Ok(Some(result?))
+    }
+}
+
+impl Context {
+    /// The slot of `host_key` is free again: the next TokenSource waiting for this host takes it.
+    fn slot_freed(&self, host_key: &str) {
+        if let Some(next) = self.waiting.next(host_key) {
+            let _ = self.retrigger.try_send(next);
+        }
+    }
+
+    /// A fetch cut off because this instance stopped leading: its slot is freed, nothing counted.
+    fn released(&self, host_key: &str) -> Error {
+        self.slot_freed(host_key);
+        Error::NotLeader
     }
 }
 

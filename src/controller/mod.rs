@@ -68,6 +68,8 @@ pub struct Context {
     credentials: load::CredentialCache,
     /// TokenSources waiting for a request slot of a busy host.
     waiting: waiting::Waiting,
+    /// TokenSources refused while the fence had lapsed, for when it is renewed.
+    refused: waiting::Refused,
     memory: Arc<memory::Memory>,
     references: Arc<index::References>,
     /// When the periodic work last ran.

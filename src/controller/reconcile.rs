@@ -45,10 +45,11 @@ struct Known {
 const CACHE_CATCH_UP: Duration = Duration::from_secs(5);
 
 pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result<Action, Error> {
-    // A standby keeps its caches warm and does nothing else; the leader reconciles everything
-    // again when it takes over.
-    if ts.meta().deletion_timestamp.is_some() || !ctx.config.leadership.is_leading() {
+    if ts.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
+    }
+    if !ctx.config.leadership.is_leading() {
+        return Ok(ctx.refused(&ts));
     }
     ctx.references.record(&ts);
     let exact = Timestamp::now();
@@ -59,21 +60,22 @@ pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result
     let started = std::time::Instant::now();
     // A panic (a bug, triggered by this TokenSource's input) is this TokenSource's failure, not
     // the process's: every other TokenSource keeps being served.
-    let mut outcome = guarded(ctx.attempt(&ts, Clock { now, exact }), || {
+    let attempt = guarded(ctx.attempt(&ts, Clock { now, exact }), || {
         ctx.metrics.reconcile_panics.inc();
         let error = Error::Internal(
             "the operator failed internally while reconciling this TokenSource (a bug: the operator's log has the place; please report it)".into(),
         );
-        ctx.failure(&ts, ts.status.clone().unwrap_or_default(), &error, Known::default(), now)
+        Some(ctx.failure(&ts, ts.status.clone().unwrap_or_default(), &error, Known::default(), now))
     })
     .await;
+    let Some(mut outcome) = attempt else { return Ok(ctx.refused(&ts)) };
     let result = (outcome.status.failed_renewal_attempts > 0)
         .then(|| status::find(&outcome.status, ConditionType::Degraded).map(|c| c.reason.clone()))
         .flatten();
     // Leadership lost during the attempt: whatever it learnt is not written (the new leader
     // works it out again from the cluster).
     if !ctx.config.leadership.is_leading() {
-        return Ok(Action::await_change());
+        return Ok(ctx.refused(&ts));
     }
     ctx.rollout_restart(&ts, &mut outcome, now).await;
     ctx.audit_consumers(&ts, &mut outcome, now).await;
@@ -82,7 +84,7 @@ pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result
     ctx.metrics.reconciles.get_or_create(&ResultLabels { result: result.unwrap_or_else(|| "Success".into()) }).inc();
     if !outcome.deferred {
         match ctx.write_status(&ts, &outcome.status).await {
-            Err(Error::NotLeader) => return Ok(Action::await_change()),
+            Err(Error::NotLeader) => return Ok(ctx.refused(&ts)),
             written => written?,
         }
     }
@@ -137,8 +139,26 @@ pub(super) fn error_policy(_ts: Arc<TokenSource>, err: &Error, _ctx: Arc<Context
 }
 
 impl Context {
-    /// Runs the pipeline and turns its result, success or failure, into the outcome to write.
-    async fn attempt(&self, ts: &TokenSource, clock: Clock) -> Outcome {
+    /// A reconcile this instance may not do now. A standby (or an instance that lost the Lease)
+    /// drops it: taking over reconciles everything. A leader whose fence lapsed under a slow
+    /// renewal keeps it for when the renewal succeeds ([`Refused`]).
+    fn refused(&self, ts: &TokenSource) -> Action {
+        let leadership = &self.config.leadership;
+        if !leadership.holds_lease() {
+            return Action::await_change();
+        }
+        let me = ObjectRef::from_obj(ts);
+        self.refused.insert(me.clone());
+        // Renewed meanwhile: its resumption may have been handled before the insert.
+        if leadership.is_leading() && self.refused.remove(&me) {
+            return Action::requeue(Duration::from_millis(100));
+        }
+        Action::await_change()
+    }
+
+    /// Runs the pipeline and turns its result, success or failure, into the outcome to write;
+    /// `None` when this instance stopped leading on the way (nothing learnt is written).
+    async fn attempt(&self, ts: &TokenSource, clock: Clock) -> Option<Outcome> {
         let now = clock.now;
         let version = ts.resource_version().unwrap_or_default();
         let mut status = self
@@ -153,11 +173,12 @@ impl Context {
                 "ignored {REFRESH_REQUESTED_AT_ANNOTATION}={value:?}: not an RFC 3339 time such as 2026-01-02T03:04:05Z"
             );
             let event = Some(Note { warning: true, reason: Reason::RefreshRequestInvalid, message });
-            return Outcome { status, requeue: None, event, deferred: false };
+            return Some(Outcome { status, requeue: None, event, deferred: false });
         }
         let mut known = Known::default();
-        match self.pipeline(ts, &status, clock, &mut known, manual).await {
+        Some(match self.pipeline(ts, &status, clock, &mut known, manual).await {
             Ok(outcome) => outcome,
+            Err(Error::NotLeader) => return None,
             Err(error) => {
                 // A requested refresh that failed is still handled: the backoff takes over.
                 if let Some(value) = manual {
@@ -165,7 +186,7 @@ impl Context {
                 }
                 self.failure(ts, status, &error, known, now)
             }
-        }
+        })
     }
 
     async fn pipeline(

@@ -1,5 +1,6 @@
-//! TokenSources waiting for a request slot of a busy token endpoint host: each is called back, in
-//! the order it came, as soon as a request to that host ends, instead of polling for a slot.
+//! TokenSources waiting: for a request slot of a busy token endpoint host (each is called back,
+//! in the order it came, as soon as a request to that host ends, instead of polling for a slot),
+//! and for the fence of this instance's leadership to be renewed ([`Refused`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
@@ -45,6 +46,33 @@ impl Waiting {
             hosts.remove(host);
         }
         next
+    }
+}
+
+/// TokenSources whose reconcile was refused while the leader's fence had lapsed under a slow
+/// Lease renewal: reconciled again when the renewal succeeds.
+#[derive(Default)]
+pub struct Refused {
+    set: Mutex<HashSet<ObjectRef<TokenSource>>>,
+}
+
+impl Refused {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<ObjectRef<TokenSource>>> {
+        self.set.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn insert(&self, ts: ObjectRef<TokenSource>) {
+        self.lock().insert(ts);
+    }
+
+    /// Whether `ts` was there.
+    pub fn remove(&self, ts: &ObjectRef<TokenSource>) -> bool {
+        self.lock().remove(ts)
+    }
+
+    /// Every TokenSource refused so far, leaving none.
+    pub fn take(&self) -> Vec<ObjectRef<TokenSource>> {
+        self.lock().drain().collect()
     }
 }
 

@@ -156,6 +156,7 @@ pub async fn run(
         versions,
         credentials: Default::default(),
         waiting: Default::default(),
+        refused: Default::default(),
         memory,
         references,
         ticks: Default::default(),
@@ -254,9 +255,11 @@ fn watch_pods(
 
 /// Acts on changes of leadership: what this instance remembers is dropped either way (another
 /// instance may have written meanwhile), and on taking over every TokenSource is reconciled, so
-/// renewals that fell due in the gap happen at once.
+/// renewals that fell due in the gap happen at once. A renewal after the fence lapsed (a slow
+/// API, the Lease still held) reconciles what was refused in the gap.
 fn follow_leadership(ctx: &Arc<Context>, tx: mpsc::Sender<ObjectRef<TokenSource>>, health: Arc<Health>) {
     let mut changes = ctx.config.leadership.changes();
+    let mut resumptions = ctx.config.leadership.resumptions();
     let ctx = ctx.clone();
     tokio::spawn(async move {
         // Leading at start (always, for a single instance) needs nothing here: the controller's
@@ -268,6 +271,8 @@ fn follow_leadership(ctx: &Arc<Context>, tx: mpsc::Sender<ObjectRef<TokenSource>
             if !std::mem::take(&mut first) {
                 ctx.memory.clear();
                 ctx.shared.clear();
+                // Everything is reconciled on taking over; nothing refused before is kept.
+                ctx.refused.take();
                 if leading {
                     while !health.ready.load(Ordering::Relaxed) {
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -281,8 +286,28 @@ fn follow_leadership(ctx: &Arc<Context>, tx: mpsc::Sender<ObjectRef<TokenSource>
                     }
                 }
             }
-            if changes.changed().await.is_err() {
-                return;
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => match changed {
+                        Ok(()) => break,
+                        Err(_) => return,
+                    },
+                    resumed = resumptions.changed() => {
+                        if resumed.is_err() {
+                            return;
+                        }
+                        let refused = ctx.refused.take();
+                        tracing::info!(
+                            tokensources = refused.len(),
+                            "leader election: the Lease was renewed after the fence lapsed; reconciling what was refused meanwhile"
+                        );
+                        for r in refused {
+                            if tx.send(r).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
             }
         }
     });

@@ -150,6 +150,10 @@ pub(crate) struct Inner {
     calls: HashMap<Endpoint, usize>,
     call_times: HashMap<Endpoint, Vec<std::time::Instant>>,
     issued: HashMap<Endpoint, usize>,
+    /// When each token was issued, per endpoint.
+    issue_times: HashMap<Endpoint, Vec<std::time::Instant>>,
+    /// How long the endpoint takes before it issues a token (a slow provider).
+    delays: HashMap<Endpoint, Duration>,
     lifetimes: HashMap<Endpoint, Duration>,
     failures: HashMap<Endpoint, VecDeque<Injected>>,
     pub(crate) nonces: HashSet<String>,
@@ -289,6 +293,17 @@ impl Fakes {
         lock(&self.shared.inner).tokens.get(token).is_some_and(|(_, exp)| *exp > Timestamp::now())
     }
 
+    /// When each token of `e` was issued.
+    pub fn issue_times(&self, e: Endpoint) -> Vec<std::time::Instant> {
+        lock(&self.shared.inner).issue_times.get(&e).cloned().unwrap_or_default()
+    }
+
+    /// `e` takes `delay` to answer a valid request, and issues its token only at the end, as a
+    /// slow provider does: a client that gives up before (closing the connection) gets none.
+    pub fn set_delay(&self, e: Endpoint, delay: Duration) {
+        lock(&self.shared.inner).delays.insert(e, delay);
+    }
+
     pub fn set_lifetime(&self, e: Endpoint, lifetime: Duration) {
         lock(&self.shared.inner).lifetimes.insert(e, lifetime);
     }
@@ -388,10 +403,19 @@ impl Shared {
         lock(&self.inner).lifetimes.get(&e).copied().unwrap_or(default)
     }
 
+    /// Waits as long as `e` is set to take ([`Fakes::set_delay`]).
+    pub(crate) async fn delay(&self, e: Endpoint) {
+        let delay = lock(&self.inner).delays.get(&e).copied().unwrap_or_default();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
     pub(crate) fn issue(&self, e: Endpoint, token: String, lifetime: Duration) -> Timestamp {
         let exp = Timestamp::now() + lifetime;
         let mut inner = lock(&self.inner);
         *inner.issued.entry(e).or_default() += 1;
+        inner.issue_times.entry(e).or_default().push(std::time::Instant::now());
         inner.tokens.insert(token, (e, exp));
         exp
     }
@@ -485,6 +509,7 @@ async fn podero(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
             oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "Only client_credentials is supported"),
         );
     }
+    s.delay(e).await;
     let lifetime = s.lifetime(e);
     let token = random_token(30);
     s.issue(e, token.clone(), lifetime);
