@@ -780,3 +780,52 @@ async fn an_old_leader_never_mints_after_a_takeover() {
     assert!(ha.fakes.is_valid(&token));
     assert_eq!((a.leader_gauge().await, b.leader_gauge().await), (Some(0), Some(1)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharers_split_by_a_failover_converge_on_the_newest_token() {
+    let Some(ha) = Ha::start(Duration::from_secs(3600), true).await else { return };
+    let sim = ha.sim.as_ref().expect("kubesim");
+    let (a, b, a_id) = leader_and_standby(&ha).await;
+    for s in ["s1", "s2"] {
+        ha.create(s).await;
+    }
+    let first = ha.wait_token("s1", None).await;
+    eventually("both sharers on the first token", WAIT, || async {
+        let t = ha.token("s2").await;
+        check(t.as_deref() == Some(first.as_str()), (), t)
+    })
+    .await;
+    // The leader gets a new token for s1 and writes s1's Secret, but never s2's before it loses
+    // the Lease: the two Secrets hold different tokens when the standby takes over.
+    let s2 = kubesim::Matcher {
+        verb: Some("patch".into()),
+        resource: Some("secrets".into()),
+        name: Some("s2-token".into()),
+        ..kubesim::Matcher::from_client(&a_id)
+    };
+    sim.faults().fail_next(s2, u32::MAX, 500, None);
+    let annotation = json!({"metadata": {"annotations": {"tokensource.dev/refresh-requested-at": jiff::Timestamp::now().to_string()}}});
+    Api::<TokenSource>::namespaced(ha.client.clone(), &ha.ns)
+        .patch("s1", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&annotation))
+        .await
+        .unwrap();
+    let second = ha.wait_token("s1", Some(&first)).await;
+    let cut = kubesim::Matcher { resource: Some("leases".into()), ..kubesim::Matcher::from_client(&a_id) };
+    sim.faults().fail_next(cut, u32::MAX, 500, None);
+    assert_eq!(ha.token("s2").await.as_deref(), Some(first.as_str()), "the split did not happen");
+    ha.wait_holder("op-b", Duration::from_secs(10)).await;
+    let takeover = tokio::time::Instant::now();
+    eventually("s2 on the newest token", Duration::from_secs(5), || async {
+        let t = ha.token("s2").await;
+        check(t.as_deref() == Some(second.as_str()), (), t)
+    })
+    .await;
+    eprintln!(
+        "sharers split by a failover: equal {:?} after the takeover; {} provider calls",
+        takeover.elapsed(),
+        ha.fakes.calls(Endpoint::Podero)
+    );
+    assert_eq!(ha.fakes.calls(Endpoint::Podero), 2, "the new leader asked the provider instead of sharing");
+    assert!(ha.fakes.is_valid(&second));
+    assert_eq!((a.leader_gauge().await, b.leader_gauge().await), (Some(0), Some(1)));
+}

@@ -449,3 +449,24 @@ async fn identical_requests_share_one_token_per_lifetime_within_a_namespace() {
     assert!(!first.contains(&mine) && !second.contains(&mine));
     assert_eq!(env.fakes.calls(Endpoint::Podero), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_rotated_and_rotated_back_get_a_new_token_each_time() {
+    let env = Env::start().await;
+    podero_credentials(&env).await;
+    env.create(podero(&env, "rot", "rot-token")).await;
+    let first = env.wait_token("rot-token", None).await;
+    let original = env.fakes.config().podero;
+    // The client secret is rotated at the provider and in the cluster...
+    env.fakes.set_podero_client(FakeClient { id: original.id.clone(), secret: "rotated-secret-0002".into() });
+    env.put_secret("podero-credentials", &[("client_id", &original.id), ("client_secret", "rotated-secret-0002")])
+        .await;
+    let second = env.wait_token("rot-token", Some(&first)).await;
+    // ...and rolled back within the first token's lifetime: the token from before the rotation
+    // (which a provider may have revoked with it) is not brought back.
+    env.fakes.set_podero_client(original);
+    podero_credentials(&env).await;
+    let third = env.wait_token("rot-token", Some(&second)).await;
+    assert_ne!(third, first, "the pre-rotation token came back without a provider call");
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 3);
+}

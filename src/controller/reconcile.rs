@@ -156,6 +156,26 @@ impl Context {
         Action::await_change()
     }
 
+    /// Reconciles `sharers` of a new shared token soon. Never blocks a reconcile, and never
+    /// drops one: what the queue cannot take now is sent by a task of its own.
+    fn wake(&self, sharers: Vec<ObjectRef<TokenSource>>) {
+        let mut rest = sharers.into_iter();
+        for r in rest.by_ref() {
+            if let Err(tokio::sync::mpsc::error::TrySendError::Full(r)) = self.retrigger.try_send(r) {
+                let tx = self.retrigger.clone();
+                let later: Vec<_> = std::iter::once(r).chain(rest).collect();
+                tokio::spawn(async move {
+                    for r in later {
+                        if tx.send(r).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                return;
+            }
+        }
+    }
+
     /// Runs the pipeline and turns its result, success or failure, into the outcome to write;
     /// `None` when this instance stopped leading on the way (nothing learnt is written).
     async fn attempt(&self, ts: &TokenSource, clock: Clock) -> Option<Outcome> {
@@ -246,6 +266,17 @@ impl Context {
         let owed = self.memory.failure(&me).is_some_and(|f| f.provider && f.fingerprint == fingerprint);
         // Identical requests share one token: a newer one a sharer got is taken at once.
         let key = ts.spec.renewal.share_identical_requests.then(|| decide::request_key(ts, &request, &creds));
+        match (&key, &in_hand) {
+            (None, _) => self.shared.leave(&me),
+            (Some(k), held) => {
+                self.shared.join(k, &me, reads_reply);
+                // The token in hand may be newer than any this instance knows of (read back
+                // after a failover): the sharers holding another take it.
+                if let Some(t) = held.as_ref().filter(|t| usable(t)) {
+                    self.wake(self.shared.offer_held(k, t, &me));
+                }
+            }
+        }
         // Newer than the token in hand: the shared entry holds the last token any sharer fetched,
         // so another token not issued before this one is newer (issue times are whole seconds:
         // two sharers may fetch within one).
@@ -329,10 +360,7 @@ impl Context {
                             Arc::new(spread_first_renewal(without_unread_reply(t, keep_reply), why, &plan.policy, &uid))
                         });
                         if let Some(t) = &fetched {
-                            for other in self.shared.offer(k, t.clone(), &me) {
-                                // Never blocks a reconcile: a full queue leaves it to its renewal.
-                                let _ = self.retrigger.try_send(other);
-                            }
+                            self.wake(self.shared.offer(k, t.clone(), &me));
                         }
                         fetched
                     }
