@@ -829,3 +829,65 @@ async fn sharers_split_by_a_failover_converge_on_the_newest_token() {
     assert!(ha.fakes.is_valid(&second));
     assert_eq!((a.leader_gauge().await, b.leader_gauge().await), (Some(0), Some(1)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_cut_off_by_a_failover_is_finished_not_repeated() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let Some(ha) = Ha::start(Duration::from_secs(3600), true).await else { return };
+    let sim = ha.sim.as_ref().expect("kubesim");
+    let deployments: Api<Deployment> = Api::namespaced(ha.client.clone(), &ha.ns);
+    for name in ["w1", "w2"] {
+        let d = json!({"metadata": {"name": name}, "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "app", "image": "x"}]}}}});
+        deployments.create(&PostParams::default(), &serde_json::from_value(d).unwrap()).await.unwrap();
+    }
+    let (a, b, a_id) = leader_and_standby(&ha).await;
+    ha.create("rr").await;
+    let restart = json!({"spec": {"target": {"rolloutRestart": {"minInterval": "10s", "workloads": [
+        {"kind": "Deployment", "name": "w1"}, {"kind": "Deployment", "name": "w2"}]}}}});
+    let sources: Api<TokenSource> = Api::namespaced(ha.client.clone(), &ha.ns);
+    sources.patch("rr", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&restart)).await.unwrap();
+    let first = ha.wait_token("rr", None).await;
+    // The old leader's restart of w2 hangs; it is cut off from its Lease as soon as it
+    // restarted w1, so its fence ends the restart halfway.
+    let slow = kubesim::Matcher {
+        verb: Some("patch".into()),
+        resource: Some("deployments".into()),
+        name: Some("w2".into()),
+        ..kubesim::Matcher::from_client(&a_id)
+    };
+    sim.faults().add_latency(slow, Duration::from_secs(5));
+    let annotation = json!({"metadata": {"annotations": {"tokensource.dev/refresh-requested-at": jiff::Timestamp::now().to_string()}}});
+    sources.patch("rr", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&annotation)).await.unwrap();
+    let restarted_at = |name: &'static str| {
+        let deployments = deployments.clone();
+        async move {
+            let d = deployments.get(name).await.ok()?;
+            let generation = d.metadata.generation.unwrap_or_default();
+            let at = d.spec?.template.metadata?.annotations?.get("tokensource.dev/restartedAt").cloned();
+            Some((at, generation))
+        }
+    };
+    let (r1, _) = eventually("w1 restarted by the old leader", WAIT, || async {
+        let seen = restarted_at("w1").await;
+        check(seen.as_ref().is_some_and(|s| s.0.is_some()), seen.clone().unwrap_or_default(), seen)
+    })
+    .await;
+    let cut = kubesim::Matcher { resource: Some("leases".into()), ..kubesim::Matcher::from_client(&a_id) };
+    sim.faults().fail_next(cut, u32::MAX, 500, None);
+    ha.wait_holder("op-b", Duration::from_secs(10)).await;
+    // The new leader finishes the restart: w2 with the same time; w1 is not restarted again.
+    eventually("w2 restarted by the new leader", WAIT, || async {
+        let seen = restarted_at("w2").await;
+        check(seen.as_ref().is_some_and(|s| s.0 == r1), (), seen)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (w1, w2) = (restarted_at("w1").await.unwrap(), restarted_at("w2").await.unwrap());
+    eprintln!("restart across a failover: w1 {w1:?}, w2 {w2:?}");
+    assert_eq!(w1, (r1.clone(), 2), "w1 was restarted twice");
+    assert_eq!(w2, (r1, 2), "w2 was restarted other than once");
+    assert_ne!(ha.token("rr").await.as_deref(), Some(first.as_str()));
+    assert_eq!((a.leader_gauge().await, b.leader_gauge().await), (Some(0), Some(1)));
+}

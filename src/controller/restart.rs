@@ -1,7 +1,11 @@
 //! Rollout restarts: workloads that read the token only at start are restarted when the Secret
 //! gets a new one, at most once per `minInterval` (new tokens inside it are folded into one
 //! restart at its end). What is owed and when the last restart happened are in status, so a new
-//! leader picks them up.
+//! leader picks them up: the debt is written to status before any workload is patched, and each
+//! workload's restart annotation is the restart's time as the status determines it (the debt, or
+//! the end of the interval), not the time of the patch, so a restart done again (by a new leader
+//! after a failover halfway through, or after a lost status write) changes nothing on the
+//! workloads already restarted and restarts only the others.
 
 use std::time::Duration;
 
@@ -61,10 +65,21 @@ impl Context {
             outcome.requeue = Some(outcome.requeue.map_or(wait, |r| r.min(wait)));
             return;
         }
-        match self.restart_workloads(ts, &spec.workloads, now).await {
+        let Some(debt) = status.rollout_restart_pending_since.clone() else { return };
+        // The debt is in the cluster before any workload restarts: whoever leads next finishes
+        // this restart (with the same annotation) instead of losing it or starting another. This
+        // reconcile writes it; the next one, at once, restarts.
+        if !self.debt_recorded(ts, &debt) {
+            outcome.requeue = Some(Duration::ZERO);
+            return;
+        }
+        // The restart's time follows from the status alone (the debt, and the end of the
+        // interval after the last restart), so every leader that finishes it uses the same one.
+        let at = next_allowed(spec, last).map_or(debt.0, |allowed| allowed.max(debt.0)).min(now);
+        match self.restart_workloads(ts, &spec.workloads, at).await {
             Ok(restarted) => {
                 status.rollout_restart_pending_since = None;
-                status.last_rollout_restart_time = Some(Time(now));
+                status.last_rollout_restart_time = Some(Time(at));
                 set_condition(&mut status.conditions, unblocked(generation, now));
                 self.metrics.rollout_restarts.inc();
                 let message =
@@ -91,17 +106,32 @@ impl Context {
         }
     }
 
-    /// Sets the restart annotation on every workload named or selected; returns them as
-    /// `deployment/name`.
+    /// Whether the status in the cluster (as the cache or this instance's last status write
+    /// shows it) records the restart owed since `debt`.
+    fn debt_recorded(&self, ts: &TokenSource, debt: &Time) -> bool {
+        let owed = |s: &crate::crd::TokenSourceStatus| s.rollout_restart_pending_since.as_ref() == Some(debt);
+        ts.status.as_ref().is_some_and(owed)
+            || self
+                .memory
+                .newer_status(
+                    &kube::runtime::reflector::ObjectRef::from_obj(ts),
+                    &ts.resource_version().unwrap_or_default(),
+                )
+                .is_some_and(|s| owed(&s))
+    }
+
+    /// Sets the restart annotation, the restart's time `at`, on every workload named or
+    /// selected; returns them as `deployment/name`. Setting it again is no change, and no second
+    /// rollout.
     async fn restart_workloads(
         &self,
         ts: &TokenSource,
         workloads: &[WorkloadRef],
-        now: Timestamp,
+        at: Timestamp,
     ) -> Result<Vec<String>, Error> {
         let ns = ts.namespace().unwrap_or_default();
         let patch =
-            json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT_ANNOTATION: now.to_string()}}}}});
+            json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT_ANNOTATION: at.to_string()}}}}});
         let mut restarted = vec![];
         for w in workloads {
             let (kind, names) = match w.kind {
