@@ -4,6 +4,12 @@
 //! 169.254.169.254 and fd00:ec2::254), private, shared (carrier-grade NAT), unspecified,
 //! broadcast and multicast. Names are resolved once, every address is vetted, and the connection
 //! goes only to a vetted one, so DNS rebinding cannot slip past; redirects are never followed.
+//!
+//! A host list (`--allow-endpoint-hosts`) means "only these hosts": an address written in the URL
+//! (`https://203.0.113.7/`) is then allowed only if that address is itself listed, and it still
+//! has to pass the address rules. Through a proxy (`--endpoint-proxy`) the operator does not
+//! connect to the endpoint itself: the URL is checked as here, and a name is resolved and refused
+//! unless every one of its addresses is allowed ([`EndpointPolicy::vet_every`]).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -17,7 +23,8 @@ use ipnet::IpNet;
 pub struct EndpointPolicy {
     /// Networks allowed although they are internal (an in-cluster identity provider, a test).
     pub allow_cidrs: Vec<IpNet>,
-    /// When not empty, the only host names allowed: exact names or `*.suffix`.
+    /// When not empty, the only hosts allowed: exact names, `*.suffix`, or addresses (an
+    /// address in a URL is then allowed only if it is listed).
     pub allow_hosts: Vec<String>,
 }
 
@@ -135,6 +142,9 @@ impl EndpointPolicy {
 
     /// Refuses a host name outside `--allow-endpoint-hosts`, when that is set.
     pub fn check_name(&self, host: &str) -> Result<(), Refusal> {
+        if let Some(ip) = listed_address(host) {
+            return self.check_literal(ip);
+        }
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         if self.allow_hosts.is_empty()
             || self.allow_hosts.iter().any(|allowed| match allowed.strip_prefix("*.") {
@@ -147,12 +157,27 @@ impl EndpointPolicy {
         Err(Refusal { host, address: None, why: "is not in --allow-endpoint-hosts".into() })
     }
 
+    /// Vets an address written as the host of a URL: with a host list, only a listed address
+    /// may be used; then, like any address, it must not be internal unless its network is
+    /// allowed.
+    pub fn check_literal(&self, ip: IpAddr) -> Result<(), Refusal> {
+        let ip = canonical(ip);
+        if !self.allow_hosts.is_empty() && !self.allow_hosts.iter().any(|h| listed_address(h) == Some(ip)) {
+            return Err(Refusal {
+                host: ip.to_string(),
+                address: None,
+                why: "is not listed in --allow-endpoint-hosts (with a host list, an address in a URL must be listed itself)".into(),
+            });
+        }
+        self.check_ip(&ip.to_string(), ip)
+    }
+
     /// Checks a URL before anything is sent: its host name, or the address it names (an IP
     /// literal is not resolved, so it is vetted here).
     pub fn check_url(&self, url: &url::Url) -> Result<(), Refusal> {
         match url.host() {
-            Some(url::Host::Ipv4(ip)) => self.check_ip(&ip.to_string(), IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => self.check_ip(&ip.to_string(), IpAddr::V6(ip)),
+            Some(url::Host::Ipv4(ip)) => self.check_literal(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => self.check_literal(IpAddr::V6(ip)),
             Some(url::Host::Domain(name)) => self.check_name(name),
             None => Err(Refusal { host: String::new(), address: None, why: "has no host".into() }),
         }
@@ -176,18 +201,48 @@ impl EndpointPolicy {
             (true, None) => Err(Refusal { host: host.into(), address: None, why: "resolves to no address".into() }),
         }
     }
+
+    /// Vets a name a proxy will resolve and connect to on its own: it may pick any of the
+    /// addresses, so every one must be allowed.
+    pub fn vet_every(&self, host: &str, addrs: impl IntoIterator<Item = SocketAddr>) -> Result<(), Refusal> {
+        let mut none = true;
+        for addr in addrs {
+            self.check_ip(host, addr.ip())?;
+            none = false;
+        }
+        if none {
+            return Err(Refusal { host: host.into(), address: None, why: "resolves to no address".into() });
+        }
+        Ok(())
+    }
+}
+
+/// The address an entry of the host list or a host names, if it is one (`[…]` around IPv6
+/// allowed), as [`canonical`] gives it.
+fn listed_address(host: &str) -> Option<IpAddr> {
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    IpAddr::from_str(bare).ok().map(canonical)
 }
 
 /// A resolver that connects only to vetted addresses.
 pub struct VettingResolver {
     pub policy: Arc<EndpointPolicy>,
+    /// The host of the operator's proxy (`--endpoint-proxy`), if it has one and it is a name:
+    /// the operator's own choice, resolved without the policy. With a proxy, every request
+    /// connects to it, and its destination is vetted before the request is sent.
+    pub proxy_host: Option<String>,
 }
 
 impl reqwest::dns::Resolve for VettingResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let policy = self.policy.clone();
         let host = name.as_str().to_string();
+        let is_proxy = self.proxy_host.as_deref().is_some_and(|p| p.eq_ignore_ascii_case(&host));
         Box::pin(async move {
+            if is_proxy {
+                let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+                return Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs);
+            }
             policy.check_name(&host)?;
             let addrs = tokio::net::lookup_host((host.as_str(), 0)).await?;
             let vetted = policy.vet(&host, addrs)?;
@@ -251,6 +306,50 @@ mod tests {
         assert!(names.check_name("idp.example.com").is_ok() && names.check_name("IDP.example.com.").is_ok());
         assert!(names.check_name("a.b.corp.example").is_ok());
         assert!(names.check_name("corp.example").is_err() && names.check_name("evil.example.com").is_err());
+    }
+
+    /// Issue 30, case 2: a host list means "only these hosts", IP-literal URLs included.
+    #[test]
+    fn with_a_host_list_an_address_in_the_url_must_be_listed_itself() {
+        let url = |s: &str| url::Url::parse(s).unwrap();
+        let p = EndpointPolicy::parse("10.0.0.0/8", "login.example.com").unwrap();
+        // 3405803783 is 203.0.113.7; 10.1.2.3 is inside an allowed network.
+        for u in [
+            "https://203.0.113.7/token",
+            "https://3405803783/token",
+            "https://[::ffff:203.0.113.7]/token",
+            "https://[2001:db8::7]/token",
+            "https://10.1.2.3/token",
+        ] {
+            let r = p.check_url(&url(u)).unwrap_err();
+            assert!(r.to_string().contains("not listed in --allow-endpoint-hosts"), "{u}: {r}");
+        }
+        assert!(p.check_url(&url("https://login.example.com/token")).is_ok());
+        // Listed, in any form, an address is allowed, and still has to pass the address rules.
+        let p = EndpointPolicy::parse("", "login.example.com, 203.0.113.7, [2001:db8::7], 10.1.2.3").unwrap();
+        for u in ["https://203.0.113.7/token", "https://[::ffff:203.0.113.7]/token", "https://[2001:db8::7]:8443/t"] {
+            assert!(p.check_url(&url(u)).is_ok(), "{u}");
+        }
+        assert!(p.check_url(&url("https://203.0.113.8/token")).is_err());
+        let r = p.check_url(&url("https://10.1.2.3/token")).unwrap_err();
+        assert!(r.to_string().contains("a private address"), "{r}");
+        // A `*.suffix` pattern matches names only.
+        let p = EndpointPolicy::parse("", "*.7, *.113.7").unwrap();
+        assert!(p.check_url(&url("https://203.0.113.7/token")).is_err());
+        // Without a host list, an address is judged by the address rules alone.
+        assert!(EndpointPolicy::default().check_url(&url("https://203.0.113.7/token")).is_ok());
+        assert!(EndpointPolicy::parse("10.0.0.0/8", "").unwrap().check_url(&url("https://10.1.2.3/token")).is_ok());
+    }
+
+    #[test]
+    fn through_a_proxy_every_address_of_a_name_must_be_allowed() {
+        let p = EndpointPolicy::default();
+        let addrs = |v: &[&str]| v.iter().map(|a| SocketAddr::new(ip(a), 443)).collect::<Vec<_>>();
+        assert!(p.vet_every("public.example", addrs(&["93.184.216.34", "2606:4700::1111"])).is_ok());
+        // The proxy could pick the internal one.
+        let r = p.vet_every("mixed.example", addrs(&["93.184.216.34", "10.0.0.1"])).unwrap_err();
+        assert_eq!(r.address, Some(ip("10.0.0.1")));
+        assert!(p.vet_every("nothing.example", addrs(&[])).is_err());
     }
 
     #[test]

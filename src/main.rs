@@ -74,10 +74,16 @@ struct RunArgs {
     /// identity provider. Internal addresses are refused otherwise.
     #[arg(long, default_value = "", env = "ALLOW_ENDPOINT_CIDRS")]
     allow_endpoint_cidrs: String,
-    /// If set, the only token endpoint host names allowed: comma-separated exact names or
-    /// `*.suffix` patterns.
+    /// If set, the only token endpoint hosts allowed: comma-separated exact names, `*.suffix`
+    /// patterns or addresses (an address in a URL is then allowed only if it is listed).
     #[arg(long, default_value = "", env = "ALLOW_ENDPOINT_HOSTS")]
     allow_endpoint_hosts: String,
+    /// Send token requests through this HTTP proxy (`http://host:port`, credentials as
+    /// `http://user:password@host:port`); the endpoint policy still applies to each destination.
+    /// HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY are never used for token requests.
+    // Checked in `run`, not by clap, whose error would repeat the value and any password in it.
+    #[arg(long, env = "ENDPOINT_PROXY", hide_env_values = true)]
+    endpoint_proxy: Option<String>,
     /// Watch Pods and report, on each TokenSource, those that read its Secret in a way that never
     /// sees a renewed token (env, envFrom, subPath). Needs list/watch on Pods.
     #[arg(long, env = "AUDIT_CONSUMERS")]
@@ -173,6 +179,12 @@ fn print_quietly(text: &str) -> std::process::ExitCode {
 
 async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let election = args.election()?;
+    let proxy = args
+        .endpoint_proxy
+        .as_deref()
+        .map(transport::ProxyUrl::parse)
+        .transpose()
+        .map_err(|e| format!("--endpoint-proxy: {e}"))?;
     let mut config = match &args.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)?;
@@ -209,6 +221,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             timeout: args.request_timeout,
             per_host: args.max_requests_per_host,
             endpoints: Arc::new(EndpointPolicy::parse(&args.allow_endpoint_cidrs, &args.allow_endpoint_hosts)?),
+            proxy,
             ..Default::default()
         },
     };

@@ -255,20 +255,22 @@ fn first<'a>(path: &JsonPath, v: &'a Value) -> Option<&'a Value> {
     path.query(v).first().filter(|v| !v.is_null())
 }
 
-/// The reply's top-level field names, for errors: at most ten, each at most 40 characters.
+/// The longest reply field name an error shows.
+const MAX_NAME_SHOWN: usize = 64;
+
+/// The reply's top-level field names, for errors: at most ten. A name is shown whole or not at
+/// all, never cut: the message is redacted later, with the request's secrets, and a secret echoed
+/// as a name and cut short would no longer be recognised there.
 fn field_names(v: &Value) -> String {
     let Some(m) = v.as_object() else { return "none".into() };
-    let mut names: Vec<String> =
-        m.keys()
-            .take(10)
-            .map(|k| {
-                if k.chars().count() > 40 {
-                    format!("{}…", k.chars().take(40).collect::<String>())
-                } else {
-                    k.clone()
-                }
-            })
-            .collect();
+    let mut names: Vec<String> = m
+        .keys()
+        .take(10)
+        .map(|k| match k.chars().count() {
+            n if n > MAX_NAME_SHOWN => format!("(a name of {n} characters)"),
+            _ => k.clone(),
+        })
+        .collect();
     if m.len() > 10 {
         names.push(format!("and {} more", m.len() - 10));
     }
@@ -481,6 +483,33 @@ mod tests {
         let wide: serde_json::Map<String, Value> = (0..5000).map(|i| (format!("field-{i}"), json!(i))).collect();
         let e = read(&ResponseSpec::default(), Value::Object(wide)).unwrap_err().to_string();
         assert!(e.len() < 400 && e.contains("and 4990 more"), "{e}");
+    }
+
+    /// Issue 30, case 7: a secret echoed as a field name is never shown in part, where the
+    /// redaction that follows (with the request's secrets) could no longer recognise it.
+    #[test]
+    fn reply_field_names_are_shown_whole_for_redaction() {
+        let secret = "client-secret-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGH";
+        let mut redactor = crate::redact::Redactor::default();
+        redactor.add(secret.as_bytes());
+        let replies = [
+            json!({secret: 1}),
+            json!({"expires_in": 60, format!("x-{secret}"): 1, "a": 2}),
+            json!({format!("{secret}/{secret}"): 1}),
+        ];
+        for reply in replies {
+            let e = read(&ResponseSpec::default(), reply).unwrap_err().to_string();
+            let shown = redactor.redact(&e);
+            assert!(shown.contains("reply fields:"), "{shown}");
+            for start in 0..secret.len() - 8 {
+                assert!(!shown.contains(&secret[start..start + 8]), "part of the secret shows: {shown}");
+            }
+        }
+        let e = read(&ResponseSpec::default(), json!({format!("{secret}/{secret}"): 1})).unwrap_err();
+        assert!(e.to_string().contains("(reply fields: (a name of 121 characters))"), "{e}");
+        // Short names read as they are.
+        let e = read(&ResponseSpec::default(), json!({"expires_in": 60, "tok": "x"})).unwrap_err();
+        assert!(e.to_string().contains("(reply fields: expires_in, tok)"), "{e}");
     }
 
     #[test]

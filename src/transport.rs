@@ -1,7 +1,11 @@
 //! The HTTP client for token endpoints: rustls, explicit connect and total timeouts, no
-//! redirects, a bounded reply size and a bounded number of requests in flight per host.
+//! redirects, a bounded reply size and a bounded number of requests in flight per host. The
+//! environment's proxy settings are never read; a proxy is used only when the operator is given
+//! one (`--endpoint-proxy`), and the endpoint policy is then applied to each destination before
+//! the request goes to the proxy.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +26,8 @@ pub struct Options {
     pub per_host: usize,
     /// Which token endpoints may be reached.
     pub endpoints: Arc<EndpointPolicy>,
+    /// The proxy every token request goes through, if any.
+    pub proxy: Option<ProxyUrl>,
 }
 
 impl Default for Options {
@@ -32,7 +38,51 @@ impl Default for Options {
             max_body: 1 << 20,
             per_host: 4,
             endpoints: Arc::default(),
+            proxy: None,
         }
+    }
+}
+
+/// The proxy token requests go through (`--endpoint-proxy`): `http://host:port`, with any
+/// credentials as `http://user:password@host:port`. Requests to `https://` endpoints are
+/// tunnelled through it with CONNECT, so TLS still ends at the endpoint. Shown without its
+/// credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxyUrl(url::Url);
+
+impl ProxyUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let shown = crate::providers::without_userinfo(raw);
+        let url = url::Url::parse(raw).map_err(|e| format!("{shown:?} is not a URL: {e}"))?;
+        if url.scheme() != "http" {
+            return Err(format!(
+                "{shown:?}: the proxy must be an http:// URL (https:// endpoints are tunnelled through it)"
+            ));
+        }
+        if url.host().is_none() || url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+            return Err(format!("{shown:?}: a proxy URL is http://host:port, with no path"));
+        }
+        Ok(Self(url))
+    }
+
+    /// The proxy's host when it is a name, as the resolver is asked for it.
+    fn host_name(&self) -> Option<String> {
+        match self.0.host() {
+            Some(url::Host::Domain(name)) => Some(name.to_string()),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::providers::without_userinfo(self.0.as_str()))
+    }
+}
+
+impl fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ProxyUrl({self})")
     }
 }
 
@@ -70,17 +120,28 @@ pub fn check_tls(tls: &Tls) -> Result<(), String> {
 impl Transport {
     pub fn new(options: Options) -> Result<Self, reqwest::Error> {
         install_crypto_provider();
-        let client = Self::builder(&options).build()?;
+        let client = Self::builder(&options)?.build()?;
         Ok(Self { client, options, hosts: Mutex::default(), tls_clients: Mutex::default() })
     }
 
-    fn builder(options: &Options) -> reqwest::ClientBuilder {
-        reqwest::Client::builder()
+    fn builder(options: &Options) -> Result<reqwest::ClientBuilder, reqwest::Error> {
+        let resolver = VettingResolver {
+            policy: options.endpoints.clone(),
+            proxy_host: options.proxy.as_ref().and_then(ProxyUrl::host_name),
+        };
+        let builder = reqwest::Client::builder()
             .connect_timeout(options.connect_timeout)
             .timeout(options.timeout)
             .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(VettingResolver { policy: options.endpoints.clone() }))
+            .dns_resolver(Arc::new(resolver))
             .user_agent(concat!("tokensource-operator/", env!("CARGO_PKG_VERSION")))
+            // HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY are not read: a proxy resolves and
+            // connects on its own, where the resolver cannot vet the destination.
+            .no_proxy();
+        Ok(match &options.proxy {
+            Some(proxy) => builder.proxy(reqwest::Proxy::all(proxy.0.as_str())?),
+            None => builder,
+        })
     }
 
     /// The client for a request: the shared one, or one built for its TLS material.
@@ -100,7 +161,7 @@ impl Transport {
             return Ok(c.clone());
         }
         let setup = |e: String| ProviderError::Unreachable(format!("TLS setup: {e}"));
-        let mut builder = Self::builder(&self.options);
+        let mut builder = Self::builder(&self.options).map_err(|e| setup(e.to_string()))?;
         if let Some(ca) = &tls.ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(ca).map_err(|e| setup(e.to_string()))?;
             builder = builder.tls_certs_only(certs);
@@ -145,6 +206,9 @@ impl Transport {
     pub async fn send(&self, req: &Request, slot: Slot) -> Result<Vec<u8>, ProviderError> {
         let _slot = slot;
         self.options.endpoints.check_url(&req.url).map_err(|r| ProviderError::NotAllowed(r.to_string()))?;
+        if self.options.proxy.is_some() {
+            self.check_proxied(&req.url).await?;
+        }
         let method = match req.method {
             Method::Get => reqwest::Method::GET,
             Method::Post => reqwest::Method::POST,
@@ -206,6 +270,20 @@ impl Transport {
         // Redacted before it is cut: a cut could split a secret so it is no longer recognised.
         let detail = describe_error_body(&body, &redactor);
         Err(ProviderError::Status { status: status.as_u16(), detail, retry_after })
+    }
+
+    /// Through a proxy the operator never connects to the endpoint, so its resolver never sees
+    /// the endpoint's name: the name is resolved here and refused unless every address is
+    /// allowed (the proxy may pick any). The proxy resolves it again; a name whose answers
+    /// change in between (DNS rebinding) is the proxy's to refuse.
+    async fn check_proxied(&self, url: &url::Url) -> Result<(), ProviderError> {
+        let Some(url::Host::Domain(name)) = url.host() else { return Ok(()) };
+        let lookup = tokio::net::lookup_host((name, 0));
+        let addrs = tokio::time::timeout(self.options.connect_timeout, lookup)
+            .await
+            .map_err(|_| ProviderError::Unreachable(format!("resolving {name} to check it timed out")))?
+            .map_err(|e| ProviderError::Unreachable(format!("cannot resolve {name} to check it: {e}")))?;
+        self.options.endpoints.vet_every(name, addrs).map_err(|r| ProviderError::NotAllowed(r.to_string()))
     }
 }
 
@@ -312,6 +390,51 @@ mod tests {
         assert_eq!(retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now), Some(Duration::ZERO), "a date in the past");
         assert_eq!(retry_after("soon", now), None);
         assert_eq!(retry_after("-5", now), None);
+    }
+
+    #[test]
+    fn proxy_urls_are_plain_http_and_shown_without_credentials() {
+        let p = ProxyUrl::parse("http://user:pa55word@proxy.corp.example:3128").unwrap();
+        assert_eq!(p.host_name().as_deref(), Some("proxy.corp.example"));
+        assert_eq!(
+            format!("{p} {p:?}"),
+            "http://[redacted]@proxy.corp.example:3128/ ProxyUrl(http://[redacted]@proxy.corp.example:3128/)"
+        );
+        assert_eq!(ProxyUrl::parse("http://192.0.2.1:3128").unwrap().host_name(), None);
+        for bad in
+            ["https://u:pa55word@proxy:3128", "socks5://proxy:1080", "http://proxy:3128/path", "proxy:3128", "http://"]
+        {
+            let e = ProxyUrl::parse(bad).unwrap_err();
+            assert!(!e.contains("pa55word"), "{e}");
+        }
+        // The client builds with it.
+        let options = Options { proxy: Some(p), ..Default::default() };
+        assert!(Transport::new(options).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_failed_proxy_connection_is_described_without_the_proxy_credentials() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let options = Options {
+            proxy: Some(ProxyUrl::parse(&format!("http://user:pa55word@{closed}")).unwrap()),
+            endpoints: Arc::new(EndpointPolicy::parse("127.0.0.1/32", "").unwrap()),
+            ..Default::default()
+        };
+        let transport = Transport::new(options).unwrap();
+        let req = Request {
+            method: Method::Post,
+            url: url::Url::parse(&format!("https://{closed}/token")).unwrap(),
+            headers: vec![],
+            body: vec![],
+            content_type: None,
+            auth: crate::providers::Auth::None,
+            secrets: vec![],
+            tls: None,
+            timeout: None,
+        };
+        let slot = transport.slot(&req).unwrap();
+        let e = transport.send(&req, slot).await.unwrap_err().to_string();
+        assert!(e.contains("connect") && !e.contains("pa55word"), "{e}");
     }
 
     #[test]

@@ -244,3 +244,19 @@ async fn watch_errors_are_counted_and_survived() {
     eprintln!("{errors} watch errors counted");
     still_serving(&env, "after-errors").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_echoed_as_a_long_field_name_is_not_shown_in_part() {
+    let env = Env::start().await;
+    // Longer than the 40 characters of a name errors used to show; short enough to show whole.
+    let secret = format!("s3cr3t-{}", "0123456789abcdef".repeat(3));
+    env.fakes.set_podero_client(FakeClient { id: "podero-client".into(), secret: secret.clone() });
+    podero_credentials(&env).await;
+    // The endpoint answers with the client secret as a field name, and no token.
+    env.fakes.fail_next(Endpoint::Podero, 1, 200, json!({ secret.as_str(): true, "expires_in": 60 }), None);
+    env.create(podero(&env, "echo", "echo-token")).await;
+    let m = env.wait_ready("echo", "False", "BadProviderResponse").await;
+    assert!(m.contains("reply fields: expires_in, [redacted]"), "{m}");
+    env.assert_nothing_leaks(&[&secret, &secret[..40], &secret[..20], &secret[20..]], &[]).await;
+    still_serving(&env, "ordinary").await;
+}
