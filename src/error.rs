@@ -17,7 +17,7 @@ pub enum RetryClass {
 
 /// What went wrong talking to a token endpoint. Messages carry what the endpoint answered, never
 /// what was sent.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ProviderError {
     /// The endpoint could not be reached or did not answer in time.
     #[error("token endpoint unreachable: {0}")]
@@ -170,6 +170,34 @@ impl Error {
 
     pub fn reason(&self) -> Reason {
         self.classify().0
+    }
+
+    /// The same error, for another TokenSource that waited for the same token request. An API
+    /// error is copied as the API gave it; any other error of the Kubernetes client keeps its
+    /// text.
+    pub fn duplicate(&self) -> Self {
+        fn kube(e: &kube::Error) -> kube::Error {
+            match e {
+                kube::Error::Api(status) => kube::Error::Api(status.clone()),
+                other => kube::Error::Service(other.to_string().into()),
+            }
+        }
+        match self {
+            Self::InvalidSpec(m) => Self::InvalidSpec(m.clone()),
+            Self::CredentialsNotFound(m) => Self::CredentialsNotFound(m.clone()),
+            Self::CredentialsInvalid(m) => Self::CredentialsInvalid(m.clone()),
+            Self::SecretConflict(m) => Self::SecretConflict(m.clone()),
+            Self::ServiceAccountToken(m) => Self::ServiceAccountToken(m.clone()),
+            Self::Upstream { name, state } => Self::Upstream { name: name.clone(), state: *state },
+            Self::FetchToken(p) => Self::FetchToken(p.clone()),
+            Self::RenderSecret(m) => Self::RenderSecret(m.clone()),
+            Self::ApplySecret(e) => Self::ApplySecret(kube(e)),
+            Self::UpdateStatus(e) => Self::UpdateStatus(kube(e)),
+            Self::Kube(e) => Self::Kube(kube(e)),
+            Self::Limit(m) => Self::Limit(m.clone()),
+            Self::Internal(m) => Self::Internal(m.clone()),
+            Self::NotLeader => Self::NotLeader,
+        }
     }
 
     pub fn retry_class(&self) -> Option<RetryClass> {

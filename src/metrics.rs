@@ -53,6 +53,8 @@ pub struct Metrics {
     pub watch_errors: Family<WatchLabels, Counter>,
     /// 1 while this instance leads (always, without leader election), else 0.
     pub leader: Gauge,
+    /// Token requests on their way (each on a task of its own, holding a request slot).
+    pub requests_in_flight: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -191,6 +193,7 @@ impl Default for Metrics {
         let reconcile_panics = Counter::default();
         let watch_errors = Family::<WatchLabels, Counter>::default();
         let leader = Gauge::default();
+        let requests_in_flight = Gauge::default();
         registry.register("reconciles", "Reconciliations by result", reconciles.clone());
         registry.register("token_requests", "Requests to token endpoints by host and result", token_requests.clone());
         registry.register(
@@ -229,6 +232,11 @@ impl Default for Metrics {
             "1 while this instance leads (holds the Lease, or runs without leader election), else 0",
             leader.clone(),
         );
+        registry.register(
+            "token_requests_in_flight",
+            "Token requests on their way to token endpoints (no reconcile waits for one)",
+            requests_in_flight.clone(),
+        );
         Self {
             host_labels: Default::default(),
             registry,
@@ -246,6 +254,7 @@ impl Default for Metrics {
             reconcile_panics,
             watch_errors,
             leader,
+            requests_in_flight,
         }
     }
 }

@@ -101,7 +101,8 @@ async fn new_tokens_restart_the_workloads_at_most_once_per_interval() {
     // Counted once every workload of the restart is patched (the test saw the first patch).
     eventually("two restarts counted", WAIT, || async {
         let m = env.metrics.encode();
-        check(m.contains("tokensource_rollout_restarts_total 2"), (), "tokensource_rollout_restarts_total is not 2")
+        let line = m.lines().find(|l| l.starts_with("tokensource_rollout_restarts_total")).map(String::from);
+        check(line.as_deref() == Some("tokensource_rollout_restarts_total 2"), (), line)
     })
     .await;
 }

@@ -14,45 +14,61 @@ use crate::error::{Error, ProviderError};
 use crate::metrics::{LatencyLabels, RefreshLabels};
 use crate::providers;
 use crate::response::Token;
+use crate::transport::Slot;
 
 impl Context {
-    /// Asks the token endpoint for a new token; `None` when every request slot of its host is
-    /// taken (the caller tries again shortly, without holding anything meanwhile).
-    pub(super) async fn fetch(
+    /// A request slot of the host of the spec's token endpoint, with the host's key; `None` when
+    /// every slot is taken, after queueing `ts` to be called back as soon as one frees.
+    pub(super) fn take_slot(&self, ts: &TokenSource) -> Result<Option<(Slot, String)>, Error> {
+        let url = request_url(ts, self.config.allow_http)?;
+        let host_key = crate::transport::host_key(&url);
+        match self.transport.slot_for(&url) {
+            Some(slot) => Ok(Some((slot, host_key))),
+            None => {
+                self.waiting.wait(&host_key, ObjectRef::from_obj(ts));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Asks the token endpoint for a new token in `slot` (a flight's task runs this). A
+    /// ServiceAccount token is requested only for a request that goes out; it and the request are
+    /// fenced like every write: an instance whose fence lapses cuts them off, so it has nothing in
+    /// flight once another may lead.
+    pub(super) async fn send_token_request(
         &self,
         ts: &TokenSource,
         plan: &Plan,
         creds: &Credentials,
         upstream_token: Option<&str>,
         why: &str,
-    ) -> Result<Option<Token>, Error> {
-        // The slot first: a ServiceAccount token is requested only for a request that goes out.
-        let url = request_url(ts, self.config.allow_http)?;
-        let host_key = crate::transport::host_key(&url);
-        let Some(slot) = self.transport.slot_for(&url) else {
-            // Called back as soon as a request to the host ends (or after a second or two).
-            self.waiting.wait(&host_key, ObjectRef::from_obj(ts));
-            return Ok(None);
-        };
-        // A ServiceAccount token and the request are fenced like every write: an instance whose
-        // fence lapses cuts them off, so it has nothing in flight once another may lead.
+        (slot, host_key): (Slot, String),
+    ) -> Result<Token, Error> {
+        let result = self.send_in_slot(ts, plan, creds, upstream_token, why, slot).await;
+        // The slot is free again: the next TokenSource waiting for this host takes it.
+        self.slot_freed(&host_key);
+        result
+    }
+
+    async fn send_in_slot(
+        &self,
+        ts: &TokenSource,
+        plan: &Plan,
+        creds: &Credentials,
+        upstream_token: Option<&str>,
+        why: &str,
+        slot: Slot,
+    ) -> Result<Token, Error> {
         let leadership = &self.config.leadership;
-        let with_token = match leadership.while_leading(self.with_service_account_token(ts, creds)).await {
-            Some(t) => t?,
-            None => {
-                drop(slot);
-                return Err(self.released(&host_key));
-            }
-        };
+        let with_token =
+            leadership.while_leading(self.with_service_account_token(ts, creds)).await.ok_or(Error::NotLeader)??;
         let creds = with_token.as_ref().unwrap_or(creds);
         let mut request = build_request(ts, creds, upstream_token, self.config.allow_http)?;
         request.timeout = Some(plan.timeout);
         tracing::info!(tokensource = %ts.name_any(), namespace = ts.namespace().unwrap_or_default(), reason = why, "requesting a token");
         let host = request.url.host_str().unwrap_or_default().to_string();
         let started = std::time::Instant::now();
-        let Some(sent) = leadership.while_leading(self.transport.send(&request, slot)).await else {
-            return Err(self.released(&host_key));
-        };
+        let sent = leadership.while_leading(self.transport.send(&request, slot)).await.ok_or(Error::NotLeader)?;
         let result = match sent {
             // Parsing up to a megabyte and querying it is kept off the async runtime.
             Ok(body) => {
@@ -68,7 +84,6 @@ impl Context {
             }
             Err(e) => Err(e),
         };
-        self.slot_freed(&host_key);
         let status_class = match &result {
             Ok(_) => "2xx".to_string(),
             Err(ProviderError::Status { status, .. }) => format!("{}xx", status / 100),
@@ -84,22 +99,14 @@ impl Context {
         };
         self.metrics.refreshes.get_or_create(&refresh).inc();
         self.metrics.token_request(&host, &result_label);
-        Ok(Some(result?))
+        Ok(result?)
     }
-}
 
-impl Context {
     /// The slot of `host_key` is free again: the next TokenSource waiting for this host takes it.
-    fn slot_freed(&self, host_key: &str) {
+    pub(super) fn slot_freed(&self, host_key: &str) {
         if let Some(next) = self.waiting.next(host_key) {
-            let _ = self.retrigger.try_send(next);
+            self.wake(vec![next]);
         }
-    }
-
-    /// A fetch cut off because this instance stopped leading: its slot is freed, nothing counted.
-    fn released(&self, host_key: &str) -> Error {
-        self.slot_freed(host_key);
-        Error::NotLeader
     }
 }
 

@@ -48,13 +48,30 @@ struct Record {
     written: Option<String>,
     /// The version the cache showed just before that write (`None`: none), and when it was made.
     written_over: Option<(Option<String>, std::time::Instant)>,
-    /// The status this instance last wrote (and a hash of it), and the resourceVersion of the
-    /// object it was computed from.
-    status: Option<Box<(String, u64, TokenSourceStatus)>>,
+    /// The status this instance last wrote, and the versions of the object it is newer than.
+    status: Option<Box<StatusCopy>>,
     failure: Option<Box<FailureRecord>>,
     /// Warnings already given (a stale consuming Pod, an inline secret of a spec generation).
     warned: Vec<String>,
+    /// The manual refresh pending (the annotation's value) and when this instance first saw it:
+    /// a token requested since then answers it.
+    manual: Option<Box<(String, std::time::Instant)>>,
 }
+
+/// The status this instance last wrote: a hash of it, and the resourceVersions of the object
+/// that do not show it yet — the one it was computed from, and those of this instance's own
+/// earlier writes since (two writes in a row from one cached object: the cache showing the first
+/// is still behind the second). The version the write produced is not among them.
+#[derive(Clone, Debug)]
+struct StatusCopy {
+    older: Vec<String>,
+    written: Option<String>,
+    hash: u64,
+    status: TokenSourceStatus,
+}
+
+/// How many versions older than a status copy are kept.
+const OLDER_VERSIONS: usize = 4;
 
 /// Per-TokenSource records, forgotten when the TokenSource goes.
 #[derive(Default)]
@@ -124,17 +141,37 @@ impl Memory {
         self.lock()
             .get(ts)
             .and_then(|r| r.status.as_deref())
-            .is_some_and(|(rv, s, _)| rv == resource_version && *s == status)
+            .is_some_and(|c| c.hash == status && c.older.iter().any(|v| v == resource_version))
     }
 
+    /// Remembers the status this instance wrote, computed from the object at
+    /// `resource_version`; `written` is the version the write produced.
     pub fn remember_status(
         &self,
         ts: &ObjectRef<TokenSource>,
         resource_version: String,
+        written: Option<String>,
         hash: u64,
         status: TokenSourceStatus,
     ) {
-        self.lock().entry(ts.clone()).or_default().status = Some(Box::new((resource_version, hash, status)));
+        let mut records = self.lock();
+        let record = records.entry(ts.clone()).or_default();
+        // Computed from a version that does not show the previous write either: the versions
+        // older than that write are older than this one too, and so is that write's own.
+        let mut older = match record.status.take() {
+            Some(prev) if prev.older.contains(&resource_version) => {
+                let mut older = prev.older;
+                older.extend(prev.written);
+                older
+            }
+            _ => vec![],
+        };
+        if !older.contains(&resource_version) {
+            older.push(resource_version);
+        }
+        let excess = older.len().saturating_sub(OLDER_VERSIONS);
+        older.drain(..excess);
+        record.status = Some(Box::new(StatusCopy { older, written, hash, status }));
     }
 
     /// The status this instance last wrote, if the cached object at `resource_version` has not
@@ -145,7 +182,7 @@ impl Memory {
         let mut records = self.lock();
         let record = records.get_mut(ts)?;
         match record.status.as_deref() {
-            Some((rv, _, status)) if rv == resource_version => Some(status.clone()),
+            Some(c) if c.older.iter().any(|v| v == resource_version) => Some(c.status.clone()),
             Some(_) => {
                 record.status = None;
                 None
@@ -175,6 +212,20 @@ impl Memory {
 
     /// Whether the warning `what` is yet to be given for the TokenSource; remembers that it now
     /// is.
+    /// When this instance first saw the manual refresh `value` of `ts` pending.
+    pub fn manual_noticed(&self, ts: &ObjectRef<TokenSource>, value: &str) -> std::time::Instant {
+        let mut records = self.lock();
+        let manual = &mut records.entry(ts.clone()).or_default().manual;
+        match manual.as_deref() {
+            Some((v, at)) if v == value => *at,
+            _ => {
+                let now = std::time::Instant::now();
+                *manual = Some(Box::new((value.to_string(), now)));
+                now
+            }
+        }
+    }
+
     pub fn warn_once(&self, ts: &ObjectRef<TokenSource>, what: &str) -> bool {
         let mut records = self.lock();
         let warned = &mut records.entry(ts.clone()).or_default().warned;
@@ -257,7 +308,7 @@ mod tests {
         let r = ObjectRef::new("a").within("ns");
         assert!(!m.wrote_status(&r, "7", 1));
         let written = TokenSourceStatus { failed_renewal_attempts: 1, ..Default::default() };
-        m.remember_status(&r, "7".into(), 1, written.clone());
+        m.remember_status(&r, "7".into(), Some("8".into()), 1, written.clone());
         assert!(m.wrote_status(&r, "7", 1), "the cache has not caught up with the write");
         assert!(!m.wrote_status(&r, "7", 2), "another status for the same object");
         assert!(!m.wrote_status(&r, "9", 1), "someone changed the object since");
@@ -265,8 +316,22 @@ mod tests {
         assert_eq!(m.newer_status(&r, "7"), Some(written.clone()));
         assert_eq!(m.newer_status(&r, "9"), None, "the cache has caught up (or someone else wrote)");
         assert_eq!(m.newer_status(&r, "7"), None, "the copy is dropped once the cache moved on");
-        m.remember_status(&r, "7".into(), 1, written.clone());
+        m.remember_status(&r, "7".into(), Some("8".into()), 1, written.clone());
         m.clear();
         assert_eq!(m.newer_status(&r, "7"), None);
+    }
+
+    #[test]
+    fn two_status_writes_from_one_cached_object_are_both_ahead_of_the_cache() {
+        let m = Memory::default();
+        let r = ObjectRef::new("a").within("ns");
+        let first = TokenSourceStatus { failed_renewal_attempts: 1, ..Default::default() };
+        let second = TokenSourceStatus { failed_renewal_attempts: 2, ..Default::default() };
+        // Both computed from version 7: the first write made 8, the second 9.
+        m.remember_status(&r, "7".into(), Some("8".into()), 1, first);
+        m.remember_status(&r, "7".into(), Some("9".into()), 2, second.clone());
+        assert_eq!(m.newer_status(&r, "8"), Some(second.clone()), "the cache showing the first write is still behind");
+        assert_eq!(m.newer_status(&r, "7"), Some(second));
+        assert_eq!(m.newer_status(&r, "9"), None, "caught up");
     }
 }

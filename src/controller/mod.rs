@@ -24,6 +24,7 @@ mod decide;
 mod events;
 mod failure;
 mod fetch;
+mod flight;
 mod index;
 mod load;
 mod memory;
@@ -70,6 +71,8 @@ pub struct Context {
     waiting: waiting::Waiting,
     /// TokenSources refused while the fence had lapsed, for when it is renewed.
     refused: waiting::Refused,
+    /// Token requests in flight, each on a task of its own, and their results.
+    flights: flight::Flights,
     memory: Arc<memory::Memory>,
     references: Arc<index::References>,
     /// When the periodic work last ran.

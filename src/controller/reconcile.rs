@@ -15,6 +15,7 @@ use kube::{Resource, ResourceExt};
 
 use super::decide::{self, Decision};
 use super::failure::{self, FailureInput};
+use super::flight::{FlightKey, Poll};
 use super::memory::Held;
 use super::status::{self, Note, Outcome};
 use super::{Context, restart, validate};
@@ -26,6 +27,16 @@ use crate::redact::Redactor;
 use crate::response::Token;
 use crate::schedule;
 use crate::secret::{self, Stored};
+
+/// A token request to make: what a flight's task needs.
+struct Request<'a> {
+    ts: &'a Arc<TokenSource>,
+    plan: &'a validate::Plan,
+    creds: &'a crate::credentials::Credentials,
+    upstream: Option<String>,
+    why: &'static str,
+    uid: &'a str,
+}
 
 /// What the pipeline has learnt by the time it fails, for the failure policy.
 #[derive(Default)]
@@ -77,8 +88,12 @@ pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result
     if !ctx.config.leadership.is_leading() {
         return Ok(ctx.refused(&ts));
     }
-    ctx.rollout_restart(&ts, &mut outcome, now).await;
-    ctx.audit_consumers(&ts, &mut outcome, now).await;
+    // What a deferred outcome would add is not written: restarts and the audit wait for the
+    // reconcile that writes (a restart done now would not be recorded, and be done again).
+    if !outcome.deferred {
+        ctx.rollout_restart(&ts, &mut outcome, now).await;
+        ctx.audit_consumers(&ts, &mut outcome, now).await;
+    }
     ctx.warn_inline_secrets(&ts).await;
     ctx.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
     ctx.metrics.reconciles.get_or_create(&ResultLabels { result: result.unwrap_or_else(|| "Success".into()) }).inc();
@@ -95,6 +110,18 @@ pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result
         Some(d) => Action::requeue(d.saturating_sub(truncated).max(Duration::from_millis(100))),
         None => Action::await_change(),
     })
+}
+
+/// What `status.lastRefreshRequest` records of the annotation value `value`: the value itself
+/// when it fits the field's 64 characters, else a digest of it (still one new token per value).
+fn handled_marker(value: &str) -> String {
+    use sha2::{Digest, Sha256};
+    if value.chars().count() <= 64 {
+        return value.to_string();
+    }
+    let digest = Sha256::digest(value.as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 /// A token that is not a scheduled renewal gets its first renewal spread over the last three
@@ -156,9 +183,9 @@ impl Context {
         Action::await_change()
     }
 
-    /// Reconciles `sharers` of a new shared token soon. Never blocks a reconcile, and never
+    /// Reconciles `sharers` (of a new shared token, of a request that ended) soon. Never blocks a reconcile, and never
     /// drops one: what the queue cannot take now is sent by a task of its own.
-    fn wake(&self, sharers: Vec<ObjectRef<TokenSource>>) {
+    pub(super) fn wake(&self, sharers: Vec<ObjectRef<TokenSource>>) {
         let mut rest = sharers.into_iter();
         for r in rest.by_ref() {
             if let Err(tokio::sync::mpsc::error::TrySendError::Full(r)) = self.retrigger.try_send(r) {
@@ -178,31 +205,60 @@ impl Context {
 
     /// Runs the pipeline and turns its result, success or failure, into the outcome to write;
     /// `None` when this instance stopped leading on the way (nothing learnt is written).
-    async fn attempt(&self, ts: &TokenSource, clock: Clock) -> Option<Outcome> {
+    async fn attempt(self: &Arc<Self>, ts: &Arc<TokenSource>, clock: Clock) -> Option<Outcome> {
         let now = clock.now;
         let version = ts.resource_version().unwrap_or_default();
         let mut status = self
             .memory
-            .newer_status(&ObjectRef::from_obj(ts), &version)
+            .newer_status(&ObjectRef::from_obj(&**ts), &version)
             .unwrap_or_else(|| ts.status.clone().unwrap_or_default());
         status.observed_generation = ts.meta().generation;
-        let manual = ts.refresh_requested().filter(|r| status.last_refresh_request.as_deref() != Some(*r));
-        if let Some(value) = manual.filter(|v| v.parse::<Timestamp>().is_err()) {
-            status.last_refresh_request = Some(value.to_string());
-            let message = format!(
-                "ignored {REFRESH_REQUESTED_AT_ANNOTATION}={value:?}: not an RFC 3339 time such as 2026-01-02T03:04:05Z"
-            );
-            let event = Some(Note { warning: true, reason: Reason::RefreshRequestInvalid, message });
-            return Some(Outcome { status, requeue: None, event, deferred: false });
+        // A new value of the annotation asks for one new token. What is recorded of it fits the
+        // status field whatever the value (a tenant's typo must never make the status write
+        // fail, which would stop every renewal of this TokenSource).
+        let requested = ts.refresh_requested().map(|v| (v, handled_marker(v)));
+        let pending = requested.filter(|(_, marker)| status.last_refresh_request.as_deref() != Some(marker.as_str()));
+        let mut manual = None;
+        if let Some((value, marker)) = pending {
+            if value.parse::<Timestamp>().is_ok() {
+                manual = Some(value);
+            } else {
+                status.last_refresh_request = Some(marker.clone());
+                let shown: String = value.chars().take(64).collect();
+                let cut = if shown.len() < value.len() { "…" } else { "" };
+                let message = format!(
+                    "ignored {REFRESH_REQUESTED_AT_ANNOTATION}={shown:?}{cut}: not an RFC 3339 time such as 2026-01-02T03:04:05Z"
+                );
+                self.publish(ts, Note { warning: true, reason: Reason::RefreshRequestInvalid, message }).await;
+            }
         }
+        // At most one manual refresh per renewal floor: annotating in a loop does not make a
+        // provider call per value.
+        let last_attempt = [status.last_renewal_time.as_ref(), status.last_failure_time.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|t| t.0)
+            .max();
+        let manual_due = manual
+            .and(last_attempt)
+            .map(|last| schedule::add(last, schedule::MIN_RENEWAL_INTERVAL))
+            .filter(|due| *due > now);
+        let manual = manual.filter(|_| manual_due.is_none());
+        let marker = manual.map(handled_marker);
         let mut known = Known::default();
         Some(match self.pipeline(ts, &status, clock, &mut known, manual).await {
-            Ok(outcome) => outcome,
+            Ok(mut outcome) => {
+                if let Some(due) = manual_due {
+                    let wait = status::until(now, due);
+                    outcome.requeue = Some(outcome.requeue.map_or(wait, |r| r.min(wait)));
+                }
+                outcome
+            }
             Err(Error::NotLeader) => return None,
             Err(error) => {
                 // A requested refresh that failed is still handled: the backoff takes over.
-                if let Some(value) = manual {
-                    status.last_refresh_request = Some(value.to_string());
+                if let Some(marker) = marker {
+                    status.last_refresh_request = Some(marker);
                 }
                 self.failure(ts, status, &error, known, now)
             }
@@ -210,15 +266,15 @@ impl Context {
     }
 
     async fn pipeline(
-        &self,
-        ts: &TokenSource,
+        self: &Arc<Self>,
+        ts: &Arc<TokenSource>,
         status: &TokenSourceStatus,
         clock: Clock,
         known: &mut Known,
         manual: Option<&str>,
     ) -> Result<Outcome, Error> {
         let Clock { now, exact } = clock;
-        let me = ObjectRef::from_obj(ts);
+        let me = ObjectRef::from_obj(&**ts);
         let generation = ts.meta().generation;
         let target = ts.spec.target.name.as_str();
         let uid = ts.meta().uid.clone().unwrap_or_default();
@@ -329,46 +385,52 @@ impl Context {
         if let Some(t) = &upstream_token {
             known.redactor.add(t.as_bytes());
         }
+        // A manual refresh is answered by a request sent since this instance noticed it: a
+        // shared request that went out since then answers it, and none is sent twice for it.
+        let noticed = manual.map(|value| self.memory.manual_noticed(&me, value));
         let token = match &key {
-            None => self
-                .fetch(ts, &plan, &creds, upstream_token.as_deref(), why)
-                .await?
-                .map(|t| Arc::new(spread_first_renewal(without_unread_reply(t, reads_reply), why, &plan.policy, &uid))),
+            None => {
+                let request = Request { ts, plan: &plan, creds: &creds, upstream: upstream_token, why, uid: &uid };
+                match self.flight(FlightKey::Own(me.clone()), &fingerprint, request, reads_reply)? {
+                    Some(t) => t,
+                    None => return Ok(status::waiting_for_request(status.clone(), plan.timeout)),
+                }
+            }
             Some(k) => {
-                // One request at a time per shared request; a sharer's newer token that is not
-                // due by this TokenSource's policy is taken instead of a new request.
-                let flight = self.shared.join(k, &me, reads_reply);
-                // A sharer's request in flight is not waited for (a hung endpoint must not hold
-                // reconcile workers): this one looks again in a second or two.
-                let Ok(_one) = flight.try_lock() else {
-                    return Ok(status::deferred(status.clone()));
+                let key = FlightKey::Shared(k.clone());
+                // The request this TokenSource waited for ended: its result is taken as it is
+                // (filtered like a sharer's token below, a token already due by this
+                // TokenSource's policy would only send another request, and another).
+                let ended = match self.flights.poll(&key, &me, k) {
+                    Poll::Ready(result) => Some(result?),
+                    Poll::Waiting => return Ok(status::waiting_for_request(status.clone(), plan.timeout)),
+                    Poll::Absent => None,
                 };
-                // A manual refresh always asks; the others then take its token.
-                let reuse = self.shared.token(k, now).filter(|t| {
-                    manual.is_none()
-                        && usable(t)
-                        && mine.as_ref().is_none_or(|mine| newer(t, mine))
+                // A sharer's newer token that is not due by this TokenSource's policy is taken
+                // instead of a new request.
+                let candidate = match noticed {
+                    Some(since) => self.shared.token_requested_since(k, since, now),
+                    None => self.shared.token(k, now),
+                };
+                // (For a manual refresh the token requested since may be the one in hand
+                // already, written before a status write failed.)
+                let reuse = candidate.filter(|t| {
+                    usable(t)
+                        && (noticed.is_some() || mine.as_ref().is_none_or(|mine| newer(t, mine)))
                         && decide::renewal_of(t, &uid, &plan.policy) > exact
                 });
-                match reuse {
-                    Some(t) => Some(t),
+                match ended.or(reuse) {
+                    Some(t) => t,
                     None => {
-                        let fetched = self.fetch(ts, &plan, &creds, upstream_token.as_deref(), why).await?;
-                        // The reply is kept if any sharer's template reads it.
-                        let keep_reply = reads_reply || self.shared.needs_reply(k);
-                        let fetched = fetched.map(|t| {
-                            Arc::new(spread_first_renewal(without_unread_reply(t, keep_reply), why, &plan.policy, &uid))
-                        });
-                        if let Some(t) = &fetched {
-                            self.wake(self.shared.offer(k, t.clone(), &me));
+                        let request =
+                            Request { ts, plan: &plan, creds: &creds, upstream: upstream_token, why, uid: &uid };
+                        match self.flight(key, k, request, reads_reply)? {
+                            Some(t) => t,
+                            None => return Ok(status::waiting_for_request(status.clone(), plan.timeout)),
                         }
-                        fetched
                     }
                 }
             }
-        };
-        let Some(token) = token else {
-            return Ok(status::deferred(status.clone()));
         };
         known.redactor.add(token.access_token.as_bytes());
         // Held before it is written: a failed write is retried with it, without a new request.
@@ -381,7 +443,7 @@ impl Context {
             outcome.status.rollout_restart_pending_since.get_or_insert(Time(now));
         }
         if let Some(value) = manual {
-            outcome.status.last_refresh_request = Some(value.to_string());
+            outcome.status.last_refresh_request = Some(handled_marker(value));
             outcome.event = Some(Note {
                 warning: false,
                 reason: Reason::ManualRefresh,
@@ -392,6 +454,63 @@ impl Context {
             });
         }
         Ok(outcome)
+    }
+
+    /// The token of the request for `key` (made for `made_for`): taken if it ended, else `None`
+    /// with the request in flight on a task of its own (started now, if there was none and a
+    /// request slot of the host is free; otherwise this TokenSource waits for a slot). The end
+    /// of the request reconciles every TokenSource waiting for it.
+    fn flight(
+        self: &Arc<Self>,
+        key: FlightKey,
+        made_for: &str,
+        request: Request<'_>,
+        reads_reply: bool,
+    ) -> Result<Option<Arc<Token>>, Error> {
+        let me = ObjectRef::from_obj(&**request.ts);
+        match self.flights.poll(&key, &me, made_for) {
+            Poll::Ready(result) => return result.map(Some),
+            Poll::Waiting => return Ok(None),
+            Poll::Absent => {}
+        }
+        let Some(slot) = self.take_slot(request.ts)? else { return Ok(None) };
+        let sent = std::time::Instant::now();
+        let Some(id) = self.flights.start(&key, &me, made_for) else {
+            // Another sharer started it meanwhile: this one waits for it, and the slot goes back.
+            let host = slot.1.clone();
+            drop(slot);
+            self.slot_freed(&host);
+            return Ok(None);
+        };
+        self.metrics.requests_in_flight.inc();
+        let ctx = self.clone();
+        let (ts, plan, creds) = (request.ts.clone(), request.plan.clone(), request.creds.clone());
+        let (upstream, why, uid) = (request.upstream, request.why, request.uid.to_string());
+        tokio::spawn(async move {
+            let send = ctx.send_token_request(&ts, &plan, &creds, upstream.as_deref(), why, slot);
+            let result = guarded(send, || {
+                Err(Error::Internal(
+                    "the token request failed internally (a bug: the operator's log has the place; please report it)"
+                        .into(),
+                ))
+            })
+            .await;
+            let shared = match &key {
+                FlightKey::Shared(k) => Some(k.as_str()),
+                FlightKey::Own(_) => None,
+            };
+            // The reply is kept if this TokenSource's template reads it, or any sharer's.
+            let keep_reply = reads_reply || shared.is_some_and(|k| ctx.shared.needs_reply(k));
+            let result = result
+                .map(|t| Arc::new(spread_first_renewal(without_unread_reply(t, keep_reply), why, &plan.policy, &uid)));
+            if let (Some(k), Ok(t)) = (shared, &result) {
+                ctx.wake(ctx.shared.offer(k, t.clone(), &me, sent));
+            }
+            let waiters = ctx.flights.finish(&key, id, result);
+            ctx.metrics.requests_in_flight.dec();
+            ctx.wake(waiters);
+        });
+        Ok(None)
     }
 
     /// Renders the Secret for `token` and writes it.
@@ -471,6 +590,16 @@ impl Context {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_annotation_value_is_recorded_within_the_status_field() {
+        assert_eq!(handled_marker("2026-01-02T03:04:05Z"), "2026-01-02T03:04:05Z");
+        let long = "x".repeat(80);
+        let marker = handled_marker(&long);
+        assert!(marker.chars().count() <= 64 && marker.starts_with("sha256:"), "{marker}");
+        assert_ne!(marker, handled_marker(&"x".repeat(81)), "another value is another request");
+        assert!(handled_marker(&"é".repeat(64)).chars().count() == 64, "counted in characters, as the schema does");
+    }
 
     #[tokio::test]
     async fn a_panicking_attempt_becomes_an_outcome() {

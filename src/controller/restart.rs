@@ -76,6 +76,7 @@ impl Context {
         // The restart's time follows from the status alone (the debt, and the end of the
         // interval after the last restart), so every leader that finishes it uses the same one.
         let at = next_allowed(spec, last).map_or(debt.0, |allowed| allowed.max(debt.0)).min(now);
+        tracing::debug!(tokensource = %ts.name_any(), owed_since = %debt.0, last = ?last, at = %at, version = ts.resource_version().unwrap_or_default(), "restarting workloads");
         match self.restart_workloads(ts, &spec.workloads, at).await {
             Ok(restarted) => {
                 status.rollout_restart_pending_since = None;

@@ -25,8 +25,9 @@ use crate::response::Token;
 #[derive(Default)]
 struct Entry {
     token: Option<Arc<Token>>,
-    /// This instance fetched the token: no token read back replaces it.
-    fetched: bool,
+    /// This instance fetched the token (its request went out then): no token read back
+    /// replaces it.
+    fetched: Option<std::time::Instant>,
     sharers: Vec<ObjectRef<TokenSource>>,
     flight: Arc<tokio::sync::Mutex<()>>,
     /// A sharer's template reads the reply: tokens for this request keep it.
@@ -104,10 +105,11 @@ impl SharedTokens {
         ts: &ObjectRef<TokenSource>,
     ) -> Vec<ObjectRef<TokenSource>> {
         let mut inner = self.lock();
-        let Some(e) = inner.entries.get_mut(key) else { return vec![] };
+        // Alone, there is nobody to converge with: nothing is kept.
+        let Some(e) = inner.entries.get_mut(key).filter(|e| e.sharers.len() > 1) else { return vec![] };
         let newer = match &e.token {
             None => true,
-            Some(t) => !e.fetched && rank(token) > rank(t),
+            Some(t) => e.fetched.is_none() && rank(token) > rank(t),
         };
         if !newer {
             return vec![];
@@ -126,12 +128,27 @@ impl SharedTokens {
         self.lock().entries.get(key).and_then(|e| e.token.clone()).filter(|t| t.expires_at > now)
     }
 
-    /// Offers a token this instance just fetched; returns the other sharers, to reconcile now.
-    pub fn offer(&self, key: &str, token: Arc<Token>, from: &ObjectRef<TokenSource>) -> Vec<ObjectRef<TokenSource>> {
+    /// The token shared for `key` if this instance requested it at or after `since` (and it is
+    /// still valid at `now`): what answers a manual refresh noticed at `since`.
+    pub fn token_requested_since(&self, key: &str, since: std::time::Instant, now: Timestamp) -> Option<Arc<Token>> {
+        let inner = self.lock();
+        let e = inner.entries.get(key)?;
+        e.fetched.filter(|sent| *sent >= since).and(e.token.clone()).filter(|t| t.expires_at > now)
+    }
+
+    /// Offers a token this instance just fetched with a request sent at `sent`; returns the
+    /// other sharers, to reconcile now.
+    pub fn offer(
+        &self,
+        key: &str,
+        token: Arc<Token>,
+        from: &ObjectRef<TokenSource>,
+        sent: std::time::Instant,
+    ) -> Vec<ObjectRef<TokenSource>> {
         let mut inner = self.lock();
         let e = inner.entries.entry(key.to_string()).or_default();
         e.token = Some(token);
-        e.fetched = true;
+        e.fetched = Some(sent);
         e.sharers.iter().filter(|s| *s != from).cloned().collect()
     }
 
@@ -144,7 +161,7 @@ impl SharedTokens {
             e.sharers.shrink_to_fit();
             if e.token.as_ref().is_some_and(|t| t.expires_at <= now) {
                 e.token = None;
-                e.fetched = false;
+                e.fetched = None;
             }
             !e.sharers.is_empty()
         });
@@ -195,8 +212,17 @@ mod tests {
         assert_eq!(shared.offer_held("k", &token("zzz", 30, 90), &b), vec![a.clone()]);
         assert!(shared.offer_held("k", &token("new", 30, 90), &a).is_empty());
         // A token this instance fetched is never replaced by one read back.
-        shared.offer("k", token("fetched", 30, 90), &a);
+        shared.offer("k", token("fetched", 30, 90), &a, std::time::Instant::now());
         assert!(shared.offer_held("k", &token("zzzz", 31, 91), &b).is_empty());
+    }
+
+    #[test]
+    fn a_lone_sharer_keeps_nothing_read_back() {
+        let shared = SharedTokens::default();
+        let a = r("a");
+        shared.join("k", &a, false);
+        assert!(shared.offer_held("k", &token("t", 0, 60), &a).is_empty());
+        assert!(shared.token("k", Timestamp::from_second(1_800_000_001).unwrap()).is_none());
     }
 
     #[test]
@@ -204,7 +230,7 @@ mod tests {
         let shared = SharedTokens::default();
         let a = r("a");
         shared.join("before", &a, false);
-        shared.offer("before", token("t", 0, 60), &a);
+        shared.offer("before", token("t", 0, 60), &a, std::time::Instant::now());
         // Credentials rotated: the old entry and its token go with its last sharer.
         shared.join("after", &a, false);
         assert_eq!(shared.lock().entries.len(), 1);

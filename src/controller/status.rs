@@ -199,6 +199,13 @@ pub fn deferred(status: TokenSourceStatus) -> Outcome {
     Outcome { status, requeue: Some(wait), event: None, deferred: true }
 }
 
+/// A token request for this TokenSource is in flight (or waits for a request slot of its
+/// host): the request's end (or the slot) calls it back; `timeout` later at the latest, in case.
+/// The status is not written.
+pub fn waiting_for_request(status: TokenSourceStatus, timeout: Duration) -> Outcome {
+    Outcome { status, requeue: Some(timeout + Duration::from_secs(5)), event: None, deferred: true }
+}
+
 impl Context {
     /// Writes the status with server-side apply, unless it is what the object already shows or
     /// what this instance already wrote for the object as cached (a reconcile that runs before
@@ -224,8 +231,8 @@ impl Context {
                 .await
                 .map_err(Error::UpdateStatus)
         };
-        self.config.leadership.fenced(write).await?;
-        self.memory.remember_status(&key, version, hash, status.clone());
+        let written = self.config.leadership.fenced(write).await?;
+        self.memory.remember_status(&key, version, written.resource_version(), hash, status.clone());
         self.metrics.status_writes.inc();
         Ok(())
     }

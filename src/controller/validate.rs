@@ -15,6 +15,7 @@ use crate::schedule::{self, Policy};
 use crate::secret::{self, Stored};
 
 /// What validation yields for the later steps.
+#[derive(Clone)]
 pub struct Plan {
     pub policy: Policy,
     pub reader: Reader,

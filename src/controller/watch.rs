@@ -157,6 +157,7 @@ pub async fn run(
         credentials: Default::default(),
         waiting: Default::default(),
         refused: Default::default(),
+        flights: Default::default(),
         memory,
         references,
         ticks: Default::default(),
@@ -271,6 +272,7 @@ fn follow_leadership(ctx: &Arc<Context>, tx: mpsc::Sender<ObjectRef<TokenSource>
             if !std::mem::take(&mut first) {
                 ctx.memory.clear();
                 ctx.shared.clear();
+                ctx.flights.clear_results();
                 // Everything is reconciled on taking over; nothing refused before is kept.
                 ctx.refused.take();
                 if leading {
@@ -344,6 +346,7 @@ impl Context {
         if sweep {
             let live: HashSet<ObjectRef<TokenSource>> = sources.iter().map(|ts| ObjectRef::from_obj(&**ts)).collect();
             self.memory.retain(&live);
+            self.flights.retain(&live);
             self.shared.retain(&live, jiff::Timestamp::now());
             self.references.retain(&live);
             let urls: Vec<url::Url> = sources.iter().filter_map(|ts| endpoint(ts)).collect();

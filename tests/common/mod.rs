@@ -116,6 +116,28 @@ impl Env {
         Self::start_inner(fake_config, false).await
     }
 
+    /// The operator serving every namespace, as `deploy/` installs it (tests with several
+    /// tenants); `ns` is the first tenant's namespace, [`Env::namespace`] makes more.
+    pub async fn start_all_namespaces() -> Self {
+        let mut env = Self::start_inner(FakeConfig::default(), false).await;
+        env.stop_operator().await;
+        env.config.namespace = None;
+        env.start_operator();
+        env
+    }
+
+    /// Another namespace, with the Podero credentials in it.
+    pub async fn namespace(&self, prefix: &str) -> String {
+        let ns = install(&self.client, prefix).await;
+        let c = self.fakes.config().podero;
+        let creds = json!({"metadata": {"name": "podero-credentials"}, "stringData": {"client_id": c.id, "client_secret": c.secret}});
+        Api::<Secret>::namespaced(self.client.clone(), &ns)
+            .create(&PostParams::default(), &serde_json::from_value(creds).unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("credentials in {ns}: {e}"));
+        ns
+    }
+
     async fn start_inner(fake_config: FakeConfig, tls: bool) -> Self {
         if let Ok(level) = std::env::var("TEST_LOG") {
             tokensource_operator::telemetry::init(&level, tokensource_operator::telemetry::LogFormat::Text);

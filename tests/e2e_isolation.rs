@@ -1,0 +1,100 @@
+//! Tenants cannot slow each other down: one operator serves every namespace, and no token
+//! endpoint a tenant points its TokenSources at — however many, however slow — may delay the
+//! renewals of another namespace. Token requests run on tasks of their own; no reconcile worker
+//! waits on an endpoint.
+
+#![cfg(test)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Env, WAIT, check, eventually, podero, podero_credentials};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use tokensource_operator::crd::TokenSource;
+
+/// Endpoints that accept connections and never answer; returns their URLs and the count of
+/// connections each accepted.
+async fn hung_endpoints(n: usize) -> (Vec<String>, Vec<std::sync::Arc<std::sync::atomic::AtomicUsize>>) {
+    let mut urls = vec![];
+    let mut counts = vec![];
+    for _ in 0..n {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        urls.push(format!("http://{}/oauth/token", listener.local_addr().unwrap()));
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        counts.push(count.clone());
+        tokio::spawn(async move {
+            let mut held = vec![];
+            while let Ok((socket, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                held.push(socket);
+            }
+        });
+    }
+    (urls, counts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_that_never_answer_in_one_namespace_do_not_delay_another() {
+    let env = Env::start_all_namespaces().await;
+    podero_credentials(&env).await;
+    // Four hosts that hang, four request slots each: sixteen requests in flight, as many as the
+    // operator has reconcile workers, and four more TokenSources waiting for a slot.
+    let (urls, accepted) = hung_endpoints(4).await;
+    for i in 0..20 {
+        let mut ts = podero(&env, &format!("hung{i}"), &format!("hung{i}-token"));
+        ts["spec"]["oauth2"]["tokenURL"] = json!(urls[i % urls.len()]);
+        ts["spec"]["renewal"] = json!({"shareIdenticalRequests": false});
+        env.create(ts).await;
+    }
+    eventually("every request slot of the hung hosts taken", WAIT, || async {
+        let n: usize = accepted.iter().map(|c| c.load(std::sync::atomic::Ordering::Relaxed)).sum();
+        check(n >= 16, (), n)
+    })
+    .await;
+    // Manual refreshes of the hung TokenSources while another tenant waits.
+    let sources = env.sources();
+    let hammer = tokio::spawn(async move {
+        for round in 0..20 {
+            for i in 0..20 {
+                let at = format!("2026-01-01T00:00:{:02}Z", round % 60);
+                let patch = json!({"metadata": {"annotations": {"tokensource.dev/refresh-requested-at": at}}});
+                let _ = sources.patch(&format!("hung{i}"), &PatchParams::default(), &Patch::Merge(&patch)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+
+    let other = env.namespace("tenant-b").await;
+    let mut ts = podero(&env, "healthy", "healthy-token");
+    ts["apiVersion"] = json!("tokensource.dev/v1alpha1");
+    ts["kind"] = json!("TokenSource");
+    let created = Instant::now();
+    Api::<TokenSource>::namespaced(env.client.clone(), &other)
+        .create(&PostParams::default(), &serde_json::from_value(ts).unwrap())
+        .await
+        .unwrap();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(env.client.clone(), &other);
+    eventually("the other tenant's token", WAIT, || async {
+        let s = secrets.get_opt("healthy-token").await.ok().flatten();
+        let token = s.and_then(|s| s.data).and_then(|d| d.get("token").cloned());
+        check(token.is_some(), (), "no token yet")
+    })
+    .await;
+    let took = created.elapsed();
+    let healthy = Api::<TokenSource>::namespaced(env.client.clone(), &other);
+    let ready = eventually("the other tenant's TokenSource Ready", WAIT, || async {
+        let st = healthy.get("healthy").await.ok().and_then(|t| t.status);
+        let ready = st.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        check(ready, created.elapsed(), st)
+    })
+    .await;
+    hammer.abort();
+    let in_flight: usize = accepted.iter().map(|c| c.load(std::sync::atomic::Ordering::Relaxed)).sum();
+    eprintln!(
+        "another namespace's token written {took:?} and Ready {ready:?} after its creation, with {in_flight} requests to hung hosts accepted"
+    );
+    assert!(took < Duration::from_secs(1), "another tenant's hung endpoints delayed this one's token by {took:?}");
+    assert!(ready < Duration::from_secs(2), "Ready only after {ready:?}");
+}

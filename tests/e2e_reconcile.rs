@@ -1,0 +1,107 @@
+//! Bad input never stops renewals, and a change reported done is done: annotations a tenant
+//! types wrong, values too long for the status, manual refreshes in a loop.
+
+#![cfg(test)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Env, WAIT, check, eventually, podero, podero_credentials};
+use fake_providers::Endpoint;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+
+async fn annotate(env: &Env, name: &str, value: &str) {
+    let patch = json!({"metadata": {"annotations": {"tokensource.dev/refresh-requested-at": value}}});
+    env.sources().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+}
+
+/// Every 200ms until `for_`, the longest time `name` said Ready=True past its expirationTime.
+async fn longest_ready_past_expiry(env: &Env, name: &str, for_: Duration) -> Duration {
+    let until = tokio::time::Instant::now() + for_;
+    let mut worst = Duration::ZERO;
+    while tokio::time::Instant::now() < until {
+        if let Ok(st) = env.status(name).await {
+            let ready = st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+            if let (true, Some(exp)) = (ready, st.expiration_time) {
+                let past = jiff::Timestamp::now().duration_since(exp.0);
+                worst = worst.max(Duration::try_from(past).unwrap_or_default());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    worst
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_refresh_annotation_costs_a_warning_never_the_token() {
+    let env = Env::start().await;
+    env.fakes.set_lifetime(Endpoint::Podero, Duration::from_secs(8));
+    podero_credentials(&env).await;
+    env.create(podero(&env, "typo", "typo-token")).await;
+    let first = env.wait_token("typo-token", None).await;
+    annotate(&env, "typo", &"not-a-time-".repeat(8)).await;
+    // Renewals go on: two more tokens within two lifetimes, none of them late.
+    let worst = longest_ready_past_expiry(&env, "typo", Duration::from_secs(14)).await;
+    let calls = env.fakes.calls(Endpoint::Podero);
+    let status = env.status("typo").await.unwrap();
+    eprintln!("invalid annotation: {calls} provider calls in 14s after it; longest Ready=True past expiry {worst:?}");
+    assert!(calls >= 3, "renewals stopped after the annotation: {calls} calls");
+    assert!(env.fakes.is_valid(&env.wait_token("typo-token", Some(&first)).await));
+    assert!(worst <= Duration::from_secs(1), "Ready=True {worst:?} past expiry");
+    let recorded = status.last_refresh_request.unwrap_or_default();
+    assert!(recorded.starts_with("sha256:"), "the value is recorded within the field: {recorded}");
+    let events = env.events("typo").await;
+    let warnings: Vec<_> = events.iter().filter(|e| e.0 == "Warning" && e.1 == "RefreshRequestInvalid").collect();
+    assert_eq!(warnings.len(), 1, "{events:?}");
+    assert!(warnings[0].2.contains("not an RFC 3339 time"), "{warnings:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_refresh_annotation_that_parses_asks_once() {
+    let env = Env::start().await;
+    podero_credentials(&env).await;
+    env.create(podero(&env, "long", "long-token")).await;
+    let first = env.wait_token("long-token", None).await;
+    // RFC 9557 allows a time zone and calendar suffix: more than the status field's 64 characters.
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.9f");
+    let value = [
+        format!("{now}-03:00[America/Argentina/Buenos_Aires][u-ca=gregory]"),
+        format!("{now}-03:00[America/Argentina/Buenos_Aires]"),
+        format!("{now}+00:00[u-ca=gregory][x-vendor-annotation=some-long-value]"),
+    ]
+    .into_iter()
+    .find(|v| v.len() > 64 && v.parse::<jiff::Timestamp>().is_ok())
+    .expect("an RFC 9557 time over 64 characters that parses");
+    annotate(&env, "long", &value).await;
+    env.wait_token("long-token", Some(&first)).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 2, "one request for the value, not one per reconcile");
+    let st = env.status("long").await.unwrap();
+    assert!(st.last_refresh_request.is_some_and(|r| r.starts_with("sha256:")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_refreshes_in_a_loop_make_one_request_per_renewal_floor() {
+    let env = Env::start().await;
+    podero_credentials(&env).await;
+    env.create(podero(&env, "loop", "loop-token")).await;
+    env.wait_token("loop-token", None).await;
+    let started = tokio::time::Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(10) {
+        annotate(&env, "loop", &jiff::Timestamp::now().to_string()).await;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let calls = env.fakes.calls(Endpoint::Podero) - 1;
+    eprintln!("{n} refresh requests in 10s: {calls} provider calls");
+    assert!((1..=3).contains(&calls), "{calls} provider calls for {n} requests in 10s");
+    eventually("the last request handled", WAIT, || async {
+        let st = env.status("loop").await?;
+        let src = env.source("loop").await;
+        check(st.last_refresh_request.as_deref() == src.refresh_requested(), (), st.last_refresh_request)
+    })
+    .await;
+}
