@@ -550,9 +550,11 @@ pub struct HttpBody {
     )]
     pub content_type: Option<String>,
 
-    /// A JSON body; every string in it may use placeholders.
+    /// A JSON body, an object; every string in it may use placeholders.
+    // `type: object`, not any JSON value: the API server's CEL sees no field without a type, and
+    // refuses the CRD whose rule above tests `has(self.json)` ("undefined field 'json'").
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
+    #[schemars(extend("type" = "object", "x-kubernetes-preserve-unknown-fields" = true))]
     pub json: Option<Value>,
 
     /// Form fields, in order; names may repeat.
