@@ -98,20 +98,39 @@ pub fn identity() -> String {
 /// Whether this instance may write now. Shared by every write of the controller.
 ///
 /// Three states: a standby (no fence), a leader whose fence holds, and a leader whose fence has
-/// lapsed while a renewal is still under way (a slow API): it writes nothing then, but it has not
+/// lapsed while a renewal is still under way (a slow API): it starts nothing then, but it has not
 /// lost the Lease, and when the renewal succeeds the work it refused is done (see
 /// [`Leadership::resumptions`]).
 #[derive(Debug)]
 pub struct Leadership {
     /// False for a single instance without election: it always leads.
     elected: bool,
-    /// While leading: the instant writes must stop unless the Lease is renewed before. A watch,
-    /// so that a write in flight is cut off at once when the instance steps down and carries on
-    /// when the fence moves.
-    fence: watch::Sender<Option<Instant>>,
+    /// While leading, the fence. A watch, so that work in flight is cut off at once when the
+    /// instance steps down and carries on when the fence moves.
+    fence: watch::Sender<Option<Fence>>,
     leading: watch::Sender<bool>,
     /// How many times the fence was renewed after it had lapsed.
     resumed: watch::Sender<u64>,
+}
+
+/// The two instants a successful renewal (sent at `s`) sets.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Fence {
+    /// `s + renew_deadline`: nothing new (a write, a provider call) starts after it.
+    start_by: Instant,
+    /// Halfway from `start_by` to `s + lease_duration`, the earliest another instance can lead:
+    /// work in flight is cut off here unless a renewal moved the fence. The other half is the
+    /// margin for the clocks of the two nodes running at different rates, and for a request on
+    /// the wire to land.
+    cut_at: Instant,
+}
+
+impl Fence {
+    fn after(sent: Instant, renew_deadline: Duration, lease_duration: Duration) -> Self {
+        let start_by = sent + renew_deadline;
+        let cut_at = start_by + lease_duration.saturating_sub(renew_deadline) / 2;
+        Self { start_by, cut_at }
+    }
 }
 
 impl Default for Leadership {
@@ -140,13 +159,9 @@ impl Leadership {
         }
     }
 
-    fn fence_until(&self) -> Option<Instant> {
-        *self.fence.borrow()
-    }
-
-    /// Whether this instance may call providers and write now.
+    /// Whether this instance may start a provider call or a write now.
     pub fn is_leading(&self) -> bool {
-        !self.elected || self.fence_until().is_some_and(|t| Instant::now() < t)
+        !self.elected || self.fence.borrow().is_some_and(|f| Instant::now() < f.start_by)
     }
 
     /// Whether this instance holds the Lease as far as it knows, fence or no fence: work it
@@ -155,19 +170,22 @@ impl Leadership {
         *self.leading.borrow()
     }
 
-    /// Runs `work` while this instance leads: `None`, and `work` cancelled, the moment the fence
-    /// lapses or the instance steps down. A renewal that moves the fence meanwhile lets it go on.
+    /// Runs `work` if this instance leads: `None`, and `work` cancelled, once the fence cuts it
+    /// off or the instance steps down. A renewal that moves the fence meanwhile lets it go on.
     pub async fn while_leading<T>(&self, work: impl Future<Output = T>) -> Option<T> {
         if !self.elected {
             return Some(work.await);
         }
+        if !self.is_leading() {
+            return None;
+        }
         let mut fence = self.fence.subscribe();
         let mut work = std::pin::pin!(work);
         loop {
-            let deadline = (*fence.borrow_and_update()).filter(|t| Instant::now() < *t)?;
+            let cut_at = (*fence.borrow_and_update()).map(|f| f.cut_at).filter(|t| Instant::now() < *t)?;
             tokio::select! {
                 done = &mut work => return Some(done),
-                () = tokio::time::sleep_until(deadline) => {}
+                () = tokio::time::sleep_until(cut_at) => {}
                 changed = fence.changed() => changed.ok()?,
             }
         }
@@ -189,11 +207,11 @@ impl Leadership {
         self.resumed.subscribe()
     }
 
-    /// A renewal (or the acquisition) that started at `started` succeeded.
-    fn renewed(&self, started: Instant, renew_deadline: Duration) {
+    /// A renewal (or the acquisition) whose write was sent at `sent` succeeded.
+    fn renewed(&self, sent: Instant, renew_deadline: Duration, lease_duration: Duration) {
         let now = Instant::now();
-        let before = self.fence.send_replace(Some(started + renew_deadline));
-        if before.is_some_and(|t| t <= now) {
+        let before = self.fence.send_replace(Some(Fence::after(sent, renew_deadline, lease_duration)));
+        if before.is_some_and(|f| f.start_by <= now) {
             self.resumed.send_modify(|n| *n += 1);
         }
         self.leading.send_if_modified(|l| !std::mem::replace(l, true));
@@ -220,17 +238,22 @@ pub struct Elector {
     observed: Option<Observed>,
     /// The Lease as this instance last wrote it, for renewals without a read.
     written: Option<Lease>,
-    /// The Lease's watch has shown this instance as the holder since it acquired the Lease:
-    /// from then on the watch shows every later change, so another holder or a deletion it shows
-    /// is news, not an event from before the acquisition.
+    /// The Lease's watch has shown one of this instance's own writes since it acquired the
+    /// Lease: from then on the watch shows every later change, so another holder or a deletion it
+    /// shows is news, not an event from before the acquisition.
     confirmed: bool,
+    /// The resourceVersions of this instance's latest writes of the Lease in this term, to
+    /// recognise them in the watch (an event showing this instance as the holder may be from an
+    /// earlier term).
+    own_versions: std::collections::VecDeque<String>,
 }
 
 /// What one round of the election found.
 #[derive(Debug)]
 enum Round {
-    /// This instance holds the Lease: it renewed or acquired it.
-    Held,
+    /// This instance holds the Lease: it renewed or acquired it with a write sent at this
+    /// instant.
+    Held(Instant),
     /// Another instance holds the Lease, or won the race for it.
     Taken,
     /// The round could not tell: the API failed or did not answer within the renew deadline.
@@ -262,7 +285,15 @@ impl Elector {
     /// `tokensource_leader` follows `leadership` (the controller sets it on every change).
     pub fn new(client: kube::Client, settings: Settings, leadership: Arc<Leadership>) -> Self {
         let api = Api::namespaced(client, &settings.namespace);
-        Self { api, settings, leadership, observed: None, written: None, confirmed: false }
+        Self {
+            api,
+            settings,
+            leadership,
+            observed: None,
+            written: None,
+            confirmed: false,
+            own_versions: Default::default(),
+        }
     }
 
     /// Takes part in the election until `stop` turns true, then releases the Lease if held.
@@ -281,7 +312,7 @@ impl Elector {
             };
             let started = Instant::now();
             match self.try_acquire_or_renew().await {
-                Round::Held => self.leadership_held(started),
+                Round::Held(sent) => self.leadership_held(sent),
                 Round::Taken => self.lost("another instance holds the Lease"),
                 Round::Unknown(e) => {
                     tracing::warn!(error = %e, "leader election: cannot reach the Lease");
@@ -292,8 +323,10 @@ impl Elector {
             // fence of a slow renewal lapses for as short a time as it can.
             let wake = started + pause;
             loop {
+                // Biased: the watch's news is read before the next round even when a slow round
+                // left no time to wait.
                 tokio::select! {
-                    _ = tokio::time::sleep_until(wake) => break,
+                    biased;
                     _ = stop.changed() => {
                         self.release().await;
                         return;
@@ -307,6 +340,7 @@ impl Elector {
                         Some(Err(_)) => {}
                         None => changes = lease_watch(&self.api, &fields),
                     },
+                    _ = tokio::time::sleep_until(wake) => break,
                 }
             }
         }
@@ -318,7 +352,10 @@ impl Elector {
         let (other, what) = match &event {
             watcher::Event::Apply(l) | watcher::Event::InitApply(l) => match holder(l) {
                 Some(h) if h == me => {
-                    self.confirmed = true;
+                    let version = l.metadata.resource_version.as_deref();
+                    if version.is_some_and(|v| self.own_versions.iter().any(|o| o == v)) {
+                        self.confirmed = true;
+                    }
                     return false;
                 }
                 Some(_) => (true, "another instance took the Lease"),
@@ -342,11 +379,23 @@ impl Elector {
         false
     }
 
-    fn leadership_held(&mut self, started: Instant) {
+    fn leadership_held(&mut self, sent: Instant) {
         if !self.leadership.holds_lease() {
             tracing::info!(identity = %self.settings.identity, "leader election: leading");
         }
-        self.leadership.renewed(started, self.settings.renew_deadline);
+        self.leadership.renewed(sent, self.settings.renew_deadline, self.settings.lease_duration);
+    }
+
+    /// Remembers what this instance wrote to the Lease, to renew it without a read and to
+    /// recognise it in the watch.
+    fn wrote(&mut self, lease: Lease) {
+        if let Some(v) = &lease.metadata.resource_version {
+            if self.own_versions.len() >= 16 {
+                self.own_versions.pop_front();
+            }
+            self.own_versions.push_back(v.clone());
+        }
+        self.written = Some(lease);
     }
 
     /// Another instance holds the Lease (or may, any moment): every write stops now.
@@ -357,6 +406,7 @@ impl Elector {
         self.leadership.step_down();
         self.written = None;
         self.confirmed = false;
+        self.own_versions.clear();
     }
 
     /// A failed renewal: the leader keeps leading until its fence, then steps down.
@@ -367,42 +417,55 @@ impl Elector {
         self.lost("the Lease could not be renewed before the renew deadline");
     }
 
-    /// One round of client-go's `tryAcquireOrRenew`.
+    /// One round of client-go's `tryAcquireOrRenew`. Each request is bounded by the renew
+    /// deadline, not the round: an acquisition (a read, then a write) still succeeds when each
+    /// round trip takes most of it. The fence counts from when the winning write was sent.
     async fn try_acquire_or_renew(&mut self) -> Round {
-        let deadline = self.settings.renew_deadline;
-        let round = async {
-            // Renewing what this instance wrote last needs no read (also while the fence has
-            // lapsed: a slow API gets one round trip per round, not two); a conflict falls back
-            // to one.
-            if let Some(mut lease) = self.written.clone().filter(|_| self.leadership.holds_lease()) {
-                if let Some(spec) = lease.spec.as_mut() {
-                    spec.renew_time = Some(micro_now());
-                }
-                match self.api.replace(&self.settings.lease_name, &PostParams::default(), &lease).await {
-                    Ok(l) => {
-                        self.written = Some(l);
-                        return Ok(Round::Held);
-                    }
-                    Err(kube::Error::Api(e)) if e.code == 409 => {}
-                    // Deleted under this leader: a standby may create it any moment.
-                    Err(kube::Error::Api(e)) if e.code == 404 => self.lost("the Lease was deleted"),
-                    Err(e) => return Err(e),
-                }
-            }
-            let Some(current) = self.api.get_opt(&self.settings.lease_name).await? else {
-                return self.create().await;
-            };
-            self.acquire_or_renew(current).await
-        };
-        // A round never outlives the renew deadline (a hung API must not hold the loop).
-        match tokio::time::timeout(deadline, round).await {
-            Ok(Ok(round)) => round,
-            Ok(Err(e)) => Round::Unknown(e.to_string()),
-            Err(_) => Round::Unknown(format!("no answer within the renew deadline ({deadline:?})")),
+        match self.round().await {
+            Ok(round) => round,
+            Err(e) => Round::Unknown(e),
         }
     }
 
-    async fn create(&mut self) -> Result<Round, kube::Error> {
+    /// `request` bounded by the renew deadline (a hung API must not hold the loop).
+    async fn timed<T>(
+        &self,
+        request: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<Result<T, kube::Error>, String> {
+        let deadline = self.settings.renew_deadline;
+        tokio::time::timeout(deadline, request)
+            .await
+            .map_err(|_| format!("no answer within the renew deadline ({deadline:?})"))
+    }
+
+    async fn round(&mut self) -> Result<Round, String> {
+        let name = self.settings.lease_name.clone();
+        // Renewing what this instance wrote last needs no read (also while the fence has lapsed:
+        // a slow API gets one round trip per round, not two); a conflict falls back to one.
+        if let Some(mut lease) = self.written.clone().filter(|_| self.leadership.holds_lease()) {
+            if let Some(spec) = lease.spec.as_mut() {
+                spec.renew_time = Some(micro_now());
+            }
+            let sent = Instant::now();
+            match self.timed(self.api.replace(&name, &PostParams::default(), &lease)).await? {
+                Ok(l) => {
+                    self.wrote(l);
+                    return Ok(Round::Held(sent));
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                // Deleted under this leader: a standby may create it any moment.
+                Err(kube::Error::Api(e)) if e.code == 404 => self.lost("the Lease was deleted"),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        let current = self.timed(self.api.get_opt(&name)).await?.map_err(|e| e.to_string())?;
+        match current {
+            None => self.create().await,
+            Some(current) => self.acquire_or_renew(current).await,
+        }
+    }
+
+    async fn create(&mut self) -> Result<Round, String> {
         let now = micro_now();
         let lease = Lease {
             metadata: ObjectMeta { name: Some(self.settings.lease_name.clone()), ..Default::default() },
@@ -415,25 +478,27 @@ impl Elector {
                 ..Default::default()
             }),
         };
-        match self.api.create(&PostParams::default(), &lease).await {
+        let sent = Instant::now();
+        match self.timed(self.api.create(&PostParams::default(), &lease)).await? {
             Ok(l) => {
                 tracing::info!(identity = %self.settings.identity, "leader election: created and acquired the Lease");
                 self.acquired(l);
-                Ok(Round::Held)
+                Ok(Round::Held(sent))
             }
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(Round::Taken),
-            Err(e) => Err(e),
+            Err(e) => Err(e.to_string()),
         }
     }
 
     /// This instance won the Lease: what it wrote, and a watch yet to show it.
     fn acquired(&mut self, lease: Lease) {
         self.observed = lease.spec.clone().map(|spec| Observed { spec, at: Instant::now() });
-        self.written = Some(lease);
         self.confirmed = false;
+        self.own_versions.clear();
+        self.wrote(lease);
     }
 
-    async fn acquire_or_renew(&mut self, mut current: Lease) -> Result<Round, kube::Error> {
+    async fn acquire_or_renew(&mut self, mut current: Lease) -> Result<Round, String> {
         let spec = current.spec.clone().unwrap_or_default();
         if self.observed.as_ref().is_none_or(|o| o.spec != spec) {
             self.observed = Some(Observed { spec: spec.clone(), at: Instant::now() });
@@ -462,20 +527,23 @@ impl Elector {
         }
         current.spec = Some(next);
         // The resourceVersion read above makes this a compare-and-swap.
-        match self.api.replace(&self.settings.lease_name, &PostParams::default(), &current).await {
+        let sent = Instant::now();
+        let name = self.settings.lease_name.clone();
+        match self.timed(self.api.replace(&name, &PostParams::default(), &current)).await? {
             Ok(l) if held_by_me => {
                 self.observed = l.spec.clone().map(|spec| Observed { spec, at: Instant::now() });
-                self.written = Some(l);
-                Ok(Round::Held)
+                self.wrote(l);
+                Ok(Round::Held(sent))
             }
             Ok(l) => {
+                let me = self.settings.identity.as_str();
                 tracing::info!(identity = %me, previous = holder.unwrap_or("<none>"), "leader election: acquired the Lease");
                 self.acquired(l);
-                Ok(Round::Held)
+                Ok(Round::Held(sent))
             }
             // Someone else wrote the Lease since it was read: maybe a takeover.
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(Round::Taken),
-            Err(e) => Err(e),
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -537,7 +605,7 @@ mod tests {
         let l = Leadership::elected();
         assert!(!l.is_leading());
         assert!(matches!(l.fenced(async { Ok(()) }).await, Err(Error::NotLeader)));
-        l.renewed(Instant::now(), Duration::from_millis(300));
+        l.renewed(Instant::now(), Duration::from_millis(300), Duration::from_millis(300));
         assert!(l.is_leading() && *l.changes().borrow());
         assert!(l.fenced(async { Ok(1) }).await.is_ok());
         // A write that would end after the fence is cancelled at the fence.
@@ -558,14 +626,14 @@ mod tests {
     #[tokio::test]
     async fn work_goes_on_while_the_fence_moves_and_stops_at_a_step_down() {
         let l = Arc::new(Leadership::elected());
-        l.renewed(Instant::now(), Duration::from_millis(300));
+        l.renewed(Instant::now(), Duration::from_millis(300), Duration::from_millis(300));
         // Renewed every 100ms, the fence never lapses: work that takes a second finishes.
         let renewing = {
             let l = l.clone();
             tokio::spawn(async move {
                 for _ in 0..15 {
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    l.renewed(Instant::now(), Duration::from_millis(300));
+                    l.renewed(Instant::now(), Duration::from_millis(300), Duration::from_millis(300));
                 }
             })
         };
@@ -573,7 +641,7 @@ mod tests {
         assert!(long.is_some(), "cut off although the fence kept moving");
         renewing.await.unwrap();
         // A step-down cuts off work in flight at once, well before its fence.
-        l.renewed(Instant::now(), Duration::from_secs(30));
+        l.renewed(Instant::now(), Duration::from_secs(30), Duration::from_secs(30));
         let stepping = {
             let l = l.clone();
             tokio::spawn(async move {
@@ -591,14 +659,28 @@ mod tests {
     async fn a_renewal_after_a_lapse_is_announced_and_a_timely_one_is_not() {
         let l = Leadership::elected();
         let resumed = l.resumptions();
-        l.renewed(Instant::now(), Duration::from_millis(200));
-        l.renewed(Instant::now(), Duration::from_millis(200));
+        l.renewed(Instant::now(), Duration::from_millis(200), Duration::from_millis(200));
+        l.renewed(Instant::now(), Duration::from_millis(200), Duration::from_millis(200));
         assert_eq!(*resumed.borrow(), 0, "the first renewal and a timely one are not resumptions");
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert!(!l.is_leading() && l.holds_lease(), "lapsed, but still the holder as far as it knows");
-        l.renewed(Instant::now(), Duration::from_millis(200));
+        l.renewed(Instant::now(), Duration::from_millis(200), Duration::from_millis(200));
         assert_eq!(*resumed.borrow(), 1);
         assert!(l.is_leading());
+    }
+
+    #[tokio::test]
+    async fn nothing_starts_after_the_renew_deadline_and_work_in_flight_runs_to_the_cut() {
+        let l = Leadership::elected();
+        // Renew deadline 200ms, lease 600ms: nothing starts after 200ms, work started before
+        // runs until 400ms (halfway to the earliest takeover).
+        l.renewed(Instant::now(), Duration::from_millis(200), Duration::from_millis(600));
+        let started = Instant::now();
+        let work = l.while_leading(tokio::time::sleep(Duration::from_millis(300))).await;
+        assert!(work.is_some(), "cut off at {:?}", started.elapsed());
+        assert!(!l.is_leading() && l.while_leading(async {}).await.is_none(), "nothing new starts");
+        let cut = l.while_leading(async {}).await;
+        assert!(cut.is_none());
     }
 
     #[tokio::test]

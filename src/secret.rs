@@ -29,6 +29,10 @@ pub const RENEW_AT_ANNOTATION: &str = "tokensource.dev/renew-at";
 pub const SHAPE_ANNOTATION: &str = "tokensource.dev/shape";
 /// A salted hash of the data the operator wrote (never the data): an edit of the Secret shows.
 pub const DATA_HASH_ANNOTATION: &str = "tokensource.dev/data-hash";
+/// When the Secret's token replaced another while `target.rolloutRestart` is set: the restart
+/// the workloads are owed, written with the token itself, so no failed status write or failover
+/// between the two loses it.
+pub const RESTART_OWED_ANNOTATION: &str = "tokensource.dev/restart-owed-since";
 
 pub use crate::names::MAX_SECRET_DATA;
 
@@ -56,6 +60,8 @@ pub struct Stored {
     pub shape: Option<String>,
     /// Its data is what the operator wrote (its hash matches the annotation).
     pub intact: bool,
+    /// When its token replaced another with rollout restarts configured.
+    pub restart_owed_since: Option<Timestamp>,
 }
 
 impl Stored {
@@ -83,6 +89,7 @@ impl Stored {
             intact: annotations.and_then(|a| a.get(DATA_HASH_ANNOTATION)).is_some_and(|h| {
                 *h == data_hash(uid, data.into_iter().flatten().map(|(k, v)| (k.as_str(), v.0.as_slice())))
             }),
+            restart_owed_since: ts(RESTART_OWED_ANNOTATION),
         }
     }
 
@@ -99,6 +106,7 @@ impl Stored {
             scope: token.scope.clone(),
             shape: None,
             intact: true,
+            restart_owed_since: None,
         }
     }
 
@@ -360,13 +368,14 @@ pub struct Managed {
 type KeptValue = (Cow<'static, str>, Box<[u8]>);
 
 /// The annotations a kept Secret keeps.
-const KEPT_ANNOTATIONS: [&str; 6] = [
+const KEPT_ANNOTATIONS: [&str; 7] = [
     FINGERPRINT_ANNOTATION,
     EXPIRES_AT_ANNOTATION,
     RENEWED_AT_ANNOTATION,
     RENEW_AT_ANNOTATION,
     SHAPE_ANNOTATION,
     DATA_HASH_ANNOTATION,
+    RESTART_OWED_ANNOTATION,
 ];
 
 impl Managed {

@@ -68,6 +68,8 @@ impl Context {
         tracing::info!(tokensource = %ts.name_any(), namespace = ts.namespace().unwrap_or_default(), reason = why, "requesting a token");
         let host = request.url.host_str().unwrap_or_default().to_string();
         let started = std::time::Instant::now();
+        // Cut off (the connection closed) at the fence unless renewals move it: an old leader has
+        // no request open once another instance may lead.
         let sent = leadership.while_leading(self.transport.send(&request, slot)).await.ok_or(Error::NotLeader)?;
         let result = match sent {
             // Parsing up to a megabyte and querying it is kept off the async runtime.

@@ -18,7 +18,7 @@ use super::failure::{self, FailureInput};
 use super::flight::{FlightKey, Poll};
 use super::memory::Held;
 use super::status::{self, Note, Outcome};
-use super::{Context, restart, validate};
+use super::{Context, validate};
 use crate::conditions::{ConditionType, Reason};
 use crate::crd::{REFRESH_REQUESTED_AT_ANNOTATION, TokenSource, TokenSourceStatus};
 use crate::error::Error;
@@ -49,6 +49,8 @@ struct Known {
     redactor: Redactor,
     /// The fingerprint of today's spec and credentials.
     fingerprint: Option<String>,
+    /// The restart the workloads are owed, as the Secret records it.
+    restart_owed: Option<Timestamp>,
 }
 
 /// How long a reconcile waits for the cache to show this instance's own write of a Secret
@@ -246,7 +248,9 @@ impl Context {
         let manual = manual.filter(|_| manual_due.is_none());
         let marker = manual.map(handled_marker);
         let mut known = Known::default();
-        Some(match self.pipeline(ts, &status, clock, &mut known, manual).await {
+        let result = self.pipeline(ts, &status, clock, &mut known, manual).await;
+        let restart_owed = known.restart_owed.filter(|_| ts.spec.target.rollout_restart.is_some());
+        let mut outcome = match result {
             Ok(mut outcome) => {
                 if let Some(due) = manual_due {
                     let wait = status::until(now, due);
@@ -262,7 +266,14 @@ impl Context {
                 }
                 self.failure(ts, status, &error, known, now)
             }
-        })
+        };
+        // The restart the Secret records as owed, unless one has been made since.
+        if let Some(owed) = restart_owed
+            && outcome.status.last_rollout_restart_time.as_ref().is_none_or(|last| last.0 < owed)
+        {
+            outcome.status.rollout_restart_pending_since.get_or_insert(Time(owed));
+        }
+        Some(outcome)
     }
 
     async fn pipeline(
@@ -290,6 +301,7 @@ impl Context {
         let secret = self.target(ts).await?;
         let stored = secret.as_ref().map(|s| Stored::of(s, ts.spec.target.template.merge_policy, &uid));
         validate::owner(ts, stored.as_ref())?;
+        known.restart_owed = stored.as_ref().and_then(|s| s.restart_owed_since);
         let trusted = stored.as_ref().filter(|s| s.intact && s.has_token);
         known.valid_until = trusted.filter(|s| s.valid_at(now)).and_then(|s| s.expires_at);
         known.expired_at = trusted.and_then(|s| s.expires_at).filter(|e| *e <= now);
@@ -355,7 +367,7 @@ impl Context {
                     None => None,
                     Some(why) => {
                         // The Secret is written from the token in hand: no provider call.
-                        self.write(ts, &token, &fingerprint, &shape).await?;
+                        known.restart_owed = self.write(ts, &token, &fingerprint, &shape, stored.as_ref()).await?;
                         matches!(why, "SecretDeleted" | "SecretChanged").then_some(why)
                     }
                 };
@@ -435,13 +447,10 @@ impl Context {
         known.redactor.add(token.access_token.as_bytes());
         // Held before it is written: a failed write is retried with it, without a new request.
         self.memory.hold(&me, Held { fingerprint: fingerprint.clone(), token: token.clone() });
-        self.write(ts, &token, &fingerprint, &shape).await?;
+        known.restart_owed = self.write(ts, &token, &fingerprint, &shape, stored.as_ref()).await?;
         let refresh_at = decide::renewal_of(&token, &uid, &plan.policy);
         let issued = Stored::issued(ts.name_any(), fingerprint, &token);
         let mut outcome = status::issued(status.clone(), &issued, target, refresh_at, generation, now);
-        if restart::owed_for_new_token(ts, stored.as_ref().is_some_and(|s| s.has_token)) {
-            outcome.status.rollout_restart_pending_since.get_or_insert(Time(now));
-        }
         if let Some(value) = manual {
             outcome.status.last_refresh_request = Some(handled_marker(value));
             outcome.event = Some(Note {
@@ -513,21 +522,40 @@ impl Context {
         Ok(None)
     }
 
-    /// Renders the Secret for `token` and writes it.
-    async fn write(&self, ts: &TokenSource, token: &Arc<Token>, fingerprint: &str, shape: &str) -> Result<(), Error> {
+    /// Renders the Secret for `token` and writes it over `stored`; returns the restart the
+    /// workloads are owed, recorded in the same write: a token that replaces another owes one
+    /// (however the write comes about: a fetch, or a failed write completed later), and an
+    /// earlier debt is carried on.
+    async fn write(
+        &self,
+        ts: &TokenSource,
+        token: &Arc<Token>,
+        fingerprint: &str,
+        shape: &str,
+        stored: Option<&Stored>,
+    ) -> Result<Option<Timestamp>, Error> {
         // Rendering templates over the reply is kept off the async runtime.
-        let desired = {
+        let mut desired = {
             let (ts, token, fingerprint, shape) =
                 (ts.clone(), token.clone(), fingerprint.to_string(), shape.to_string());
             tokio::task::spawn_blocking(move || secret::desired(&ts, &token, &fingerprint, &shape))
                 .await
                 .map_err(|_| Error::Internal("rendering the Secret failed".into()))??
         };
+        let replaces = stored.is_some_and(|s| s.has_token && s.refreshed_at != Some(token.issued_at));
+        let owed = match ts.spec.target.rollout_restart {
+            None => None,
+            Some(_) if replaces => Some(schedule::whole_second(Timestamp::now())),
+            Some(_) => stored.and_then(|s| s.restart_owed_since),
+        };
+        if let (Some(at), Some(annotations)) = (owed, desired.metadata.annotations.as_mut()) {
+            annotations.insert(secret::RESTART_OWED_ANNOTATION.into(), at.to_string());
+        }
         let me = ObjectRef::from_obj(ts);
         let over = self.cached_target(ts).and_then(|s| s.resource_version().map(String::from));
         let resource_version = self.apply_secret(ts, &desired).await?;
         self.memory.remember_written(&me, resource_version, over);
-        Ok(())
+        Ok(owed)
     }
 
     /// Warns, once per spec generation, about values that look secret and are given inline.

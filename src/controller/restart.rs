@@ -2,9 +2,9 @@
 //! gets a new one, at most once per `minInterval` (new tokens inside it are folded into one
 //! restart at its end). What is owed and when the last restart happened are in status, so a new
 //! leader picks them up: the debt is written to status before any workload is patched, and each
-//! workload's restart annotation is the restart's time as the status determines it (the debt, or
-//! the end of the interval), not the time of the patch, so a restart done again (by a new leader
-//! after a failover halfway through, or after a lost status write) changes nothing on the
+//! workload's restart annotation is a time the status determines (the debt, the end of the
+//! interval, the token's issue), not the time of the patch, so a restart done again (by a new
+//! leader after a failover halfway through, or after a lost status write) changes nothing on the
 //! workloads already restarted and restarts only the others.
 
 use std::time::Duration;
@@ -28,12 +28,6 @@ pub const RESTARTED_AT_ANNOTATION: &str = "tokensource.dev/restartedAt";
 
 /// How soon a failed restart is tried again, at most (sooner with a shorter `minInterval`).
 const RETRY: Duration = Duration::from_secs(60);
-
-/// Whether a new token owes the workloads a restart: not for the first token, and only when
-/// restarts are configured.
-pub fn owed_for_new_token(ts: &TokenSource, replaced_a_token: bool) -> bool {
-    replaced_a_token && ts.spec.target.rollout_restart.is_some()
-}
 
 fn interval(spec: &RolloutRestart) -> SignedDuration {
     schedule::parse_duration(&spec.min_interval).unwrap_or(SignedDuration::from_mins(5))
@@ -73,14 +67,16 @@ impl Context {
             outcome.requeue = Some(Duration::ZERO);
             return;
         }
-        // The restart's time follows from the status alone (the debt, and the end of the
-        // interval after the last restart), so every leader that finishes it uses the same one.
-        let at = next_allowed(spec, last).map_or(debt.0, |allowed| allowed.max(debt.0)).min(now);
+        // The annotation follows from the status alone (the debt, the end of the interval after
+        // the last restart, and the token the Secret holds), so every leader that finishes this
+        // restart sets the same one, and a later token always another.
+        let token_at = status.last_renewal_time.as_ref().map(|t| t.0);
+        let at = [Some(debt.0), next_allowed(spec, last), token_at].into_iter().flatten().max().unwrap_or(now).min(now);
         tracing::debug!(tokensource = %ts.name_any(), owed_since = %debt.0, last = ?last, at = %at, version = ts.resource_version().unwrap_or_default(), "restarting workloads");
         match self.restart_workloads(ts, &spec.workloads, at).await {
             Ok(restarted) => {
                 status.rollout_restart_pending_since = None;
-                status.last_rollout_restart_time = Some(Time(at));
+                status.last_rollout_restart_time = Some(Time(now));
                 set_condition(&mut status.conditions, unblocked(generation, now));
                 self.metrics.rollout_restarts.inc();
                 let message =
