@@ -82,6 +82,9 @@ words! {
     Reason {
         /// Ready: the Secret holds a valid token.
         TokenValid,
+        /// Ready=False: no token yet; the first one is on its way (a request in flight, or
+        /// waiting for a request slot of its host).
+        Pending,
         /// Degraded=False: nothing is wrong.
         AsExpected,
         /// The spec cannot work as written; nothing is retried until it changes.
@@ -152,6 +155,6 @@ mod tests {
         assert_eq!(ConditionType::Ready.to_string(), "Ready");
         assert_eq!(ConditionStatus::from(false), "False");
         assert!(Reason::ALL.iter().all(|r| r.as_str().chars().next().is_some_and(char::is_uppercase)));
-        assert_eq!(Reason::ALL.len(), 28);
+        assert_eq!(Reason::ALL.len(), 29);
     }
 }

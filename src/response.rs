@@ -211,8 +211,15 @@ impl Reader {
             if secs.is_nan() || secs <= 0.0 {
                 return Err(ProviderError::BadResponse(format!("{path} is not a positive number")));
             }
-            // Anything past five years is refused below; clamping first keeps the arithmetic safe.
-            Ok(add(now, SignedDuration::from_secs_f64(secs.min(MAX_LIFETIME_SECS))))
+            // Refused before any arithmetic: past five years is usually milliseconds read as
+            // seconds, and a clamped lifetime would be a made-up one. (A number is no secret.)
+            if secs > MAX_LIFETIME_SECS {
+                let shown = if secs < 1e15 { format!("{secs}") } else { format!("{secs:e}") };
+                return Err(ProviderError::BadResponse(format!(
+                    "{path} is {shown} seconds, more than five years; check response.expiry (milliseconds read as seconds?)"
+                )));
+            }
+            Ok(add(now, SignedDuration::from_secs_f64(secs)))
         };
         let jwt = || {
             jwt_exp(token).ok_or_else(|| {
@@ -450,6 +457,13 @@ mod tests {
         let t = read(&with_default, json!({"access_token": "opaque"})).unwrap();
         assert_eq!(t.lifetime_source, LifetimeSource::Default);
         assert!(read(&ResponseSpec::default(), json!({"access_token": "t", "expires_in": 0})).is_err());
+        // An absurd lifetime is refused with its value, never shortened to the limit.
+        for absurd in [json!(1e300), json!(1.6e8), json!("99999999999")] {
+            let e = read(&ResponseSpec::default(), json!({"access_token": "t", "expires_in": absurd})).unwrap_err();
+            assert!(e.to_string().contains("more than five years") && e.to_string().contains("seconds"), "{e}");
+        }
+        let five_years = 5 * 366 * 86_400;
+        assert!(read(&ResponseSpec::default(), json!({"access_token": "t", "expires_in": five_years})).is_ok());
         assert!(
             read(&ResponseSpec::default(), json!({"token": "t", "expires_in": 10}))
                 .is_err_and(|e| e.to_string().contains("reply fields: expires_in, token"))

@@ -225,8 +225,8 @@ async fn a_slow_lease_and_a_provider_slower_than_the_fence_window_still_renew() 
     // 4 TokenSources with 30s tokens renew about every 20s: at least 4 renewals in 40s, and no
     // call cut off at the fence.
     assert!(issued >= 4, "only {issued} tokens issued in 40s");
-    // (One call may still be on its way when the window closes.)
-    assert!(calls <= issued + 1, "{} calls cut off at the fence", calls - issued);
+    // (A call per TokenSource may still be on its way when the window closes.)
+    assert!(calls <= issued + 4, "{} calls cut off at the fence", calls - issued);
     assert!(expired.is_empty(), "Secrets held expired tokens: {expired:?}");
     assert!(worst <= 1000, "a status said Ready=True {worst} ms after its token expired");
 }

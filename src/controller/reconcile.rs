@@ -28,6 +28,26 @@ use crate::response::Token;
 use crate::schedule;
 use crate::secret::{self, Stored};
 
+/// What a reconcile that needs a token has: the token, or what it waits for.
+enum Got {
+    Token(Arc<Token>),
+    Waiting(String),
+}
+
+/// The host of the spec's token endpoint, for messages.
+fn endpoint_host(ts: &TokenSource) -> String {
+    let raw = ts.spec.oauth2.as_ref().map(|o| o.token_url.as_str()).or(ts.spec.http.as_ref().map(|h| h.url.as_str()));
+    raw.and_then(|u| url::Url::parse(u).ok()).and_then(|u| u.host_str().map(String::from)).unwrap_or_default()
+}
+
+/// What a TokenSource whose request is in flight waits for.
+fn in_flight(ts: &TokenSource) -> String {
+    format!("a token request to {} is in flight", endpoint_host(ts))
+}
+
+/// The shortest a token request may be given: even a nearly expired token gets a real attempt.
+const MIN_ATTEMPT: Duration = Duration::from_secs(5);
+
 /// A token request to make: what a flight's task needs.
 struct Request<'a> {
     ts: &'a Arc<TokenSource>,
@@ -108,7 +128,12 @@ pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result
     if let Some(note) = outcome.event {
         ctx.publish(&ts, note).await;
     }
-    Ok(match outcome.requeue {
+    // Ready=True is looked at again when its token expires, whatever else is planned.
+    let requeue = match (outcome.requeue, status::until_untrue(&outcome.status, now)) {
+        (Some(r), Some(e)) => Some(r.min(e)),
+        (r, e) => r.or(e),
+    };
+    Ok(match requeue {
         Some(d) => Action::requeue(d.saturating_sub(truncated).max(Duration::from_millis(100))),
         None => Action::await_change(),
     })
@@ -400,12 +425,26 @@ impl Context {
         // A manual refresh is answered by a request sent since this instance noticed it: a
         // shared request that went out since then answers it, and none is sent twice for it.
         let noticed = manual.map(|value| self.memory.manual_noticed(&me, value));
+        // A request never outlives the token it renews by more than a moment (nor its own
+        // timeouts); a nearly expired token still gets a real attempt.
+        let plan = match times {
+            Some((_, expires, _)) => {
+                let left = Duration::try_from(expires.duration_since(exact)).unwrap_or_default();
+                validate::Plan { timeout: plan.timeout.min(left.max(MIN_ATTEMPT)), ..plan }
+            }
+            None => plan,
+        };
+        // While it waits, the status says so when there is something to say (no token yet, or
+        // the Secret's token expired meanwhile).
+        let expired_at = known.expired_at;
+        let waiting =
+            |why: &str| status::waiting(status.clone(), why, expired_at, (target, generation, now), plan.timeout);
         let token = match &key {
             None => {
                 let request = Request { ts, plan: &plan, creds: &creds, upstream: upstream_token, why, uid: &uid };
                 match self.flight(FlightKey::Own(me.clone()), &fingerprint, request, reads_reply)? {
-                    Some(t) => t,
-                    None => return Ok(status::waiting_for_request(status.clone(), plan.timeout)),
+                    Got::Token(t) => t,
+                    Got::Waiting(why) => return Ok(waiting(&why)),
                 }
             }
             Some(k) => {
@@ -415,7 +454,7 @@ impl Context {
                 // TokenSource's policy would only send another request, and another).
                 let ended = match self.flights.poll(&key, &me, k) {
                     Poll::Ready(result) => Some(result?),
-                    Poll::Waiting => return Ok(status::waiting_for_request(status.clone(), plan.timeout)),
+                    Poll::Waiting => return Ok(waiting(&in_flight(ts))),
                     Poll::Absent => None,
                 };
                 // A sharer's newer token that is not due by this TokenSource's policy is taken
@@ -437,8 +476,8 @@ impl Context {
                         let request =
                             Request { ts, plan: &plan, creds: &creds, upstream: upstream_token, why, uid: &uid };
                         match self.flight(key, k, request, reads_reply)? {
-                            Some(t) => t,
-                            None => return Ok(status::waiting_for_request(status.clone(), plan.timeout)),
+                            Got::Token(t) => t,
+                            Got::Waiting(why) => return Ok(waiting(&why)),
                         }
                     }
                 }
@@ -475,21 +514,25 @@ impl Context {
         made_for: &str,
         request: Request<'_>,
         reads_reply: bool,
-    ) -> Result<Option<Arc<Token>>, Error> {
+    ) -> Result<Got, Error> {
         let me = ObjectRef::from_obj(&**request.ts);
+        let in_flight = || Got::Waiting(in_flight(request.ts));
         match self.flights.poll(&key, &me, made_for) {
-            Poll::Ready(result) => return result.map(Some),
-            Poll::Waiting => return Ok(None),
+            Poll::Ready(result) => return result.map(Got::Token),
+            Poll::Waiting => return Ok(in_flight()),
             Poll::Absent => {}
         }
-        let Some(slot) = self.take_slot(request.ts)? else { return Ok(None) };
+        let Some(slot) = self.take_slot(request.ts)? else {
+            let host = endpoint_host(request.ts);
+            return Ok(Got::Waiting(format!("waiting for a free request slot of host {host}")));
+        };
         let sent = std::time::Instant::now();
         let Some(id) = self.flights.start(&key, &me, made_for) else {
             // Another sharer started it meanwhile: this one waits for it, and the slot goes back.
             let host = slot.1.clone();
             drop(slot);
             self.slot_freed(&host);
-            return Ok(None);
+            return Ok(in_flight());
         };
         self.metrics.requests_in_flight.inc();
         let ctx = self.clone();
@@ -519,7 +562,7 @@ impl Context {
             ctx.metrics.requests_in_flight.dec();
             ctx.wake(waiters);
         });
-        Ok(None)
+        Ok(in_flight())
     }
 
     /// Renders the Secret for `token` and writes it over `stored`; returns the restart the

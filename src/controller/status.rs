@@ -199,11 +199,42 @@ pub fn deferred(status: TokenSourceStatus) -> Outcome {
     Outcome { status, requeue: Some(wait), event: None, deferred: true }
 }
 
-/// A token request for this TokenSource is in flight (or waits for a request slot of its
-/// host): the request's end (or the slot) calls it back; `timeout` later at the latest, in case.
-/// The status is not written.
-pub fn waiting_for_request(status: TokenSourceStatus, timeout: Duration) -> Outcome {
-    Outcome { status, requeue: Some(timeout + Duration::from_secs(5)), event: None, deferred: true }
+/// A token request for this TokenSource is in flight, or waits for a request slot of its host
+/// (`why` says which, in words that do not change while it waits): the request's end (or the
+/// slot) calls it back; `timeout` later at the latest, in case. While the Secret holds a valid
+/// token nothing is written; without a token yet the status says what it waits for
+/// (`Ready=False, Pending`), and once the token in the Secret has expired (`expired_at`) it says
+/// that, whatever is in flight.
+pub fn waiting(
+    mut status: TokenSourceStatus,
+    why: &str,
+    expired_at: Option<Timestamp>,
+    (target, generation, now): (&str, Option<i64>, Timestamp),
+    timeout: Duration,
+) -> Outcome {
+    let requeue = Some(timeout + Duration::from_secs(5));
+    if let Some(at) = expired_at {
+        set_condition(&mut status.conditions, expired(target, at, generation, now));
+        return Outcome { status, requeue, event: None, deferred: false };
+    }
+    if find(&status, ConditionType::Ready).is_none() {
+        let msg = format!("no token in Secret {target:?} yet: {why}");
+        set_condition(
+            &mut status.conditions,
+            condition(ConditionType::Ready, false, Reason::Pending, msg, generation, now),
+        );
+        return Outcome { status, requeue, event: None, deferred: false };
+    }
+    Outcome { status, requeue, event: None, deferred: true }
+}
+
+/// How long until `status` stops being true by itself: the expiry of the token it calls valid.
+/// A reconcile is scheduled then, so `Ready` turns `False` at the expiry, to the second, whatever
+/// else is happening.
+pub fn until_untrue(status: &TokenSourceStatus, now: Timestamp) -> Option<Duration> {
+    let expires = status.expiration_time.as_ref().filter(|_| is_ready(status))?;
+    // Just past it: a reconcile at the instant itself would still see the token valid.
+    Some(until(now, expires.0) + Duration::from_millis(20))
 }
 
 impl Context {

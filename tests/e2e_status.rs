@@ -1,0 +1,215 @@
+//! A status that is true at every moment: `Ready` turns `False` when the token in the Secret
+//! expires, to the second, whatever is in flight (a floor between renewals, a request to an
+//! endpoint that hangs, a shared request); every TokenSource has a status while it waits; an
+//! absurd lifetime is refused, never shortened.
+
+#![cfg(test)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Env, check, eventually, podero, podero_credentials};
+use fake_providers::Endpoint;
+use serde_json::json;
+
+/// Every 100ms until `for_`: the longest time any of `names` said Ready=True past its own
+/// expirationTime.
+async fn longest_ready_past_expiry(env: &Env, for_: Duration) -> Duration {
+    let until = tokio::time::Instant::now() + for_;
+    let mut worst = Duration::ZERO;
+    while tokio::time::Instant::now() < until {
+        for ts in env.sources().list(&Default::default()).await.map(|l| l.items).unwrap_or_default() {
+            let Some(st) = ts.status else { continue };
+            let ready = st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+            if let (true, Some(exp)) = (ready, st.expiration_time) {
+                let past = jiff::Timestamp::now().duration_since(exp.0);
+                worst = worst.max(Duration::try_from(past).unwrap_or_default());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    worst
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_shorter_than_the_renewal_floor_is_reported_expired_when_it_expires() {
+    let env = Env::start().await;
+    env.fakes.set_lifetime(Endpoint::Podero, Duration::from_secs(1));
+    podero_credentials(&env).await;
+    for i in 0..5 {
+        let mut ts = podero(&env, &format!("short{i}"), &format!("short{i}-token"));
+        ts["spec"]["renewal"] = json!({"shareIdenticalRequests": false});
+        env.create(ts).await;
+    }
+    env.wait_token("short0-token", None).await;
+    let worst = longest_ready_past_expiry(&env, Duration::from_secs(15)).await;
+    let calls = env.fakes.calls(Endpoint::Podero);
+    eprintln!("1-second tokens: longest Ready=True past expiry {worst:?}; {calls} provider calls");
+    assert!(worst <= Duration::from_secs(1), "Ready=True {worst:?} past expiry");
+    assert!(calls <= 5 * 5, "renewals at most every 5 seconds: {calls} calls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_hangs_does_not_keep_an_expired_token_ready() {
+    let env = Env::start().await;
+    env.fakes.set_lifetime(Endpoint::Podero, Duration::from_secs(8));
+    podero_credentials(&env).await;
+    env.create(podero(&env, "hang", "hang-token")).await;
+    env.wait_token("hang-token", None).await;
+    // The renewal goes out and is never answered.
+    env.fakes.set_delay(Endpoint::Podero, Duration::from_secs(120));
+    let status = env.status("hang").await.unwrap();
+    let expiry = status.expiration_time.expect("an expiry").0;
+    let worst = longest_ready_past_expiry(&env, Duration::from_secs(12)).await;
+    let ready = env.ready("hang").await;
+    eprintln!("hung endpoint: expiry {expiry}; longest Ready=True past it {worst:?}; now {ready:?}");
+    assert!(worst <= Duration::from_secs(1), "Ready=True {worst:?} past expiry while the renewal hung");
+    let (st, reason, _) = ready.expect("a Ready condition");
+    assert_eq!((st.as_str(), reason.as_str()), ("False", "Expired"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokensources_waiting_for_a_hung_host_have_a_status() {
+    let env = Env::start().await;
+    podero_credentials(&env).await;
+    env.fakes.set_delay(Endpoint::Podero, Duration::from_secs(120));
+    // Twenty sharing one request, and twenty asking on their own (four in flight, sixteen
+    // waiting for a request slot of the host).
+    for i in 0..20 {
+        env.create(podero(&env, &format!("shared{i}"), &format!("shared{i}-token"))).await;
+        let mut own = podero(&env, &format!("own{i}"), &format!("own{i}-token"));
+        own["spec"]["renewal"] = json!({"shareIdenticalRequests": false});
+        env.create(own).await;
+    }
+    let pending = eventually("every TokenSource with a Ready condition", Duration::from_secs(10), || async {
+        let items = env.sources().list(&Default::default()).await.map(|l| l.items).unwrap_or_default();
+        let blank: Vec<String> = items
+            .iter()
+            .filter(|ts| !ts.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready")))
+            .map(|ts| ts.metadata.name.clone().unwrap_or_default())
+            .collect();
+        let reasons: Vec<(String, String)> = items
+            .iter()
+            .filter_map(|ts| {
+                let c = ts.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?;
+                Some((c.reason.clone(), c.message.clone()))
+            })
+            .collect();
+        check(items.len() == 40 && blank.is_empty(), reasons, blank)
+    })
+    .await;
+    assert!(pending.iter().all(|(r, _)| r == "Pending"), "{pending:?}");
+    assert!(
+        pending.iter().any(|(_, m)| m.contains("waiting for a free request slot of host 127.0.0.1")),
+        "{pending:?}"
+    );
+    assert!(pending.iter().any(|(_, m)| m.contains("a token request to 127.0.0.1 is in flight")), "{pending:?}");
+}
+
+/// A token endpoint on loopback that answers every request with `reply`.
+async fn answering(reply: serde_json::Value) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = reply.to_string();
+    let app = axum::Router::new().route(
+        "/token",
+        axum::routing::post(move || {
+            let body = body.clone();
+            async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], body) }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}/token")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_lifetime_is_refused_with_its_value() {
+    let env = Env::start().await;
+    podero_credentials(&env).await;
+    let cases = [
+        ("inseconds", json!({"access_token": "t", "expires_in": 1e300}), json!(null), "1e300"),
+        ("tooyears", json!({"access_token": "t", "expires_in": 315_360_000}), json!(null), "315360000"),
+        (
+            "absolute",
+            json!({"access_token": "t", "expires": 4_102_444_800i64 * 10}),
+            json!({"type": "ExpiresAt", "jsonPath": "$.expires", "format": "UnixSeconds"}),
+            "more than five years",
+        ),
+    ];
+    for (name, reply, expiry, _) in &cases {
+        let mut ts = podero(&env, name, &format!("{name}-token"));
+        ts["spec"]["oauth2"]["tokenURL"] = json!(answering(reply.clone()).await);
+        if !expiry.is_null() {
+            ts["spec"]["response"] = json!({"expiry": expiry});
+        }
+        env.create(ts).await;
+    }
+    for (name, _, _, shown) in &cases {
+        let message = env.wait_ready(name, "False", "BadProviderResponse").await;
+        eprintln!("{name}: {message}");
+        assert!(message.contains(shown), "{name}: {message}");
+        assert!(env.secret_data(&format!("{name}-token")).await.is_none(), "{name}: a Secret was written");
+    }
+}
+
+/// A token endpoint on loopback that answers after `delay` with a token of `lifetime` seconds.
+async fn slow_endpoint(delay: Duration, lifetime: u64) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/token",
+        axum::routing::post(move || async move {
+            tokio::time::sleep(delay).await;
+            let token: String = (0..24).map(|_| char::from(b'a' + rand::random::<u8>() % 26)).collect();
+            let body = json!({"access_token": token, "expires_in": lifetime}).to_string();
+            ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}/token")
+}
+
+/// Over lifetimes shorter and longer than the 5-second renewal floor, endpoints that answer at
+/// once, slowly or never, and request timeouts shorter and longer than the lifetime: no status
+/// is ever Ready=True more than a second past the expiry of its token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_status_says_ready_past_expiry_whatever_the_lifetime_latency_and_timeout() {
+    let env = Env::start().await;
+    podero_credentials(&env).await;
+    let mut n = 0;
+    for lifetime in [1u64, 3, 7] {
+        for delay in [Duration::ZERO, Duration::from_millis(1500), Duration::from_secs(600)] {
+            for timeout in [Some("2s"), None] {
+                let name = format!("grid{n}");
+                n += 1;
+                let mut ts = podero(&env, &name, &format!("{name}-token"));
+                ts["spec"]["oauth2"]["tokenURL"] = json!(slow_endpoint(delay, lifetime).await);
+                ts["spec"]["renewal"] = json!({"shareIdenticalRequests": false});
+                if let Some(t) = timeout {
+                    ts["spec"]["timeout"] = json!(t);
+                }
+                env.create(ts).await;
+            }
+        }
+    }
+    let worst = longest_ready_past_expiry(&env, Duration::from_secs(25)).await;
+    let ready = env
+        .sources()
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|t| t.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready")))
+        .count();
+    eprintln!(
+        "{n} TokenSources over lifetime x latency x timeout: longest Ready=True past expiry {worst:?}; {ready} with a Ready condition"
+    );
+    assert!(worst <= Duration::from_secs(1), "Ready=True {worst:?} past expiry");
+    assert_eq!(ready, n, "every TokenSource has a status");
+}
