@@ -1074,15 +1074,22 @@ pub enum CreationPolicy {
     {"rule": "self.mergePolicy != 'Replace' || (has(self.data) && size(self.data) > 0)", "message": "mergePolicy Replace needs data: it writes only the template's keys"}
 ]))]
 pub struct SecretTemplate {
-    /// The Secret's type, such as `Opaque` or `kubernetes.io/dockerconfigjson`. Cannot be changed.
+    /// The Secret's type: `Opaque`, `kubernetes.io/dockerconfigjson`, `kubernetes.io/dockercfg`,
+    /// `kubernetes.io/basic-auth`, `kubernetes.io/ssh-auth`, `kubernetes.io/tls`, or a type of
+    /// your own outside `kubernetes.io` and `k8s.io` (such as `example.com/token`); other
+    /// Kubernetes types make a core controller act on the Secret. Cannot be changed.
     #[serde(rename = "type", default = "SecretTemplate::opaque")]
     #[schemars(
         length(min = 1, max = 253),
-        extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "the Secret type cannot be changed; create another TokenSource"}])
+        extend("x-kubernetes-validations" = [
+            {"rule": "self == oldSelf", "message": "the Secret type cannot be changed; create another TokenSource"},
+            {"rule": "self in ['Opaque', 'kubernetes.io/dockerconfigjson', 'kubernetes.io/dockercfg', 'kubernetes.io/basic-auth', 'kubernetes.io/ssh-auth', 'kubernetes.io/tls'] || !self.matches('^([^/]*[.])?(kubernetes|k8s)[.]io/')", "message": "this Secret type is reserved: use Opaque, kubernetes.io/dockerconfigjson, kubernetes.io/dockercfg, kubernetes.io/basic-auth, kubernetes.io/ssh-auth, kubernetes.io/tls or a type outside kubernetes.io and k8s.io"}
+        ])
     )]
     pub type_: String,
 
-    /// Extra labels and annotations for the Secret.
+    /// Extra labels and annotations for the Secret. Keys under `kubernetes.io/` and `k8s.io/`
+    /// (and their subdomains) and `tokensource.dev/` are reserved.
     #[serde(default, skip_serializing_if = "TemplateMetadata::is_empty")]
     pub metadata: TemplateMetadata,
 
@@ -1129,19 +1136,35 @@ impl Default for SecretTemplate {
     }
 }
 
-/// Extra labels and annotations.
+/// Extra labels and annotations. Keys under `kubernetes.io/` and `k8s.io/` (and their subdomains,
+/// such as `app.kubernetes.io/`) are reserved: Kubernetes' own controllers act on them (the
+/// ServiceAccount token controller on `kubernetes.io/service-account.name`). So are the
+/// operator's own, under `tokensource.dev/`.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateMetadata {
     /// Extra labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 64), extend("additionalProperties" = {"type": "string", "maxLength": 63}))]
+    #[schemars(
+        extend("maxProperties" = 64),
+        extend("additionalProperties" = {"type": "string", "maxLength": 63}),
+        extend("x-kubernetes-validations" = [{"rule": RESERVED_METADATA_RULE, "message": RESERVED_METADATA_MESSAGE}])
+    )]
     pub labels: BTreeMap<String, String>,
     /// Extra annotations.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 64), extend("additionalProperties" = {"type": "string", "maxLength": 4096}))]
+    #[schemars(
+        extend("maxProperties" = 64),
+        extend("additionalProperties" = {"type": "string", "maxLength": 4096}),
+        extend("x-kubernetes-validations" = [{"rule": RESERVED_METADATA_RULE, "message": RESERVED_METADATA_MESSAGE}])
+    )]
     pub annotations: BTreeMap<String, String>,
 }
+
+/// The CEL rule that refuses reserved label and annotation keys (as [`crate::secret`] does).
+const RESERVED_METADATA_RULE: &str =
+    "self.all(k, !k.matches('^([^/]*[.])?(kubernetes|k8s)[.]io/') && !k.startsWith('tokensource.dev/'))";
+const RESERVED_METADATA_MESSAGE: &str = "keys under kubernetes.io/, k8s.io/ (and their subdomains) and tokensource.dev/ are reserved: Kubernetes' controllers act on them, or the operator writes them";
 
 impl TemplateMetadata {
     fn is_empty(&self) -> bool {

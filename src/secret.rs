@@ -226,8 +226,9 @@ pub fn render_data(ts: &TokenSource, token: &Token) -> Result<BTreeMap<String, S
     Ok(data)
 }
 
-/// Checks the template block before any provider call: a known engine and merge policy, valid
-/// and unreserved keys, templates that parse.
+/// Checks the template block before any provider call: a known engine and merge policy, a type
+/// no core controller acts on, valid and unreserved keys and labels and annotations, templates
+/// that parse.
 pub fn check_template(ts: &TokenSource) -> Result<(), Error> {
     let template = &ts.spec.target.template;
     if template.engine_version == EngineVersion::Unknown {
@@ -243,6 +244,7 @@ pub fn check_template(ts: &TokenSource) -> Result<(), Error> {
         return Err(Error::RenderSecret("target.template: mergePolicy Replace needs data".into()));
     }
     check_type(ts)?;
+    check_metadata(ts)?;
     let env = crate::template::env();
     for (key, source) in &template.data {
         if !crate::names::is_secret_key(key) {
@@ -270,11 +272,60 @@ fn required_keys(secret_type: &str) -> (&'static [&'static str], bool) {
     }
 }
 
+/// The Kubernetes Secret types a TokenSource may write: those no core controller acts on. Any
+/// other type under `kubernetes.io` (a `service-account-token`, which the token controller fills
+/// with a token that never expires; a `bootstrap.kubernetes.io/token`, which authenticates
+/// nodes) is refused, as the CRD refuses it.
+pub const ALLOWED_KUBERNETES_TYPES: [&str; 6] = [
+    "Opaque",
+    "kubernetes.io/dockerconfigjson",
+    "kubernetes.io/dockercfg",
+    "kubernetes.io/basic-auth",
+    "kubernetes.io/ssh-auth",
+    "kubernetes.io/tls",
+];
+
+/// Whether `name` (a Secret type, or a label or annotation key) is in a domain Kubernetes
+/// reserves for itself: `kubernetes.io` and `k8s.io` and their subdomains.
+fn in_kubernetes_domain(name: &str) -> bool {
+    let Some((prefix, _)) = name.split_once('/') else { return false };
+    ["kubernetes.io", "k8s.io"].iter().any(|d| prefix == *d || prefix.strip_suffix(d).is_some_and(|p| p.ends_with('.')))
+}
+
+/// Whether a template may set the label or annotation `key`: not in Kubernetes' domains, whose
+/// keys make core controllers act (`kubernetes.io/service-account.name` has the token controller
+/// fill a Secret), and not the operator's own.
+pub fn is_reserved_key(key: &str) -> bool {
+    in_kubernetes_domain(key) || key.starts_with("tokensource.dev/")
+}
+
+/// Refuses reserved label and annotation keys in the template (the CRD refuses them too; an
+/// older CRD might not).
+fn check_metadata(ts: &TokenSource) -> Result<(), Error> {
+    let metadata = &ts.spec.target.template.metadata;
+    let keys =
+        metadata.labels.keys().map(|k| ("labels", k)).chain(metadata.annotations.keys().map(|k| ("annotations", k)));
+    for (kind, key) in keys {
+        if is_reserved_key(key) {
+            return Err(Error::InvalidSpec(format!(
+                "target.template.metadata.{kind}: {key:?} is reserved (keys under kubernetes.io/, k8s.io/ and their subdomains make Kubernetes' controllers act; tokensource.dev/ keys are the operator's)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a template that cannot give the Secret's type what the API server requires, before
-/// any request: the keys a type needs, the annotation a service account token needs.
+/// any request: a type no core controller acts on, and the keys the type needs.
 fn check_type(ts: &TokenSource) -> Result<(), Error> {
     let template = &ts.spec.target.template;
     let kind = template.type_.as_str();
+    if in_kubernetes_domain(kind) && !ALLOWED_KUBERNETES_TYPES.contains(&kind) {
+        return Err(Error::InvalidSpec(format!(
+            "target.template.type {kind} is reserved: Kubernetes acts on Secrets of this type; use {} or a type outside kubernetes.io and k8s.io",
+            ALLOWED_KUBERNETES_TYPES.join(", ")
+        )));
+    }
     let mut keys: Vec<&str> = template.data.keys().map(String::as_str).collect();
     if template.merge_policy == MergePolicy::Merge {
         keys.extend([TOKEN_KEY, EXPIRES_AT_KEY]);
@@ -288,13 +339,6 @@ fn check_type(ts: &TokenSource) -> Result<(), Error> {
             required.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(if any { " or " } else { " and " });
         return Err(Error::InvalidSpec(format!(
             "a Secret of type {kind} needs {list} in target.template.data (or response.fields)"
-        )));
-    }
-    if kind == "kubernetes.io/service-account-token"
-        && !template.metadata.annotations.contains_key("kubernetes.io/service-account.name")
-    {
-        return Err(Error::InvalidSpec(format!(
-            "a Secret of type {kind} needs the annotation kubernetes.io/service-account.name in target.template.metadata"
         )));
     }
     Ok(())
@@ -647,6 +691,33 @@ mod tests {
     }
 
     #[test]
+    fn reserved_labels_and_annotations_are_refused() {
+        for (key, reserved) in [
+            ("kubernetes.io/service-account.name", true),
+            ("kubernetes.io/service-account.uid", true),
+            ("app.kubernetes.io/instance", true),
+            ("node-role.kubernetes.io/control-plane", true),
+            ("k8s.io/x", true),
+            ("a.b.k8s.io/x", true),
+            ("tokensource.dev/fingerprint", true),
+            ("team", false),
+            ("example.com/kubernetes.io", false),
+            ("kubernetes.iox/y", false),
+            ("xkubernetes.io/y", false),
+        ] {
+            assert_eq!(is_reserved_key(key), reserved, "{key}");
+            for field in ["labels", "annotations"] {
+                let t = ts(json!({"name": "t", "template": {"metadata": {field: {key: "v"}}}}));
+                let checked = check_template(&t);
+                assert_eq!(checked.is_err(), reserved, "{field} {key}: {checked:?}");
+                if let Err(e) = checked {
+                    assert!(matches!(e, Error::InvalidSpec(_)) && e.to_string().contains(key), "{e}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn a_template_must_give_the_secret_s_type_its_keys() {
         for (template, ok) in [
             (json!({"type": "kubernetes.io/dockerconfigjson"}), false),
@@ -655,7 +726,15 @@ mod tests {
             (json!({"type": "kubernetes.io/basic-auth", "data": {"password": "{{ token }}"}}), true),
             (json!({"type": "kubernetes.io/ssh-auth"}), false),
             (json!({"type": "kubernetes.io/service-account-token"}), false),
+            (
+                json!({"type": "kubernetes.io/service-account-token", "metadata": {"annotations": {"kubernetes.io/service-account.name": "deployer"}}}),
+                false,
+            ),
+            (json!({"type": "bootstrap.kubernetes.io/token"}), false),
+            (json!({"type": "k8s.io/anything"}), false),
             (json!({"type": "example.com/anything"}), true),
+            (json!({"type": "notkubernetes.io/anything"}), true),
+            (json!({"type": "plain"}), true),
         ] {
             let t = ts(json!({"name": "t", "template": template}));
             assert_eq!(check_template(&t).is_ok(), ok, "{template}");
