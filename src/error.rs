@@ -98,9 +98,10 @@ pub enum Error {
     /// A referenced credential exists but cannot be used.
     #[error("{0}")]
     CredentialsInvalid(String),
-    /// The target Secret exists and was not created for this TokenSource.
+    /// The target Secret exists and was not written for this TokenSource (or was created by
+    /// someone else just before the operator's write).
     #[error(
-        "Secret {0:?} already exists and is not managed by this TokenSource; delete it or choose another target.name"
+        "Secret {0:?} already exists and is not managed by this TokenSource; delete it, choose another target.name, or hand it over by annotating it tokensource.dev/owner-uid=<this TokenSource's uid>"
     )]
     SecretConflict(String),
     /// The ServiceAccount token of a workload identity flow could not be requested.

@@ -33,6 +33,11 @@ pub const DATA_HASH_ANNOTATION: &str = "tokensource.dev/data-hash";
 /// the workloads are owed, written with the token itself, so no failed status write or failover
 /// between the two loses it.
 pub const RESTART_OWED_ANNOTATION: &str = "tokensource.dev/restart-owed-since";
+/// The uid of the TokenSource the Secret is written for. The operator writes a Secret that
+/// exists only if this annotation (or a controller owner reference) names the TokenSource's uid:
+/// labels can be copied, and a name comes back with a new TokenSource. The Secret's owner hands
+/// a Secret over to another TokenSource by setting it.
+pub const OWNER_UID_ANNOTATION: &str = "tokensource.dev/owner-uid";
 
 pub use crate::names::MAX_SECRET_DATA;
 
@@ -47,6 +52,10 @@ pub const SCOPE_KEY: &str = "scope";
 pub struct Stored {
     /// The TokenSource named in the Secret's label, if the operator manages it.
     pub owner: Option<String>,
+    /// The Secret's own uid: a write goes to this object only, not to another of the same name.
+    pub uid: Option<String>,
+    /// The Secret was written for the TokenSource it is read for: see [`Stored::of`].
+    pub ours: bool,
     pub fingerprint: Option<String>,
     pub expires_at: Option<Timestamp>,
     pub refreshed_at: Option<Timestamp>,
@@ -64,8 +73,27 @@ pub struct Stored {
     pub restart_owed_since: Option<Timestamp>,
 }
 
+/// The uid of the TokenSource a Secret names as its writer: its [`OWNER_UID_ANNOTATION`], else its
+/// controller owner reference to a TokenSource.
+fn claimant(secret: &Secret) -> Option<&str> {
+    let meta = &secret.metadata;
+    let annotated = meta.annotations.as_ref().and_then(|a| a.get(OWNER_UID_ANNOTATION)).map(String::as_str);
+    annotated.or_else(|| {
+        meta.owner_references
+            .iter()
+            .flatten()
+            .find(|r| {
+                r.controller == Some(true) && r.kind == "TokenSource" && r.api_version.starts_with("tokensource.dev/")
+            })
+            .map(|r| r.uid.as_str())
+    })
+}
+
 impl Stored {
-    /// What a Secret written with `merge` for the TokenSource with `uid` says.
+    /// What a Secret written with `merge` for the TokenSource with `uid` says. It is that
+    /// TokenSource's (`ours`) if it names the uid (annotation or owner reference); a Secret
+    /// written before the annotation and without an owner reference (`creationPolicy: Orphan`),
+    /// if its label names the TokenSource and its data hash, salted with the uid, matches.
     pub fn of(secret: &Secret, merge: MergePolicy, uid: &str) -> Self {
         let labels = secret.metadata.labels.as_ref();
         let annotations = secret.metadata.annotations.as_ref();
@@ -76,8 +104,19 @@ impl Stored {
             MergePolicy::Replace => data.is_some_and(|d| !d.is_empty()),
             _ => data.is_some_and(|d| d.get(TOKEN_KEY).is_some_and(|t| !t.0.is_empty())),
         };
+        let owner = if managed { labels.and_then(|l| l.get(NAME_LABEL)).cloned() } else { None };
+        let intact = annotations.and_then(|a| a.get(DATA_HASH_ANNOTATION)).is_some_and(|h| {
+            *h == data_hash(uid, data.into_iter().flatten().map(|(k, v)| (k.as_str(), v.0.as_slice())))
+        });
+        let ours = !uid.is_empty()
+            && match claimant(secret) {
+                Some(claimed) => claimed == uid,
+                None => owner.is_some() && intact,
+            };
         Self {
-            owner: if managed { labels.and_then(|l| l.get(NAME_LABEL)).cloned() } else { None },
+            owner,
+            uid: secret.metadata.uid.clone(),
+            ours,
             fingerprint: annotations.and_then(|a| a.get(FINGERPRINT_ANNOTATION)).cloned(),
             expires_at: ts(EXPIRES_AT_ANNOTATION),
             refreshed_at: ts(RENEWED_AT_ANNOTATION),
@@ -86,9 +125,7 @@ impl Stored {
             token_type: text(secret, TOKEN_TYPE_KEY),
             scope: text(secret, SCOPE_KEY),
             shape: annotations.and_then(|a| a.get(SHAPE_ANNOTATION)).cloned(),
-            intact: annotations.and_then(|a| a.get(DATA_HASH_ANNOTATION)).is_some_and(|h| {
-                *h == data_hash(uid, data.into_iter().flatten().map(|(k, v)| (k.as_str(), v.0.as_slice())))
-            }),
+            intact,
             restart_owed_since: ts(RESTART_OWED_ANNOTATION),
         }
     }
@@ -97,6 +134,8 @@ impl Stored {
     pub fn issued(owner: String, fingerprint: String, token: &Token) -> Self {
         Self {
             owner: Some(owner),
+            uid: None,
+            ours: true,
             fingerprint: Some(fingerprint),
             expires_at: Some(token.expires_at),
             refreshed_at: Some(token.issued_at),
@@ -373,6 +412,7 @@ pub fn desired(ts: &TokenSource, token: &Token, fingerprint: &str, shape: &str) 
     }
     annotations.insert(SHAPE_ANNOTATION.into(), shape.into());
     annotations.insert(DATA_HASH_ANNOTATION.into(), hash);
+    annotations.insert(OWNER_UID_ANNOTATION.into(), uid);
     let owner_references = match target.creation_policy {
         CreationPolicy::Owner => ts.controller_owner_ref(&()).map(|o| vec![o]),
         CreationPolicy::Orphan | CreationPolicy::Unknown => None,
@@ -393,16 +433,20 @@ pub fn desired(ts: &TokenSource, token: &Token, fingerprint: &str, shape: &str) 
 }
 
 /// A managed Secret as the cache keeps it: what [`Stored::of`], [`read_back`] and chained
-/// requests read (name, version, the operator's labels and annotations, the data), in about a
-/// third of a `Secret`'s memory (10,000 of them were 20 MiB as whole Secrets). Other labels and
-/// annotations, the type and the managed fields are not kept.
+/// requests read (name, uid, version, the operator's labels and annotations, who it was written
+/// for, the data), in about a third of a `Secret`'s memory (10,000 of them were 20 MiB as whole
+/// Secrets). Other labels and annotations, owner references, the type and the managed fields
+/// are not kept.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Managed {
     name: Box<str>,
     namespace: Option<Box<str>>,
+    uid: Option<Box<str>>,
     resource_version: Option<Box<str>>,
     /// The value of [`NAME_LABEL`], when [`MANAGED_BY_LABEL`] says the operator manages it.
     owner: Option<Box<str>>,
+    /// The uid of the TokenSource it names as its writer ([`claimant`]).
+    claimant: Option<Box<str>>,
     /// The operator's annotations that [`Stored::of`] reads.
     annotations: Box<[(&'static str, Box<str>)]>,
     data: Box<[KeptValue]>,
@@ -425,14 +469,17 @@ const KEPT_ANNOTATIONS: [&str; 7] = [
 impl Managed {
     /// What the cache keeps of `secret`.
     pub fn of(secret: Secret) -> Self {
+        let claimant = claimant(&secret).map(Into::into);
         let meta = secret.metadata;
         let labels = meta.labels.unwrap_or_default();
         let managed = labels.get(MANAGED_BY_LABEL).is_some_and(|v| v == MANAGED_BY);
         Self {
             name: meta.name.unwrap_or_default().into(),
             namespace: meta.namespace.map(Into::into),
+            uid: meta.uid.map(Into::into),
             resource_version: meta.resource_version.map(Into::into),
             owner: labels.get(NAME_LABEL).filter(|_| managed).map(|n| n.as_str().into()),
+            claimant,
             annotations: meta
                 .annotations
                 .unwrap_or_default()
@@ -472,13 +519,19 @@ impl Managed {
                 (NAME_LABEL.to_string(), owner.to_string()),
             ])
         });
+        let mut annotations: BTreeMap<String, String> =
+            self.annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        if let Some(claimant) = &self.claimant {
+            annotations.insert(OWNER_UID_ANNOTATION.into(), claimant.to_string());
+        }
         Secret {
             metadata: ObjectMeta {
                 name: Some(self.name.to_string()),
                 namespace: self.namespace.as_deref().map(String::from),
+                uid: self.uid.as_deref().map(String::from),
                 resource_version: self.resource_version.as_deref().map(String::from),
                 labels,
-                annotations: Some(self.annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                annotations: Some(annotations),
                 ..Default::default()
             },
             data: Some(self.data.iter().map(|(k, v)| (k.to_string(), ByteString(v.to_vec()))).collect()),
@@ -598,6 +651,40 @@ mod tests {
         s.metadata.labels.as_mut().unwrap().remove(MANAGED_BY_LABEL);
         assert_eq!(Managed::of(s.clone()).owner(), None);
         assert_eq!(Stored::of(&Managed::of(s).to_secret(), MergePolicy::Merge, "uid-1").owner, None);
+    }
+
+    #[test]
+    fn a_secret_is_ours_only_if_it_names_our_uid() {
+        let source = ts(json!({"name": "podero-token"}));
+        let written = desired(&source, &token(), "fp", "shape").unwrap();
+        let ours = |s: &Secret, uid: &str| Stored::of(s, MergePolicy::Merge, uid).ours;
+        assert!(ours(&written, "uid-1"), "written with the annotation and the owner reference");
+        assert!(!ours(&written, "uid-2"), "another TokenSource of the same name");
+        assert!(ours(&Managed::of(written.clone()).to_secret(), "uid-1"), "the cache reads it the same");
+        assert!(!ours(&Managed::of(written.clone()).to_secret(), "uid-2"));
+        // The owner reference alone (written before the annotation, creationPolicy Owner).
+        let mut by_reference = written.clone();
+        by_reference.metadata.annotations.as_mut().unwrap().remove(OWNER_UID_ANNOTATION);
+        by_reference.metadata.annotations.as_mut().unwrap().insert(DATA_HASH_ANNOTATION.into(), "edited".into());
+        assert!(ours(&by_reference, "uid-1") && !ours(&by_reference, "uid-2"));
+        assert!(ours(&Managed::of(by_reference).to_secret(), "uid-1"));
+        // Neither (written before the annotation, creationPolicy Orphan): the data hash salted
+        // with the uid shows who wrote it.
+        let mut legacy = written.clone();
+        legacy.metadata.annotations.as_mut().unwrap().remove(OWNER_UID_ANNOTATION);
+        legacy.metadata.owner_references = None;
+        assert!(ours(&legacy, "uid-1") && !ours(&legacy, "uid-2"));
+        legacy.data.as_mut().unwrap().insert("token".into(), ByteString(b"edited".to_vec()));
+        assert!(!ours(&legacy, "uid-1"), "edited: nothing names the TokenSource any more");
+        // The operator's labels alone, which anyone who may write the Secret can set.
+        let mut labelled = legacy.clone();
+        labelled.metadata.annotations = None;
+        assert!(!ours(&labelled, "uid-1"));
+        // Another TokenSource's annotation wins over our owner reference.
+        let mut handed = written.clone();
+        handed.metadata.annotations.as_mut().unwrap().insert(OWNER_UID_ANNOTATION.into(), "uid-2".into());
+        assert!(ours(&handed, "uid-2") && !ours(&handed, "uid-1"));
+        assert!(!ours(&written, ""), "a TokenSource without a uid owns nothing");
     }
 
     #[test]

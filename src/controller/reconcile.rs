@@ -596,7 +596,7 @@ impl Context {
         }
         let me = ObjectRef::from_obj(ts);
         let over = self.cached_target(ts).and_then(|s| s.resource_version().map(String::from));
-        let resource_version = self.apply_secret(ts, &desired).await?;
+        let resource_version = self.apply_secret(ts, &desired, stored).await?;
         self.memory.remember_written(&me, resource_version, over);
         Ok(owed)
     }

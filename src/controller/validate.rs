@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use kube::ResourceExt;
-
 use super::Config;
 use crate::crd::{CaBundleType, RequestType, TokenSource};
 use crate::error::Error;
@@ -103,12 +101,11 @@ pub fn check_names(ts: &TokenSource) -> Result<(), Error> {
     Ok(())
 }
 
-/// The target Secret, if it exists, must be one the operator wrote for this TokenSource.
+/// The target Secret, if it exists, must be one the operator wrote for this TokenSource: one
+/// that names its uid ([`Stored::of`]), not merely its name.
 pub fn owner(ts: &TokenSource, stored: Option<&Stored>) -> Result<(), Error> {
     match stored {
-        Some(s) if s.owner.as_deref() != Some(ts.name_any().as_str()) => {
-            Err(Error::SecretConflict(ts.spec.target.name.clone()))
-        }
+        Some(s) if !s.ours => Err(Error::SecretConflict(ts.spec.target.name.clone())),
         _ => Ok(()),
     }
 }

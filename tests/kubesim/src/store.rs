@@ -832,9 +832,24 @@ impl State {
         let schema = Self::schema_of(ctx).cloned();
         let applied_fields = fields::fields_of(&applied, schema.as_ref());
         let sub = if subresource { "status" } else { "" };
+        // A uid or resourceVersion in the applied configuration is a precondition, checked as the
+        // API server checks it: a uid names an object that must exist (409 when none does) and
+        // cannot change (422); a resourceVersion must be the current one (409). A create ignores
+        // the resourceVersion.
+        let sent_uid = meta_str(&applied, "uid").to_string();
+        let sent_rv = meta_str(&applied, "resourceVersion").to_string();
         let Some(old) = existing else {
             if subresource {
                 return Err(ApiError::not_found(&ctx.def.gr(), name));
+            }
+            if !sent_uid.is_empty() {
+                return Err(ApiError::conflict(
+                    &ctx.def.gr(),
+                    name,
+                    &format!(
+                        "uid mismatch: the provided object specified uid {sent_uid}, and no existing object was found"
+                    ),
+                ));
             }
             let mut obj = applied.clone();
             obj["metadata"]["name"] = json!(name);
@@ -846,6 +861,17 @@ impl State {
             }
             return Ok((created, warnings));
         };
+        if !sent_rv.is_empty() && sent_rv != meta_str(&old.obj, "resourceVersion") {
+            return Err(ApiError::stale(&ctx.def.gr(), name));
+        }
+        if !sent_uid.is_empty() && sent_uid != meta_str(&old.obj, "uid") {
+            return Err(ApiError::invalid(
+                &ctx.def.kind,
+                &ctx.def.group,
+                name,
+                &[Cause::invalid("metadata.uid", &json!(sent_uid), "field is immutable")],
+            ));
+        }
         let mut managers = old.managers.clone();
         let live = Self::present(ctx, &old.obj);
         let mine = |m: &ManagedEntry| m.is(&ctx.manager, Operation::Apply, sub);

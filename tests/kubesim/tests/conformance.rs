@@ -79,6 +79,30 @@ async fn start() -> KubeSim {
     KubeSim::start().await.expect("kubesim")
 }
 
+/// kubesim, or the real API server `TOKENSOURCE_E2E_KUBECONFIG` names (as
+/// `tests/controlplane/run 1.37 -- cargo test -p kubesim --test conformance` sets it), for the
+/// tests that hold kubesim's answers against the API server's. The sim, if any, lives as long
+/// as the client is used.
+async fn cluster() -> (Option<KubeSim>, kube::Client) {
+    match std::env::var("TOKENSOURCE_E2E_KUBECONFIG") {
+        Ok(path) if !path.is_empty() => {
+            let kc = kube::config::Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+            (None, kube::Client::try_from(cfg).unwrap())
+        }
+        _ => {
+            let sim = start().await;
+            let client = sim.client();
+            (Some(sim), client)
+        }
+    }
+}
+
+/// A name no other run of the test uses (a real cluster outlives one run).
+fn fresh(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
 #[tokio::test]
 async fn crud_conflicts_and_not_found() {
     let sim = start().await;
@@ -291,6 +315,52 @@ async fn server_side_apply_merges_and_conflicts() {
     // Re-applying the same configuration writes nothing.
     let again = api.patch("ssa", &PatchParams::apply("manager-b").force(), &Patch::Apply(&fewer)).await.unwrap();
     assert_eq!(again.metadata.resource_version, after.metadata.resource_version);
+}
+
+/// A uid or resourceVersion in an applied configuration is a precondition: what the operator
+/// relies on to write only the Secret it saw (and to create one only where none exists).
+#[tokio::test]
+async fn server_side_apply_takes_uid_and_resource_version_as_preconditions() {
+    let (_sim, client) = cluster().await;
+    let api: Api<Secret> = Api::default_namespaced(client);
+    let apply = PatchParams::apply("op").force();
+    let body = |name: &str, meta: Value| {
+        let mut m = json!({"name": name});
+        m.as_object_mut().unwrap().extend(meta.as_object().unwrap().clone());
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": m, "data": {"x": "MQ=="}})
+    };
+    // A resourceVersion no object has: a create where nothing exists...
+    let name = fresh("created");
+    let never = json!({"resourceVersion": "18446744073709551615"});
+    let created = api.patch(&name, &apply, &Patch::Apply(&body(&name, never.clone()))).await.unwrap();
+    let fields = serde_json::to_string(&created.metadata.managed_fields).unwrap();
+    assert!(fields.contains("\"operation\":\"Apply\"") && !fields.contains("\"Update\""), "{fields}");
+    // ...and a conflict where something does.
+    let (code, reason, message) =
+        api_error(api.patch(&name, &apply, &Patch::Apply(&body(&name, never))).await.expect_err("applied over"));
+    assert_eq!((code, reason.as_str()), (409, "Conflict"), "{message}");
+    assert!(message.contains("the object has been modified"), "{message}");
+
+    // The right uid: an update.
+    let uid = created.metadata.uid.clone().unwrap();
+    let updated = api.patch(&name, &apply, &Patch::Apply(&body(&name, json!({"uid": uid})))).await.unwrap();
+    assert_eq!(updated.metadata.uid.as_deref(), Some(uid.as_str()));
+    // Another uid: the uid cannot change.
+    let other = "00000000-0000-4000-8000-000000000001";
+    let (code, reason, message) = api_error(
+        api.patch(&name, &apply, &Patch::Apply(&body(&name, json!({"uid": other})))).await.expect_err("applied"),
+    );
+    assert_eq!((code, reason.as_str()), (422, "Invalid"), "{message}");
+    assert!(message.contains("metadata.uid") && message.contains("field is immutable"), "{message}");
+    // A uid where nothing exists: no create.
+    let missing = fresh("missing");
+    let (code, reason, message) = api_error(
+        api.patch(&missing, &apply, &Patch::Apply(&body(&missing, json!({"uid": other})))).await.expect_err("created"),
+    );
+    assert_eq!((code, reason.as_str()), (409, "Conflict"), "{message}");
+    assert!(message.contains("uid mismatch") && message.contains("no existing object was found"), "{message}");
+    assert!(api.get_opt(&missing).await.unwrap().is_none());
+    api.delete(&name, &DeleteParams::default()).await.unwrap();
 }
 
 #[tokio::test]
