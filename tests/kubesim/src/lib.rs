@@ -40,6 +40,10 @@ pub struct Options {
     /// The `iss` of the ServiceAccount tokens it issues and of its OIDC discovery document; the
     /// server's own URL when unset.
     pub service_account_issuer: Option<String>,
+    /// The audiences the API server accepts as its own (`--api-audiences`: what a TokenRequest
+    /// without audiences gets, what a TokenReview without audiences checks); the issuer when
+    /// empty. k3s and RKE2 add `k3s` and `rke2`.
+    pub api_audiences: Vec<String>,
 }
 
 impl Default for Options {
@@ -50,6 +54,7 @@ impl Default for Options {
             bookmark_interval: Duration::from_secs(1),
             kubeconfig: None,
             service_account_issuer: None,
+            api_audiences: vec![],
         }
     }
 }
@@ -77,7 +82,7 @@ impl KubeSim {
             state: Mutex::new(state),
             faults: Faults::default(),
             bookmark_interval: opts.bookmark_interval,
-            issuer: tokens::Issuer::new(issuer_url)?,
+            issuer: tokens::Issuer::new(issuer_url, opts.api_audiences.clone())?,
         });
         let app = server::router(shared.clone());
         let task = tokio::spawn(async move {
@@ -126,6 +131,16 @@ impl KubeSim {
     /// The `iss` of the ServiceAccount tokens this server issues.
     pub fn service_account_issuer(&self) -> &str {
         &self.shared.issuer.url
+    }
+
+    /// The audiences the API server accepts as its own.
+    pub fn api_audiences(&self) -> Vec<String> {
+        self.shared.issuer.api_audiences()
+    }
+
+    /// Changes them, as a restart with another `--api-audiences` would (the issuer when empty).
+    pub fn set_api_audiences(&self, audiences: &[&str]) {
+        self.shared.issuer.set_api_audiences(audiences.iter().map(|a| a.to_string()).collect());
     }
 
     pub fn faults(&self) -> &Faults {

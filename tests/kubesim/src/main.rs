@@ -17,6 +17,9 @@ struct Args {
     /// How many changes the watch history keeps.
     #[arg(long, default_value_t = 200_000)]
     history: usize,
+    /// The audiences the API server accepts as its own (the issuer's URL when none).
+    #[arg(long, value_delimiter = ',')]
+    api_audiences: Vec<String>,
 }
 
 #[tokio::main]
@@ -26,6 +29,7 @@ async fn main() -> std::io::Result<()> {
         addr: args.addr,
         history_limit: args.history,
         kubeconfig: Some(args.kubeconfig.clone()),
+        api_audiences: args.api_audiences.clone(),
         ..Default::default()
     };
     let sim = kubesim::KubeSim::start_with(opts).await?;

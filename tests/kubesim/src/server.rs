@@ -101,6 +101,9 @@ async fn handle(
         [".well-known", "openid-configuration"] => Ok(ok(&shared.issuer.discovery())),
         ["openid", "v1", "jwks"] => Ok(ok(&shared.issuer.jwks())),
         ["kubesim", rest @ ..] => admin(&shared, &method, rest, &body),
+        ["apis", AUTHENTICATION, "v1", "tokenreviews"] => {
+            logged(&shared, token_review(&shared, method, &headers, body)).await
+        }
         ["api", "v1", rest @ ..] => {
             logged(&shared, resource(&shared, "", "v1", rest, method, &headers, &params, body)).await
         }
@@ -143,8 +146,11 @@ fn served_versions(shared: &Shared) -> Vec<(String, String, Vec<ResourceDef>)> {
     out
 }
 
+/// The group of TokenReview (and of TokenRequest, served as `serviceaccounts/token`).
+const AUTHENTICATION: &str = "authentication.k8s.io";
+
 fn group_list(shared: &Shared) -> Value {
-    let mut groups: Vec<(String, Vec<String>)> = vec![];
+    let mut groups: Vec<(String, Vec<String>)> = vec![(AUTHENTICATION.into(), vec!["v1".into()])];
     for (g, v, _) in served_versions(shared) {
         if g.is_empty() {
             continue;
@@ -180,11 +186,15 @@ fn group(shared: &Shared, g: &str) -> ApiResult<Response> {
 }
 
 fn resource_list(shared: &Shared, g: &str, v: &str) -> Value {
-    let resources: Vec<Value> = served_versions(shared)
+    let mut resources: Vec<Value> = served_versions(shared)
         .into_iter()
         .filter(|(group, ver, _)| group == g && ver == v)
         .flat_map(|(_, _, defs)| defs.into_iter().flat_map(|d| d.api_resources(v)))
         .collect();
+    if g == AUTHENTICATION && v == "v1" {
+        resources.push(json!({"name": "tokenreviews", "singularName": "", "namespaced": false,
+            "kind": "TokenReview", "verbs": ["create"]}));
+    }
     let gv = if g.is_empty() { v.to_string() } else { format!("{g}/{v}") };
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
 }
@@ -488,6 +498,40 @@ async fn token_request(
     let sa = shared.state().get(ctx, name)?;
     let out = shared.issuer.token_request(&sa, &parse_body(&body, false)?)?;
     Ok(json_response(StatusCode::CREATED, &out))
+}
+
+/// `create tokenreviews`: whether the API server accepts a token (see
+/// [`crate::tokens::Issuer::token_review`]).
+async fn token_review(
+    shared: &Shared,
+    method: Method,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> (Option<RequestInfo>, ApiResult<Response>) {
+    let info = RequestInfo {
+        verb: "create".into(),
+        resource: "tokenreviews".into(),
+        user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string(),
+        ..Default::default()
+    };
+    let result = async {
+        if method != Method::POST {
+            return Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            ));
+        }
+        shared.faults.admit(&info).await?;
+        let account = |ns: &str, name: &str| {
+            let state = shared.state();
+            let ctx = state.ctx_for("", "serviceaccounts", Some(ns.to_string())).ok()?;
+            let sa = state.get(&ctx, name).ok()?;
+            sa["metadata"]["uid"].as_str().map(String::from)
+        };
+        let out = shared.issuer.token_review(&parse_body(&body, false)?, account)?;
+        Ok(json_response(StatusCode::CREATED, &out))
+    }
+    .await;
+    (Some(info), result)
 }
 
 fn delete_opts(params: &Params, body: &Bytes) -> ApiResult<DeleteOpts> {

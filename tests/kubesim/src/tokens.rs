@@ -2,12 +2,14 @@
 //! (`POST /api/v1/namespaces/{ns}/serviceaccounts/{name}/token`) signs an RS256 JWT with the
 //! cluster's key, and the OIDC discovery documents (`/.well-known/openid-configuration`,
 //! `/openid/v1/jwks`) publish the public key, so a federation can verify the token as Entra ID,
-//! Google or an RFC 8693 token service verify a real cluster's.
+//! Google or an RFC 8693 token service verify a real cluster's. TokenReview
+//! (`POST /apis/authentication.k8s.io/v1/tokenreviews`) says whether the API server itself
+//! accepts a token: for the audiences asked, or its own (`--api-audiences`) when none are.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::SystemRandom;
-use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair, RsaPublicKeyComponents};
+use ring::signature::{RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256, RsaKeyPair, RsaPublicKeyComponents};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -28,10 +30,13 @@ pub struct Issuer {
     key: RsaKeyPair,
     key_id: String,
     pub url: String,
+    /// The audiences the API server accepts as its own (`--api-audiences`); the issuer's URL
+    /// when none are set, as the API server defaults them. k3s and RKE2 add `k3s` and `rke2`.
+    api_audiences: std::sync::Mutex<Vec<String>>,
 }
 
 impl Issuer {
-    pub fn new(url: String) -> std::io::Result<Self> {
+    pub fn new(url: String, api_audiences: Vec<String>) -> std::io::Result<Self> {
         let body: String = KEY_PEM.lines().filter(|l| !l.starts_with("-----")).collect();
         let der = base64::engine::general_purpose::STANDARD
             .decode(body)
@@ -41,7 +46,20 @@ impl Issuer {
         let (n, e) = public_parts(&key);
         // As the API server names its keys: a hash of the public key.
         let key_id = URL_SAFE_NO_PAD.encode(Sha256::digest([n.as_slice(), e.as_slice()].concat()));
-        Ok(Self { key, key_id, url })
+        let issuer = Self { key, key_id, url, api_audiences: Default::default() };
+        issuer.set_api_audiences(api_audiences);
+        Ok(issuer)
+    }
+
+    /// The audiences the API server accepts as its own.
+    pub fn api_audiences(&self) -> Vec<String> {
+        self.api_audiences.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Sets them (`--api-audiences`); none means the issuer's URL.
+    pub fn set_api_audiences(&self, audiences: Vec<String>) {
+        let audiences = if audiences.is_empty() { vec![self.url.clone()] } else { audiences };
+        *self.api_audiences.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = audiences;
     }
 
     /// `/.well-known/openid-configuration`.
@@ -99,7 +117,7 @@ impl Issuer {
             v => return Err(invalid(vec![Cause::invalid("spec.audiences", v, "must be a list of strings")])),
         };
         // No audience means the API server's own.
-        let audiences = if audiences.is_empty() { vec![self.url.clone()] } else { audiences };
+        let audiences = if audiences.is_empty() { self.api_audiences() } else { audiences };
         let lifetime = requested.min(MAX_EXPIRATION_SECONDS);
         let now = jiff::Timestamp::now().as_second();
         let claims = json!({
@@ -125,6 +143,100 @@ impl Issuer {
             "spec": {"audiences": audiences, "expirationSeconds": lifetime, "boundObjectRef": spec["boundObjectRef"]},
             "status": {"token": token, "expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()},
         }))
+    }
+
+    /// Answers a TokenReview: whether the token is one this issuer signed, current, for one of
+    /// the audiences asked (the API server's own when none are), of a ServiceAccount that still
+    /// exists (`account` looks it up by namespace and name: its uid). Worded as the API server
+    /// words it: `status.authenticated` only when true, the audiences the token is valid for,
+    /// the user, or an `error`.
+    pub fn token_review(&self, body: &Value, account: impl Fn(&str, &str) -> Option<String>) -> ApiResult<Value> {
+        if body["kind"].as_str().is_some_and(|k| k != "TokenReview") {
+            return Err(ApiError::bad_request(format!("kind {} is not TokenReview", body["kind"])));
+        }
+        let spec = &body["spec"];
+        let token = spec["token"].as_str().unwrap_or_default();
+        if token.is_empty() {
+            return Err(ApiError::bad_request("token is required for TokenReview in authentication"));
+        }
+        let asked: Vec<String> = spec["audiences"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        let targets = if asked.is_empty() { self.api_audiences() } else { asked };
+        let status = match self.verify(token, &targets, account) {
+            Ok((claims, audiences, uid)) => {
+                let ns = claims["kubernetes.io"]["namespace"].as_str().unwrap_or_default();
+                json!({
+                    "authenticated": true,
+                    "user": {
+                        "username": claims["sub"],
+                        "uid": uid,
+                        "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{ns}"), "system:authenticated"],
+                        "extra": {"authentication.kubernetes.io/credential-id": [format!("JTI={}", claims["jti"].as_str().unwrap_or_default())]},
+                    },
+                    "audiences": audiences,
+                })
+            }
+            Err(why) => json!({"user": {}, "error": why}),
+        };
+        Ok(json!({
+            "kind": "TokenReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": null},
+            "spec": spec,
+            "status": status,
+        }))
+    }
+
+    /// The token's claims, the audiences of `targets` it is valid for and its ServiceAccount's
+    /// uid; or why it is not valid, as the API server says it.
+    fn verify(
+        &self,
+        token: &str,
+        targets: &[String],
+        account: impl Fn(&str, &str) -> Option<String>,
+    ) -> Result<(Value, Vec<String>, String), String> {
+        let invalid = "invalid bearer token".to_string();
+        let because = |why: String| format!("[invalid bearer token, {why}]");
+        let parts: Vec<&str> = token.split('.').collect();
+        let [header, payload, signature] = parts.as_slice() else { return Err(invalid) };
+        let decode = |p: &str| URL_SAFE_NO_PAD.decode(p).map_err(|_| invalid.clone());
+        let header: Value = serde_json::from_slice(&decode(header)?).map_err(|_| invalid.clone())?;
+        let claims: Value = serde_json::from_slice(&decode(payload)?).map_err(|_| invalid.clone())?;
+        if header["alg"] != "RS256" || claims["iss"].as_str() != Some(self.url.as_str()) {
+            return Err(invalid);
+        }
+        let (n, e) = public_parts(&self.key);
+        let signed = format!("{}.{}", parts[0], parts[1]);
+        RsaPublicKeyComponents { n, e }
+            .verify(&RSA_PKCS1_2048_8192_SHA256, signed.as_bytes(), &decode(signature)?)
+            .map_err(|_| invalid.clone())?;
+        let now = jiff::Timestamp::now().as_second();
+        if claims["exp"].as_i64().is_none_or(|exp| exp <= now) {
+            return Err(because("service account token has expired".into()));
+        }
+        if claims["nbf"].as_i64().is_some_and(|nbf| nbf > now) {
+            return Err(because("service account token is not valid yet".into()));
+        }
+        let aud: Vec<String> = match &claims["aud"] {
+            Value::String(a) => vec![a.clone()],
+            Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+            _ => vec![],
+        };
+        let valid: Vec<String> = targets.iter().filter(|t| aud.contains(t)).cloned().collect();
+        if valid.is_empty() {
+            return Err(because(format!("token audiences {aud:?} is invalid for the target audiences {targets:?}")));
+        }
+        let sa = &claims["kubernetes.io"]["serviceaccount"];
+        let ns = claims["kubernetes.io"]["namespace"].as_str().unwrap_or_default();
+        let name = sa["name"].as_str().unwrap_or_default();
+        let uid = sa["uid"].as_str().unwrap_or_default();
+        match account(ns, name) {
+            Some(current) if current == uid => Ok((claims.clone(), valid, current)),
+            Some(current) => Err(because(format!("service account UID ({uid}) does not match claim ({current})"))),
+            None => Err(because(format!("serviceaccounts {name:?} not found"))),
+        }
     }
 
     fn sign(&self, claims: &Value) -> ApiResult<String> {

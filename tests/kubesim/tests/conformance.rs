@@ -363,6 +363,117 @@ async fn server_side_apply_takes_uid_and_resource_version_as_preconditions() {
     api.delete(&name, &DeleteParams::default()).await.unwrap();
 }
 
+/// TokenReview answers as the API server does: what the operator relies on to tell a
+/// ServiceAccount token the API server accepts (its own audiences: `k3s` on k3s, the issuer on a
+/// kubeadm cluster) from one for another audience.
+#[tokio::test]
+async fn token_reviews_answer_as_the_api_server_does() {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec, TokenReview, TokenReviewSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let (_sim, client) = cluster().await;
+    let accounts: Api<ServiceAccount> = Api::default_namespaced(client.clone());
+    let reviews: Api<TokenReview> = Api::all(client.clone());
+    let name = fresh("reviewed");
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    accounts.create(&PostParams::default(), &sa).await.unwrap();
+    let mint = |audiences: Vec<String>| {
+        let (accounts, name) = (accounts.clone(), name.clone());
+        async move {
+            let request = TokenRequest {
+                spec: TokenRequestSpec { audiences, expiration_seconds: Some(600), bound_object_ref: None },
+                ..Default::default()
+            };
+            let answer = accounts.create_token_request(&name, &PostParams::default(), &request).await.unwrap();
+            (answer.spec.audiences, answer.status.unwrap().token)
+        }
+    };
+    let review = |token: &str, audiences: Option<Vec<String>>| {
+        let (reviews, token) = (reviews.clone(), token.to_string());
+        async move {
+            let r = TokenReview { spec: TokenReviewSpec { token: Some(token), audiences }, ..Default::default() };
+            reviews.create(&PostParams::default(), &r).await.map(|r| r.status.unwrap_or_default())
+        }
+    };
+
+    // No audience asked: the API server's own, which a review without audiences accepts.
+    let (own, api_token) = mint(vec![]).await;
+    assert!(!own.is_empty());
+    let status = review(&api_token, None).await.unwrap();
+    assert_eq!(status.authenticated, Some(true), "{status:?}");
+    assert_eq!(status.audiences.as_ref(), Some(&own));
+    let user = status.user.unwrap();
+    assert_eq!(user.username.as_deref(), Some(format!("system:serviceaccount:default:{name}").as_str()));
+    assert!(user.groups.unwrap_or_default().contains(&"system:serviceaccounts:default".to_string()));
+
+    // Another audience: not the API server's; accepted only for that audience.
+    let idp = "https://idp.example.com".to_string();
+    let (audiences, idp_token) = mint(vec![idp.clone()]).await;
+    assert_eq!(audiences, std::slice::from_ref(&idp));
+    let status = review(&idp_token, None).await.unwrap();
+    assert!(!status.authenticated.unwrap_or(false), "{status:?}");
+    let error = status.error.unwrap_or_default();
+    assert!(error.contains("invalid bearer token") && error.contains("is invalid for the target audiences"), "{error}");
+    let status = review(&idp_token, Some(vec![idp.clone()])).await.unwrap();
+    assert_eq!((status.authenticated, status.audiences), (Some(true), Some(vec![idp])));
+
+    // Not a token at all; no token.
+    let status = review("not-a-token", None).await.unwrap();
+    assert!(!status.authenticated.unwrap_or(false) && status.error.is_some_and(|e| e.contains("invalid bearer token")));
+    let (code, reason, message) = api_error(review("", None).await.expect_err("an empty token was reviewed"));
+    assert_eq!((code, reason.as_str()), (400, "BadRequest"), "{message}");
+
+    // The ServiceAccount deleted: its tokens are no longer accepted (the API server reads
+    // ServiceAccounts from a cache: 1.37 refuses the token 10 s after the deletion).
+    accounts.delete(&name, &DeleteParams::default()).await.unwrap();
+    let deleted = std::time::Instant::now();
+    let deadline = deleted + Duration::from_secs(30);
+    loop {
+        let status = review(&api_token, None).await.unwrap();
+        if !status.authenticated.unwrap_or(false) {
+            let error = status.error.unwrap_or_default();
+            assert!(error.contains(&format!("serviceaccounts \"{name}\" not found")), "{error}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "a deleted ServiceAccount's token is still accepted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The API server's own audiences are configurable (`--api-audiences`), as k3s and RKE2 add
+/// theirs: a token for one of them is accepted, and a TokenRequest without audiences gets them.
+#[tokio::test]
+async fn the_api_servers_own_audiences_can_be_set() {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec, TokenReview, TokenReviewSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let sim = start().await;
+    assert_eq!(sim.api_audiences(), [sim.service_account_issuer().to_string()]);
+    sim.set_api_audiences(&["https://kubernetes.default.svc.cluster.local", "k3s"]);
+    let accounts: Api<ServiceAccount> = Api::default_namespaced(sim.client());
+    accounts
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "a"}})).unwrap())
+        .await
+        .unwrap();
+    let request = |aud: &[&str]| TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: aud.iter().map(|a| a.to_string()).collect(),
+            expiration_seconds: None,
+            bound_object_ref: None,
+        },
+        ..Default::default()
+    };
+    let default = accounts.create_token_request("a", &PostParams::default(), &request(&[])).await.unwrap();
+    assert_eq!(default.spec.audiences, ["https://kubernetes.default.svc.cluster.local", "k3s"]);
+    let k3s = accounts.create_token_request("a", &PostParams::default(), &request(&["k3s"])).await.unwrap();
+    let reviews: Api<TokenReview> = Api::all(sim.client());
+    let r = TokenReview {
+        spec: TokenReviewSpec { token: Some(k3s.status.unwrap().token), audiences: None },
+        ..Default::default()
+    };
+    let status = reviews.create(&PostParams::default(), &r).await.unwrap().status.unwrap();
+    assert_eq!((status.authenticated, status.audiences), (Some(true), Some(vec!["k3s".to_string()])));
+    assert_eq!(sim.faults().count("create", "tokenreviews"), 1);
+}
+
 #[tokio::test]
 async fn strategic_merge_and_json_patch_on_builtins() {
     let sim = start().await;
