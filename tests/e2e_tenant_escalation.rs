@@ -356,3 +356,117 @@ async fn a_renewal_is_one_secret_write_and_one_status_write() {
     assert_eq!(secret_writes, calls, "{secret_writes} Secret writes for {calls} tokens");
     assert!(status_writes <= calls + 1, "{status_writes} status writes for {calls} tokens");
 }
+
+/// A token exchange sending a ServiceAccount token of `payments` minted for `audience`.
+fn exchange(env: &Env, name: &str, audience: &str) -> Value {
+    json!({"metadata": {"name": name}, "spec": {
+        "type": "OAuth2",
+        "oauth2": {
+            "tokenURL": env.fakes.endpoint_url(Endpoint::TokenExchange),
+            "grantType": "TokenExchange",
+            "tokenExchange": {
+                "serviceAccountToken": {"serviceAccountName": "payments", "audience": audience},
+                "requestedTokenType": "urn:ietf:params:oauth:token-type:access_token"
+            },
+            "parameters": [{"name": "audience", "value": env.fakes.config().sts_audience}]
+        },
+        "target": {"name": format!("{name}-token")}
+    }})
+}
+
+async fn payments_account(env: &Env) {
+    let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), &env.ns);
+    let sa = serde_json::from_value(json!({"metadata": {"name": "payments"}})).unwrap();
+    accounts.create(&PostParams::default(), &sa).await.unwrap();
+}
+
+/// Whether the API server accepts `audience` as its own: on kubesim it is made to (as k3s's
+/// does `k3s`); a real one must have been started with it in `--api-audiences`
+/// (`TOKENSOURCE_CONTROLPLANE_API_AUDIENCES` for `tests/controlplane/run`).
+async fn api_server_accepts(env: &Env, audience: &str) -> bool {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec, TokenReview, TokenReviewSpec};
+    if let Some(sim) = &env.sim {
+        let mut own = sim.api_audiences();
+        own.push(audience.to_string());
+        sim.set_api_audiences(&own.iter().map(String::as_str).collect::<Vec<_>>());
+        return true;
+    }
+    let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), &env.ns);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![audience.into()],
+            expiration_seconds: Some(600),
+            bound_object_ref: None,
+        },
+        ..Default::default()
+    };
+    let Ok(minted) = accounts.create_token_request("payments", &PostParams::default(), &request).await else {
+        return false;
+    };
+    let review = TokenReview {
+        spec: TokenReviewSpec { token: minted.status.map(|s| s.token), audiences: None },
+        ..Default::default()
+    };
+    let reviews: Api<TokenReview> = Api::all(env.client.clone());
+    let accepted = reviews.create(&PostParams::default(), &review).await.ok().and_then(|r| r.status?.authenticated);
+    if accepted != Some(true) {
+        eprintln!(
+            "skipped: this API server does not accept {audience:?} as its own; start it with it (TOKENSOURCE_CONTROLPLANE_API_AUDIENCES=https://kubernetes.default.svc.cluster.local,{audience})"
+        );
+    }
+    accepted == Some(true)
+}
+
+/// Case 4 of issue 30: a ServiceAccount token for an audience the API server itself accepts is
+/// a credential for the cluster's API. The prefix rule (`https://kubernetes.default.svc...`)
+/// misses k3s's and RKE2's `k3s` and `rke2` and whatever a cluster configures; the operator asks
+/// the API server (a TokenReview without audiences) after minting, and sends nothing if it
+/// accepts the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_token_the_api_server_accepts_is_never_sent() {
+    let env = Env::start().await;
+    payments_account(&env).await;
+    if !api_server_accepts(&env, "k3s").await {
+        return;
+    }
+    let reviews = || env.sim.as_ref().map(|s| s.faults().count("create", "tokenreviews"));
+    let before = reviews();
+    env.create(exchange(&env, "k3s", "k3s")).await;
+    let m = env.wait_ready("k3s", "False", "InvalidSpec").await;
+    assert!(m.contains("\"k3s\"") && m.contains("Kubernetes API"), "{m}");
+    assert_eq!(env.fakes.calls(Endpoint::TokenExchange), 0, "the token left the operator");
+    assert!(env.secrets().get_opt("k3s-token").await.unwrap().is_none());
+    if let (Some(before), Some(after)) = (before, reviews()) {
+        assert!(after > before, "no TokenReview was made");
+    }
+}
+
+/// Case 4 of issue 30: the check fails closed. Without the right to review tokens (or with the
+/// API server failing), nothing is sent; once the review can be made, a token for the
+/// provider's audience is reviewed, found not to be the API server's, and exchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_cannot_be_reviewed_is_not_sent() {
+    let env = Env::start().await;
+    let Some(sim) = &env.sim else {
+        eprintln!(
+            "skipped: the fake token service must reach the cluster's OIDC issuer, which only kubesim serves here"
+        );
+        return;
+    };
+    payments_account(&env).await;
+    let audience = env.fakes.config().sts_audience;
+    env.fakes.set_sts_federation(Some(fake_providers::federation::Federation {
+        issuer: sim.service_account_issuer().to_string(),
+        subject: format!("system:serviceaccount:{}:payments", env.ns),
+        audience: audience.clone(),
+    }));
+    sim.faults().fail_next(Matcher::new("create", "tokenreviews"), 1, 403, None);
+    env.create(exchange(&env, "gcp", &audience)).await;
+    let m = env.wait_ready("gcp", "False", "ServiceAccountTokenFailed").await;
+    assert!(m.contains("tokenreviews"), "{m}");
+    assert_eq!(env.fakes.calls(Endpoint::TokenExchange), 0, "an unreviewed token was sent");
+    // Retried: reviewed, not the API server's, sent.
+    let token = env.wait_token("gcp-token", None).await;
+    assert!(env.fakes.is_valid(&token));
+    assert!(sim.faults().count("create", "tokenreviews") >= 2);
+}

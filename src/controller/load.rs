@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec, TokenReview, TokenReviewSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
@@ -17,7 +17,9 @@ use crate::error::{Error, UpstreamState};
 use crate::secret::{self, Managed, Stored};
 
 /// Requests a token for the ServiceAccount `spec` names in `namespace` (TokenRequest API), for one
-/// token request: what the operator sends and what `kubectl tokensource check` sends.
+/// token request: what the operator sends and what `kubectl tokensource check` sends. The token
+/// is returned only once the API server has said it does not accept it itself
+/// ([`refuse_api_credential`]).
 pub async fn service_account_token(
     client: &kube::Client,
     namespace: &str,
@@ -43,9 +45,39 @@ pub async fn service_account_token(
             _ => format!("requesting a token for ServiceAccount {name:?}: {e}"),
         })
     })?;
-    answer.status.map(|s| s.token).filter(|t| !t.is_empty()).ok_or_else(|| {
+    let token = answer.status.map(|s| s.token).filter(|t| !t.is_empty()).ok_or_else(|| {
         Error::ServiceAccountToken(format!("the API server answered no token for ServiceAccount {name:?}"))
-    })
+    })?;
+    refuse_api_credential(client, &token, &spec.audience).await?;
+    Ok(token)
+}
+
+/// Refuses a ServiceAccount token the API server itself accepts: asked with a TokenReview
+/// without audiences (so for the API server's own, `--api-audiences`), whether the token
+/// authenticates to this cluster's API. Such a token is a credential for the API, never to be
+/// handed to a token endpoint; the spec's audience prefix rule catches only the usual
+/// `https://kubernetes.default.svc...` (k3s and RKE2 also accept `k3s` and `rke2`, and clusters
+/// configure others). The check fails closed: a review that cannot be made sends nothing.
+async fn refuse_api_credential(client: &kube::Client, token: &str, audience: &str) -> Result<(), Error> {
+    let review =
+        TokenReview { spec: TokenReviewSpec { token: Some(token.to_string()), audiences: None }, ..Default::default() };
+    let api: kube::Api<TokenReview> = kube::Api::all(client.clone());
+    // The reply repeats the token in its spec: only its status is read, and errors are the API
+    // server's Status, which does not.
+    let answer = api.create(&kube::api::PostParams::default(), &review).await.map_err(|e| {
+        Error::ServiceAccountToken(match &e {
+            kube::Error::Api(s) if s.code == 403 => "the operator may not check the ServiceAccount token with a TokenReview (Forbidden), so it is not sent: grant it create on tokenreviews.authentication.k8s.io (deploy/components/workload-identity/token-review.yaml)".to_string(),
+            _ => format!("checking the ServiceAccount token with a TokenReview failed, so it is not sent: {e}"),
+        })
+    })?;
+    let status = answer.status.unwrap_or_default();
+    if status.authenticated == Some(true) {
+        let accepted = status.audiences.unwrap_or_default().join(", ");
+        return Err(Error::InvalidSpec(format!(
+            "serviceAccountToken.audience {audience:?} is an audience the Kubernetes API server accepts as its own ({accepted}): such a token is a credential for the Kubernetes API and is never sent to a token endpoint; use the audience the provider's federation expects"
+        )));
+    }
+    Ok(())
 }
 
 /// Credential Secrets' data, by namespace and name, kept while the resourceVersion the metadata
