@@ -17,6 +17,7 @@ use common::{Env, WAIT, check, eventually, podero, podero_credentials};
 use fake_providers::Endpoint;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kubesim::Matcher;
 use serde_json::{Value, json};
@@ -261,6 +262,47 @@ async fn a_secret_replaced_while_a_renewal_is_on_its_way_is_not_taken_over() {
     env.wait_ready("renewed", "False", "SecretConflict").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_untouched(&env, "renewed-token").await;
+}
+
+/// Case 6 of issue 30, the other side: the operator's own Secret deleted (not replaced) while a
+/// write to it is on its way is created again by that write, with no new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_deleted_while_a_write_is_on_its_way_is_created_again() {
+    let env = Env::start().await;
+    let Some(sim) = sim_or_skip(&env) else { return };
+    podero_credentials(&env).await;
+    env.create(podero(&env, "again", "again-token")).await;
+    let token = env.wait_token("again-token", None).await;
+    env.wait_ready("again", "True", "TokenValid").await;
+    let before = sim.faults().count("patch", "secrets");
+    sim.faults().add_latency(Matcher::new("patch", "secrets").named(&env.ns, "again-token"), Duration::from_secs(2));
+    // A template edit re-renders the Secret from the token in hand: a write with no request.
+    let edit = json!({"spec": {"target": {"template": {"metadata": {"labels": {"team": "energy"}}}}}});
+    env.sources().patch("again", &PatchParams::default(), &Patch::Merge(&edit)).await.unwrap();
+    eventually("the write on its way", WAIT, || async {
+        let n = sim.faults().count("patch", "secrets");
+        check(n > before, (), n)
+    })
+    .await;
+    env.secrets().delete("again-token", &Default::default()).await.unwrap();
+    eventually("the Secret created again, with the label", WAIT, || async {
+        let s = env.secrets().get_opt("again-token").await.map_err(|e| e.to_string())?;
+        let labelled = s.as_ref().is_some_and(|s| s.labels().get("team").is_some_and(|t| t == "energy"));
+        check(labelled, (), s.map(|s| s.metadata.labels))
+    })
+    .await;
+    assert_eq!(env.secret_data("again-token").await.and_then(|d| d.get("token").cloned()), Some(token));
+    env.wait_ready("again", "True", "TokenValid").await;
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 1);
+    // The write for the deleted Secret was refused (its uid is gone) and the next one created it.
+    let codes: Vec<u16> = sim
+        .faults()
+        .requests()
+        .iter()
+        .filter(|r| r.verb == "patch" && r.resource == "secrets" && r.name == "again-token")
+        .map(|r| r.code)
+        .collect();
+    assert!(codes.windows(2).any(|w| w == [409, 201]), "{codes:?}");
 }
 
 /// Case 6 of issue 30: a Secret left behind by a deleted TokenSource (`creationPolicy: Orphan`)
