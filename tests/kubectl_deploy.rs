@@ -3,6 +3,8 @@
 
 #![cfg(test)]
 
+mod common;
+
 use std::process::Command;
 
 fn kubectl(sim: &kubesim::KubeSim, args: &[&str]) -> (bool, String, String) {
@@ -111,7 +113,7 @@ fn render(variant: &str, components: &[&str]) -> (Vec<serde_json::Value>, std::p
     let work = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("overlay-{variant}"));
     let _ = std::fs::remove_dir_all(&work);
     for part in ["deploy", "crds"] {
-        copy_tree(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(part), &work.join(part));
+        common::copy_tree(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(part), &work.join(part));
     }
     let dir = work.join("overlay");
     std::fs::create_dir_all(&dir).unwrap();
@@ -209,18 +211,5 @@ fn every_install_variant_passes_the_kubernetes_schemas() {
             .unwrap_or_else(|e| panic!("{bin} is required for this test (pip install kubernetes-validate): {e}"));
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success() && !text.contains("ERROR"), "{variant}:\n{text}");
-    }
-}
-
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
     }
 }

@@ -87,6 +87,15 @@ pub async fn install(client: &Client, prefix: &str) -> String {
     )
     .await
     .expect("installing the CRD");
+    // A real API server serves the resource only once the CRD is established.
+    let sources: Api<TokenSource> = Api::all(client.clone());
+    eventually("the CRD established", WAIT, || async {
+        match sources.list(&ListParams::default().limit(1)).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
     let ns = unique(prefix);
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
@@ -371,4 +380,18 @@ pub fn podero(env: &Env, name: &str, secret: &str) -> Value {
 pub async fn podero_credentials(env: &Env) {
     let c = env.fakes.config().podero;
     env.put_secret("podero-credentials", &[("client_id", &c.id), ("client_secret", &c.secret)]).await;
+}
+
+/// A copy of a directory tree (kustomize takes relative paths only: `deploy/` beside an overlay).
+pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }

@@ -33,6 +33,10 @@ pub enum Builtin {
     StatefulSet,
     DaemonSet,
     PodDisruptionBudget,
+    /// Stored and served (nothing enforces them): the install's NetworkPolicy component applies.
+    NetworkPolicy,
+    /// Stored and served (no cluster IP is allocated): the monitoring component's Service applies.
+    Service,
     CustomResourceDefinition,
 }
 
@@ -53,7 +57,7 @@ type SchemaParts = (Value, Map<String, Value>);
 type Row = (Vec<Value>, Vec<Value>);
 
 impl Builtin {
-    pub const ALL: [Builtin; 17] = [
+    pub const ALL: [Builtin; 19] = [
         Self::Namespace,
         Self::Secret,
         Self::ConfigMap,
@@ -70,6 +74,8 @@ impl Builtin {
         Self::StatefulSet,
         Self::DaemonSet,
         Self::PodDisruptionBudget,
+        Self::NetworkPolicy,
+        Self::Service,
         Self::CustomResourceDefinition,
     ];
 
@@ -119,6 +125,13 @@ impl Builtin {
             Self::PodDisruptionBudget => Registration {
                 generation: true,
                 ..r("policy", "poddisruptionbudgets", "PodDisruptionBudget", true, &["pdb"], true)
+            },
+            Self::Service => {
+                Registration { categories: &["all"], ..r("", "services", "Service", true, &["svc"], true) }
+            }
+            Self::NetworkPolicy => Registration {
+                generation: true,
+                ..r("networking.k8s.io", "networkpolicies", "NetworkPolicy", true, &["netpol"], false)
             },
             Self::CustomResourceDefinition => Registration {
                 generation: true,
@@ -204,6 +217,8 @@ impl Builtin {
             Self::Lease => generate::<api::coordination::v1::Lease>(),
             Self::Deployment => generate::<api::apps::v1::Deployment>(),
             Self::PodDisruptionBudget => generate::<api::policy::v1::PodDisruptionBudget>(),
+            Self::NetworkPolicy => generate::<api::networking::v1::NetworkPolicy>(),
+            Self::Service => generate::<api::core::v1::Service>(),
             Self::StatefulSet => generate::<api::apps::v1::StatefulSet>(),
             Self::DaemonSet => generate::<api::apps::v1::DaemonSet>(),
             Self::ClusterRole => generate::<api::rbac::v1::ClusterRole>(),

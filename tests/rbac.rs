@@ -1,0 +1,430 @@
+//! The operator on the RBAC it ships: `deploy/` (and its components) rendered by kustomize and
+//! applied with the real kubectl, then the operator binary started with the rendered Deployment's
+//! arguments and environment and a token of its own ServiceAccount (TokenRequest), so it can do
+//! only what the install grants. Run against the real API server (`tests/controlplane/run 1.37 --
+//! cargo test --test rbac`), this is the proof that no verb or resource is missing from
+//! `deploy/rbac.yaml`, the leader-election Role, the namespaced Role or an opt-in component:
+//! any request the API server refuses (403) fails the test. kubesim authorises every request, so
+//! there the test checks the wiring only, and says so.
+//!
+//! One test runs the variants one after another, each with only its own RBAC installed (the
+//! objects labelled `app.kubernetes.io/name: tokensource-operator` are deleted in between):
+//! otherwise the ClusterRole of one variant would grant what another must prove it does not need.
+
+#![cfg(test)]
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{WAIT, check, eventually, free_port};
+use fake_providers::{Config as FakeConfig, Endpoint, Fakes};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
+use kube::Client;
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+use tokensource_operator::crd::TokenSource;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokensource-operator");
+const SYSTEM: &str = "tokensource-system";
+const LABEL: &str = "app.kubernetes.io/name=tokensource-operator";
+
+struct Cluster {
+    _sim: Option<kubesim::KubeSim>,
+    kubeconfig: PathBuf,
+    client: Client,
+    fakes: Fakes,
+    work: PathBuf,
+}
+
+/// The operator binary, as the rendered Deployment runs it.
+struct Operator {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Operator {
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        let _ = std::fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut s));
+        s
+    }
+
+    /// Every line where the API server refused the operator something, but for TokenSources of
+    /// namespaces other than `ours` (another suite's examples may be left in the cluster, and
+    /// some of them rightly fail without an opt-in component).
+    fn refusals(&self, ours: &[&str]) -> Vec<String> {
+        self.logs()
+            .lines()
+            .filter(|l| {
+                let lower = l.to_ascii_lowercase();
+                let elsewhere = serde_json::from_str::<Value>(l)
+                    .ok()
+                    .and_then(|v| v["namespace"].as_str().map(|ns| !ours.contains(&ns)))
+                    .unwrap_or(false);
+                lower.contains("forbidden") && !elsewhere
+            })
+            .map(String::from)
+            .collect()
+    }
+}
+
+impl Drop for Operator {
+    /// SIGTERM, as the kubelet stops a pod: the operator hands its Lease over at once, so the next
+    /// variant's operator leads without waiting for it to expire.
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Cluster {
+    async fn start() -> Self {
+        let (sim, client, kubeconfig) = match std::env::var("TOKENSOURCE_E2E_KUBECONFIG") {
+            Ok(path) if !path.is_empty() => {
+                let kc = kube::config::Kubeconfig::read_from(&path).unwrap();
+                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+                (None, Client::try_from(cfg).unwrap(), PathBuf::from(path))
+            }
+            _ => {
+                let sim = kubesim::KubeSim::start().await.unwrap();
+                let (client, path) = (sim.client(), sim.kubeconfig_path().to_path_buf());
+                (Some(sim), client, path)
+            }
+        };
+        let fakes = Fakes::start(FakeConfig::default()).await.unwrap();
+        let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("rbac-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work).unwrap();
+        Self { _sim: sim, kubeconfig, client, fakes, work }
+    }
+
+    fn real(&self) -> bool {
+        self._sim.is_none()
+    }
+
+    fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into()))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", &self.work)
+            .output()
+            .expect("kubectl is required for this test");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    }
+
+    /// Removes the previous variant's RBAC, then renders `deploy/` with `components` the way a
+    /// user's overlay does and applies it server-side; returns the Deployment as applied.
+    fn install(&self, components: &[&str]) -> Deployment {
+        for (kinds, scope) in [("clusterrole,clusterrolebinding", None), ("role,rolebinding", Some("-A"))] {
+            let mut args = vec!["delete", kinds, "-l", LABEL, "--wait"];
+            args.extend(scope);
+            let (ok, _, err) = self.kubectl(&args);
+            assert!(ok, "removing the previous RBAC: {err}");
+        }
+        // kustomize takes relative paths only: a copy of deploy/ and crds/ beside the overlay.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for part in ["deploy", "crds"] {
+            let _ = std::fs::remove_dir_all(self.work.join(part));
+            common::copy_tree(&root.join(part), &self.work.join(part));
+        }
+        let overlay = self.work.join(format!("overlay-{}", components.join("-")));
+        std::fs::create_dir_all(&overlay).unwrap();
+        let components: Vec<String> = components.iter().map(|c| format!("../deploy/components/{c}")).collect();
+        std::fs::write(
+            overlay.join("kustomization.yaml"),
+            format!("resources: [../deploy]\ncomponents: [{}]\n", components.join(", ")),
+        )
+        .unwrap();
+        let (ok, rendered, err) =
+            self.kubectl(&["kustomize", "--load-restrictor", "LoadRestrictionsNone", overlay.to_str().unwrap()]);
+        assert!(ok, "rendering {overlay:?}: {err}");
+        let file = overlay.join("rendered.yaml");
+        std::fs::write(&file, rendered).unwrap();
+        let (ok, out, err) = self.kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager",
+            "rbac-test",
+            "-o",
+            "json",
+            "-f",
+            file.to_str().unwrap(),
+        ]);
+        assert!(ok, "applying deploy/ with {components:?}: {err}\n{out}");
+        let applied: Value = serde_json::from_str(&out).unwrap();
+        let deployment = applied["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["kind"] == "Deployment")
+            .cloned()
+            .expect("the install has a Deployment");
+        let (ok, _, err) = self.kubectl(&[
+            "wait",
+            "--for",
+            "condition=Established",
+            "--timeout",
+            "60s",
+            "crd/tokensources.tokensource.dev",
+        ]);
+        assert!(ok, "{err}");
+        serde_json::from_value(deployment).unwrap()
+    }
+
+    /// A kubeconfig for the operator's ServiceAccount: a token from the TokenRequest API, as the
+    /// kubelet mounts one into the pod.
+    async fn service_account_kubeconfig(&self, deployment: &Deployment) -> PathBuf {
+        let spec = deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let account = spec.service_account_name.clone().expect("the Deployment names its ServiceAccount");
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), SYSTEM);
+        let request = TokenRequest {
+            spec: TokenRequestSpec { audiences: vec![], expiration_seconds: Some(3600), ..Default::default() },
+            ..Default::default()
+        };
+        let minted = eventually("a token of the operator's ServiceAccount", WAIT, || async {
+            accounts.create_token_request(&account, &PostParams::default(), &request).await.map_err(|e| e.to_string())
+        })
+        .await;
+        let token = minted.status.expect("TokenRequest status").token;
+        let mut kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
+        for user in &mut kc.auth_infos {
+            user.auth_info = Some(kube::config::AuthInfo { token: Some(token.clone().into()), ..Default::default() });
+        }
+        let path = self.work.join(format!("{account}.kubeconfig"));
+        std::fs::write(&path, serde_json::to_string(&kc).unwrap()).unwrap();
+        path
+    }
+
+    /// The operator binary with the Deployment's arguments and environment: only the listen
+    /// address is loopback, and the test's endpoints (plain HTTP on 127.0.0.1) are allowed.
+    async fn run(&self, deployment: &Deployment, name: &str) -> Operator {
+        let kubeconfig = self.service_account_kubeconfig(deployment).await;
+        let container = &deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+        let mut args: Vec<String> =
+            container.args.clone().unwrap_or_default().into_iter().filter(|a| !a.starts_with("--admin-addr")).collect();
+        args.extend(["--admin-addr".into(), format!("127.0.0.1:{}", free_port())]);
+        args.extend(
+            ["--allow-insecure-http", "--allow-endpoint-cidrs", "127.0.0.1/32", "--propagation-margin", "1s"]
+                .map(String::from),
+        );
+        args.extend(["--kubeconfig".into(), kubeconfig.display().to_string()]);
+        let mut command = Command::new(BIN);
+        command.args(&args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+        for var in container.env.clone().unwrap_or_default() {
+            let value = match (var.value, var.value_from) {
+                (Some(v), _) => v,
+                // The downward API, as the kubelet fills it in.
+                (None, Some(from)) => match from.field_ref.map(|f| f.field_path).as_deref() {
+                    Some("metadata.namespace") => SYSTEM.into(),
+                    Some("metadata.name") => name.into(),
+                    other => panic!("{}: no value for {other:?} outside a pod", var.name),
+                },
+                (None, None) => String::new(),
+            };
+            command.env(var.name, value);
+        }
+        let log = self.work.join(format!("{name}.log"));
+        let child = command.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+        eprintln!("{name}: {} {}", BIN, args.join(" "));
+        Operator { child, log }
+    }
+
+    async fn namespace(&self, name: &str) {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let ns = json!({"metadata": {"name": name}});
+        let _ = namespaces.create(&PostParams::default(), &serde_json::from_value(ns).unwrap()).await;
+        let c = self.fakes.config().podero;
+        let creds = json!({"metadata": {"name": "podero-credentials"}, "stringData": {"client_id": c.id, "client_secret": c.secret}});
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), name);
+        let _ = secrets.delete("podero-credentials", &Default::default()).await;
+        secrets.create(&PostParams::default(), &serde_json::from_value(creds).unwrap()).await.unwrap();
+        // The client ID from a ConfigMap, as users keep what is not secret: the install's
+        // `get configmaps` is needed too.
+        let client = json!({"metadata": {"name": "podero-client"}, "data": {"client_id": c.id}});
+        let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), name);
+        let _ = maps.delete("podero-client", &Default::default()).await;
+        maps.create(&PostParams::default(), &serde_json::from_value(client).unwrap()).await.unwrap();
+    }
+
+    /// A Podero TokenSource, created by the admin (a tenant).
+    async fn token_source(&self, ns: &str, name: &str, target: Value) {
+        let ts = json!({
+            "apiVersion": "tokensource.dev/v1alpha1", "kind": "TokenSource",
+            "metadata": {"name": name},
+            "spec": {
+                "type": "OAuth2",
+                "oauth2": {
+                    "tokenURL": self.fakes.endpoint_url(Endpoint::Podero),
+                    "clientID": {"valueFrom": {"configMapKeyRef": {"name": "podero-client", "key": "client_id"}}},
+                    "clientAuth": {"type": "ClientSecretBasic", "clientSecretRef": {"name": "podero-credentials", "key": "client_secret"}},
+                    "bodyType": "JSON",
+                    "headers": [{"name": "Cache-Control", "value": "no-cache"}]
+                },
+                "target": target
+            }
+        });
+        let sources: Api<TokenSource> = Api::namespaced(self.client.clone(), ns);
+        sources.create(&PostParams::default(), &serde_json::from_value(ts).unwrap()).await.unwrap();
+    }
+
+    /// Waits for a valid token in the target Secret and `Ready=True`; returns the token.
+    async fn wait_working(&self, ns: &str, name: &str, secret: &str, not: Option<&str>) -> String {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let token = eventually(&format!("a token in {ns}/{secret}"), WAIT, || async {
+            let s = secrets.get_opt(secret).await.map_err(|e| e.to_string())?;
+            let token = s
+                .and_then(|s| s.data)
+                .and_then(|d| d.get("token").map(|t| String::from_utf8_lossy(&t.0).into_owned()))
+                .filter(|t| self.fakes.is_valid(t) && Some(t.as_str()) != not);
+            token.ok_or_else(|| "no valid new token yet".to_string())
+        })
+        .await;
+        let sources: Api<TokenSource> = Api::namespaced(self.client.clone(), ns);
+        eventually(&format!("{ns}/{name} Ready=True"), WAIT, || async {
+            let ts = sources.get(name).await.map_err(|e| e.to_string())?;
+            let ready = ts.status.and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"));
+            check(
+                ready.as_ref().is_some_and(|c| c.status == "True"),
+                (),
+                ready.map(|c| (c.status, c.reason, c.message)),
+            )
+        })
+        .await;
+        token
+    }
+
+    /// Events recorded for a TokenSource (events.k8s.io, as the operator writes them).
+    async fn events_for(&self, ns: &str, name: &str) -> usize {
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), ns);
+        let list = events.list(&Default::default()).await.unwrap();
+        list.items.iter().filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)).count()
+    }
+
+    fn assert_nothing_refused(&self, operator: &Operator, variant: &str, ours: &[&str]) {
+        let refused = operator.refusals(ours);
+        assert!(refused.is_empty(), "{variant}: the API server refused the operator:\n{}", refused.join("\n"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_does_its_work_on_the_rbac_it_ships() {
+    let cluster = Cluster::start().await;
+    if cluster.real() {
+        eprintln!("the real API server: RBAC is enforced");
+    } else {
+        eprintln!("kubesim authorises every request: this run checks the wiring, not the RBAC");
+    }
+
+    // 1. deploy/ as shipped: every namespace, leader election, the ClusterRole.
+    let deployment = cluster.install(&[]);
+    let tenant = "rbac-tenant";
+    cluster.namespace(tenant).await;
+    let operator = cluster.run(&deployment, "shipped").await;
+    cluster.token_source(tenant, "api", json!({"name": "api-token"})).await;
+    cluster.wait_working(tenant, "api", "api-token", None).await;
+    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), SYSTEM);
+    let holder = eventually("the operator holds the Lease", WAIT, || async {
+        let lease = leases.get_opt("tokensource-operator").await.map_err(|e| e.to_string())?;
+        let holder = lease.and_then(|l| l.spec?.holder_identity).unwrap_or_default();
+        check(holder.starts_with("shipped"), holder.clone(), holder)
+    })
+    .await;
+    eventually("an Event for the TokenSource", WAIT, || async {
+        let n = cluster.events_for(tenant, "api").await;
+        check(n > 0, (), n)
+    })
+    .await;
+    cluster.assert_nothing_refused(&operator, "deploy/", &[tenant]);
+    eprintln!("deploy/: token, Ready, Event and Lease ({holder}) with the shipped RBAC");
+    drop(operator);
+
+    // 2. The namespaced mode: a Role in `apps` instead of the ClusterRole.
+    // Its Role lives in the watched namespace, which exists before the install.
+    cluster.namespace("apps").await;
+    let deployment = cluster.install(&["namespaced"]);
+    let operator = cluster.run(&deployment, "namespaced").await;
+    cluster.token_source("apps", "api", json!({"name": "api-token"})).await;
+    cluster.wait_working("apps", "api", "api-token", None).await;
+    eventually("an Event for the TokenSource in apps", WAIT, || async {
+        let n = cluster.events_for("apps", "api").await;
+        check(n > 0, (), n)
+    })
+    .await;
+    // The namespaced operator leaves other namespaces alone; the rbac-tenant TokenSource's token
+    // stays what the first operator wrote.
+    cluster.assert_nothing_refused(&operator, "components/namespaced", &["apps"]);
+    eprintln!("components/namespaced: token, Ready and Event in apps with the Role only");
+    drop(operator);
+
+    // 3. The opt-in components: rollout restarts and the consumer audit.
+    cluster.fakes.set_lifetime(Endpoint::Podero, Duration::from_secs(8));
+    let deployment = cluster.install(&["rollout-restart", "audit-consumers", "workload-identity"]);
+    let tenant = "rbac-components";
+    cluster.namespace(tenant).await;
+    let operator = cluster.run(&deployment, "components").await;
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), tenant);
+    let workload = json!({"metadata": {"name": "api"}, "spec": {
+        "selector": {"matchLabels": {"app": "api"}},
+        "template": {"metadata": {"labels": {"app": "api"}}, "spec": {"containers": [{"name": "app", "image": "registry.example/app:1",
+            "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "api-token", "key": "token"}}}]}]}}}});
+    deployments.create(&PostParams::default(), &serde_json::from_value(workload).unwrap()).await.unwrap();
+    cluster
+        .token_source(
+            tenant,
+            "api",
+            json!({"name": "api-token", "rolloutRestart": {"workloads": [{"kind": "Deployment", "name": "api"}]}}),
+        )
+        .await;
+    let first = cluster.wait_working(tenant, "api", "api-token", None).await;
+    // A Pod that reads the token once, at start: the audit names it.
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), tenant);
+    let reader = json!({"metadata": {"name": "reader"}, "spec": {"containers": [{"name": "app", "image": "registry.example/app:1",
+        "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "api-token", "key": "token"}}}]}]}});
+    eventually("the reader Pod created", WAIT, || async {
+        // Admission needs the namespace's default ServiceAccount, which the controller-manager makes.
+        pods.create(&PostParams::default(), &serde_json::from_value(reader.clone()).unwrap())
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let sources: Api<TokenSource> = Api::namespaced(cluster.client.clone(), tenant);
+    eventually("ConsumersStale=True naming the reader", WAIT, || async {
+        let ts = sources.get("api").await.map_err(|e| e.to_string())?;
+        let c = ts.status.and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "ConsumersStale"));
+        check(
+            c.as_ref().is_some_and(|c| c.status == "True" && c.message.contains("pod/reader")),
+            (),
+            c.map(|c| c.message),
+        )
+    })
+    .await;
+    cluster.wait_working(tenant, "api", "api-token", Some(&first)).await;
+    let restarted = eventually("the Deployment restarted after the renewal", WAIT, || async {
+        let d = deployments.get("api").await.map_err(|e| e.to_string())?;
+        let at = d.spec.and_then(|s| s.template.metadata?.annotations?.get("tokensource.dev/restartedAt").cloned());
+        check(at.is_some(), at.clone().unwrap_or_default(), (d.metadata.name, at))
+    })
+    .await;
+    cluster.assert_nothing_refused(
+        &operator,
+        "components/rollout-restart, audit-consumers, workload-identity",
+        &[tenant],
+    );
+    eprintln!("components: the audit named the reader Pod; the Deployment restarted at {restarted}");
+}
