@@ -139,11 +139,7 @@ async fn an_echoing_endpoint_gets_no_secret_into_status_events_or_metrics() {
 async fn trace_level_logs_of_the_real_binary_hold_no_secret_and_no_token() {
     let mut env = Env::start().await;
     env.stop_operator().await;
-    let kubeconfig = match (&env.sim, std::env::var("TOKENSOURCE_E2E_KUBECONFIG")) {
-        (Some(sim), _) => sim.kubeconfig_path().to_path_buf(),
-        (None, Ok(path)) => path.into(),
-        (None, Err(_)) => unreachable!("Env runs against kubesim or the cluster named by TOKENSOURCE_E2E_KUBECONFIG"),
-    };
+    let kubeconfig = common::operator_kubeconfig(&env.client, &env.kubeconfig_path(), env.sim.is_none()).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut operator = std::process::Command::new(env!("CARGO_BIN_EXE_tokensource-operator"))
         .args(["run", "--namespace", &env.ns, "--allow-insecure-http", "--allow-endpoint-cidrs", "127.0.0.1/32"])

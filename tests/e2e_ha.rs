@@ -120,6 +120,12 @@ impl Ha {
             }
         };
         let ns = common::install(&client, "ha").await;
+        // On a real API server the operators run as their ServiceAccount, with the
+        // leader-election Role in the namespace that holds their Lease.
+        let kubeconfig = common::operator_kubeconfig(&client, &kubeconfig, sim.is_none()).await;
+        if sim.is_none() {
+            common::grant(&client, &ns, "leader-election-rbac.yaml").await;
+        }
         let fakes = Fakes::start(FakeConfig { lifetime, ..Default::default() }).await.unwrap();
         let c = fakes.config().podero;
         let creds = json!({"metadata": {"name": "podero-credentials"}, "stringData": {"client_id": c.id, "client_secret": c.secret}});

@@ -52,6 +52,7 @@ async fn setup(env: &Env) -> (Api<Deployment>, Api<StatefulSet>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_tokens_restart_the_workloads_at_most_once_per_interval() {
     let env = Env::start().await;
+    env.grant("components/rollout-restart").await;
     env.fakes.set_lifetime(Endpoint::Podero, Duration::from_secs(6));
     let (deployments, sets) = setup(&env).await;
     let first = env.wait_token("api-token", None).await;
@@ -111,9 +112,12 @@ async fn new_tokens_restart_the_workloads_at_most_once_per_interval() {
 async fn a_restart_the_operator_may_not_make_is_reported_and_retried() {
     let env = Env::start().await;
     env.fakes.set_lifetime(Endpoint::Podero, Duration::from_secs(6));
-    let sim = env.sim.as_ref().expect("kubesim").faults().clone();
-    // As without the rollout-restart RBAC.
-    sim.fail_next(kubesim::Matcher::new("patch", "deployments"), u32::MAX, 403, None);
+    // Without the rollout-restart RBAC: the real API server refuses the patch; kubesim, which
+    // authorises everything, is made to.
+    let sim = env.sim.as_ref().map(|sim| sim.faults().clone());
+    if let Some(sim) = &sim {
+        sim.fail_next(kubesim::Matcher::new("patch", "deployments"), u32::MAX, 403, None);
+    }
     let (deployments, _) = setup(&env).await;
     let first = env.wait_token("api-token", None).await;
     env.wait_token("api-token", Some(&first)).await;
@@ -130,8 +134,11 @@ async fn a_restart_the_operator_may_not_make_is_reported_and_retried() {
     .unwrap_or_default();
     assert!(message.contains("deploy/components/rollout-restart"), "{message}");
     env.wait_ready("api", "True", "TokenValid").await;
-    // Allowed again: the restart owed happens within the interval.
-    sim.clear();
+    // Allowed now: the restart owed happens within the interval.
+    match &sim {
+        Some(sim) => sim.clear(),
+        None => env.grant("components/rollout-restart").await,
+    }
     eventually("the restart once allowed", Duration::from_secs(25), || async {
         let r = restarted_at(&deployments, "api").await;
         check(r.is_some(), (), r)
@@ -150,6 +157,7 @@ async fn the_consumer_audit_names_pods_that_never_see_a_renewed_token() {
     use k8s_openapi::api::core::v1::Pod;
     let mut env = Env::start().await;
     env.config.audit_consumers = true;
+    env.grant("components/audit-consumers").await;
     env.restart_operator().await;
     podero_credentials(&env).await;
     env.create(podero(&env, "api", "api-token")).await;

@@ -467,6 +467,7 @@ async fn api_server_accepts(env: &Env, audience: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_account_token_the_api_server_accepts_is_never_sent() {
     let env = Env::start().await;
+    env.grant("components/workload-identity").await;
     payments_account(&env).await;
     if !api_server_accepts(&env, "k3s").await {
         return;

@@ -17,14 +17,13 @@ const PLUGIN: &str = env!("CARGO_BIN_EXE_kubectl-tokensource");
 
 /// Runs `kubectl <args>` with the plugin's directory first on PATH.
 fn kubectl(env: &Env, args: &[&str]) -> (bool, String, String) {
-    let sim = env.sim.as_ref().expect("kubesim");
     let dir = std::path::Path::new(PLUGIN).parent().unwrap();
     let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
     let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into());
     let out = Command::new(kubectl)
         .args(args)
         .env("PATH", path)
-        .env("KUBECONFIG", sim.kubeconfig_path())
+        .env("KUBECONFIG", env.kubeconfig_path())
         .output()
         .expect("kubectl is required for this test");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
@@ -155,6 +154,9 @@ fn check_args(env: &Env, name: &str, ts: &serde_json::Value) -> (std::path::Path
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_sends_the_request_explains_the_answer_and_writes_nothing() {
     let env = Env::start().await;
+    if env.kubesim_only("kubesim's request log proves the check writes nothing") {
+        return;
+    }
     podero_credentials(&env).await;
     let sim = env.sim.as_ref().expect("kubesim").faults().clone();
     let mut ts = podero(&env, "dry", "dry-token");
@@ -227,6 +229,9 @@ async fn check_sends_the_request_explains_the_answer_and_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_requests_the_service_account_token_of_a_workload_identity_flow() {
     let env = Env::start().await;
+    if env.kubesim_only("kubesim's request log counts the TokenRequests the check makes") {
+        return;
+    }
     let sim = env.sim.as_ref().expect("kubesim");
     let sa: k8s_openapi::api::core::v1::ServiceAccount =
         serde_json::from_value(json!({"metadata": {"name": "payments"}})).unwrap();

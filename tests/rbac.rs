@@ -331,6 +331,11 @@ async fn the_operator_does_its_work_on_the_rbac_it_ships() {
         eprintln!("kubesim authorises every request: this run checks the wiring, not the RBAC");
     }
 
+    // The operator serves every namespace: other suites' TokenSources (the examples, the
+    // rollout restarts of a test without the component) would be its work too.
+    let (ok, _, err) = cluster.kubectl(&["delete", "tokensources", "--all", "--all-namespaces", "--wait=false"]);
+    assert!(ok || err.contains("doesn't have a resource type"), "{err}");
+
     // 1. deploy/ as shipped: every namespace, leader election, the ClusterRole.
     let deployment = cluster.install(&[]);
     let tenant = "rbac-tenant";

@@ -627,7 +627,7 @@ impl Context {
         let me = ObjectRef::from_obj(ts);
         if matches!(error, Error::NotLeader) {
             // Not a failure of this TokenSource: nothing is counted or remembered.
-            tracing::debug!(tokensource = %ts.name_any(), "not the leader; nothing written");
+            tracing::debug!(tokensource = %ts.name_any(), namespace = ts.namespace().unwrap_or_default(), "not the leader; nothing written");
             return Outcome { status, event: None, requeue: None, deferred: false };
         }
         let message = known.redactor.redact(&error.to_string());

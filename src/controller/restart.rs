@@ -72,7 +72,7 @@ impl Context {
         // restart sets the same one, and a later token always another.
         let token_at = status.last_renewal_time.as_ref().map(|t| t.0);
         let at = [Some(debt.0), next_allowed(spec, last), token_at].into_iter().flatten().max().unwrap_or(now).min(now);
-        tracing::debug!(tokensource = %ts.name_any(), owed_since = %debt.0, last = ?last, at = %at, version = ts.resource_version().unwrap_or_default(), "restarting workloads");
+        tracing::debug!(tokensource = %ts.name_any(), namespace = ts.namespace().unwrap_or_default(), owed_since = %debt.0, last = ?last, at = %at, version = ts.resource_version().unwrap_or_default(), "restarting workloads");
         match self.restart_workloads(ts, &spec.workloads, at).await {
             Ok(restarted) => {
                 status.rollout_restart_pending_since = None;
@@ -97,7 +97,7 @@ impl Context {
                 set_condition(&mut status.conditions, blocked);
                 let retry = Duration::try_from(interval(spec)).map_or(RETRY, |d| d.min(RETRY));
                 outcome.requeue = Some(outcome.requeue.map_or(retry, |r| r.min(retry)));
-                tracing::warn!(tokensource = %ts.name_any(), error = %message, "rollout restart failed");
+                tracing::warn!(tokensource = %ts.name_any(), namespace = ts.namespace().unwrap_or_default(), error = %message, "rollout restart failed");
                 self.publish(ts, Note { warning: true, reason: Reason::RolloutRestartFailed, message }).await;
             }
         }

@@ -21,7 +21,11 @@ use tokensource_operator::metrics::{Metrics, ResultLabels};
 
 pub struct Env {
     pub sim: Option<kubesim::KubeSim>,
+    /// The admin: the tests' own reads and writes.
     pub client: Client,
+    /// The operator's: the admin on kubesim; on a real API server a token of the
+    /// `tokensource-operator` ServiceAccount with the RBAC `deploy/` grants (see [`Env::grant`]).
+    pub operator_client: Client,
     pub fakes: Fakes,
     pub ns: String,
     pub config: Config,
@@ -105,6 +109,133 @@ pub async fn install(client: &Client, prefix: &str) -> String {
     ns
 }
 
+/// `kubectl <args>` as the admin of `TOKENSOURCE_E2E_KUBECONFIG`; its output, or the test fails
+/// with what kubectl said.
+fn kubectl(args: &[&str]) -> String {
+    let home = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-kubectl-home");
+    let out = std::process::Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into()))
+        .args(args)
+        .env("KUBECONFIG", std::env::var("TOKENSOURCE_E2E_KUBECONFIG").unwrap_or_default())
+        .env("HOME", home)
+        .output()
+        .expect("kubectl is required for this test");
+    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kubectl apply --server-side` of files, as the admin.
+fn kubectl_apply(files: &[std::path::PathBuf]) {
+    let mut args = vec!["apply", "--server-side", "--force-conflicts", "--field-manager", "e2e-install"];
+    for f in files {
+        args.extend(["-f", f.to_str().unwrap()]);
+    }
+    kubectl(&args);
+}
+
+/// A client for the operator on a real API server: the ServiceAccount's token, never the admin's.
+/// A permission the install lacks fails the test with the API server's Forbidden.
+async fn as_operator(admin: &Client, mut config: kube::Config) -> Client {
+    config.auth_info = kube::config::AuthInfo { token: Some(operator_token(admin).await.into()), ..Default::default() };
+    Client::try_from(config).unwrap()
+}
+
+/// Grants the operator's ServiceAccount, in namespace `ns` only, what `part` of `deploy/` grants
+/// (a file, or every file of a directory): its ClusterRoles bound by a RoleBinding in `ns`, its
+/// Roles and RoleBindings moved to `ns`. A cluster-wide binding would grant it to every other
+/// test of the cluster too, among them those that check what the operator does without it.
+/// TokenReviews are not namespaced: `token-review.yaml` is applied as it is.
+pub async fn grant(admin: &Client, ns: &str, part: &str) {
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(part);
+    let mut files: Vec<_> =
+        if path.is_dir() { std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()).collect() } else { vec![path] };
+    files.retain(|p| p.file_name().is_some_and(|n| n != "kustomization.yaml"));
+    files.sort();
+    let bindings: Api<RoleBinding> = Api::namespaced(admin.clone(), ns);
+    let work = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("grant-{ns}"));
+    std::fs::create_dir_all(&work).unwrap();
+    for file in files {
+        if file.file_name().is_some_and(|n| n == "token-review.yaml") {
+            kubectl_apply(&[file]);
+            continue;
+        }
+        let out = kubectl(&["create", "--dry-run=client", "-o", "json", "-f", file.to_str().unwrap()]);
+        // One JSON document per object of the file.
+        let objects: Vec<Value> = serde_json::Deserializer::from_str(&out).into_iter().map(|o| o.unwrap()).collect();
+        for mut object in objects {
+            let name = object["metadata"]["name"].as_str().unwrap().to_string();
+            let kind = object["kind"].as_str().unwrap_or_default().to_string();
+            match kind.as_str() {
+                "ClusterRole" => {
+                    let binding = json!({
+                        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                        "metadata": {"name": name},
+                        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+                        "subjects": [{"kind": "ServiceAccount", "name": "tokensource-operator", "namespace": "tokensource-system"}]
+                    });
+                    let file = work.join(format!("{name}.json"));
+                    std::fs::write(&file, object.to_string()).unwrap();
+                    kubectl_apply(&[file]);
+                    bindings
+                        .patch(&name, &PatchParams::apply("e2e").force(), &Patch::Apply(&binding))
+                        .await
+                        .unwrap_or_else(|e| panic!("binding {name} in {ns}: {e}"));
+                }
+                "Role" | "RoleBinding" => {
+                    object["metadata"]["namespace"] = json!(ns);
+                    let file = work.join(format!("{kind}-{name}.json"));
+                    std::fs::write(&file, object.to_string()).unwrap();
+                    kubectl_apply(&[file]);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A token of the operator's ServiceAccount from the TokenRequest API, as the kubelet mounts one
+/// into the operator's pod, after `deploy/`'s namespace, ServiceAccount, ClusterRole and
+/// leader-election Role are applied.
+async fn operator_token(admin: &Client) -> String {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let files: Vec<_> = ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml", "leader-election-rbac.yaml"]
+        .map(|f| deploy.join(f))
+        .into();
+    kubectl_apply(&files);
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), "tokensource-system");
+    let request = TokenRequest {
+        spec: TokenRequestSpec { audiences: vec![], expiration_seconds: Some(3600), ..Default::default() },
+        ..Default::default()
+    };
+    let minted = eventually("a token of the operator's ServiceAccount", WAIT, || async {
+        accounts
+            .create_token_request("tokensource-operator", &PostParams::default(), &request)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    minted.status.expect("TokenRequest status").token
+}
+
+/// For an operator binary: on a real API server, a kubeconfig of the operator's ServiceAccount
+/// (the admin's cluster, the ServiceAccount's token); on kubesim, `admin_kubeconfig` itself.
+pub async fn operator_kubeconfig(admin: &Client, admin_kubeconfig: &std::path::Path, real: bool) -> std::path::PathBuf {
+    if !real {
+        return admin_kubeconfig.to_path_buf();
+    }
+    let token = operator_token(admin).await;
+    let mut kc = kube::config::Kubeconfig::read_from(admin_kubeconfig).unwrap();
+    for user in &mut kc.auth_infos {
+        user.auth_info = Some(kube::config::AuthInfo { token: Some(token.clone().into()), ..Default::default() });
+    }
+    let path =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{}.kubeconfig", unique("sa")));
+    std::fs::write(&path, serde_json::to_string(&kc).unwrap()).unwrap();
+    path
+}
+
 fn unique(prefix: &str) -> String {
     use rand::Rng;
     let n: u32 = rand::rng().random();
@@ -151,16 +282,18 @@ impl Env {
         if let Ok(level) = std::env::var("TEST_LOG") {
             tokensource_operator::telemetry::init(&level, tokensource_operator::telemetry::LogFormat::Text);
         }
-        let (sim, client) = match std::env::var("TOKENSOURCE_E2E_KUBECONFIG") {
+        let (sim, client, operator_client) = match std::env::var("TOKENSOURCE_E2E_KUBECONFIG") {
             Ok(path) if !path.is_empty() => {
                 let kc = kube::config::Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
                 let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
-                (None, Client::try_from(cfg).unwrap())
+                let client = Client::try_from(cfg.clone()).unwrap();
+                let operator = as_operator(&client, cfg).await;
+                (None, client, operator)
             }
             _ => {
                 let sim = kubesim::KubeSim::start().await.expect("kubesim");
                 let client = sim.client();
-                (Some(sim), client)
+                (Some(sim), client.clone(), client)
             }
         };
         let ns = install(&client, "e2e").await;
@@ -176,14 +309,23 @@ impl Env {
             transport: local_endpoints(),
             ..Default::default()
         };
-        let mut env = Self { sim, client, fakes, ns, config, operator: None, metrics: Arc::new(Metrics::default()) };
+        let mut env = Self {
+            sim,
+            client,
+            operator_client,
+            fakes,
+            ns,
+            config,
+            operator: None,
+            metrics: Arc::new(Metrics::default()),
+        };
         env.start_operator();
         env
     }
 
     pub fn start_operator(&mut self) {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let client = self.client.clone();
+        let client = self.operator_client.clone();
         let config = self.config.clone();
         let metrics = self.metrics.clone();
         let handle = tokio::spawn(async move {
@@ -207,6 +349,32 @@ impl Env {
     pub async fn restart_operator(&mut self) {
         self.stop_operator().await;
         self.start_operator();
+    }
+
+    /// The admin kubeconfig: kubesim's, or the real cluster's (`TOKENSOURCE_E2E_KUBECONFIG`).
+    pub fn kubeconfig_path(&self) -> std::path::PathBuf {
+        match &self.sim {
+            Some(sim) => sim.kubeconfig_path().to_path_buf(),
+            None => std::env::var("TOKENSOURCE_E2E_KUBECONFIG").unwrap_or_default().into(),
+        }
+    }
+
+    /// Whether this test must stop here because it runs on a real API server and needs
+    /// kubesim (`why`: its fault injection, its request log, ...); says so in one line.
+    pub fn kubesim_only(&self, why: &str) -> bool {
+        if self.sim.is_none() {
+            eprintln!("kubesim only: {why}; not run against a real API server");
+        }
+        self.sim.is_none()
+    }
+
+    /// On a real API server, grants the operator's ServiceAccount, in this test's namespace, what
+    /// `part` of `deploy/` grants: an opt-in component (`components/rollout-restart`, ...) or
+    /// `leader-election-rbac.yaml`. See [`grant`]. kubesim authorises everything.
+    pub async fn grant(&self, part: &str) {
+        if self.sim.is_none() {
+            grant(&self.client, &self.ns, part).await;
+        }
     }
 
     pub fn sources(&self) -> Api<TokenSource> {
