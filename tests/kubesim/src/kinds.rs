@@ -312,7 +312,10 @@ impl Builtin {
             Self::Namespace if body["status"]["phase"].is_null() => body["status"] = json!({"phase": "Active"}),
             Self::CustomResourceDefinition => match registry::from_crd(body) {
                 Err(e) => causes.push(Cause::new("FieldValueInvalid", "spec", e)),
-                Ok(def) => body["status"] = crd_status(&def),
+                Ok(def) => {
+                    untyped_rule_fields(body, causes);
+                    body["status"] = crd_status(&def);
+                }
             },
             _ => {}
         }
@@ -332,6 +335,91 @@ pub(crate) fn valid_dns_subdomain(name: &str) -> bool {
 }
 
 /// A served CRD's status: names accepted, established, its storage versions.
+/// CEL rules that name a field the schema gives no type (`x-kubernetes-preserve-unknown-fields`
+/// alone): the API server leaves such a field out of the CEL type of the object, so the rule
+/// fails to compile and the CRD is refused, with the rule's position of the first such field.
+/// (Other compile errors are not looked for.)
+fn untyped_rule_fields(crd: &Value, causes: &mut Vec<Cause>) {
+    let versions = crd["spec"]["versions"].as_array().cloned().unwrap_or_default();
+    let schemas: Vec<&Value> = versions.iter().map(|v| &v["schema"]["openAPIV3Schema"]).collect();
+    // The API server names one schema shared by every version `spec.validation`.
+    let shared = schemas.windows(2).all(|w| w[0] == w[1]);
+    for (i, schema) in schemas.iter().enumerate() {
+        let path = if shared {
+            "spec.validation.openAPIV3Schema".to_string()
+        } else {
+            format!("spec.versions[{i}].schema.openAPIV3Schema")
+        };
+        untyped_in(schema, &path, causes);
+        if shared {
+            break;
+        }
+    }
+}
+
+fn untyped_in(node: &Value, path: &str, causes: &mut Vec<Cause>) {
+    for (j, rule) in node["x-kubernetes-validations"].as_array().into_iter().flatten().enumerate() {
+        let text = rule["rule"].as_str().unwrap_or_default();
+        let untyped = |field: &str| {
+            node["properties"][field].as_object().is_some_and(|p| {
+                !p.contains_key("type")
+                    && p.get("x-kubernetes-int-or-string").and_then(Value::as_bool) != Some(true)
+                    && p.get("x-kubernetes-embedded-resource").and_then(Value::as_bool) != Some(true)
+            })
+        };
+        if let Some((at, field)) = self_fields(text).into_iter().find(|(_, f)| untyped(f)) {
+            let quoted = |k: &str| rule.get(k).and_then(Value::as_str).map_or(Value::Null, |v| json!(v));
+            let value = format!(
+                "{{\"Rule\":{},\"Message\":{},\"MessageExpression\":{},\"Reason\":{},\"FieldPath\":{},\"OptionalOldSelf\":{}}}",
+                json!(text),
+                json!(rule["message"].as_str().unwrap_or_default()),
+                json!(rule["messageExpression"].as_str().unwrap_or_default()),
+                quoted("reason"),
+                json!(rule["fieldPath"].as_str().unwrap_or_default()),
+                rule.get("optionalOldSelf").cloned().unwrap_or(Value::Null),
+            );
+            causes.push(Cause::new(
+                "FieldValueInvalid",
+                format!("{path}.x-kubernetes-validations[{j}].rule"),
+                format!(
+                    "Invalid value: {value}: compilation failed: ERROR: <input>:1:{}: undefined field '{field}'\n | {text}\n | {}^",
+                    at + 1,
+                    ".".repeat(at)
+                ),
+            ));
+        }
+    }
+    for (name, child) in node["properties"].as_object().into_iter().flatten() {
+        untyped_in(child, &format!("{path}.properties[{name}]"), causes);
+    }
+    if node["items"].is_object() {
+        untyped_in(&node["items"], &format!("{path}.items"), causes);
+    }
+    if node["additionalProperties"].is_object() {
+        untyped_in(&node["additionalProperties"], &format!("{path}.additionalProperties"), causes);
+    }
+}
+
+/// The fields a rule selects from `self` directly, with the position CEL reports for each: the
+/// `(` of `has(self.f)`, else the `.` of `self.f`.
+fn self_fields(rule: &str) -> Vec<(usize, String)> {
+    let ident =
+        |rest: &str| -> String { rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect() };
+    let mut found = vec![];
+    for (at, _) in rule.match_indices("self.") {
+        let preceded =
+            at > 0 && rule[..at].chars().next_back().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+        let field = ident(&rule[at + 5..]);
+        if preceded || field.is_empty() {
+            continue;
+        }
+        let position = if rule[..at].ends_with("has(") { at - 1 } else { at + 4 };
+        found.push((position, field));
+    }
+    found.sort();
+    found
+}
+
 fn crd_status(def: &ResourceDef) -> Value {
     let now = crate::store::now();
     json!({

@@ -906,3 +906,59 @@ async fn apply_removes_a_keyed_list_element_its_manager_stops_applying() {
     assert_eq!(s.metadata.owner_references, None, "the whole element goes, key and all");
     assert_eq!(s.metadata.labels.unwrap_or_default().get("a").map(String::as_str), Some("1"));
 }
+
+/// A CEL rule that names a field the schema gives no type (`x-kubernetes-preserve-unknown-fields`
+/// alone) is refused with the CRD: the API server leaves such a field out of CEL's type of the
+/// object and fails to compile the rule. Held against the real API server (1.34, 1.37), which
+/// refused our own CRD for it while kubesim accepted it.
+#[tokio::test]
+async fn a_cel_rule_on_a_field_without_a_type_is_refused_with_the_crd() {
+    let (_sim, client) = cluster().await;
+    let crds: Api<DynamicObject> = Api::all_with(
+        client,
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+            "customresourcedefinitions",
+        ),
+    );
+    let group = format!("{}.example.com", fresh("untyped"));
+    let crd = |body: Value| -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": format!("bodies.{group}")},
+            "spec": {
+                "group": group, "scope": "Namespaced",
+                "names": {"plural": "bodies", "singular": "body", "kind": "Body"},
+                "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "properties": {"spec": {
+                        "type": "object",
+                        "x-kubernetes-validations": [
+                            {"rule": "has(self.json) != has(self.text)", "message": "set one of json and text"}
+                        ],
+                        "properties": {"json": body, "text": {"type": "string"}}
+                    }}
+                }}}]
+            }
+        }))
+        .unwrap()
+    };
+    let untyped = json!({"x-kubernetes-preserve-unknown-fields": true});
+    let (code, reason, message) =
+        api_error(crds.create(&PostParams::default(), &crd(untyped)).await.expect_err("a rule on an untyped field"));
+    assert_eq!((code, reason.as_str()), (422, "Invalid"), "{message}");
+    assert!(
+        message.contains(
+            "spec.validation.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule: Invalid value: \
+             {\"Rule\":\"has(self.json) != has(self.text)\",\"Message\":\"set one of json and text\",\
+             \"MessageExpression\":\"\",\"Reason\":null,\"FieldPath\":\"\",\"OptionalOldSelf\":null}: \
+             compilation failed: ERROR: <input>:1:4: undefined field 'json'\n | has(self.json) != has(self.text)\n | ...^"
+        ),
+        "{message}"
+    );
+    // With a type the same rule compiles.
+    let typed = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+    crds.create(&PostParams::default(), &crd(typed)).await.unwrap();
+    crds.delete(&format!("bodies.{group}"), &Default::default()).await.unwrap();
+}
