@@ -307,16 +307,22 @@ pub fn parse_expiry(v: &Value, format: ExpiryFormat) -> Result<Timestamp, Provid
     };
     match format {
         ExpiryFormat::Rfc3339 => {
-            v.as_str().and_then(|s| s.parse::<Timestamp>().ok()).ok_or_else(|| bad("an RFC 3339 time"))
+            let s = v.as_str().ok_or_else(|| bad("an RFC 3339 time"))?;
+            s.parse::<Timestamp>().or_else(|_| {
+                // A valid time in the year 9999 past the last instant the clock library holds
+                // (9999-12-30, UTC) is far away, not malformed: it is refused as such.
+                // (2001, like 9999, is not a leap year.)
+                let in_9999 = s.get(..5) == Some("9999-") && format!("2001{}", &s[4..]).parse::<Timestamp>().is_ok();
+                if in_9999 { Ok(Timestamp::MAX) } else { Err(bad("an RFC 3339 time")) }
+            })
         }
         ExpiryFormat::UnixSeconds => number(v)
             .filter(|n| n.is_finite())
-            .and_then(|n| Timestamp::from_millisecond((n * 1000.0) as i64).ok())
+            .map(|n| saturating_millis(n * 1000.0))
             .ok_or_else(|| bad("Unix seconds")),
-        ExpiryFormat::UnixMilliseconds => number(v)
-            .filter(|n| n.is_finite())
-            .and_then(|n| Timestamp::from_millisecond(n as i64).ok())
-            .ok_or_else(|| bad("Unix milliseconds")),
+        ExpiryFormat::UnixMilliseconds => {
+            number(v).filter(|n| n.is_finite()).map(saturating_millis).ok_or_else(|| bad("Unix milliseconds"))
+        }
         ExpiryFormat::Unknown => Err(bad("in a format this version of the operator knows")),
     }
 }
@@ -344,7 +350,19 @@ pub fn jwt_exp(token: &str) -> Option<Timestamp> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let claims: Value = serde_json::from_slice(&bytes).ok()?;
     let exp = number(&claims["exp"]).filter(|n| n.is_finite())?;
-    Timestamp::from_second(exp as i64).ok()
+    Some(saturating_millis(exp * 1000.0))
+}
+
+/// The instant `ms` milliseconds after the Unix epoch, or the last (first) instant there is for
+/// one beyond: such a time is then refused as too far away (or as expired), not as malformed.
+fn saturating_millis(ms: f64) -> Timestamp {
+    let (min, max) = (Timestamp::MIN.as_millisecond(), Timestamp::MAX.as_millisecond());
+    // `as` saturates at the bounds of i64; the clamp keeps it in the clock library's range.
+    Timestamp::from_millisecond((ms as i64).clamp(min, max)).unwrap_or(if ms < 0.0 {
+        Timestamp::MIN
+    } else {
+        Timestamp::MAX
+    })
 }
 
 #[cfg(test)]

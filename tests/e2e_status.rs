@@ -7,9 +7,11 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Env, check, eventually, podero, podero_credentials};
+use common::{Env, WAIT, check, eventually, podero, podero_credentials};
 use fake_providers::Endpoint;
 use serde_json::json;
 
@@ -107,16 +109,31 @@ async fn tokensources_waiting_for_a_hung_host_have_a_status() {
     assert!(pending.iter().any(|(_, m)| m.contains("a token request to 127.0.0.1 is in flight")), "{pending:?}");
 }
 
+/// An unsigned JWT whose `exp` claim is `exp` (the operator decodes, does not verify).
+fn jwt_expiring(exp: i64) -> String {
+    use base64::Engine;
+    let part = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    format!("{}.{}.c2ln", part(json!({"alg": "RS256", "typ": "JWT"})), part(json!({"exp": exp, "sub": "s"})))
+}
+
 /// A token endpoint on loopback that answers every request with `reply`.
 async fn answering(reply: serde_json::Value) -> String {
+    answering_with(200, reply, Arc::new(AtomicUsize::new(0))).await
+}
+
+/// A token endpoint on loopback that answers every request with `status` and `reply`, counting
+/// the requests in `calls`.
+async fn answering_with(status: u16, reply: serde_json::Value, calls: Arc<AtomicUsize>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let body = reply.to_string();
+    let status = axum::http::StatusCode::from_u16(status).unwrap();
     let app = axum::Router::new().route(
         "/token",
         axum::routing::post(move || {
             let body = body.clone();
-            async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], body) }
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move { (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body) }
         }),
     );
     tokio::spawn(async move {
@@ -138,6 +155,26 @@ async fn an_absurd_lifetime_is_refused_with_its_value() {
             json!({"type": "ExpiresAt", "jsonPath": "$.expires", "format": "UnixSeconds"}),
             "more than five years",
         ),
+        (
+            "inttl",
+            json!({"access_token": "t", "ttl": "99999999999"}),
+            json!({"type": "ExpiresIn", "jsonPath": "$.ttl"}),
+            "99999999999",
+        ),
+        (
+            "millis",
+            json!({"access_token": "t", "expires": "41024448000000"}),
+            json!({"type": "ExpiresAt", "jsonPath": "$.expires", "format": "UnixMilliseconds"}),
+            "more than five years",
+        ),
+        (
+            "rfc3339",
+            json!({"access_token": "t", "expires": "9999-12-31T23:59:59Z"}),
+            json!({"type": "ExpiresAt", "jsonPath": "$.expires", "format": "RFC3339"}),
+            "more than five years",
+        ),
+        ("jwt", json!({"access_token": jwt_expiring(253_402_300_799)}), json!({"type": "JWT"}), "more than five years"),
+        ("autojwt", json!({"access_token": jwt_expiring(253_402_300_799)}), json!(null), "more than five years"),
     ];
     for (name, reply, expiry, _) in &cases {
         let mut ts = podero(&env, name, &format!("{name}-token"));
@@ -212,4 +249,42 @@ async fn no_status_says_ready_past_expiry_whatever_the_lifetime_latency_and_time
     );
     assert!(worst <= Duration::from_secs(1), "Ready=True {worst:?} past expiry");
     assert_eq!(ready, n, "every TokenSource has a status");
+}
+
+/// Sharers of one request record its failure as their own: the same reason and message on each,
+/// from one provider call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharers_record_the_shared_request_s_failure_as_their_own() {
+    let env = Env::start().await;
+    podero_credentials(&env).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let url = answering_with(
+        401,
+        json!({"error": "invalid_client", "error_description": "client authentication failed"}),
+        calls.clone(),
+    )
+    .await;
+    let names: Vec<String> = (0..5).map(|i| format!("sharer-{i}")).collect();
+    for name in &names {
+        let mut ts = podero(&env, name, &format!("{name}-token"));
+        ts["spec"]["oauth2"]["tokenURL"] = json!(url);
+        env.create(ts).await;
+    }
+    let mut seen = vec![];
+    for name in &names {
+        let message = eventually(&format!("{name} Ready=False with the provider's refusal"), WAIT, || async {
+            let ready = env.ready(name).await;
+            check(
+                ready.as_ref().is_some_and(|(status, _, m)| status == "False" && m.contains("invalid_client")),
+                ready.clone(),
+                ready,
+            )
+        })
+        .await
+        .unwrap();
+        seen.push((message.1, message.2));
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "sharers said different things: {seen:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one request for five identical TokenSources");
+    eprintln!("5 sharers: {} ({}), from 1 provider call", seen[0].0, seen[0].1);
 }
