@@ -106,7 +106,9 @@ impl Ha {
         let (sim, client, kubeconfig) = match std::env::var("TOKENSOURCE_E2E_KUBECONFIG") {
             Ok(path) if !path.is_empty() => {
                 if needs_faults {
-                    eprintln!("this test injects API faults through kubesim; not run against a real cluster");
+                    common::say(
+                        "kubesim only: this test injects API faults through kubesim; not run against a real cluster",
+                    );
                     return None;
                 }
                 let kc = kube::config::Kubeconfig::read_from(&path).unwrap();

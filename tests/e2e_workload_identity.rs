@@ -28,7 +28,9 @@ const SA_TOKEN_PREFIX: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6";
 async fn kubesim_env() -> Option<Env> {
     let env = Env::start().await;
     if env.sim.is_none() {
-        eprintln!("skipped: the fake federation must reach the cluster's OIDC issuer, which only kubesim serves here");
+        common::say(
+            "kubesim only: the fake federation must reach the cluster's OIDC issuer, which only kubesim serves here",
+        );
         return None;
     }
     Some(env)

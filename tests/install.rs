@@ -155,6 +155,21 @@ async fn the_crd_deploy_every_component_and_every_example_install() {
             examples.len()
         );
         assert!(count >= 9, "{out}");
+
+        // A real cluster outlives this test: the examples and the RBAC of every component go
+        // (the CRD stays for the suites that follow), so no later operator holds more than the
+        // install it tests grants, or finds the examples' TokenSources.
+        for example in &examples {
+            let (ok, _, err) =
+                cluster.kubectl(&["delete", "-f", example.to_str().unwrap(), "--ignore-not-found", "--wait=false"]);
+            assert!(ok, "{err}");
+        }
+        for (kinds, scope) in [("clusterrole,clusterrolebinding", None), ("role,rolebinding", Some("-A"))] {
+            let mut args = vec!["delete", kinds, "-l", "app.kubernetes.io/name=tokensource-operator"];
+            args.extend(scope);
+            let (ok, _, err) = cluster.kubectl(&args);
+            assert!(ok, "{err}");
+        }
     });
 }
 

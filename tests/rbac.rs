@@ -127,15 +127,21 @@ impl Cluster {
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
     }
 
-    /// Removes the previous variant's RBAC, then renders `deploy/` with `components` the way a
-    /// user's overlay does and applies it server-side; returns the Deployment as applied.
-    fn install(&self, components: &[&str]) -> Deployment {
+    /// Deletes every RBAC object of the install (labelled `app.kubernetes.io/name:
+    /// tokensource-operator`).
+    fn remove_rbac(&self) {
         for (kinds, scope) in [("clusterrole,clusterrolebinding", None), ("role,rolebinding", Some("-A"))] {
             let mut args = vec!["delete", kinds, "-l", LABEL, "--wait"];
             args.extend(scope);
             let (ok, _, err) = self.kubectl(&args);
-            assert!(ok, "removing the previous RBAC: {err}");
+            assert!(ok, "removing the install's RBAC: {err}");
         }
+    }
+
+    /// Removes the previous variant's RBAC, then renders `deploy/` with `components` the way a
+    /// user's overlay does and applies it server-side; returns the Deployment as applied.
+    fn install(&self, components: &[&str]) -> Deployment {
+        self.remove_rbac();
         // kustomize takes relative paths only: a copy of deploy/ and crds/ beside the overlay.
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         for part in ["deploy", "crds"] {
@@ -359,6 +365,10 @@ async fn the_operator_does_its_work_on_the_rbac_it_ships() {
     eprintln!("deploy/: token, Ready, Event and Lease ({holder}) with the shipped RBAC");
     drop(operator);
 
+    let shipped_secret =
+        |secrets: Api<Secret>| async move { secrets.get("api-token").await.unwrap().metadata.resource_version };
+    let before = shipped_secret(Api::namespaced(cluster.client.clone(), tenant)).await;
+
     // 2. The namespaced mode: a Role in `apps` instead of the ClusterRole.
     // Its Role lives in the watched namespace, which exists before the install.
     cluster.namespace("apps").await;
@@ -371,8 +381,10 @@ async fn the_operator_does_its_work_on_the_rbac_it_ships() {
         check(n > 0, (), n)
     })
     .await;
-    // The namespaced operator leaves other namespaces alone; the rbac-tenant TokenSource's token
-    // stays what the first operator wrote.
+    // The namespaced operator leaves other namespaces alone: the rbac-tenant Secret stays as the
+    // first operator wrote it.
+    let after = shipped_secret(Api::namespaced(cluster.client.clone(), "rbac-tenant")).await;
+    assert_eq!(before, after, "the namespaced operator wrote outside its namespace");
     cluster.assert_nothing_refused(&operator, "components/namespaced", &["apps"]);
     eprintln!("components/namespaced: token, Ready and Event in apps with the Role only");
     drop(operator);
@@ -432,4 +444,7 @@ async fn the_operator_does_its_work_on_the_rbac_it_ships() {
         &[tenant],
     );
     eprintln!("components: the audit named the reader Pod; the Deployment restarted at {restarted}");
+    drop(operator);
+    // The cluster may serve more suites: no operator RBAC beyond what they install is left.
+    cluster.remove_rbac();
 }

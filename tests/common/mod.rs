@@ -363,7 +363,7 @@ impl Env {
     /// kubesim (`why`: its fault injection, its request log, ...); says so in one line.
     pub fn kubesim_only(&self, why: &str) -> bool {
         if self.sim.is_none() {
-            eprintln!("kubesim only: {why}; not run against a real API server");
+            say(&format!("kubesim only: {why}; not run against a real API server"));
         }
         self.sim.is_none()
     }
@@ -524,7 +524,24 @@ impl Drop for Env {
             let _ = tx.send(());
             handle.abort();
         }
+        // A real cluster outlives the test: its namespace goes, so that an operator of a later
+        // test serving every namespace does not find this test's TokenSources.
+        if self.sim.is_none() {
+            let home = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-kubectl-home");
+            let _ = std::process::Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into()))
+                .args(["delete", "namespace", &self.ns, "--wait=false"])
+                .env("KUBECONFIG", std::env::var("TOKENSOURCE_E2E_KUBECONFIG").unwrap_or_default())
+                .env("HOME", home)
+                .output();
+        }
     }
+}
+
+/// A line on the test's stderr that the test harness does not capture: what a test skipped
+/// shows in the output of a passing run too.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// A Podero TokenSource reading `podero-credentials`.

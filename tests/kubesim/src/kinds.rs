@@ -360,14 +360,29 @@ fn untyped_rule_fields(crd: &Value, causes: &mut Vec<Cause>) {
 fn untyped_in(node: &Value, path: &str, causes: &mut Vec<Cause>) {
     for (j, rule) in node["x-kubernetes-validations"].as_array().into_iter().flatten().enumerate() {
         let text = rule["rule"].as_str().unwrap_or_default();
-        let untyped = |field: &str| {
+        let untyped = |node: &Value, field: &str| {
             node["properties"][field].as_object().is_some_and(|p| {
                 !p.contains_key("type")
                     && p.get("x-kubernetes-int-or-string").and_then(Value::as_bool) != Some(true)
                     && p.get("x-kubernetes-embedded-resource").and_then(Value::as_bool) != Some(true)
             })
         };
-        if let Some((at, field)) = self_fields(text).into_iter().find(|(_, f)| untyped(f)) {
+        // The first field of a chain that the schema gives no type (the fields under it are not
+        // known to CEL at all).
+        let first_untyped = self_fields(text).into_iter().find_map(|chain| {
+            let mut schema = node;
+            for (at, field) in chain {
+                if untyped(schema, &field) {
+                    return Some((at, field));
+                }
+                schema = &schema["properties"][field.as_str()];
+                if !schema.is_object() {
+                    return None;
+                }
+            }
+            None
+        });
+        if let Some((at, field)) = first_untyped {
             let quoted = |k: &str| rule.get(k).and_then(Value::as_str).map_or(Value::Null, |v| json!(v));
             let value = format!(
                 "{{\"Rule\":{},\"Message\":{},\"MessageExpression\":{},\"Reason\":{},\"FieldPath\":{},\"OptionalOldSelf\":{}}}",
@@ -400,24 +415,56 @@ fn untyped_in(node: &Value, path: &str, causes: &mut Vec<Cause>) {
     }
 }
 
-/// The fields a rule selects from `self` directly, with the position CEL reports for each: the
-/// `(` of `has(self.f)`, else the `.` of `self.f`.
-fn self_fields(rule: &str) -> Vec<(usize, String)> {
-    let ident =
-        |rest: &str| -> String { rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect() };
-    let mut found = vec![];
-    for (at, _) in rule.match_indices("self.") {
-        let preceded =
-            at > 0 && rule[..at].chars().next_back().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
-        let field = ident(&rule[at + 5..]);
-        if preceded || field.is_empty() {
-            continue;
+/// The chains of fields a rule selects from `self` (`self.a.b` gives `["a", "b"]`), outside
+/// string literals, each field with the position CEL reports for it: the `(` of `has(...)` for
+/// the last field of a `has` test, else the `.` before the field.
+fn self_fields(rule: &str) -> Vec<Vec<(usize, String)>> {
+    let bytes = rule.as_bytes();
+    let mut chains = vec![];
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match quote {
+            Some(_) if b == b'\\' => {
+                i += 2;
+                continue;
+            }
+            Some(q) if b == q => quote = None,
+            Some(_) => {}
+            None if b == b'\'' || b == b'"' => quote = Some(b),
+            None if rule[i..].starts_with("self.") => {
+                let preceded =
+                    i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_' || bytes[i - 1] == b'.');
+                if !preceded {
+                    let in_has = rule[..i].ends_with("has(");
+                    let mut chain = vec![];
+                    let mut at = i + 4;
+                    while at < bytes.len() && bytes[at] == b'.' {
+                        let field: String =
+                            rule[at + 1..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                        if field.is_empty() {
+                            break;
+                        }
+                        chain.push((at, field.clone()));
+                        at += 1 + field.len();
+                    }
+                    if in_has
+                        && rule[at..].starts_with(')')
+                        && let Some(last) = chain.last_mut()
+                    {
+                        last.0 = i - 1;
+                    }
+                    i = at;
+                    chains.push(chain);
+                    continue;
+                }
+            }
+            None => {}
         }
-        let position = if rule[..at].ends_with("has(") { at - 1 } else { at + 4 };
-        found.push((position, field));
+        i += 1;
     }
-    found.sort();
-    found
+    chains
 }
 
 fn crd_status(def: &ResourceDef) -> Value {

@@ -907,6 +907,31 @@ async fn apply_removes_a_keyed_list_element_its_manager_stops_applying() {
     assert_eq!(s.metadata.labels.unwrap_or_default().get("a").map(String::as_str), Some("1"));
 }
 
+/// A CRD of kind Body in a fresh group: `spec.json` has the schema `json`, `spec.text` is a
+/// string; `root` and `spec` are the rules on the root and on `spec`.
+fn body_crd(json: Value, root: Value, spec: Value) -> DynamicObject {
+    let group = format!("{}.example.com", fresh("untyped"));
+    serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("bodies.{group}")},
+        "spec": {
+            "group": group, "scope": "Namespaced",
+            "names": {"plural": "bodies", "singular": "body", "kind": "Body"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                "type": "object",
+                "x-kubernetes-validations": root,
+                "properties": {"spec": {
+                    "type": "object",
+                    "x-kubernetes-validations": spec,
+                    "properties": {"json": json, "text": {"type": "string"}}
+                }}
+            }}}]
+        }
+    }))
+    .unwrap()
+}
+
 /// A CEL rule that names a field the schema gives no type (`x-kubernetes-preserve-unknown-fields`
 /// alone) is refused with the CRD: the API server leaves such a field out of CEL's type of the
 /// object and fails to compile the rule. Held against the real API server (1.34, 1.37), which
@@ -921,32 +946,13 @@ async fn a_cel_rule_on_a_field_without_a_type_is_refused_with_the_crd() {
             "customresourcedefinitions",
         ),
     );
-    let group = format!("{}.example.com", fresh("untyped"));
-    let crd = |body: Value| -> DynamicObject {
-        serde_json::from_value(json!({
-            "apiVersion": "apiextensions.k8s.io/v1",
-            "kind": "CustomResourceDefinition",
-            "metadata": {"name": format!("bodies.{group}")},
-            "spec": {
-                "group": group, "scope": "Namespaced",
-                "names": {"plural": "bodies", "singular": "body", "kind": "Body"},
-                "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "properties": {"spec": {
-                        "type": "object",
-                        "x-kubernetes-validations": [
-                            {"rule": "has(self.json) != has(self.text)", "message": "set one of json and text"}
-                        ],
-                        "properties": {"json": body, "text": {"type": "string"}}
-                    }}
-                }}}]
-            }
-        }))
-        .unwrap()
-    };
     let untyped = json!({"x-kubernetes-preserve-unknown-fields": true});
-    let (code, reason, message) =
-        api_error(crds.create(&PostParams::default(), &crd(untyped)).await.expect_err("a rule on an untyped field"));
+    let one_of = json!([{"rule": "has(self.json) != has(self.text)", "message": "set one of json and text"}]);
+    let (code, reason, message) = api_error(
+        crds.create(&PostParams::default(), &body_crd(untyped.clone(), json!([]), one_of.clone()))
+            .await
+            .expect_err("a rule on an untyped field"),
+    );
     assert_eq!((code, reason.as_str()), (422, "Invalid"), "{message}");
     assert!(
         message.contains(
@@ -957,8 +963,29 @@ async fn a_cel_rule_on_a_field_without_a_type_is_refused_with_the_crd() {
         ),
         "{message}"
     );
-    // With a type the same rule compiles.
+
+    // The same from the root, through a typed field.
+    let (code, _, message) = api_error(
+        crds.create(
+            &PostParams::default(),
+            &body_crd(untyped.clone(), json!([{"rule": "has(self.spec.json)"}]), json!([])),
+        )
+        .await
+        .expect_err("a chain to an untyped field"),
+    );
+    assert_eq!(code, 422, "{message}");
+    assert!(
+        message.contains("spec.validation.openAPIV3Schema.x-kubernetes-validations[0].rule: Invalid value: ")
+            && message.contains("compilation failed: ERROR: <input>:1:4: undefined field 'json'"),
+        "{message}"
+    );
+
+    // Accepted: the field with a type, and `self.json` inside a string, which is no field.
     let typed = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
-    crds.create(&PostParams::default(), &crd(typed)).await.unwrap();
-    crds.delete(&format!("bodies.{group}"), &Default::default()).await.unwrap();
+    let in_string = json!([{"rule": "self.text != 'self.json'"}]);
+    for accepted in [body_crd(typed, json!([]), one_of), body_crd(untyped, json!([]), in_string)] {
+        let name = accepted.metadata.name.clone().unwrap();
+        crds.create(&PostParams::default(), &accepted).await.unwrap();
+        crds.delete(&name, &Default::default()).await.unwrap();
+    }
 }
