@@ -105,3 +105,32 @@ async fn manual_refreshes_in_a_loop_make_one_request_per_renewal_floor() {
     })
     .await;
 }
+
+/// A backoff the status records holds for the generation that failed only: after a restart (no
+/// failure remembered in memory), a spec fixed meanwhile is tried at once, not when the backoff
+/// the provider asked for ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_fixed_during_a_backoff_is_tried_at_once_after_a_restart() {
+    let mut env = Env::start().await;
+    podero_credentials(&env).await;
+    env.fakes.fail_next(Endpoint::Podero, 1, 503, json!({"error": "temporarily_unavailable"}), Some(60));
+    env.create(podero(&env, "api", "api-token")).await;
+    let retry_at = eventually("the failure and its backoff in status", WAIT, || async {
+        let status = env.status("api").await?;
+        let retry = status.renewal_time.clone().map(|t| t.0);
+        check(status.failed_renewal_attempts >= 1 && retry.is_some(), retry, status)
+    })
+    .await
+    .unwrap();
+    env.stop_operator().await;
+    // The fix, while no operator runs: a new generation of the spec.
+    let fix = json!({"spec": {"timeout": "25s"}});
+    env.sources().patch("api", &PatchParams::default(), &Patch::Merge(&fix)).await.unwrap();
+    let started = std::time::Instant::now();
+    env.start_operator();
+    env.wait_token("api-token", None).await;
+    let took = started.elapsed();
+    eprintln!("token {took:?} after the restart; the backoff ran until {retry_at}");
+    assert!(took < Duration::from_secs(10), "the fixed spec waited for the backoff: {took:?}");
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 2);
+}

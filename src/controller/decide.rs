@@ -87,11 +87,13 @@ pub fn needs_write(stored: Option<&Stored>, issued: Timestamp, shape: &str) -> O
 }
 
 /// The pending retry time after failures, when nothing that produced them has changed. This
-/// instance's own record decides; after a restart the status does (its retry time holds while the
-/// spec generation is the one that failed).
+/// instance's own record decides; after a restart the status does: its retry time holds while
+/// the spec generation is the one that failed (`failed_generation`, the `observedGeneration` the
+/// stored status was written for, not the one this reconcile is about to write).
 pub fn backoff_pending(
     remembered: Option<&FailureRecord>,
     status: &TokenSourceStatus,
+    failed_generation: Option<i64>,
     generation: Option<i64>,
     fingerprint: &str,
     now: Timestamp,
@@ -99,7 +101,7 @@ pub fn backoff_pending(
     if let Some(f) = remembered {
         return (f.fingerprint == fingerprint && f.retry_at > now).then_some(f.retry_at);
     }
-    if status.failed_renewal_attempts == 0 || status.observed_generation != generation {
+    if status.failed_renewal_attempts == 0 || failed_generation != generation {
         return None;
     }
     status.renewal_time.as_ref().map(|t| t.0).filter(|t| *t > now)
@@ -255,19 +257,22 @@ mod tests {
     fn backoff_holds_until_its_time_or_a_change() {
         let record = FailureRecord { fingerprint: "fp".into(), retry_at: t(30), failures: 1, provider: true };
         let none = TokenSourceStatus::default();
-        assert_eq!(backoff_pending(Some(&record), &none, Some(1), "fp", t(10)), Some(t(30)));
-        assert_eq!(backoff_pending(Some(&record), &none, Some(1), "fp", t(30)), None, "its time has come");
+        assert_eq!(backoff_pending(Some(&record), &none, None, Some(1), "fp", t(10)), Some(t(30)));
+        assert_eq!(backoff_pending(Some(&record), &none, None, Some(1), "fp", t(30)), None, "its time has come");
         assert_eq!(
-            backoff_pending(Some(&record), &none, Some(1), "rotated", t(10)),
+            backoff_pending(Some(&record), &none, None, Some(1), "rotated", t(10)),
             None,
             "credentials changed after the failure: the backoff is dropped"
         );
         // After a restart the status carries the backoff, for the generation that failed.
-        assert_eq!(backoff_pending(None, &failed_status(2, 1, 60), Some(1), "fp", t(10)), Some(t(60)));
-        assert_eq!(backoff_pending(None, &failed_status(2, 1, 60), Some(2), "fp", t(10)), None, "spec edited");
-        assert_eq!(backoff_pending(None, &failed_status(0, 1, 60), Some(1), "fp", t(10)), None, "no failure");
+        assert_eq!(backoff_pending(None, &failed_status(2, 1, 60), Some(1), Some(1), "fp", t(10)), Some(t(60)));
+        assert_eq!(backoff_pending(None, &failed_status(2, 1, 60), Some(1), Some(2), "fp", t(10)), None, "spec edited");
+        assert_eq!(backoff_pending(None, &failed_status(0, 1, 60), Some(1), Some(1), "fp", t(10)), None, "no failure");
         // The record wins over the status: a lagging cached status cannot shorten or extend it.
-        assert_eq!(backoff_pending(Some(&record), &failed_status(2, 1, 600), Some(1), "fp", t(10)), Some(t(30)));
+        assert_eq!(
+            backoff_pending(Some(&record), &failed_status(2, 1, 600), Some(1), Some(1), "fp", t(10)),
+            Some(t(30))
+        );
     }
 
     fn source() -> TokenSource {

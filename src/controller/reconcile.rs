@@ -71,6 +71,9 @@ struct Known {
     fingerprint: Option<String>,
     /// The restart the workloads are owed, as the Secret records it.
     restart_owed: Option<Timestamp>,
+    /// The generation the stored status was written for (a backoff it records holds for that
+    /// generation only).
+    recorded_generation: Option<i64>,
 }
 
 /// How long a reconcile waits for the cache to show this instance's own write of a Secret
@@ -239,6 +242,7 @@ impl Context {
             .memory
             .newer_status(&ObjectRef::from_obj(&**ts), &version)
             .unwrap_or_else(|| ts.status.clone().unwrap_or_default());
+        let recorded_generation = status.observed_generation;
         status.observed_generation = ts.meta().generation;
         // A new value of the annotation asks for one new token. What is recorded of it fits the
         // status field whatever the value (a tenant's typo must never make the status write
@@ -272,7 +276,7 @@ impl Context {
             .filter(|due| *due > now);
         let manual = manual.filter(|_| manual_due.is_none());
         let marker = manual.map(handled_marker);
-        let mut known = Known::default();
+        let mut known = Known { recorded_generation, ..Known::default() };
         let result = self.pipeline(ts, &status, clock, &mut known, manual).await;
         let restart_owed = known.restart_owed.filter(|_| ts.spec.target.rollout_restart.is_some());
         let mut outcome = match result {
@@ -408,7 +412,14 @@ impl Context {
             Decision::Fetch { why } => why,
         };
         let remembered = self.memory.failure(&me);
-        let backoff = decide::backoff_pending(remembered.as_ref(), status, generation, &fingerprint, now);
+        let backoff = decide::backoff_pending(
+            remembered.as_ref(),
+            status,
+            known.recorded_generation,
+            generation,
+            &fingerprint,
+            now,
+        );
         if let Some(retry_at) = backoff.filter(|_| manual.is_none()) {
             return Ok(status::backing_off(status.clone(), retry_at, known.expired_at, target, generation, now));
         }
