@@ -29,6 +29,9 @@ pub const RENEW_AT_ANNOTATION: &str = "tokensource.dev/renew-at";
 pub const SHAPE_ANNOTATION: &str = "tokensource.dev/shape";
 /// A salted hash of the data the operator wrote (never the data): an edit of the Secret shows.
 pub const DATA_HASH_ANNOTATION: &str = "tokensource.dev/data-hash";
+/// The keys of the data the operator wrote, comma-separated: the data hash covers these only, so
+/// a key another writer adds beside them does not make the Secret look edited.
+pub const DATA_KEYS_ANNOTATION: &str = "tokensource.dev/data-keys";
 /// When the Secret's token replaced another while `target.rolloutRestart` is set: the restart
 /// the workloads are owed, written with the token itself, so no failed status write or failover
 /// between the two loses it.
@@ -105,8 +108,14 @@ impl Stored {
             _ => data.is_some_and(|d| d.get(TOKEN_KEY).is_some_and(|t| !t.0.is_empty())),
         };
         let owner = if managed { labels.and_then(|l| l.get(NAME_LABEL)).cloned() } else { None };
+        // The keys the operator wrote, when the Secret lists them (written before the list: all).
+        let keys: Option<Vec<&str>> = annotations
+            .and_then(|a| a.get(DATA_KEYS_ANNOTATION))
+            .map(|k| k.split(',').filter(|k| !k.is_empty()).collect());
         let intact = annotations.and_then(|a| a.get(DATA_HASH_ANNOTATION)).is_some_and(|h| {
-            *h == data_hash(uid, data.into_iter().flatten().map(|(k, v)| (k.as_str(), v.0.as_slice())))
+            let ours = |k: &str| keys.as_ref().is_none_or(|keys| keys.contains(&k));
+            let written = data.into_iter().flatten().filter(|(k, _)| ours(k));
+            *h == data_hash(uid, written.map(|(k, v)| (k.as_str(), v.0.as_slice())))
         });
         let ours = !uid.is_empty()
             && match claimant(secret) {
@@ -412,6 +421,7 @@ pub fn desired(ts: &TokenSource, token: &Token, fingerprint: &str, shape: &str) 
     }
     annotations.insert(SHAPE_ANNOTATION.into(), shape.into());
     annotations.insert(DATA_HASH_ANNOTATION.into(), hash);
+    annotations.insert(DATA_KEYS_ANNOTATION.into(), data.keys().map(String::as_str).collect::<Vec<_>>().join(","));
     annotations.insert(OWNER_UID_ANNOTATION.into(), uid);
     let owner_references = match target.creation_policy {
         CreationPolicy::Owner => ts.controller_owner_ref(&()).map(|o| vec![o]),
@@ -456,13 +466,14 @@ pub struct Managed {
 type KeptValue = (Cow<'static, str>, Box<[u8]>);
 
 /// The annotations a kept Secret keeps.
-const KEPT_ANNOTATIONS: [&str; 7] = [
+const KEPT_ANNOTATIONS: [&str; 8] = [
     FINGERPRINT_ANNOTATION,
     EXPIRES_AT_ANNOTATION,
     RENEWED_AT_ANNOTATION,
     RENEW_AT_ANNOTATION,
     SHAPE_ANNOTATION,
     DATA_HASH_ANNOTATION,
+    DATA_KEYS_ANNOTATION,
     RESTART_OWED_ANNOTATION,
 ];
 
@@ -767,6 +778,14 @@ mod tests {
         assert_eq!((back.access_token.as_str(), back.expires_at), ("tok", token().expires_at));
         assert_eq!(back.fields.get("merchant_code"), None, "only the fields the spec copies");
         assert!(!Stored::of(&s, MergePolicy::Merge, "uid-2").intact, "salted per TokenSource");
+        // A key another writer adds beside the operator's is no edit of what it wrote; one of
+        // its own keys removed is.
+        let mut added = s.clone();
+        added.data.as_mut().unwrap().insert("ca.crt".into(), ByteString(b"pem".to_vec()));
+        assert!(Stored::of(&added, MergePolicy::Merge, "uid-1").intact, "another writer's key");
+        let mut removed = s.clone();
+        removed.data.as_mut().unwrap().remove("auth");
+        assert!(!Stored::of(&removed, MergePolicy::Merge, "uid-1").intact, "a key of the operator's removed");
         s.data.as_mut().unwrap().insert("token".into(), ByteString(b"edited".to_vec()));
         let edited = Stored::of(&s, MergePolicy::Merge, "uid-1");
         assert!(!edited.intact);

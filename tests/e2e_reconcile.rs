@@ -134,3 +134,26 @@ async fn a_spec_fixed_during_a_backoff_is_tried_at_once_after_a_restart() {
     assert!(took < Duration::from_secs(10), "the fixed spec waited for the backoff: {took:?}");
     assert_eq!(env.fakes.calls(Endpoint::Podero), 2);
 }
+
+/// A key another writer adds beside the operator's in the target Secret is no edit of what the
+/// operator wrote: no restore is reported, and a restart reads the token back instead of minting
+/// one (a chained TokenSource reading it would otherwise find no upstream token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_another_writer_adds_leaves_the_secret_intact() {
+    let mut env = Env::start().await;
+    podero_credentials(&env).await;
+    env.create(podero(&env, "api", "api-token")).await;
+    let token = env.wait_token("api-token", None).await;
+    let extra =
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "api-token"}, "data": {"ca.crt": "cGVt"}});
+    env.secrets().patch("api-token", &PatchParams::apply("someone-else"), &Patch::Apply(&extra)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let restored: Vec<_> = env.events("api").await.into_iter().filter(|e| e.1 == "SecretRestored").collect();
+    assert!(restored.is_empty(), "another writer's key reported as an edit: {restored:?}");
+    env.restart_operator().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 1, "the restart minted a token");
+    let data = env.secret_data("api-token").await.unwrap();
+    assert_eq!(data.get("token"), Some(&token));
+    assert_eq!(data.get("ca.crt").map(String::as_str), Some("pem"), "the other writer's key stays");
+}
