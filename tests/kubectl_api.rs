@@ -8,11 +8,63 @@ use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
-fn kubectl(sim: &kubesim::KubeSim, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+/// kubesim, or the real API server `TOKENSOURCE_E2E_KUBECONFIG` names, with a namespace of the
+/// test's own (a real cluster is shared by the tests that run at once).
+struct Cluster {
+    _sim: Option<kubesim::KubeSim>,
+    kubeconfig: std::path::PathBuf,
+    ns: String,
+}
+
+impl Cluster {
+    async fn start() -> Self {
+        let ns = format!("api-{:08x}", rand::random::<u32>());
+        let cluster = match std::env::var("TOKENSOURCE_E2E_KUBECONFIG") {
+            Ok(path) if !path.is_empty() => Self { _sim: None, kubeconfig: path.into(), ns },
+            _ => {
+                let sim = kubesim::KubeSim::start().await.expect("kubesim");
+                Self { kubeconfig: sim.kubeconfig_path().to_path_buf(), _sim: Some(sim), ns }
+            }
+        };
+        tokio::task::block_in_place(|| {
+            let (ok, _, err) = kubectl(&cluster, &["create", "namespace", &cluster.ns], None);
+            assert!(ok, "{err}");
+        });
+        cluster
+    }
+
+    /// The CRD, server-side, and established.
+    fn install_crd(&self) {
+        let crd = tokensource_operator::crd::crd_yaml().expect("CRD");
+        let (ok, _, err) = kubectl(
+            self,
+            &["apply", "--server-side", "--force-conflicts", "--field-manager", "kubectl-api-test", "-f", "-"],
+            Some(&crd),
+        );
+        assert!(ok, "{err}");
+        let (ok, _, err) = kubectl(
+            self,
+            &["wait", "--for", "condition=Established", "--timeout", "60s", "crd/tokensources.tokensource.dev"],
+            None,
+        );
+        assert!(ok, "{err}");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self._sim.is_none() {
+            let _ = kubectl(self, &["delete", "namespace", &self.ns, "--wait=false"], None);
+        }
+    }
+}
+
+fn kubectl(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     use std::io::Write;
     let mut child = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into()))
         .args(args)
-        .env("KUBECONFIG", sim.kubeconfig_path())
+        .args(["--namespace", &cluster.ns])
+        .env("KUBECONFIG", &cluster.kubeconfig)
         .env("HOME", std::env::temp_dir())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -395,18 +447,16 @@ fn cases() -> Vec<Case> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_rule_refuses_its_mistake_with_its_message_at_its_field() {
-    let sim = kubesim::KubeSim::start().await.expect("kubesim");
-    let crd = tokensource_operator::crd::crd_yaml().expect("CRD");
+    let cluster = Cluster::start().await;
     tokio::task::block_in_place(|| {
-        let (ok, _, err) = kubectl(&sim, &["apply", "-f", "-"], Some(&crd));
-        assert!(ok, "{err}");
+        cluster.install_crd();
         for (kind, base) in [("oauth2", oauth2()), ("http", http())] {
-            let (ok, _, err) = kubectl(&sim, &["create", "--dry-run=server", "-f", "-"], Some(&base.to_string()));
+            let (ok, _, err) = kubectl(&cluster, &["create", "--dry-run=server", "-f", "-"], Some(&base.to_string()));
             assert!(ok, "the valid {kind} base is accepted: {err}");
         }
         let cases = cases();
         for (i, c) in cases.iter().enumerate() {
-            let (ok, _, err) = kubectl(&sim, &["create", "-f", "-"], Some(&c.doc.to_string()));
+            let (ok, _, err) = kubectl(&cluster, &["create", "-f", "-"], Some(&c.doc.to_string()));
             assert!(!ok, "case {i} ({}) was accepted", c.message);
             let want = format!("{}: Invalid value: ", c.field);
             assert!(
@@ -421,12 +471,11 @@ async fn every_rule_refuses_its_mistake_with_its_message_at_its_field() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn schema_checks_names_urls_paths_and_durations() {
-    let sim = kubesim::KubeSim::start().await.expect("kubesim");
-    let crd = tokensource_operator::crd::crd_yaml().expect("CRD");
+    let cluster = Cluster::start().await;
     tokio::task::block_in_place(|| {
-        assert!(kubectl(&sim, &["apply", "-f", "-"], Some(&crd)).0);
+        cluster.install_crd();
         let refused = |doc: Value, field: &str, what: &str| {
-            let (ok, _, err) = kubectl(&sim, &["create", "-f", "-"], Some(&doc.to_string()));
+            let (ok, _, err) = kubectl(&cluster, &["create", "-f", "-"], Some(&doc.to_string()));
             assert!(!ok && err.contains(field) && err.contains(what), "want {field} {what:?} in:\n{err}");
         };
         refused(
@@ -473,13 +522,12 @@ async fn schema_checks_names_urls_paths_and_durations() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn defaults_are_stored_and_name_and_type_cannot_change() {
-    let sim = kubesim::KubeSim::start().await.expect("kubesim");
-    let crd = tokensource_operator::crd::crd_yaml().expect("CRD");
+    let cluster = Cluster::start().await;
     tokio::task::block_in_place(|| {
-        assert!(kubectl(&sim, &["apply", "-f", "-"], Some(&crd)).0);
-        let (ok, _, err) = kubectl(&sim, &["apply", "-f", "-"], Some(&http().to_string()));
+        cluster.install_crd();
+        let (ok, _, err) = kubectl(&cluster, &["apply", "-f", "-"], Some(&http().to_string()));
         assert!(ok, "{err}");
-        let (ok, out, err) = kubectl(&sim, &["get", "tokensource", "t", "-o", "json"], None);
+        let (ok, out, err) = kubectl(&cluster, &["get", "tokensource", "t", "-o", "json"], None);
         assert!(ok, "{err}");
         let spec = serde_json::from_str::<Value>(&out).expect("JSON")["spec"].clone();
         assert_eq!(spec["http"]["method"], "POST");
@@ -500,7 +548,7 @@ async fn defaults_are_stored_and_name_and_type_cannot_change() {
                 "the Secret type cannot be changed",
             ),
         ] {
-            let (ok, _, err) = kubectl(&sim, &["apply", "-f", "-"], Some(&set(http(), path, value).to_string()));
+            let (ok, _, err) = kubectl(&cluster, &["apply", "-f", "-"], Some(&set(http(), path, value).to_string()));
             assert!(!ok && err.contains(field) && err.contains(message), "{err}");
         }
     });

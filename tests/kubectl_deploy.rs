@@ -1,5 +1,5 @@
-//! The install manifests and examples, applied with the real kubectl (to kubesim), read back the
-//! way users read them.
+//! The install manifests and examples, applied with the real kubectl (to kubesim, or to the real
+//! API server `TOKENSOURCE_E2E_KUBECONFIG` names), read back the way users read them.
 
 #![cfg(test)]
 
@@ -7,11 +7,19 @@ mod common;
 
 use std::process::Command;
 
-fn kubectl(sim: &kubesim::KubeSim, args: &[&str]) -> (bool, String, String) {
+/// kubesim, or a real cluster (shared with other tests: the examples go to a namespace of this
+/// test's own).
+struct Cluster {
+    _sim: Option<kubesim::KubeSim>,
+    kubeconfig: std::path::PathBuf,
+    ns: String,
+}
+
+fn kubectl(cluster: &Cluster, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into()))
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("KUBECONFIG", sim.kubeconfig_path())
+        .env("KUBECONFIG", &cluster.kubeconfig)
         .env("HOME", std::env::temp_dir())
         .output()
         .expect("kubectl is required for this test");
@@ -20,10 +28,22 @@ fn kubectl(sim: &kubesim::KubeSim, args: &[&str]) -> (bool, String, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deploy_and_examples_apply_cleanly() {
-    let sim = kubesim::KubeSim::start().await.unwrap();
+    let ns = format!("deploy-{:08x}", rand::random::<u32>());
+    let sim = match std::env::var("TOKENSOURCE_E2E_KUBECONFIG") {
+        Ok(path) if !path.is_empty() => Cluster { _sim: None, kubeconfig: path.into(), ns },
+        _ => {
+            let sim = kubesim::KubeSim::start().await.unwrap();
+            Cluster { kubeconfig: sim.kubeconfig_path().to_path_buf(), _sim: Some(sim), ns }
+        }
+    };
     tokio::task::block_in_place(|| {
+        let (ok, _, err) = kubectl(&sim, &["create", "namespace", &sim.ns]);
+        assert!(ok, "{err}");
         let (ok, out, err) = kubectl(&sim, &["apply", "-k", "deploy/"]);
         assert!(ok, "kubectl apply -k deploy/ failed: {err}");
+        // Created, or on a cluster where another suite installed it, configured or unchanged.
+        let applied =
+            |kind: &str| ["created", "configured", "unchanged"].iter().any(|w| out.contains(&format!("{kind} {w}")));
         for kind in [
             "customresourcedefinition.apiextensions.k8s.io/tokensources.tokensource.dev",
             "clusterrole.rbac.authorization.k8s.io/tokensource-operator",
@@ -32,7 +52,7 @@ async fn deploy_and_examples_apply_cleanly() {
             "role.rbac.authorization.k8s.io/tokensource-operator-leader-election",
             "rolebinding.rbac.authorization.k8s.io/tokensource-operator-leader-election",
         ] {
-            assert!(out.contains(&format!("{kind} created")), "{out}");
+            assert!(applied(kind), "{out}");
         }
         for file in [
             "podero",
@@ -46,7 +66,7 @@ async fn deploy_and_examples_apply_cleanly() {
             "azure-workload-identity",
             "token-exchange",
         ] {
-            let (ok, _, err) = kubectl(&sim, &["apply", "-f", &format!("deploy/examples/{file}.yaml")]);
+            let (ok, _, err) = kubectl(&sim, &["apply", "-n", &sim.ns, "-f", &format!("deploy/examples/{file}.yaml")]);
             assert!(ok, "{file}: {err}");
         }
         // Two replicas with leader election, each knowing its pod and namespace.
@@ -72,12 +92,12 @@ async fn deploy_and_examples_apply_cleanly() {
             &["get", "pdb", "-n", "tokensource-system", "tokensource-operator", "-o", "jsonpath={.spec.minAvailable}"],
         );
         assert!(ok && out == "1", "{out} {err}");
-        let (ok, out, err) = kubectl(&sim, &["get", "tokensources"]);
+        let (ok, out, err) = kubectl(&sim, &["get", "tokensources", "-n", &sim.ns]);
         assert!(ok, "{err}");
         let header: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();
         assert_eq!(header, ["NAME", "READY", "REASON", "EXPIRES", "RENEWAL", "AGE"], "{out}");
         assert_eq!(out.lines().count(), 10, "{out}");
-        let (ok, out, _) = kubectl(&sim, &["get", "tks", "-o", "wide"]);
+        let (ok, out, _) = kubectl(&sim, &["get", "tks", "-n", &sim.ns, "-o", "wide"]);
         assert!(ok && out.contains("SECRET") && out.contains("podero-token"), "{out}");
         let (ok, out, err) = kubectl(&sim, &["explain", "tokensource.spec.oauth2.clientAuth.type"]);
         assert!(ok, "{err}");
@@ -93,16 +113,19 @@ async fn deploy_and_examples_apply_cleanly() {
         let api_audience = "apiVersion: tokensource.dev/v1alpha1\nkind: TokenSource\nmetadata: {name: api}\nspec:\n  type: OAuth2\n  oauth2:\n    tokenURL: https://x.example/token\n    clientID: {value: a}\n    clientAuth: {type: ServiceAccountToken, serviceAccountToken: {serviceAccountName: default, audience: https://kubernetes.default.svc.cluster.local}}\n  target: {name: api}\n";
         let path = std::env::temp_dir().join(format!("api-audience-{}.yaml", std::process::id()));
         std::fs::write(&path, api_audience).unwrap();
-        let (ok, _, err) = kubectl(&sim, &["apply", "-f", path.to_str().unwrap_or_default()]);
+        let (ok, _, err) = kubectl(&sim, &["apply", "-n", &sim.ns, "-f", path.to_str().unwrap_or_default()]);
         let _ = std::fs::remove_file(&path);
         assert!(!ok && err.contains("a token for the Kubernetes API itself is not sent to token endpoints"), "{err}");
         // A mistake the schema catches is rejected at apply time with the rule's message.
         let bad = "apiVersion: tokensource.dev/v1alpha1\nkind: TokenSource\nmetadata: {name: bad}\nspec:\n  type: OAuth2\n  oauth2:\n    tokenURL: https://x.example/token\n    clientID: {value: a}\n    clientAuth: {type: Bearer}\n  target: {name: bad}\n";
         let path = std::env::temp_dir().join(format!("bad-tokensource-{}.yaml", std::process::id()));
         std::fs::write(&path, bad).unwrap();
-        let (ok, _, err) = kubectl(&sim, &["apply", "-f", &path.to_string_lossy()]);
+        let (ok, _, err) = kubectl(&sim, &["apply", "-n", &sim.ns, "-f", &path.to_string_lossy()]);
         let _ = std::fs::remove_file(&path);
         assert!(!ok && err.contains("spec.oauth2.clientAuth.type: Unsupported value: \"Bearer\""), "{err}");
+        if sim._sim.is_none() {
+            let _ = kubectl(&sim, &["delete", "namespace", &sim.ns, "--wait=false"]);
+        }
     });
 }
 
