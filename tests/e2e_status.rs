@@ -61,8 +61,14 @@ async fn an_endpoint_that_hangs_does_not_keep_an_expired_token_ready() {
     env.wait_token("hang-token", None).await;
     // The renewal goes out and is never answered.
     env.fakes.set_delay(Endpoint::Podero, Duration::from_secs(120));
-    let status = env.status("hang").await.unwrap();
-    let expiry = status.expiration_time.expect("an expiry").0;
+    // The status follows the Secret (a real API server shows the gap).
+    let expiry = eventually("the token's expiry in status", WAIT, || async {
+        let status = env.status("hang").await?;
+        let expiry = status.expiration_time.clone().map(|t| t.0);
+        check(expiry.is_some(), expiry, status.expiration_time)
+    })
+    .await
+    .unwrap();
     let worst = longest_ready_past_expiry(&env, Duration::from_secs(12)).await;
     let ready = env.ready("hang").await;
     eprintln!("hung endpoint: expiry {expiry}; longest Ready=True past it {worst:?}; now {ready:?}");
@@ -118,12 +124,12 @@ fn jwt_expiring(exp: i64) -> String {
 
 /// A token endpoint on loopback that answers every request with `reply`.
 async fn answering(reply: serde_json::Value) -> String {
-    answering_with(200, reply, Arc::new(AtomicUsize::new(0))).await
+    answering_with(200, reply, Duration::ZERO, Arc::new(AtomicUsize::new(0))).await
 }
 
-/// A token endpoint on loopback that answers every request with `status` and `reply`, counting
-/// the requests in `calls`.
-async fn answering_with(status: u16, reply: serde_json::Value, calls: Arc<AtomicUsize>) -> String {
+/// A token endpoint on loopback that answers every request with `status` and `reply` after
+/// `delay`, counting the requests in `calls`.
+async fn answering_with(status: u16, reply: serde_json::Value, delay: Duration, calls: Arc<AtomicUsize>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let body = reply.to_string();
@@ -133,7 +139,10 @@ async fn answering_with(status: u16, reply: serde_json::Value, calls: Arc<Atomic
         axum::routing::post(move || {
             let body = body.clone();
             calls.fetch_add(1, Ordering::SeqCst);
-            async move { (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body) }
+            async move {
+                tokio::time::sleep(delay).await;
+                (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body)
+            }
         }),
     );
     tokio::spawn(async move {
@@ -258,9 +267,12 @@ async fn sharers_record_the_shared_request_s_failure_as_their_own() {
     let env = Env::start().await;
     podero_credentials(&env).await;
     let calls = Arc::new(AtomicUsize::new(0));
+    // The refusal takes 3 s, so every sharer is waiting for it (creating five TokenSources takes
+    // longer on a real API server than on kubesim).
     let url = answering_with(
         401,
         json!({"error": "invalid_client", "error_description": "client authentication failed"}),
+        Duration::from_secs(3),
         calls.clone(),
     )
     .await;
