@@ -30,30 +30,14 @@ impl Cluster {
     }
 
     fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
-        let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("install-kubectl-home");
-        let out = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into()))
-            .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", &home)
-            .output()
-            .expect("kubectl is required for this test");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+        common::kubectl_at(&self.kubeconfig, args)
     }
 
     /// The CRD, server-side, and established: the real API server checks its CEL rules' cost and
     /// compiles them here.
     fn install_crd(&self) {
         self.apply("the CRD", &["-f", "crds/tokensource.dev_tokensources.yaml"]);
-        let (ok, _, err) = self.kubectl(&[
-            "wait",
-            "--for",
-            "condition=Established",
-            "--timeout",
-            "60s",
-            "crd/tokensources.tokensource.dev",
-        ]);
-        assert!(ok, "the CRD was not established: {err}");
+        common::wait_crd_established(&self.kubeconfig);
     }
 
     /// `kubectl apply --server-side` of a file or a directory (`-k`); fails the test with what the
@@ -164,12 +148,7 @@ async fn the_crd_deploy_every_component_and_every_example_install() {
                 cluster.kubectl(&["delete", "-f", example.to_str().unwrap(), "--ignore-not-found", "--wait=false"]);
             assert!(ok, "{err}");
         }
-        for (kinds, scope) in [("clusterrole,clusterrolebinding", None), ("role,rolebinding", Some("-A"))] {
-            let mut args = vec!["delete", kinds, "-l", "app.kubernetes.io/name=tokensource-operator"];
-            args.extend(scope);
-            let (ok, _, err) = cluster.kubectl(&args);
-            assert!(ok, "{err}");
-        }
+        common::remove_operator_rbac(&cluster.kubeconfig);
     });
 }
 

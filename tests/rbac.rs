@@ -33,7 +33,6 @@ use tokensource_operator::crd::TokenSource;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokensource-operator");
 const SYSTEM: &str = "tokensource-system";
-const LABEL: &str = "app.kubernetes.io/name=tokensource-operator";
 
 struct Cluster {
     _sim: Option<kubesim::KubeSim>,
@@ -117,25 +116,11 @@ impl Cluster {
     }
 
     fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into()))
-            .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", &self.work)
-            .output()
-            .expect("kubectl is required for this test");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+        common::kubectl_at(&self.kubeconfig, args)
     }
 
-    /// Deletes every RBAC object of the install (labelled `app.kubernetes.io/name:
-    /// tokensource-operator`).
     fn remove_rbac(&self) {
-        for (kinds, scope) in [("clusterrole,clusterrolebinding", None), ("role,rolebinding", Some("-A"))] {
-            let mut args = vec!["delete", kinds, "-l", LABEL, "--wait"];
-            args.extend(scope);
-            let (ok, _, err) = self.kubectl(&args);
-            assert!(ok, "removing the install's RBAC: {err}");
-        }
+        common::remove_operator_rbac(&self.kubeconfig);
     }
 
     /// Removes the previous variant's RBAC, then renders `deploy/` with `components` the way a
@@ -181,15 +166,7 @@ impl Cluster {
             .find(|o| o["kind"] == "Deployment")
             .cloned()
             .expect("the install has a Deployment");
-        let (ok, _, err) = self.kubectl(&[
-            "wait",
-            "--for",
-            "condition=Established",
-            "--timeout",
-            "60s",
-            "crd/tokensources.tokensource.dev",
-        ]);
-        assert!(ok, "{err}");
+        common::wait_crd_established(&self.kubeconfig);
         serde_json::from_value(deployment).unwrap()
     }
 

@@ -112,15 +112,42 @@ pub async fn install(client: &Client, prefix: &str) -> String {
 /// `kubectl <args>` as the admin of `TOKENSOURCE_E2E_KUBECONFIG`; its output, or the test fails
 /// with what kubectl said.
 fn kubectl(args: &[&str]) -> String {
-    let home = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-kubectl-home");
+    let admin = std::path::PathBuf::from(std::env::var("TOKENSOURCE_E2E_KUBECONFIG").unwrap_or_default());
+    let (ok, out, err) = kubectl_at(&admin, args);
+    assert!(ok, "kubectl {args:?}: {err}");
+    out
+}
+
+/// The real `kubectl <args>` (`$KUBECTL`, else `/usr/bin/kubectl`) with `kubeconfig`, run in the
+/// project's directory: whether it succeeded, its stdout and its stderr.
+pub fn kubectl_at(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let home = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kubectl-home");
     let out = std::process::Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into()))
         .args(args)
-        .env("KUBECONFIG", std::env::var("TOKENSOURCE_E2E_KUBECONFIG").unwrap_or_default())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("KUBECONFIG", kubeconfig)
         .env("HOME", home)
         .output()
         .expect("kubectl is required for this test");
-    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// Waits until the TokenSource CRD is established (a real API server serves it only then).
+pub fn wait_crd_established(kubeconfig: &std::path::Path) {
+    let crd = "crd/tokensources.tokensource.dev";
+    let (ok, _, err) = kubectl_at(kubeconfig, &["wait", "--for", "condition=Established", "--timeout", "60s", crd]);
+    assert!(ok, "the CRD was not established: {err}");
+}
+
+/// Deletes every RBAC object of the install (labelled `app.kubernetes.io/name:
+/// tokensource-operator`), cluster-wide and in every namespace.
+pub fn remove_operator_rbac(kubeconfig: &std::path::Path) {
+    for (kinds, scope) in [("clusterrole,clusterrolebinding", None), ("role,rolebinding", Some("-A"))] {
+        let mut args = vec!["delete", kinds, "-l", "app.kubernetes.io/name=tokensource-operator", "--wait"];
+        args.extend(scope);
+        let (ok, _, err) = kubectl_at(kubeconfig, &args);
+        assert!(ok, "removing the install's RBAC: {err}");
+    }
 }
 
 /// `kubectl apply --server-side` of files, as the admin.
