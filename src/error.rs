@@ -95,6 +95,10 @@ pub enum Error {
     /// A referenced Secret, ConfigMap or key is missing.
     #[error("{0}")]
     CredentialsNotFound(String),
+    /// A referenced ConfigMap or one of its keys is missing. ConfigMaps are not watched, so
+    /// unlike a missing Secret this is tried again, with a backoff.
+    #[error("{0}")]
+    ConfigMapNotFound(String),
     /// A referenced credential exists but cannot be used.
     #[error("{0}")]
     CredentialsInvalid(String),
@@ -150,6 +154,8 @@ impl Error {
         match self {
             Self::InvalidSpec(_) | Self::RenderSecret(_) => (Reason::InvalidSpec, None),
             Self::CredentialsNotFound(_) => (Reason::CredentialsNotFound, None),
+            // Not a failure to back off from: looked at again after a while ([`Self::recheck`]).
+            Self::ConfigMapNotFound(_) => (Reason::CredentialsNotFound, None),
             Self::CredentialsInvalid(_) => (Reason::CredentialsInvalid, None),
             Self::SecretConflict(_) => (Reason::SecretConflict, None),
             Self::Upstream { .. } => (Reason::WaitingForUpstream, None),
@@ -173,6 +179,13 @@ impl Error {
         self.classify().0
     }
 
+    /// How long until a failure that no watch event ends is looked at again: ConfigMaps are not
+    /// watched, so one created or fixed later is found by reading it again (the time is spread
+    /// over up to twice this).
+    pub fn recheck(&self) -> Option<std::time::Duration> {
+        matches!(self, Self::ConfigMapNotFound(_)).then_some(std::time::Duration::from_secs(15))
+    }
+
     /// The same error, for another TokenSource that waited for the same token request. An API
     /// error is copied as the API gave it; any other error of the Kubernetes client keeps its
     /// text.
@@ -186,6 +199,7 @@ impl Error {
         match self {
             Self::InvalidSpec(m) => Self::InvalidSpec(m.clone()),
             Self::CredentialsNotFound(m) => Self::CredentialsNotFound(m.clone()),
+            Self::ConfigMapNotFound(m) => Self::ConfigMapNotFound(m.clone()),
             Self::CredentialsInvalid(m) => Self::CredentialsInvalid(m.clone()),
             Self::SecretConflict(m) => Self::SecretConflict(m.clone()),
             Self::ServiceAccountToken(m) => Self::ServiceAccountToken(m.clone()),

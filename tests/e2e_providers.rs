@@ -86,11 +86,6 @@ async fn every_example_flow_gets_a_valid_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chain_survives_upstream_refreshes_and_reports_its_loss() {
     let env = Env::start().await;
-    if env.kubesim_only(
-        "on a real API server the chained TokenSource is not woken when its upstream is deleted (a known bug, open: issue 31 case 8)",
-    ) {
-        return;
-    }
     env.fakes.set_lifetime(Endpoint::ImburseManagement, Duration::from_secs(6));
     env.fakes.set_lifetime(Endpoint::ImbursePayout, Duration::from_secs(120));
     // The payout source first: it waits, calling nothing, until its upstream exists.
@@ -119,6 +114,62 @@ async fn the_chain_survives_upstream_refreshes_and_reports_its_loss() {
     assert!(m.contains("not found"), "{m}");
     assert_eq!(env.secret_data("imburse-payout-token").await.and_then(|d| d.get("token").cloned()), Some(payout));
     assert_eq!(env.fakes.rejections(), vec![]);
+}
+
+/// The garbage collector is what deletes an upstream's Secret, and only when the Secret is owned:
+/// a chained TokenSource learns that its upstream is gone from the deletion itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_learns_its_upstream_is_gone_when_the_upstream_secret_stays() {
+    let env = Env::start().await;
+    env.fakes.set_lifetime(Endpoint::ImbursePayout, Duration::from_secs(3600));
+    apply_examples(&env, &["imburse-tenant-key.yaml", "imburse-payout-from-management.yaml"]).await;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/examples");
+    for mut doc in examples::load(&dir.join("imburse-management.yaml"), &env.fakes).unwrap() {
+        doc["spec"]["target"]["creationPolicy"] = json!("Orphan");
+        apply(&env, doc).await;
+    }
+    let payout = env.wait_token("imburse-payout-token", None).await;
+    env.wait_ready("imburse-payout", "True", "TokenValid").await;
+
+    env.sources().delete("imburse-management", &DeleteParams::default()).await.unwrap();
+    let m = env.wait_ready("imburse-payout", "False", "WaitingForUpstream").await;
+    assert!(m.contains("imburse-management") && m.contains("not found"), "{m}");
+    // Both Secrets stay: the upstream's by its policy, the payout token as it was.
+    assert!(env.secret_data("imburse-management-token").await.is_some());
+    assert_eq!(env.secret_data("imburse-payout-token").await.and_then(|d| d.get("token").cloned()), Some(payout));
+    assert_eq!(env.fakes.calls(Endpoint::ImbursePayout), 1);
+    assert_eq!(env.fakes.rejections(), vec![]);
+}
+
+/// Case 8 of the reconcile-correctness issue: a chained request the provider refused (the
+/// upstream token it carried was not accepted) backs off, but the upstream's next token ends
+/// the backoff: it is tried with that token at once, not when the 15–30 s backoff runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_s_next_token_ends_a_chained_backoff() {
+    let env = Env::start().await;
+    env.fakes.set_lifetime(Endpoint::ImburseManagement, Duration::from_secs(6));
+    env.fakes.set_lifetime(Endpoint::ImbursePayout, Duration::from_secs(3600));
+    apply_examples(
+        &env,
+        &["imburse-tenant-key.yaml", "imburse-management.yaml", "imburse-payout-from-management.yaml"],
+    )
+    .await;
+    let payout = env.wait_token("imburse-payout-token", None).await;
+    env.wait_ready("imburse-payout", "True", "TokenValid").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(env.fakes.calls(Endpoint::ImbursePayout), 1, "{:?}", env.fakes.rejections());
+    env.fakes.fail_next(Endpoint::ImbursePayout, 1, 401, json!({"error": "invalid_token"}), None);
+    let ask = json!({"metadata": {"annotations": {"tokensource.dev/refresh-requested-at": "2026-01-02T03:04:05Z"}}});
+    env.sources().patch("imburse-payout", &PatchParams::default(), &Patch::Merge(&ask)).await.unwrap();
+    let next = env.wait_token("imburse-payout-token", Some(&payout)).await;
+    // The calls: the first token, the refused renewal, the renewal with the upstream's next token.
+    let times = env.fakes.call_times(Endpoint::ImbursePayout);
+    assert_eq!(times.len(), 3, "{:?}", env.fakes.rejections());
+    let took = times[2] - times[1];
+    eprintln!("chained renewal {took:?} after the refusal (the upstream renews every ~4 s)");
+    assert!(took < Duration::from_secs(12), "the chained TokenSource waited out its backoff: {took:?}");
+    assert!(env.fakes.is_valid(&next));
+    assert_eq!(env.fakes.calls(Endpoint::ImbursePayout), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,6 +77,30 @@ async fn an_endpoint_that_hangs_does_not_keep_an_expired_token_ready() {
     assert_eq!((st.as_str(), reason.as_str()), ("False", "Expired"));
 }
 
+/// With every status write taking 1.5 s, Ready=True outlives the token by that write's own
+/// length only: the expiry is looked at when it comes, not one status write later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_status_write_does_not_postpone_the_expiry() {
+    let env = Env::start().await;
+    if env.kubesim_only("slows down status writes (kubesim's latency injection)") {
+        return;
+    }
+    let sim = env.sim.as_ref().expect("kubesim");
+    env.fakes.set_lifetime(Endpoint::Podero, Duration::from_secs(8));
+    podero_credentials(&env).await;
+    env.create(podero(&env, "slow", "slow-token")).await;
+    env.wait_token("slow-token", None).await;
+    env.fakes.set_delay(Endpoint::Podero, Duration::from_secs(120));
+    let write = Duration::from_millis(1500);
+    sim.faults().add_latency(kubesim::Matcher::new("patch", "tokensources/status").named(&env.ns, "slow"), write);
+    let worst = longest_ready_past_expiry(&env, Duration::from_secs(14)).await;
+    let ready = env.ready("slow").await;
+    eprintln!("status writes taking {write:?}: longest Ready=True past expiry {worst:?}; now {ready:?}");
+    assert!(worst <= write + Duration::from_millis(600), "Ready=True {worst:?} past expiry");
+    let (st, reason, _) = ready.expect("a Ready condition");
+    assert_eq!((st.as_str(), reason.as_str()), ("False", "Expired"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokensources_waiting_for_a_hung_host_have_a_status() {
     let env = Env::start().await;

@@ -95,11 +95,11 @@ pub fn backoff_pending(
     status: &TokenSourceStatus,
     failed_generation: Option<i64>,
     generation: Option<i64>,
-    fingerprint: &str,
+    (fingerprint, upstream): (&str, Option<u64>),
     now: Timestamp,
 ) -> Option<Timestamp> {
     if let Some(f) = remembered {
-        return (f.fingerprint == fingerprint && f.retry_at > now).then_some(f.retry_at);
+        return (f.fingerprint == fingerprint && f.upstream == upstream && f.retry_at > now).then_some(f.retry_at);
     }
     if status.failed_renewal_attempts == 0 || failed_generation != generation {
         return None;
@@ -255,22 +255,42 @@ mod tests {
 
     #[test]
     fn backoff_holds_until_its_time_or_a_change() {
-        let record = FailureRecord { fingerprint: "fp".into(), retry_at: t(30), failures: 1, provider: true };
+        let record =
+            FailureRecord { fingerprint: "fp".into(), retry_at: t(30), failures: 1, provider: true, upstream: None };
         let none = TokenSourceStatus::default();
-        assert_eq!(backoff_pending(Some(&record), &none, None, Some(1), "fp", t(10)), Some(t(30)));
-        assert_eq!(backoff_pending(Some(&record), &none, None, Some(1), "fp", t(30)), None, "its time has come");
+        assert_eq!(backoff_pending(Some(&record), &none, None, Some(1), ("fp", None), t(10)), Some(t(30)));
         assert_eq!(
-            backoff_pending(Some(&record), &none, None, Some(1), "rotated", t(10)),
+            backoff_pending(Some(&record), &none, None, Some(1), ("fp", None), t(30)),
+            None,
+            "its time has come"
+        );
+        let chained = FailureRecord { upstream: Some(7), ..record.clone() };
+        assert_eq!(backoff_pending(Some(&chained), &none, None, Some(1), ("fp", Some(7)), t(10)), Some(t(30)));
+        assert_eq!(
+            backoff_pending(Some(&chained), &none, None, Some(1), ("fp", Some(8)), t(10)),
+            None,
+            "the upstream's next token ends the backoff"
+        );
+        assert_eq!(
+            backoff_pending(Some(&record), &none, None, Some(1), ("rotated", None), t(10)),
             None,
             "credentials changed after the failure: the backoff is dropped"
         );
         // After a restart the status carries the backoff, for the generation that failed.
-        assert_eq!(backoff_pending(None, &failed_status(2, 1, 60), Some(1), Some(1), "fp", t(10)), Some(t(60)));
-        assert_eq!(backoff_pending(None, &failed_status(2, 1, 60), Some(1), Some(2), "fp", t(10)), None, "spec edited");
-        assert_eq!(backoff_pending(None, &failed_status(0, 1, 60), Some(1), Some(1), "fp", t(10)), None, "no failure");
+        assert_eq!(backoff_pending(None, &failed_status(2, 1, 60), Some(1), Some(1), ("fp", None), t(10)), Some(t(60)));
+        assert_eq!(
+            backoff_pending(None, &failed_status(2, 1, 60), Some(1), Some(2), ("fp", None), t(10)),
+            None,
+            "spec edited"
+        );
+        assert_eq!(
+            backoff_pending(None, &failed_status(0, 1, 60), Some(1), Some(1), ("fp", None), t(10)),
+            None,
+            "no failure"
+        );
         // The record wins over the status: a lagging cached status cannot shorten or extend it.
         assert_eq!(
-            backoff_pending(Some(&record), &failed_status(2, 1, 600), Some(1), Some(1), "fp", t(10)),
+            backoff_pending(Some(&record), &failed_status(2, 1, 600), Some(1), Some(1), ("fp", None), t(10)),
             Some(t(30))
         );
     }

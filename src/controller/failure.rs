@@ -90,16 +90,26 @@ pub fn on_failure(input: FailureInput<'_>) -> (Outcome, Option<FailureRecord>) {
         Some(class) => {
             let at = schedule::retry_at(clock, failures, class, error.retry_after(), valid_until, jitter);
             let provider = matches!(error, Error::FetchToken(_));
-            record =
-                fingerprint.map(|fp| FailureRecord { fingerprint: fp.to_string(), retry_at: at, failures, provider });
+            record = fingerprint.map(|fp| FailureRecord {
+                fingerprint: fp.to_string(),
+                retry_at: at,
+                failures,
+                provider,
+                upstream: None,
+            });
             status.renewal_time = Some(Time(at));
             Some(until(clock, at))
         }
         None => {
-            // Nothing to retry until the spec or a watched object changes; a valid token still
-            // needs attention before it expires.
-            status.renewal_time = None;
-            valid_until.map(|v| until(now, v))
+            // Nothing to retry until the spec or a watched object changes (or, for what is not
+            // watched, a while has passed); a valid token still needs attention before it expires.
+            let spread = |d: std::time::Duration| d.mul_f64(1.0 + jitter.clamp(0.0, 1.0));
+            let recheck = error.recheck().map(|d| {
+                let d = jiff::SignedDuration::try_from(spread(d)).unwrap_or(jiff::SignedDuration::ZERO);
+                schedule::ceil_second(schedule::add(clock, d))
+            });
+            status.renewal_time = recheck.map(Time);
+            [valid_until.map(|v| until(now, v)), recheck.map(|at| until(clock, at))].into_iter().flatten().min()
         }
     };
     if !keep_ready {
@@ -194,7 +204,13 @@ mod tests {
         assert_eq!(o.requeue, Some(Duration::from_secs(2)), "transient: 2 s first");
         assert_eq!(
             record,
-            Some(FailureRecord { fingerprint: "fp".into(), retry_at: t(2), failures: 1, provider: true })
+            Some(FailureRecord {
+                fingerprint: "fp".into(),
+                retry_at: t(2),
+                failures: 1,
+                provider: true,
+                upstream: None
+            })
         );
         let ev = o.event.unwrap();
         assert!(ev.warning && ev.reason == Reason::ProviderUnavailable && ev.message.contains("maintenance"));
@@ -223,6 +239,20 @@ mod tests {
         let (o, _) = on_failure(input(&not_ready, TokenSourceStatus::default(), None));
         assert_eq!(cond(&o, ConditionType::Ready), ("False".into(), "WaitingForUpstream".into()));
         assert_eq!(o.requeue, None, "woken by the upstream's Secret, not by a timer");
+    }
+
+    #[test]
+    fn a_missing_config_map_is_looked_at_again_without_counting_a_failure_per_look() {
+        let err = Error::ConfigMapNotFound("ConfigMap \"ca\" not found".into());
+        let (first, record) = on_failure(input(&err, TokenSourceStatus::default(), None));
+        assert_eq!(record, None, "no backoff: a missing ConfigMap is no attempt that failed");
+        assert_eq!(first.requeue, Some(Duration::from_secs(30)), "15 s, spread by the jitter (1.0 here)");
+        assert_eq!(first.status.renewal_time, Some(Time(t(30))));
+        let (again, _) = on_failure(input(&err, first.status.clone(), None));
+        assert_eq!(again.status.failed_renewal_attempts, 1);
+        assert!(again.event.is_none());
+        let (valid, _) = on_failure(input(&err, TokenSourceStatus::default(), Some(10)));
+        assert_eq!(valid.requeue, Some(Duration::from_secs(10)), "the token's expiry comes first");
     }
 
     #[test]

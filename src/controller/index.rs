@@ -124,6 +124,13 @@ impl References {
         self.lock().by_key.contains_key(&key)
     }
 
+    /// The TokenSources chained to the TokenSource `ns/name`: woken when it is deleted, since the
+    /// garbage collector may take its Secret (their other wake-up) long after, or never.
+    pub fn chained_to(&self, ns: &str, name: &str) -> Vec<ObjectRef<TokenSource>> {
+        let key = self.key(&RefKey::Upstream(ns.into(), name.into()));
+        self.lock().by_key.get(&key).map(|list| list.iter().map(|r| (**r).clone()).collect()).unwrap_or_default()
+    }
+
     /// The TokenSources affected by a change to a Secret: those that read or write it, and for a
     /// target Secret its owner and every TokenSource chained to the owner.
     pub fn affected(&self, ns: &str, name: &str, owner: Option<&str>) -> Vec<ObjectRef<TokenSource>> {

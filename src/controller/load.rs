@@ -146,12 +146,12 @@ impl Context {
                     .get_opt(&r.name)
                     .await
                     .map_err(Error::Kube)?
-                    .ok_or_else(|| Error::CredentialsNotFound(format!("ConfigMap {:?} not found", r.name)))?;
+                    .ok_or_else(|| Error::ConfigMapNotFound(format!("ConfigMap {:?} not found", r.name)))?;
                 config_maps.insert(r.name.clone(), cm.data.unwrap_or_default());
             }
             let value =
                 config_maps.get(&r.name).and_then(|d| d.get(&r.key)).cloned().ok_or_else(|| {
-                    Error::CredentialsNotFound(format!("ConfigMap {:?} has no key {:?}", r.name, r.key))
+                    Error::ConfigMapNotFound(format!("ConfigMap {:?} has no key {:?}", r.name, r.key))
                 })?;
             creds.insert_config(r, value);
         }
@@ -204,7 +204,15 @@ impl Context {
     /// The upstream's current token, if its Secret holds a valid one.
     pub(super) fn upstream_token(&self, upstream: &TokenSource, now: Timestamp) -> Option<String> {
         let ns = upstream.namespace().unwrap_or_default();
-        let s = self.targets.get(&ObjectRef::new(&upstream.spec.target.name).within(&ns))?.to_secret();
+        let cached = self.targets.get(&ObjectRef::new(&upstream.spec.target.name).within(&ns));
+        // This instance wrote the upstream's Secret since the cache saw it: the token it wrote
+        // is the current one (the cached one may have been revoked by its replacement).
+        let up = ObjectRef::from_obj(upstream);
+        let cached_version = cached.as_ref().and_then(|s| s.resource_version().map(String::from));
+        if self.memory.cache_behind_write(&up, cached_version.as_deref(), super::reconcile::CACHE_CATCH_UP) {
+            return self.memory.held_latest(&up).filter(|t| t.expires_at > now).map(|t| t.access_token.clone());
+        }
+        let s = cached?.to_secret();
         let uid = upstream.metadata.uid.as_deref().unwrap_or_default();
         let stored = Stored::of(&s, upstream.spec.target.template.merge_policy, uid);
         (stored.owner.as_deref() == Some(upstream.name_any().as_str()) && stored.intact && stored.valid_at(now))

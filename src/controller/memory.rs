@@ -29,6 +29,9 @@ pub struct FailureRecord {
     /// The token endpoint failed or refused: a new token is still owed, and is retried after
     /// the backoff even while the one in hand is valid (after a failed manual refresh).
     pub provider: bool,
+    /// A digest of the upstream token the failed request carried (chained TokenSources): the
+    /// upstream's next token ends the backoff.
+    pub upstream: Option<u64>,
 }
 
 /// A token this instance fetched, and the fingerprint of the request that produced it. The
@@ -92,6 +95,20 @@ impl Memory {
             .and_then(|r| r.held.as_ref())
             .filter(|h| h.fingerprint == fingerprint && h.token.expires_at > now)
             .map(|h| h.token.clone())
+    }
+
+    /// The token held for `fingerprint`, expired or not (to render the Secret it is in again).
+    pub fn held_any(&self, ts: &ObjectRef<TokenSource>, fingerprint: &str) -> Option<Arc<Token>> {
+        self.lock()
+            .get(ts)
+            .and_then(|r| r.held.as_ref())
+            .filter(|h| h.fingerprint == fingerprint)
+            .map(|h| h.token.clone())
+    }
+
+    /// The token this instance holds for `ts`, whatever request it was fetched for.
+    pub fn held_latest(&self, ts: &ObjectRef<TokenSource>) -> Option<Arc<Token>> {
+        self.lock().get(ts).and_then(|r| r.held.as_ref()).map(|h| h.token.clone())
     }
 
     /// Keeps a token just fetched, before it is written.
@@ -287,7 +304,8 @@ mod tests {
     fn failures_end_with_a_write_and_everything_ends_with_the_source() {
         let m = Memory::default();
         let r = ObjectRef::new("a").within("ns");
-        let f = FailureRecord { fingerprint: "fp".into(), retry_at: at(30), failures: 2, provider: true };
+        let f =
+            FailureRecord { fingerprint: "fp".into(), retry_at: at(30), failures: 2, provider: true, upstream: None };
         m.remember_failure(&r, f.clone());
         assert_eq!(m.failure(&r), Some(f));
         m.remember_written(&r, Some("42".into()), None);

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -16,7 +17,7 @@ use kube::{Resource, ResourceExt};
 use super::decide::{self, Decision};
 use super::failure::{self, FailureInput};
 use super::flight::{FlightKey, Poll};
-use super::memory::Held;
+use super::memory::{FailureRecord, Held};
 use super::status::{self, Note, Outcome};
 use super::{Context, validate};
 use crate::conditions::{ConditionType, Reason};
@@ -74,11 +75,16 @@ struct Known {
     /// The generation the stored status was written for (a backoff it records holds for that
     /// generation only).
     recorded_generation: Option<i64>,
+    /// A digest of the upstream token a chained request carries (never the token).
+    upstream: Option<u64>,
+    /// Today's owner policy and template are not in the Secret yet (its token could not be
+    /// rendered again): the status does not claim today's generation as observed.
+    shape_pending: bool,
 }
 
 /// How long a reconcile waits for the cache to show this instance's own write of a Secret
 /// before it reads the Secret from the API instead.
-const CACHE_CATCH_UP: Duration = Duration::from_secs(5);
+pub(super) const CACHE_CATCH_UP: Duration = Duration::from_secs(5);
 
 pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result<Action, Error> {
     if ts.meta().deletion_timestamp.is_some() {
@@ -136,10 +142,21 @@ pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result
         (Some(r), Some(e)) => Some(r.min(e)),
         (r, e) => r.or(e),
     };
+    // The requeue counts from now, when the reconcile ends, while `requeue` counts from `now`:
+    // without this reconcile's own length (a slow status write, a restart) every renewal and
+    // every expiry would be looked at that much late.
+    let spent = truncated + started.elapsed();
     Ok(match requeue {
-        Some(d) => Action::requeue(d.saturating_sub(truncated).max(Duration::from_millis(100))),
+        Some(d) => Action::requeue(d.saturating_sub(spent).max(Duration::from_millis(100))),
         None => Action::await_change(),
     })
+}
+
+/// A digest of an upstream token, to tell one from the next without keeping it.
+fn digest(token: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(token.as_bytes());
+    u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
 }
 
 /// What `status.lastRefreshRequest` records of the annotation value `value`: the value itself
@@ -279,6 +296,7 @@ impl Context {
         let mut known = Known { recorded_generation, ..Known::default() };
         let result = self.pipeline(ts, &status, clock, &mut known, manual).await;
         let restart_owed = known.restart_owed.filter(|_| ts.spec.target.rollout_restart.is_some());
+        let shape_pending = known.shape_pending;
         let mut outcome = match result {
             Ok(mut outcome) => {
                 if let Some(due) = manual_due {
@@ -296,6 +314,9 @@ impl Context {
                 self.failure(ts, status, &error, known, now)
             }
         };
+        if shape_pending {
+            outcome.status.observed_generation = recorded_generation;
+        }
         // The restart the Secret records as owed, unless one has been made since.
         if let Some(owed) = restart_owed
             && outcome.status.last_rollout_restart_time.as_ref().is_none_or(|last| last.0 < owed)
@@ -356,7 +377,16 @@ impl Context {
                 .then(|| secret::read_back(ts, secret, stored))?
                 .map(Arc::new)
         });
-        let times = in_hand.as_ref().map(|t| (t.issued_at, t.expires_at, t.renew_at));
+        // A Secret written for today's request whose token cannot be read back (a `Replace`
+        // template, or one that reads the reply) still says when its token expires: kept while
+        // it needs no write, so a restart mints nothing for it either.
+        let written_today = stored
+            .as_ref()
+            .filter(|s| s.intact && s.has_token && s.fingerprint.as_deref() == Some(fingerprint.as_str()));
+        let times = in_hand.as_ref().map(|t| (t.issued_at, t.expires_at, t.renew_at)).or_else(|| {
+            let s = written_today?;
+            Some((s.refreshed_at?, s.expires_at?, s.renew_at))
+        });
         let missing = decide::missing(stored.as_ref(), &fingerprint);
         // A manual refresh fetches whatever the token in hand; a token the provider failed to
         // give (a failed manual refresh) is still owed, after the backoff.
@@ -389,6 +419,26 @@ impl Context {
             (None, Decision::Keep { .. }) if newer_shared => Decision::Fetch { why: "SharedToken" },
             (None, decision) => decision,
         };
+        // Kept without a token in hand: the Secret stays as it is, or, if it must be written
+        // (another shape, a key lost), only a new token can be rendered into it.
+        let decision = match (decision, &in_hand, written_today) {
+            (Decision::Keep { refresh_at }, None, Some(written)) => {
+                let issued = written.refreshed_at.unwrap_or(now);
+                match decide::needs_write(Some(written), issued, &shape) {
+                    None => {
+                        self.memory.forget_failure(&me);
+                        return Ok(status::ready(status.clone(), written, target, refresh_at, generation, now));
+                    }
+                    Some(why) => Decision::Fetch { why },
+                }
+            }
+            (decision, _, _) => decision,
+        };
+        // No token is written by this path now: the Secret gets today's shape on its own.
+        if !matches!(decision, Decision::Keep { .. }) {
+            let (secret, stored) = (secret.as_ref(), stored.as_ref());
+            known.shape_pending = !self.reshape(ts, secret, stored, &shape, known).await?;
+        }
         let why = match decision {
             Decision::Keep { refresh_at } => {
                 let Some(token) = in_hand else { return Err(Error::Internal("a kept token went missing".into())) };
@@ -411,13 +461,18 @@ impl Context {
             }
             Decision::Fetch { why } => why,
         };
+        let upstream_token = upstream.as_ref().and_then(|u| self.upstream_token(u, now));
+        if let Some(t) = &upstream_token {
+            known.redactor.add(t.as_bytes());
+            known.upstream = Some(digest(t));
+        }
         let remembered = self.memory.failure(&me);
         let backoff = decide::backoff_pending(
             remembered.as_ref(),
             status,
             known.recorded_generation,
             generation,
-            &fingerprint,
+            (&fingerprint, known.upstream),
             now,
         );
         if let Some(retry_at) = backoff.filter(|_| manual.is_none()) {
@@ -428,10 +483,6 @@ impl Context {
         // after losing the Lease is discarded at the fence, never written.
         if !self.config.leadership.is_leading() {
             return Err(Error::NotLeader);
-        }
-        let upstream_token = upstream.as_ref().and_then(|u| self.upstream_token(u, now));
-        if let Some(t) = &upstream_token {
-            known.redactor.add(t.as_bytes());
         }
         // A manual refresh is answered by a request sent since this instance noticed it: a
         // shared request that went out since then answers it, and none is sent twice for it.
@@ -612,6 +663,40 @@ impl Context {
         Ok(owed)
     }
 
+    /// Writes today's owner policy and template over the token the Secret already holds, when
+    /// no new token is written now (renewals failing, a backoff, a request in flight): a Secret
+    /// the user asked to keep is not garbage-collected for want of a token, nor a removed key
+    /// left in it. `false` when that token cannot be rendered again here (it was neither held
+    /// by this instance nor can be read back: a `Replace` template or one that reads the reply,
+    /// after a restart); today's shape then comes with the next token.
+    async fn reshape(
+        &self,
+        ts: &TokenSource,
+        secret: Option<&Secret>,
+        stored: Option<&Stored>,
+        shape: &str,
+        known: &mut Known,
+    ) -> Result<bool, Error> {
+        let (Some(secret), Some(stored)) = (secret, stored) else { return Ok(true) };
+        if !stored.has_token || stored.shape.as_deref() == Some(shape) {
+            return Ok(true);
+        }
+        // A Secret whose data someone else changed is not re-rendered from what it holds.
+        let Some(fingerprint) = stored.fingerprint.as_deref().filter(|_| stored.intact) else { return Ok(false) };
+        let me = ObjectRef::from_obj(ts);
+        let reads_reply = secret::reads_reply(ts);
+        let token = self
+            .memory
+            .held_any(&me, fingerprint)
+            .filter(|t| stored.refreshed_at == Some(t.issued_at) && (!reads_reply || !t.raw.is_null()))
+            .or_else(|| secret::read_back(ts, secret, stored).map(Arc::new));
+        let Some(token) = token else { return Ok(false) };
+        known.redactor.add(token.access_token.as_bytes());
+        // Under the fingerprint it was fetched for: what decides the next request is unchanged.
+        known.restart_owed = self.write(ts, &token, fingerprint, shape, Some(stored)).await?;
+        Ok(true)
+    }
+
     /// Warns, once per spec generation, about values that look secret and are given inline.
     async fn warn_inline_secrets(&self, ts: &TokenSource) {
         let inline = ts.spec.inline_secrets();
@@ -663,7 +748,7 @@ impl Context {
             jitter: rand::random::<f64>(),
         });
         if let Some(record) = record {
-            self.memory.remember_failure(&me, record);
+            self.memory.remember_failure(&me, FailureRecord { upstream: known.upstream, ..record });
         }
         outcome
     }

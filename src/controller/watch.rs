@@ -84,7 +84,10 @@ pub async fn run(
     let memory = Arc::new(Memory::default());
     let references = Arc::new(References::default());
     let (sources, sources_writer) = reflector::store();
-    let forget = (memory.clone(), references.clone());
+    // TokenSources to reconcile besides those the TokenSource watch names: Secret events, pods,
+    // leadership changes and deleted upstreams send them here.
+    let (tx, rx) = mpsc::channel::<ObjectRef<TokenSource>>(4096);
+    let forget = (memory.clone(), references.clone(), tx.clone());
     // Ready once the TokenSource cache has synced (its watch starts with the controller, after the
     // Secret caches below have synced). The store's own readiness wakes only its last waiter, and
     // the controller waits on it: a second waiter could steal its wake-up, so the watch's InitDone
@@ -99,6 +102,18 @@ pub async fn run(
             let gone = ObjectRef::from_obj(ts);
             forget.0.forget(&gone);
             forget.1.forget(&gone);
+            // Its chained TokenSources learn at once that it is gone (the store already says so).
+            let chained = forget.1.chained_to(gone.namespace.as_deref().unwrap_or_default(), &gone.name);
+            if !chained.is_empty() {
+                let tx = forget.2.clone();
+                tokio::spawn(async move {
+                    for r in chained {
+                        if tx.send(r).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
         }
         watcher::Event::InitDone if !synced.ready.swap(true, Ordering::Relaxed) => {
             tracing::info!("caches synced; ready");
@@ -124,7 +139,6 @@ pub async fn run(
         .inspect_ok(move |event| seen.observe(event, &refs))
         .touched_objects();
 
-    let (tx, rx) = mpsc::channel::<ObjectRef<TokenSource>>(4096);
     let by_target = references.clone();
     forward(targets_stream, tx.clone(), (metrics.clone(), "managed-secrets"), move |s: &secret::Managed| {
         use reflector::Lookup;
