@@ -244,9 +244,19 @@ async fn slow_endpoint(delay: Duration, lifetime: u64) -> String {
     format!("http://{addr}/token")
 }
 
+/// Values of the refresh annotation a tenant may type: none, not a time, too long for the status
+/// field, and a time with an RFC 9557 suffix longer than 64 characters.
+const ANNOTATIONS: [Option<&str>; 4] = [
+    None,
+    Some("yesterday"),
+    Some("xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"),
+    Some("2026-01-02T03:04:05Z[u-ca=gregory][!Etc/UTC][x-tokensource=xxxxxxxxxxxxxxxxxxxxxxxxxxx]"),
+];
+
 /// Over lifetimes shorter and longer than the 5-second renewal floor, endpoints that answer at
-/// once, slowly or never, and request timeouts shorter and longer than the lifetime: no status
-/// is ever Ready=True more than a second past the expiry of its token.
+/// once, slowly or never, request timeouts shorter and longer than the lifetime, and refresh
+/// annotations of every kind: no status is ever Ready=True more than a second past the expiry
+/// of its token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_status_says_ready_past_expiry_whatever_the_lifetime_latency_and_timeout() {
     let env = Env::start().await;
@@ -262,6 +272,10 @@ async fn no_status_says_ready_past_expiry_whatever_the_lifetime_latency_and_time
                 ts["spec"]["renewal"] = json!({"shareIdenticalRequests": false});
                 if let Some(t) = timeout {
                     ts["spec"]["timeout"] = json!(t);
+                }
+                // And whatever a tenant types into the refresh annotation.
+                if let Some(value) = ANNOTATIONS[n % ANNOTATIONS.len()] {
+                    ts["metadata"]["annotations"] = json!({"tokensource.dev/refresh-requested-at": value});
                 }
                 env.create(ts).await;
             }
@@ -323,4 +337,29 @@ async fn sharers_record_the_shared_request_s_failure_as_their_own() {
     assert!(seen.windows(2).all(|w| w[0] == w[1]), "sharers said different things: {seen:?}");
     assert_eq!(calls.load(Ordering::SeqCst), 1, "one request for five identical TokenSources");
     eprintln!("5 sharers: {} ({}), from 1 provider call", seen[0].0, seen[0].1);
+}
+
+/// The target Secret deleted while a renewal hangs: the token in hand (still valid) is written
+/// back at once, not after the request ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_deleted_while_a_renewal_hangs_gets_its_token_back() {
+    let env = Env::start().await;
+    podero_credentials(&env).await;
+    env.create(podero(&env, "hang", "hang-token")).await;
+    let token = env.wait_token("hang-token", None).await;
+    env.wait_ready("hang", "True", "TokenValid").await;
+    env.fakes.set_delay(Endpoint::Podero, Duration::from_secs(600));
+    let ask = json!({"metadata": {"annotations": {"tokensource.dev/refresh-requested-at": "2026-01-02T03:04:05Z"}}});
+    env.sources().patch("hang", &Default::default(), &kube::api::Patch::Merge(&ask)).await.unwrap();
+    // The renewal is on its way (after the 5-second floor since the first token) and hangs.
+    eventually("the renewal in flight", Duration::from_secs(15), || async {
+        let n = env.fakes.calls(Endpoint::Podero);
+        check(n >= 2, (), n)
+    })
+    .await;
+    env.secrets().delete("hang-token", &Default::default()).await.unwrap();
+    let back = env.wait_token("hang-token", None).await;
+    assert_eq!(back, token, "the token in hand, not a new one");
+    env.wait_ready("hang", "True", "TokenValid").await;
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 2);
 }

@@ -434,10 +434,23 @@ impl Context {
             }
             (decision, _, _) => decision,
         };
-        // No token is written by this path now: the Secret gets today's shape on its own.
+        // No token is written by this path now. A Secret deleted or edited meanwhile gets the
+        // valid token in hand back at once (a request may be in flight for a while), and a
+        // Secret whose token stays gets today's shape.
         if !matches!(decision, Decision::Keep { .. }) {
-            let (secret, stored) = (secret.as_ref(), stored.as_ref());
-            known.shape_pending = !self.reshape(ts, secret, stored, &shape, known).await?;
+            let valid = in_hand.as_ref().filter(|t| t.expires_at > exact);
+            let lost = valid.and_then(|t| decide::needs_write(stored.as_ref(), t.issued_at, &shape));
+            match (valid, lost) {
+                (Some(token), Some("SecretDeleted" | "SecretChanged")) => {
+                    known.restart_owed = self.write(ts, token, &fingerprint, &shape, stored.as_ref()).await?;
+                    known.valid_until = Some(token.expires_at);
+                    known.expired_at = None;
+                }
+                _ => {
+                    let (secret, stored) = (secret.as_ref(), stored.as_ref());
+                    known.shape_pending = !self.reshape(ts, secret, stored, &shape, known).await?;
+                }
+            }
         }
         let why = match decision {
             Decision::Keep { refresh_at } => {
@@ -457,7 +470,8 @@ impl Context {
                 return Ok(outcome);
             }
             Decision::Wait { until, expired_at } => {
-                return Ok(status::backing_off(status.clone(), until, Some(expired_at), target, generation, now));
+                let held = status::Held { expired_at: Some(expired_at), valid: false };
+                return Ok(status::backing_off(status.clone(), until, held, target, generation, now));
             }
             Decision::Fetch { why } => why,
         };
@@ -476,7 +490,8 @@ impl Context {
             now,
         );
         if let Some(retry_at) = backoff.filter(|_| manual.is_none()) {
-            return Ok(status::backing_off(status.clone(), retry_at, known.expired_at, target, generation, now));
+            let held = status::Held { expired_at: known.expired_at, valid: known.valid_until.is_some() };
+            return Ok(status::backing_off(status.clone(), retry_at, held, target, generation, now));
         }
 
         // Fetch, then render and write. Only the leader calls a provider; a token it fetches
@@ -498,9 +513,8 @@ impl Context {
         };
         // While it waits, the status says so when there is something to say (no token yet, or
         // the Secret's token expired meanwhile).
-        let expired_at = known.expired_at;
-        let waiting =
-            |why: &str| status::waiting(status.clone(), why, expired_at, (target, generation, now), plan.timeout);
+        let held = status::Held { expired_at: known.expired_at, valid: known.valid_until.is_some() };
+        let waiting = |why: &str| status::waiting(status.clone(), why, held, (target, generation, now), plan.timeout);
         let token = match &key {
             None => {
                 let request = Request { ts, plan: &plan, creds: &creds, upstream: upstream_token, why, uid: &uid };

@@ -179,16 +179,30 @@ pub fn restored(target: &str, why: &str, expires: Timestamp) -> Note {
 pub fn backing_off(
     mut status: TokenSourceStatus,
     retry_at: Timestamp,
-    expired_at: Option<Timestamp>,
+    held: Held,
     target: &str,
     generation: Option<i64>,
     now: Timestamp,
 ) -> Outcome {
     status.renewal_time = Some(Time(retry_at));
-    if let Some(at) = expired_at {
+    if let Some(at) = held.expired_at {
         set_condition(&mut status.conditions, expired(target, at, generation, now));
+    } else if !held.valid && is_ready(&status) {
+        let msg = format!("Secret {target:?} holds no valid token; the next attempt is at {retry_at}");
+        set_condition(
+            &mut status.conditions,
+            condition(ConditionType::Ready, false, Reason::Pending, msg, generation, now),
+        );
     }
     Outcome { status, requeue: Some(until(now, retry_at)), event: None, deferred: false }
+}
+
+/// What the target Secret holds while no new token is written: the token that expired in it,
+/// if one did, and whether it holds a valid one (a Secret deleted or edited holds none).
+#[derive(Clone, Copy, Debug)]
+pub struct Held {
+    pub expired_at: Option<Timestamp>,
+    pub valid: bool,
 }
 
 /// Nothing to learn now (every request slot of the endpoint's host is taken, or the cache has
@@ -208,17 +222,21 @@ pub fn deferred(status: TokenSourceStatus) -> Outcome {
 pub fn waiting(
     mut status: TokenSourceStatus,
     why: &str,
-    expired_at: Option<Timestamp>,
+    held: Held,
     (target, generation, now): (&str, Option<i64>, Timestamp),
     timeout: Duration,
 ) -> Outcome {
     let requeue = Some(timeout + Duration::from_secs(5));
-    if let Some(at) = expired_at {
+    if let Some(at) = held.expired_at {
         set_condition(&mut status.conditions, expired(target, at, generation, now));
         return Outcome { status, requeue, event: None, deferred: false };
     }
-    if find(&status, ConditionType::Ready).is_none() {
-        let msg = format!("no token in Secret {target:?} yet: {why}");
+    let lost = !held.valid && is_ready(&status);
+    if find(&status, ConditionType::Ready).is_none() || lost {
+        let msg = match lost {
+            true => format!("Secret {target:?} holds no valid token: {why}"),
+            false => format!("no token in Secret {target:?} yet: {why}"),
+        };
         set_condition(
             &mut status.conditions,
             condition(ConditionType::Ready, false, Reason::Pending, msg, generation, now),
@@ -309,6 +327,26 @@ mod tests {
             condition(ConditionType::Ready, false, Reason::InvalidSpec, "o".into(), Some(2), t(9)),
         );
         assert_eq!(conds[0].last_transition_time, Time(t(9)));
+    }
+
+    #[test]
+    fn a_secret_without_a_valid_token_is_never_ready_while_waiting_or_backing_off() {
+        let stored =
+            Stored { expires_at: Some(t(3600)), refreshed_at: Some(t(0)), has_token: true, ..Default::default() };
+        let ready = super::ready(TokenSourceStatus::default(), &stored, "tok", t(2400), Some(1), t(0)).status;
+        let ready_reason =
+            |o: &Outcome| find(&o.status, ConditionType::Ready).map(|c| (c.status.clone(), c.reason.clone()));
+        let gone = Held { expired_at: None, valid: false };
+        let there = Held { expired_at: None, valid: true };
+        let w = waiting(ready.clone(), "in flight", gone, ("tok", Some(1), t(10)), Duration::from_secs(30));
+        assert_eq!(ready_reason(&w), Some(("False".into(), "Pending".into())));
+        assert!(!w.deferred, "the status is written");
+        let w = waiting(ready.clone(), "in flight", there, ("tok", Some(1), t(10)), Duration::from_secs(30));
+        assert!(w.deferred && is_ready(&w.status), "a valid token in the Secret: nothing to write");
+        let b = backing_off(ready.clone(), t(40), gone, "tok", Some(1), t(10));
+        assert_eq!(ready_reason(&b), Some(("False".into(), "Pending".into())));
+        let b = backing_off(ready, t(40), there, "tok", Some(1), t(10));
+        assert!(is_ready(&b.status));
     }
 
     #[test]
