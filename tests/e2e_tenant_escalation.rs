@@ -523,3 +523,25 @@ async fn a_token_that_cannot_be_reviewed_is_not_sent() {
     assert!(env.fakes.is_valid(&token));
     assert!(sim.faults().count("create", "tokenreviews") >= 2);
 }
+
+/// A ServiceAccount token the namespace already stores (a Secret of type
+/// `kubernetes.io/service-account-token`, which the token controller fills with a token that
+/// never expires) is never read as a credential: a tenant who may create TokenSources but not
+/// read Secrets cannot send it to an endpoint of their choosing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_service_account_token_is_never_sent() {
+    let env = Env::start().await;
+    podero_credentials(&env).await;
+    let stored: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "deployer-token", "annotations": {"kubernetes.io/service-account.name": "default"}},
+        "type": "kubernetes.io/service-account-token",
+    }))
+    .unwrap();
+    env.secrets().create(&PostParams::default(), &stored).await.unwrap();
+    let mut ts = podero(&env, "steal", "steal-token");
+    ts["spec"]["oauth2"]["clientAuth"]["clientSecretRef"] = json!({"name": "deployer-token", "key": "token"});
+    env.create(ts).await;
+    let m = env.wait_ready("steal", "False", "CredentialsInvalid").await;
+    assert!(m.contains("deployer-token") && m.contains("Kubernetes API"), "{m}");
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 0, "the stored token left the operator");
+}

@@ -80,6 +80,13 @@ async fn refuse_api_credential(client: &kube::Client, token: &str, audience: &st
     Ok(())
 }
 
+/// Secret types whose values authenticate to the Kubernetes API (a ServiceAccount's stored token,
+/// a node bootstrap token): a tenant who may create TokenSources but not read Secrets must not be
+/// able to send them to an endpoint of their choosing.
+fn api_credential_type(type_: &str) -> bool {
+    matches!(type_, "kubernetes.io/service-account-token" | "bootstrap.kubernetes.io/token")
+}
+
 /// Credential Secrets' data, by namespace and name, kept while the resourceVersion the metadata
 /// watch reports has not moved. Each Secret has its own lock, held while it is read from the API:
 /// TokenSources that share a Secret wait for one read; others are not held up.
@@ -233,6 +240,13 @@ impl Context {
             return Ok(c.data.clone());
         }
         match self.api::<Secret>(ns).get_opt(name).await.map_err(Error::Kube)? {
+            Some(s) if s.type_.as_deref().is_some_and(api_credential_type) => {
+                *cached = None;
+                Err(Error::CredentialsInvalid(format!(
+                    "Secret {name:?} is of type {}: it holds a credential for the Kubernetes API itself, which is never sent to a token endpoint (for a ServiceAccount token a provider accepts, use oauth2.clientAuth.type ServiceAccountToken or a token exchange: the operator requests one for the provider's audience)",
+                    s.type_.as_deref().unwrap_or_default()
+                )))
+            }
             Some(s) => {
                 let resource_version = s.metadata.resource_version.unwrap_or_default();
                 self.versions.remember(ns, name, &resource_version);
