@@ -2,7 +2,9 @@
 //! create a TokenSource chooses its URL, so by default the operator refuses addresses inside the
 //! cluster's networks and the node's own: loopback, link-local (cloud metadata services such as
 //! 169.254.169.254 and fd00:ec2::254), private, shared (carrier-grade NAT), unspecified,
-//! broadcast and multicast. Names are resolved once, every address is vetted, and the connection
+//! broadcast, multicast, reserved (240.0.0.0/4), benchmarking (198.18.0.0/15) and IETF protocol
+//! (192.0.0.0/24) addresses, and IPv6 forms that carry one of them (mapped, IPv4-compatible,
+//! NAT64, 6to4) or the local-use NAT64 prefix. Names are resolved once, every address is vetted, and the connection
 //! goes only to a vetted one, so DNS rebinding cannot slip past; redirects are never followed.
 //!
 //! A host list (`--allow-endpoint-hosts`) means "only these hosts": an address written in the URL
@@ -81,6 +83,12 @@ fn internal_v4(ip: Ipv4Addr) -> Option<&'static str> {
         "the broadcast address"
     } else if ip.is_multicast() {
         "a multicast address"
+    } else if o[0] >= 240 {
+        "a reserved address (240.0.0.0/4)"
+    } else if o[0] == 198 && (o[1] & 0xfe) == 18 {
+        "a benchmarking address (198.18.0.0/15), used inside some networks"
+    } else if o[..3] == [192, 0, 0] {
+        "an IETF protocol address (192.0.0.0/24)"
     } else {
         return None;
     })
@@ -98,9 +106,16 @@ fn internal_v6(ip: Ipv6Addr) -> Option<&'static str> {
         "a unique local address (such as a cloud metadata service)"
     } else if ip.is_multicast() {
         "a multicast address"
-    } else if (first, ip.segments()[1]) == (0x0064, 0xff9b) {
-        // NAT64: the embedded IPv4 address decides.
+    } else if (first, ip.segments()[1]) == (0x0064, 0xff9b) || ip.segments()[..6] == [0; 6] {
+        // NAT64 (64:ff9b::/96, and the local-use 64:ff9b:1::/48 below) and the deprecated
+        // IPv4-compatible form (::a.b.c.d): the embedded IPv4 address decides.
         let [.., a, b] = ip.segments();
+        return internal_v4(Ipv4Addr::from((u32::from(a) << 16) | u32::from(b)));
+    } else if ip.segments()[..3] == [0x0064, 0xff9b, 0x0001] {
+        "a local-use NAT64 address (64:ff9b:1::/48)"
+    } else if first == 0x2002 {
+        // 6to4: the IPv4 address in the second and third segments decides.
+        let [_, a, b, ..] = ip.segments();
         return internal_v4(Ipv4Addr::from((u32::from(a) << 16) | u32::from(b)));
     } else {
         return None;
@@ -280,10 +295,28 @@ mod tests {
             "255.255.255.255",
             "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
+            "240.0.0.1",
+            "198.18.0.1",
+            "198.19.255.254",
+            "192.0.0.192",
+            "::10.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b:1::1",
+            "2002:a9fe:a9fe::1",
         ] {
             assert!(internal(ip(a)).is_some(), "{a} is internal");
         }
-        for a in ["93.184.216.34", "2606:4700::1111", "100.128.0.1", "172.32.0.1", "::ffff:8.8.8.8"] {
+        for a in [
+            "93.184.216.34",
+            "2606:4700::1111",
+            "100.128.0.1",
+            "172.32.0.1",
+            "::ffff:8.8.8.8",
+            "198.20.0.1",
+            "192.0.1.1",
+            "223.255.255.255",
+            "2002:5db8:d822::1",
+        ] {
             assert!(internal(ip(a)).is_none(), "{a} is public");
         }
         // The URL parser turns every numeric form into the address it means.
