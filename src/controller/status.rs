@@ -44,14 +44,31 @@ pub const MAX_MESSAGE: usize = 1024;
 
 /// `text` cut to [`MAX_MESSAGE`] bytes at a character boundary, marked when cut.
 pub fn cut(text: &str) -> String {
-    if text.len() <= MAX_MESSAGE {
+    cut_to(text, MAX_MESSAGE)
+}
+
+/// What the status shows of the reply's `token_type` and `scope`, bounded: the endpoint chooses
+/// them, and a status the API server refuses for its size would never be written again (and so
+/// never turn `Ready` false).
+const MAX_TOKEN_TYPE: usize = 64;
+const MAX_SCOPES: usize = 64;
+const MAX_SCOPE: usize = 256;
+
+/// `text` cut to at most `max` bytes, on a character boundary, marked with `…` if cut.
+fn cut_to(text: &str, max: usize) -> String {
+    if text.len() <= max {
         return text.to_string();
     }
-    let mut end = MAX_MESSAGE - '…'.len_utf8();
+    let mut end = max - '…'.len_utf8();
     while !text.is_char_boundary(end) {
         end -= 1;
     }
     format!("{}…", &text[..end])
+}
+
+/// The granted scopes as the status lists them: the first 64, each cut to 256 bytes.
+fn granted(scope: &str) -> Vec<String> {
+    scope.split_whitespace().take(MAX_SCOPES).map(|s| cut_to(s, MAX_SCOPE)).collect()
 }
 
 /// Ready=False because the token in `target` expired at `at`.
@@ -118,9 +135,8 @@ pub fn ready(
 ) -> Outcome {
     status.expiration_time = stored.expires_at.map(Time);
     status.last_renewal_time = stored.refreshed_at.map(Time);
-    status.token_type = stored.token_type.clone();
-    status.scopes =
-        stored.scope.as_deref().map(|s| s.split_whitespace().map(String::from).collect()).unwrap_or_default();
+    status.token_type = stored.token_type.as_deref().map(|t| cut_to(t, MAX_TOKEN_TYPE));
+    status.scopes = stored.scope.as_deref().map(granted).unwrap_or_default();
     // Announced as the whole second by which the renewal starts.
     status.renewal_time = Some(Time(schedule::ceil_second(refresh_at)));
     status.failed_renewal_attempts = 0;
@@ -347,6 +363,25 @@ mod tests {
         assert_eq!(ready_reason(&b), Some(("False".into(), "Pending".into())));
         let b = backing_off(ready, t(40), there, "tok", Some(1), t(10));
         assert!(is_ready(&b.status));
+    }
+
+    #[test]
+    fn what_the_endpoint_says_of_its_token_is_bounded_in_status() {
+        let huge = format!("{} {}", "s ".repeat(100_000), "é".repeat(1000));
+        let stored = Stored {
+            expires_at: Some(t(3600)),
+            refreshed_at: Some(t(0)),
+            has_token: true,
+            scope: Some(huge),
+            token_type: Some("B".repeat(10_000)),
+            ..Default::default()
+        };
+        let status = super::ready(TokenSourceStatus::default(), &stored, "tok", t(2400), Some(1), t(0)).status;
+        assert_eq!(status.scopes.len(), 64);
+        assert!(status.token_type.as_deref().is_some_and(|t| t.len() <= 64 && t.ends_with('…')));
+        let cut = &granted(&"é".repeat(1000))[0];
+        assert!(cut.len() <= 256 && cut.ends_with('…'), "cut on a character boundary: {}", cut.len());
+        assert_eq!(granted("read write"), vec!["read".to_string(), "write".to_string()]);
     }
 
     #[test]
