@@ -1224,12 +1224,16 @@ pub struct TokenSourceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_renewal_time: Option<Time>,
 
-    /// The token type the endpoint reported, such as `Bearer`.
+    /// The token type the endpoint reported, such as `Bearer` (at most 64 bytes; a longer one is
+    /// cut and ends in `…`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub token_type: Option<String>,
 
-    /// The scopes the endpoint granted.
+    /// The scopes the endpoint granted: the first 64, each at most 256 bytes (a longer one is cut
+    /// and ends in `…`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 256)))]
     pub scopes: Vec<String>,
 
     /// Consecutive failed attempts to get a token since the last success.

@@ -385,6 +385,15 @@ mod tests {
     }
 
     #[test]
+    fn the_crd_bounds_what_the_status_is_cut_to() {
+        let crd = serde_json::to_value(crate::crd::crd()).expect("the CRD serialises");
+        let status = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
+        assert_eq!(status["scopes"]["maxItems"], MAX_SCOPES);
+        assert_eq!(status["scopes"]["items"]["maxLength"], MAX_SCOPE);
+        assert_eq!(status["tokenType"]["maxLength"], MAX_TOKEN_TYPE);
+    }
+
+    #[test]
     fn a_first_token_is_announced_a_renewal_is_not() {
         let stored =
             Stored { expires_at: Some(t(3600)), refreshed_at: Some(t(0)), has_token: true, ..Default::default() };
