@@ -172,6 +172,50 @@ async fn the_upstream_s_next_token_ends_a_chained_backoff() {
     assert_eq!(env.fakes.calls(Endpoint::ImbursePayout), 3);
 }
 
+/// Case 8(a) of the reconcile-correctness issue: a chained request made while the operator's
+/// cache has not yet seen the upstream token it just wrote carries that token, not the one it
+/// replaced — which a provider that keeps one valid token per client has revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chained_renewal_carries_the_upstream_token_just_written_not_the_cached_one() {
+    let env = Env::start().await;
+    if env.kubesim_only("holds back the watch events of Secrets (kubesim's fault injection)") {
+        return;
+    }
+    let sim = env.sim.as_ref().expect("kubesim");
+    env.fakes.set_lifetime(Endpoint::ImburseManagement, Duration::from_secs(3600));
+    env.fakes.set_lifetime(Endpoint::ImbursePayout, Duration::from_secs(3600));
+    env.fakes.revoke_previous(Endpoint::ImburseManagement);
+    apply_examples(
+        &env,
+        &["imburse-tenant-key.yaml", "imburse-management.yaml", "imburse-payout-from-management.yaml"],
+    )
+    .await;
+    let first_mgmt = env.wait_token("imburse-management-token", None).await;
+    let payout = env.wait_token("imburse-payout-token", None).await;
+    env.wait_ready("imburse-payout", "True", "TokenValid").await;
+    // Manual refreshes are taken at most once per 5 s per TokenSource.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    // The operator's cache of Secrets stops moving; its requests are answered as usual.
+    sim.faults().hold_watch_events("secrets");
+    let ask = |at: &str| json!({"metadata": {"annotations": {"tokensource.dev/refresh-requested-at": at}}});
+    let pp = PatchParams::default();
+    env.sources().patch("imburse-management", &pp, &Patch::Merge(&ask("2026-01-02T03:04:05Z"))).await.unwrap();
+    let second_mgmt = env.wait_token("imburse-management-token", Some(&first_mgmt)).await;
+    assert!(!env.fakes.is_valid(&first_mgmt), "the provider revoked the management token it replaced");
+    // Longer than the operator waits for its cache to show its own write of a Secret.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    env.sources().patch("imburse-payout", &pp, &Patch::Merge(&ask("2026-01-02T03:04:06Z"))).await.unwrap();
+    let next = env.wait_token("imburse-payout-token", Some(&payout)).await;
+    sim.faults().release_watch_events();
+
+    assert!(env.fakes.is_valid(&second_mgmt));
+    assert!(env.fakes.is_valid(&next));
+    assert_eq!(env.fakes.rejections(), vec![], "a chained request carried a revoked upstream token");
+    assert_eq!(env.fakes.calls(Endpoint::ImbursePayout), 2);
+    env.wait_ready("imburse-payout", "True", "TokenValid").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chains_that_loop_are_invalid() {
     let env = Env::start().await;

@@ -213,10 +213,12 @@ impl Context {
         let ns = upstream.namespace().unwrap_or_default();
         let cached = self.targets.get(&ObjectRef::new(&upstream.spec.target.name).within(&ns));
         // This instance wrote the upstream's Secret since the cache saw it: the token it wrote
-        // is the current one (the cached one may have been revoked by its replacement).
+        // is the current one (the cached one may have been revoked by its replacement), however
+        // long the cache lags — a cache still showing the version this instance wrote over has
+        // seen no later write either.
         let up = ObjectRef::from_obj(upstream);
         let cached_version = cached.as_ref().and_then(|s| s.resource_version().map(String::from));
-        if self.memory.cache_behind_write(&up, cached_version.as_deref(), super::reconcile::CACHE_CATCH_UP) {
+        if self.memory.cache_behind_write(&up, cached_version.as_deref(), std::time::Duration::MAX) {
             return self.memory.held_latest(&up).filter(|t| t.expires_at > now).map(|t| t.access_token.clone());
         }
         let s = cached?.to_secret();

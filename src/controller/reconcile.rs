@@ -84,7 +84,7 @@ struct Known {
 
 /// How long a reconcile waits for the cache to show this instance's own write of a Secret
 /// before it reads the Secret from the API instead.
-pub(super) const CACHE_CATCH_UP: Duration = Duration::from_secs(5);
+const CACHE_CATCH_UP: Duration = Duration::from_secs(5);
 
 pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result<Action, Error> {
     if ts.meta().deletion_timestamp.is_some() {

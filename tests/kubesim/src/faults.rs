@@ -120,6 +120,7 @@ pub struct Faults {
     rules: Arc<Mutex<Rules>>,
     paused: Arc<watch::Sender<bool>>,
     watch_epoch: Arc<watch::Sender<u64>>,
+    held: Arc<watch::Sender<std::collections::BTreeSet<String>>>,
 }
 
 impl Default for Faults {
@@ -128,6 +129,7 @@ impl Default for Faults {
             rules: Arc::default(),
             paused: Arc::new(watch::channel(false).0),
             watch_epoch: Arc::new(watch::channel(0).0),
+            held: Arc::new(watch::channel(Default::default()).0),
         }
     }
 }
@@ -185,6 +187,24 @@ impl Faults {
 
     pub fn watch_epoch(&self) -> watch::Receiver<u64> {
         self.watch_epoch.subscribe()
+    }
+
+    /// Holds back the watch events of `resource` (`secrets`): open and new watches deliver them,
+    /// in order, only after [`Faults::release_watch_events`] — a client's cache lagging behind the
+    /// store (an overloaded API server's watch cache), while requests are answered as usual.
+    pub fn hold_watch_events(&self, resource: &str) {
+        self.held.send_modify(|h| {
+            h.insert(resource.to_string());
+        });
+    }
+
+    /// Delivers every held watch event and holds none any more.
+    pub fn release_watch_events(&self) {
+        self.held.send_modify(std::collections::BTreeSet::clear);
+    }
+
+    pub fn held_watch_events(&self) -> watch::Receiver<std::collections::BTreeSet<String>> {
+        self.held.subscribe()
     }
 
     /// How many requests with this verb reached this resource (`secrets`, `tokensources/status`).

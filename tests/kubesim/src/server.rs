@@ -660,6 +660,7 @@ fn watch(shared: &Arc<Shared>, ctx: Ctx, params: &Params, render: Render) -> Api
     let mut epoch = shared.faults.watch_epoch();
     epoch.borrow_and_update();
     let interval = shared.bookmark_interval;
+    let mut held = shared.faults.held_watch_events();
     tokio::spawn(async move {
         let mut progress = start_rv;
         for ev in &backlog {
@@ -676,18 +677,33 @@ fn watch(shared: &Arc<Shared>, ctx: Ctx, params: &Params, render: Render) -> Api
         tokio::pin!(deadline);
         let mut ticker = tokio::time::interval(interval);
         ticker.tick().await;
+        // Events held back by `Faults::hold_watch_events`, in order; no bookmark passes them.
+        let resource = filter.ctx.def.plural.clone();
+        let mut holding = held.borrow_and_update().contains(&resource);
+        let mut withheld = std::collections::VecDeque::new();
         loop {
             tokio::select! {
                 ev = rx.recv() => match ev {
                     Ok(ev) => {
                         progress = progress.max(ev.rv);
-                        if let Some(line) = filter.line(&ev)
-                            && tx.send(Ok(line)).await.is_err() { return; }
+                        if let Some(line) = filter.line(&ev) {
+                            if holding {
+                                withheld.push_back(line);
+                            } else if tx.send(Ok(line)).await.is_err() {
+                                return;
+                            }
+                        }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => return,
                 },
-                _ = ticker.tick(), if bookmarks => {
+                _ = ticker.tick(), if bookmarks && !holding => {
                     if tx.send(Ok(filter.bookmark(progress, false))).await.is_err() { return; }
+                }
+                Ok(()) = held.changed() => {
+                    holding = held.borrow_and_update().contains(&resource);
+                    while !holding && let Some(line) = withheld.pop_front() {
+                        if tx.send(Ok(line)).await.is_err() { return; }
+                    }
                 }
                 _ = &mut deadline => return,
                 _ = epoch.changed() => return,

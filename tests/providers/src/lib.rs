@@ -161,6 +161,9 @@ pub(crate) struct Inner {
     tokens: HashMap<String, (Endpoint, Timestamp)>,
     rejections: Vec<(Endpoint, String)>,
     payout_bodies: Vec<Value>,
+    /// Endpoints whose new token revokes every earlier one (providers that keep one valid token
+    /// per client).
+    revoking: HashSet<Endpoint>,
 }
 
 pub(crate) struct Shared {
@@ -304,6 +307,12 @@ impl Fakes {
         lock(&self.shared.inner).delays.insert(e, delay);
     }
 
+    /// Makes each new token of `e` revoke the ones it issued before, as providers that keep one
+    /// valid token per client do: a request carrying an older one is refused.
+    pub fn revoke_previous(&self, e: Endpoint) {
+        lock(&self.shared.inner).revoking.insert(e);
+    }
+
     pub fn set_lifetime(&self, e: Endpoint, lifetime: Duration) {
         lock(&self.shared.inner).lifetimes.insert(e, lifetime);
     }
@@ -416,6 +425,9 @@ impl Shared {
         let mut inner = lock(&self.inner);
         *inner.issued.entry(e).or_default() += 1;
         inner.issue_times.entry(e).or_default().push(std::time::Instant::now());
+        if inner.revoking.contains(&e) {
+            inner.tokens.retain(|_, (issuer, _)| *issuer != e);
+        }
         inner.tokens.insert(token, (e, exp));
         exp
     }
