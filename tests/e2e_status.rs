@@ -79,6 +79,27 @@ async fn an_endpoint_that_hangs_does_not_keep_an_expired_token_ready() {
 
 /// With every status write taking 1.5 s, Ready=True outlives the token by that write's own
 /// length only: the expiry is looked at when it comes, not one status write later.
+/// A lifetime (`expires_in`) counts from when the provider issued the token, which is before
+/// the reply arrives: the expiry the operator records is never later than the provider's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lifetime_counts_from_the_request_not_from_the_slow_reply() {
+    let env = Env::start().await;
+    env.fakes.set_lifetime(Endpoint::Podero, Duration::from_secs(30));
+    env.fakes.set_reply_delay(Endpoint::Podero, Duration::from_secs(3));
+    podero_credentials(&env).await;
+    env.create(podero(&env, "late", "late-token")).await;
+    let token = env.wait_token("late-token", None).await;
+    let real = env.fakes.expiry_of(&token).expect("the fake issued the token");
+    let recorded = eventually("the status's expiry", WAIT, || async {
+        let st = env.sources().get_status("late").await.map_err(|e| e.to_string())?.status;
+        st.and_then(|s| s.expiration_time).map(|t| t.0).ok_or_else(|| "no expirationTime yet".to_string())
+    })
+    .await;
+    let late = recorded.duration_since(real);
+    eprintln!("provider's expiry {real}, recorded {recorded} ({late:?} later)");
+    assert!(recorded <= real, "the recorded expiry is {late:?} after the provider's: Ready=True over an expired token");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_status_write_does_not_postpone_the_expiry() {
     let env = Env::start().await;

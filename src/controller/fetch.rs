@@ -68,6 +68,10 @@ impl Context {
         tracing::info!(tokensource = %ts.name_any(), namespace = ts.namespace().unwrap_or_default(), reason = why, "requesting a token");
         let host = request.url.host_str().unwrap_or_default().to_string();
         let started = std::time::Instant::now();
+        // A lifetime counts from when the provider issued the token, some time after this and
+        // before the reply arrives: counted from here, the expiry is never later than the
+        // provider's, however slow the reply.
+        let sent_at = Timestamp::now();
         // Cut off (the connection closed) at the fence unless renewals move it: an old leader has
         // no request open once another instance may lead.
         let sent = leadership.while_leading(self.transport.send(&request, slot)).await.ok_or(Error::NotLeader)?;
@@ -75,14 +79,24 @@ impl Context {
             // Parsing up to a megabyte and querying it is kept off the async runtime.
             Ok(body) => {
                 let reader = plan.reader.clone();
-                tokio::task::spawn_blocking(move || reader.read(&body, Timestamp::now()))
-                    .await
-                    .unwrap_or_else(|_| Err(ProviderError::BadResponse("reading the reply failed".into())))
-                    // A reply can echo what was sent, in field names too.
-                    .map_err(|e| {
-                        let redactor = request.redactor();
-                        e.map_text(|t| redactor.redact(t))
-                    })
+                tokio::task::spawn_blocking(move || {
+                    let token = reader.read(&body, sent_at)?;
+                    // Valid when it was issued, but a slow reply can arrive after that.
+                    if token.expires_at <= Timestamp::now() {
+                        return Err(ProviderError::BadResponse(format!(
+                            "the token expired before its reply arrived ({})",
+                            token.expires_at
+                        )));
+                    }
+                    Ok(token)
+                })
+                .await
+                .unwrap_or_else(|_| Err(ProviderError::BadResponse("reading the reply failed".into())))
+                // A reply can echo what was sent, in field names too.
+                .map_err(|e| {
+                    let redactor = request.redactor();
+                    e.map_text(|t| redactor.redact(t))
+                })
             }
             Err(e) => Err(e),
         };

@@ -164,6 +164,9 @@ pub(crate) struct Inner {
     /// Endpoints whose new token revokes every earlier one (providers that keep one valid token
     /// per client).
     revoking: HashSet<Endpoint>,
+    /// How long each path holds its reply after the handler made it (by then the token's
+    /// lifetime runs): a slow network or a reply read slowly.
+    reply_delays: HashMap<&'static str, Duration>,
 }
 
 pub(crate) struct Shared {
@@ -252,6 +255,7 @@ impl Fakes {
             .route(Endpoint::EntraToken.path(), post(federation::entra_token))
             .route(Endpoint::TokenExchange.path(), post(federation::token_exchange))
             .with_state(shared.clone())
+            .layer(axum::middleware::from_fn_with_state(shared.clone(), hold_reply))
     }
 
     pub fn url(&self) -> String {
@@ -292,6 +296,11 @@ impl Fakes {
     }
 
     /// Whether `token` was issued here and has not expired.
+    /// When the fake said `token` expires.
+    pub fn expiry_of(&self, token: &str) -> Option<Timestamp> {
+        lock(&self.shared.inner).tokens.get(token).map(|(_, exp)| *exp)
+    }
+
     pub fn is_valid(&self, token: &str) -> bool {
         lock(&self.shared.inner).tokens.get(token).is_some_and(|(_, exp)| *exp > Timestamp::now())
     }
@@ -305,6 +314,12 @@ impl Fakes {
     /// slow provider does: a client that gives up before (closing the connection) gets none.
     pub fn set_delay(&self, e: Endpoint, delay: Duration) {
         lock(&self.shared.inner).delays.insert(e, delay);
+    }
+
+    /// Holds each reply of `e` for `delay` after it is made: the token was issued (its lifetime
+    /// counts) `delay` before the client has the reply.
+    pub fn set_reply_delay(&self, e: Endpoint, delay: Duration) {
+        lock(&self.shared.inner).reply_delays.insert(e.path(), delay);
     }
 
     /// Makes each new token of `e` revoke the ones it issued before, as providers that keep one
@@ -431,6 +446,19 @@ impl Shared {
         inner.tokens.insert(token, (e, exp));
         exp
     }
+}
+
+async fn hold_reply(
+    State(s): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let hold = lock(&s.inner).reply_delays.get(request.uri().path()).copied();
+    let response = next.run(request).await;
+    if let Some(hold) = hold {
+        tokio::time::sleep(hold).await;
+    }
+    response
 }
 
 pub(crate) fn random_token(len: usize) -> String {
