@@ -77,6 +77,42 @@ async fn an_endpoint_that_hangs_does_not_keep_an_expired_token_ready() {
     assert_eq!((st.as_str(), reason.as_str()), ("False", "Expired"));
 }
 
+/// A request sent for new credentials (the token in hand was issued for the old ones) still
+/// ends by the expiry of the token the Secret holds, not at the request timeout: the failure is
+/// known, and retried, while it matters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_for_rotated_credentials_ends_by_the_stored_token_s_expiry() {
+    let env = Env::start().await;
+    env.fakes.set_lifetime(Endpoint::Podero, Duration::from_secs(12));
+    podero_credentials(&env).await;
+    env.create(podero(&env, "rotated", "rotated-token")).await;
+    env.wait_token("rotated-token", None).await;
+    let expiry = eventually("the token's expiry in status", WAIT, || async {
+        let status = env.status("rotated").await?;
+        status.expiration_time.map(|t| t.0).ok_or_else(|| "no expirationTime yet".to_string())
+    })
+    .await;
+    env.fakes.set_delay(Endpoint::Podero, Duration::from_secs(120));
+    // The client secret is rotated at the provider and in the credentials Secret.
+    let mut c = env.fakes.config().podero;
+    c.secret = format!("{}-next", c.secret);
+    env.fakes.set_podero_client(c.clone());
+    env.put_secret("podero-credentials", &[("client_id", &c.id), ("client_secret", &c.secret)]).await;
+    // The request for the new credentials hangs; the default request timeout is 30 s.
+    let failed_at = eventually("the hung request's failure in status", Duration::from_secs(45), || async {
+        let status = env.status("rotated").await?;
+        let degraded = status.conditions.iter().any(|c| c.type_ == "Degraded" && c.status == "True");
+        check(degraded, jiff::Timestamp::now(), status.conditions)
+    })
+    .await;
+    let after = failed_at.duration_since(expiry);
+    eprintln!(
+        "stored token's expiry {expiry}; the hung request failed {after:?} after it: {:?}",
+        env.status("rotated").await.map(|s| s.conditions)
+    );
+    assert!(after <= jiff::SignedDuration::from_secs(4), "the request outlived the stored token by {after:?}");
+}
+
 /// With every status write taking 1.5 s, Ready=True outlives the token by that write's own
 /// length only: the expiry is looked at when it comes, not one status write later.
 /// A lifetime (`expires_in`) counts from when the provider issued the token, which is before

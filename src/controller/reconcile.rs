@@ -502,10 +502,12 @@ impl Context {
         // A manual refresh is answered by a request sent since this instance noticed it: a
         // shared request that went out since then answers it, and none is sent twice for it.
         let noticed = manual.map(|value| self.memory.manual_noticed(&me, value));
-        // A request never outlives the token it renews by more than a moment (nor its own
-        // timeouts); a nearly expired token still gets a real attempt.
-        let plan = match times {
-            Some((_, expires, _)) => {
+        // A request never outlives the token it renews, nor the one the Secret holds (issued
+        // for credentials since rotated, say), by more than a moment (nor its own timeouts); a
+        // nearly expired token still gets a real attempt.
+        let renewing = times.map(|(_, expires, _)| expires).into_iter().chain(known.valid_until).min();
+        let plan = match renewing {
+            Some(expires) => {
                 let left = Duration::try_from(expires.duration_since(exact)).unwrap_or_default();
                 validate::Plan { timeout: plan.timeout.min(left.max(MIN_ATTEMPT)), ..plan }
             }
