@@ -113,6 +113,33 @@ async fn a_request_for_rotated_credentials_ends_by_the_stored_token_s_expiry() {
     assert!(after <= jiff::SignedDuration::from_secs(4), "the request outlived the stored token by {after:?}");
 }
 
+/// A TokenSource whose deletion waits for another controller's finalizer is not renewed any
+/// more, and says so when its token expires instead of staying Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tokensource_held_by_a_finalizer_turns_unready_when_its_token_expires() {
+    let env = Env::start().await;
+    env.fakes.set_lifetime(Endpoint::Podero, Duration::from_secs(6));
+    podero_credentials(&env).await;
+    env.create(podero(&env, "held", "held-token")).await;
+    env.wait_token("held-token", None).await;
+    env.wait_ready("held", "True", "TokenValid").await;
+    let hold = json!({"metadata": {"finalizers": ["backup.example.com/hold"]}});
+    let pp = kube::api::PatchParams::default();
+    env.sources().patch("held", &pp, &kube::api::Patch::Merge(&hold)).await.unwrap();
+    env.sources().delete("held", &Default::default()).await.unwrap();
+    let calls = env.fakes.calls(Endpoint::Podero);
+    let worst = longest_ready_past_expiry(&env, Duration::from_secs(9)).await;
+    let ready = env.ready("held").await;
+    eprintln!("held by a finalizer: longest Ready=True past expiry {worst:?}; now {ready:?}");
+    let release = json!({"metadata": {"finalizers": null}});
+    env.sources().patch("held", &pp, &kube::api::Patch::Merge(&release)).await.unwrap();
+    assert!(worst <= Duration::from_secs(1), "Ready=True {worst:?} past expiry while being deleted");
+    let (st, reason, message) = ready.expect("a Ready condition");
+    assert_eq!((st.as_str(), reason.as_str()), ("False", "Expired"));
+    assert!(message.contains("being deleted") && message.contains("backup.example.com/hold"), "{message}");
+    assert_eq!(env.fakes.calls(Endpoint::Podero), calls, "a TokenSource being deleted was renewed");
+}
+
 /// With every status write taking 1.5 s, Ready=True outlives the token by that write's own
 /// length only: the expiry is looked at when it comes, not one status write later.
 /// A lifetime (`expires_in`) counts from when the provider issued the token, which is before

@@ -87,11 +87,11 @@ struct Known {
 const CACHE_CATCH_UP: Duration = Duration::from_secs(5);
 
 pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if ts.meta().deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
     if !ctx.config.leadership.is_leading() {
         return Ok(ctx.refused(&ts));
+    }
+    if ts.meta().deletion_timestamp.is_some() {
+        return being_deleted(&ts, &ctx).await;
     }
     ctx.references.record(&ts);
     let exact = Timestamp::now();
@@ -150,6 +150,32 @@ pub(super) async fn reconcile(ts: Arc<TokenSource>, ctx: Arc<Context>) -> Result
         Some(d) => Action::requeue(d.saturating_sub(spent).max(Duration::from_millis(100))),
         None => Action::await_change(),
     })
+}
+
+/// A TokenSource being deleted, held by finalizers (of a backup tool, a GitOps controller):
+/// its token is not renewed any more, but its status stays true — `Ready` turns `False` when the
+/// token expires, saying why nothing renews it.
+async fn being_deleted(ts: &TokenSource, ctx: &Context) -> Result<Action, Error> {
+    let exact = Timestamp::now();
+    let now = schedule::whole_second(exact);
+    let Some(mut status) = ts.status.clone() else { return Ok(Action::await_change()) };
+    if let Some(left) = status::until_untrue(&status, exact) {
+        let expires = status.expiration_time.as_ref().map(|t| t.0).filter(|e| *e <= now);
+        let Some(expires) = expires else { return Ok(Action::requeue(left)) };
+        let holders = status::cut(&ts.finalizers().join(", "));
+        let mut expired = status::expired(&ts.spec.target.name, expires, ts.metadata.generation, now);
+        expired.message = status::cut(&format!(
+            "{}: the TokenSource is being deleted and waits for its finalizers ({holders}); tokens are not renewed meanwhile",
+            expired.message
+        ));
+        status::set_condition(&mut status.conditions, expired);
+        status.renewal_time = None;
+        match ctx.write_status(ts, &status).await {
+            Err(Error::NotLeader) => return Ok(ctx.refused(ts)),
+            written => written?,
+        }
+    }
+    Ok(Action::await_change())
 }
 
 /// A digest of an upstream token, to tell one from the next without keeping it.
