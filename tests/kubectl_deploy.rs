@@ -129,38 +129,9 @@ async fn deploy_and_examples_apply_cleanly() {
     });
 }
 
-/// Renders the install with `components` the way a user's overlay would (kustomize takes only
-/// relative paths, so the install is copied beside the overlay); returns the documents and the
-/// rendered file.
-fn render(variant: &str, components: &[&str]) -> (Vec<serde_json::Value>, std::path::PathBuf) {
-    let work = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("overlay-{variant}"));
-    let _ = std::fs::remove_dir_all(&work);
-    for part in ["deploy", "crds"] {
-        common::copy_tree(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(part), &work.join(part));
-    }
-    let dir = work.join("overlay");
-    std::fs::create_dir_all(&dir).unwrap();
-    let components: Vec<String> = components.iter().map(|c| format!("../deploy/{c}")).collect();
-    std::fs::write(
-        dir.join("kustomization.yaml"),
-        format!("resources: [../deploy]\ncomponents: [{}]\n", components.join(", ")),
-    )
-    .unwrap();
-    let out = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into()))
-        .args(["kustomize", "--load-restrictor", "LoadRestrictionsNone"])
-        .arg(&dir)
-        .output()
-        .expect("kubectl is required for this test");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let file = work.join("rendered.yaml");
-    std::fs::write(&file, &text).unwrap();
-    (serde_saphyr::from_multiple(&text).unwrap(), file)
-}
-
 #[test]
 fn the_network_policy_component_renders() {
-    let (docs, _) = render("network-policy", &["components/network-policy"]);
+    let (docs, _) = common::kustomize("network-policy", &["components/network-policy"]);
     let policy = docs.iter().find(|d| d["kind"] == "NetworkPolicy").expect("a NetworkPolicy");
     assert_eq!(policy["spec"]["ingress"][0]["ports"][0]["port"], 8080);
     let egress: Vec<i64> = policy["spec"]["egress"]
@@ -175,7 +146,7 @@ fn the_network_policy_component_renders() {
 
 #[test]
 fn the_namespaced_component_has_no_cluster_wide_secret_access() {
-    let (docs, _) = render("namespaced", &["components/namespaced"]);
+    let (docs, _) = common::kustomize("namespaced", &["components/namespaced"]);
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
     assert!(!kinds.contains(&"ClusterRole") && !kinds.contains(&"ClusterRoleBinding"), "{kinds:?}");
     let role = docs.iter().find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "tokensource-operator").unwrap();
@@ -188,7 +159,7 @@ fn the_namespaced_component_has_no_cluster_wide_secret_access() {
 
 #[test]
 fn the_monitoring_component_scrapes_the_admin_port() {
-    let (docs, _) = render("monitoring", &["monitoring"]);
+    let (docs, _) = common::kustomize("monitoring", &["monitoring"]);
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
     for kind in ["Service", "ServiceMonitor", "PrometheusRule", "Deployment"] {
         assert!(kinds.contains(&kind), "{kind} missing: {kinds:?}");
@@ -224,15 +195,8 @@ fn every_install_variant_passes_the_kubernetes_schemas() {
             ][..],
         ),
     ] {
-        let (docs, file) = render(&format!("validate-{variant}"), components);
+        let (docs, file) = common::kustomize(&format!("validate-{variant}"), components);
         assert!(docs.len() >= 9, "{variant}: {} documents", docs.len());
-        let bin = std::env::var("KUBERNETES_VALIDATE").unwrap_or_else(|_| "kubernetes-validate".into());
-        let out = Command::new(&bin)
-            .args(["-k", "1.33.0", "--strict", "--quiet"])
-            .arg(&file)
-            .output()
-            .unwrap_or_else(|e| panic!("{bin} is required for this test (pip install kubernetes-validate): {e}"));
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success() && !text.contains("ERROR"), "{variant}:\n{text}");
+        common::validate_strict(&file, variant);
     }
 }

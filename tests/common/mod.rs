@@ -607,3 +607,46 @@ pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// Renders the install with `components` the way a user's overlay would (kustomize takes only
+/// relative paths, so the install is copied beside the overlay); returns the documents and the
+/// rendered file.
+pub fn kustomize(variant: &str, components: &[&str]) -> (Vec<Value>, std::path::PathBuf) {
+    let work = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("overlay-{variant}"));
+    let _ = std::fs::remove_dir_all(&work);
+    for part in ["deploy", "crds"] {
+        copy_tree(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(part), &work.join(part));
+    }
+    let dir = work.join("overlay");
+    std::fs::create_dir_all(&dir).unwrap();
+    let components: Vec<String> = components.iter().map(|c| format!("../deploy/{c}")).collect();
+    std::fs::write(
+        dir.join("kustomization.yaml"),
+        format!("resources: [../deploy]\ncomponents: [{}]\n", components.join(", ")),
+    )
+    .unwrap();
+    let out = std::process::Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into()))
+        .args(["kustomize", "--load-restrictor", "LoadRestrictionsNone"])
+        .arg(&dir)
+        .output()
+        .expect("kubectl is required for this test");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let file = work.join("rendered.yaml");
+    std::fs::write(&file, &text).unwrap();
+    (serde_saphyr::from_multiple(&text).unwrap(), file)
+}
+
+/// Checks rendered manifests against the Kubernetes 1.33 schemas (strict: no unknown field),
+/// offline, with the Python package `kubernetes-validate` (`./test` installs it; the test fails,
+/// not skips, without it). The Prometheus Operator's kinds have no schema there.
+pub fn validate_strict(file: &std::path::Path, what: &str) {
+    let bin = std::env::var("KUBERNETES_VALIDATE").unwrap_or_else(|_| "kubernetes-validate".into());
+    let out = std::process::Command::new(&bin)
+        .args(["-k", "1.33.0", "--strict", "--quiet"])
+        .arg(file)
+        .output()
+        .unwrap_or_else(|e| panic!("{bin} is required for this test (pip install kubernetes-validate): {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && !text.contains("ERROR"), "{what}:\n{text}");
+}
