@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use common::{WAIT, check, eventually};
 use serde_json::Value;
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/tokensource-operator");
@@ -357,5 +358,186 @@ fn the_chart_readme_lists_every_value() {
                 .is_some_and(|(key, _)| leaf == key || leaf.starts_with(&format!("{key}.")))
         });
         assert!(documented, "values.yaml: {leaf} has no `# --` description");
+    }
+}
+
+/// The chart the upgrade starts from: the last released chart once there is a release; until
+/// then, the chart's first commit.
+const PREVIOUS_CHART: &str = "6273c967fca052fe9d530fe15a298c1d534a88d3";
+
+/// A copy of the chart as it was at `commit`, extracted from Git.
+fn chart_at(commit: &str, work: &Path) -> PathBuf {
+    let archive = work.join(format!("chart-{commit}.tar"));
+    let out = Command::new("git")
+        .args(["-C", env!("CARGO_MANIFEST_DIR"), "archive", "--format=tar", "-o"])
+        .arg(&archive)
+        .args([commit, "charts/tokensource-operator"])
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "the chart at {commit}: {}", String::from_utf8_lossy(&out.stderr));
+    let dir = work.join(format!("chart-{commit}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(&dir).output().expect("tar runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    dir.join("charts/tokensource-operator")
+}
+
+/// `helm <args>` of Helm `major` as the admin of `kubeconfig`: success and everything it said.
+fn helm_at(major: u32, kubeconfig: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(helm(major)).args(args).arg("--kubeconfig").arg(kubeconfig).output().expect("helm runs");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// On the real API server, with Helm 3 and then Helm 4: the chart installs (Helm 3: the previous
+/// chart, then `helm upgrade` to this one), the operator — run as the chart's Deployment runs it,
+/// with a token of the chart's ServiceAccount and only the chart's RBAC — issues a token, the
+/// upgrade and the operator's restart keep the TokenSource and its Secret and call no provider,
+/// and `helm uninstall` keeps the CRD (and so every TokenSource and Secret) and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_installs_upgrades_and_uninstalls_on_the_real_api_server() {
+    use common::installed;
+    use fake_providers::{Config as FakeConfig, Endpoint, Fakes};
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, PostParams};
+    use serde_json::json;
+    use tokensource_operator::crd::TokenSource;
+
+    if skipped() {
+        return;
+    }
+    let Some(admin) = std::env::var("TOKENSOURCE_E2E_KUBECONFIG").ok().filter(|k| !k.is_empty()).map(PathBuf::from)
+    else {
+        eprintln!("the real API server only: helm install, upgrade and uninstall run in ./test's control plane phase");
+        return;
+    };
+    let kc = kube::config::Kubeconfig::read_from(&admin).unwrap();
+    let client =
+        kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap()).unwrap();
+    let fakes = Fakes::start(FakeConfig::default()).await.unwrap();
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("helm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let kubectl = |args: &[&str]| {
+        let (ok, out, err) = common::kubectl_at(&admin, args);
+        assert!(ok, "kubectl {args:?}: {err}");
+        out
+    };
+    // The operator serves every namespace: other suites' TokenSources would be its work too; and
+    // only the chart's RBAC may be in place.
+    let (ok, _, err) =
+        common::kubectl_at(&admin, &["delete", "tokensources", "--all", "--all-namespaces", "--wait=false"]);
+    assert!(ok || err.contains("doesn't have a resource type"), "{err}");
+    common::remove_operator_rbac(&admin);
+
+    for major in [3, 4] {
+        let (system, tenant) = (format!("helm{major}-system"), format!("helm{major}-tenant"));
+        for ns in [&system, &tenant] {
+            kubectl(&["create", "namespace", ns]);
+        }
+        // A CRD installed before (by kubectl, or the last release) is adopted, as a user moving
+        // from `kubectl apply -k deploy/` to the chart does.
+        let crd = "crd/tokensources.tokensource.dev";
+        if common::kubectl_at(&admin, &["get", crd]).0 {
+            kubectl(&["label", crd, "app.kubernetes.io/managed-by=Helm", "--overwrite"]);
+            let (name, namespace) =
+                ("meta.helm.sh/release-name=tokensource-operator", format!("meta.helm.sh/release-namespace={system}"));
+            kubectl(&["annotate", crd, name, &namespace, "--overwrite"]);
+        }
+        let previous = chart_at(PREVIOUS_CHART, &work);
+        let first = if major == 3 { previous.to_str().unwrap() } else { CHART };
+        let (ok, said) = helm_at(major, &admin, &["install", "tokensource-operator", first, "--namespace", &system]);
+        assert!(ok, "helm {major} install: {said}");
+        common::wait_crd_established(&admin);
+
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &system);
+        let start = |name: String| {
+            let (client, admin, work, system, deployments) = (&client, &admin, &work, &system, &deployments);
+            async move {
+                let deployment = deployments.get("tokensource-operator").await.unwrap();
+                let kubeconfig = installed::service_account_kubeconfig(client, admin, work, system, &deployment).await;
+                installed::run(&deployment, system, &name, &kubeconfig, work)
+            }
+        };
+        let operator = start(format!("helm{major}-a")).await;
+
+        let c = fakes.config().podero;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &tenant);
+        let creds = json!({"metadata": {"name": "podero-credentials"}, "stringData": {"client_secret": c.secret}});
+        secrets.create(&PostParams::default(), &serde_json::from_value(creds).unwrap()).await.unwrap();
+        let ts = json!({
+            "apiVersion": "tokensource.dev/v1alpha1", "kind": "TokenSource",
+            "metadata": {"name": "api"},
+            "spec": {
+                "type": "OAuth2",
+                "oauth2": {
+                    "tokenURL": fakes.endpoint_url(Endpoint::Podero),
+                    "clientID": {"value": c.id},
+                    "clientAuth": {"type": "ClientSecretBasic", "clientSecretRef": {"name": "podero-credentials", "key": "client_secret"}},
+                    "bodyType": "JSON"
+                },
+                "target": {"name": "api-token"}
+            }
+        });
+        let sources: Api<TokenSource> = Api::namespaced(client.clone(), &tenant);
+        sources.create(&PostParams::default(), &serde_json::from_value(ts).unwrap()).await.unwrap();
+        let token_of = || async {
+            let s = secrets.get_opt("api-token").await.map_err(|e| e.to_string())?;
+            let t = s.and_then(|s| s.data?.get("token").map(|t| String::from_utf8_lossy(&t.0).into_owned()));
+            t.filter(|t| fakes.is_valid(t)).ok_or_else(|| "no valid token yet".to_string())
+        };
+        let ready = || async {
+            let ts = sources.get("api").await.map_err(|e| e.to_string())?;
+            let c = ts.status.and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"));
+            check(c.as_ref().is_some_and(|c| c.status == "True"), (), c.map(|c| c.message))
+        };
+        let token = eventually(&format!("helm {major}: a token in {tenant}/api-token"), WAIT, token_of).await;
+        eventually(&format!("helm {major}: Ready=True"), WAIT, ready).await;
+        let calls = fakes.calls(Endpoint::Podero);
+
+        // The upgrade to this chart (Helm 3 installed the previous one), and the restart it rolls
+        // out: the TokenSource and its Secret stay, no provider call.
+        let (ok, said) = helm_at(major, &admin, &["upgrade", "tokensource-operator", CHART, "--namespace", &system]);
+        assert!(ok, "helm {major} upgrade: {said}");
+        drop(operator);
+        let operator = start(format!("helm{major}-b")).await;
+        eventually(&format!("helm {major}: Ready=True after the upgrade"), WAIT, ready).await;
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        assert_eq!(token_of().await, Ok(token.clone()), "helm {major}: the upgrade changed the token");
+        assert_eq!(
+            fakes.calls(Endpoint::Podero),
+            calls,
+            "helm {major}: the upgrade or the restart called the provider"
+        );
+        let refused = operator.refusals(&[&tenant]);
+        assert!(
+            refused.is_empty(),
+            "helm {major}: the API server refused the chart's operator:\n{}",
+            refused.join("\n")
+        );
+        drop(operator);
+
+        // Uninstalled: the CRD, the TokenSource and its Secret stay, and Helm says why.
+        let (ok, said) = helm_at(major, &admin, &["uninstall", "tokensource-operator", "--namespace", &system]);
+        assert!(ok, "helm {major} uninstall: {said}");
+        eprintln!("helm {major} uninstall: {}", said.trim());
+        assert!(
+            said.contains("resource policy") && said.contains("tokensources.tokensource.dev"),
+            "helm {major} uninstall does not say it kept the CRD: {said}"
+        );
+        assert!(common::kubectl_at(&admin, &["get", crd]).0, "helm {major} uninstall deleted the CRD");
+        assert!(sources.get_opt("api").await.unwrap().is_some(), "the TokenSource went with the release");
+        assert_eq!(token_of().await, Ok(token), "the Secret went with the release");
+        let (_, left, _) = common::kubectl_at(
+            &admin,
+            &["get", "clusterrole", "-l", "app.kubernetes.io/name=tokensource-operator", "-o", "name"],
+        );
+        assert!(left.trim().is_empty(), "helm {major} uninstall left RBAC: {left}");
+        for ns in [&tenant, &system] {
+            kubectl(&["delete", "namespace", ns, "--wait=false"]);
+        }
+        eprintln!(
+            "helm {major}: installed, issued a token, upgraded and restarted with no provider call, uninstalled keeping the CRD"
+        );
     }
 }

@@ -15,23 +15,20 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{WAIT, check, eventually, free_port};
+use common::installed::{self, Operator};
+use common::{WAIT, check, eventually};
 use fake_providers::{Config as FakeConfig, Endpoint, Fakes};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use tokensource_operator::crd::TokenSource;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tokensource-operator");
 const SYSTEM: &str = "tokensource-system";
 
 struct Cluster {
@@ -40,54 +37,6 @@ struct Cluster {
     client: Client,
     fakes: Fakes,
     work: PathBuf,
-}
-
-/// The operator binary, as the rendered Deployment runs it.
-struct Operator {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Operator {
-    fn logs(&self) -> String {
-        let mut s = String::new();
-        let _ = std::fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut s));
-        s
-    }
-
-    /// Every line where the API server refused the operator something, but for TokenSources of
-    /// namespaces other than `ours` (another suite's examples may be left in the cluster, and
-    /// some of them rightly fail without an opt-in component).
-    fn refusals(&self, ours: &[&str]) -> Vec<String> {
-        self.logs()
-            .lines()
-            .filter(|l| {
-                let lower = l.to_ascii_lowercase();
-                let elsewhere = serde_json::from_str::<Value>(l)
-                    .ok()
-                    .and_then(|v| v["namespace"].as_str().map(|ns| !ours.contains(&ns)))
-                    .unwrap_or(false);
-                lower.contains("forbidden") && !elsewhere
-            })
-            .map(String::from)
-            .collect()
-    }
-}
-
-impl Drop for Operator {
-    /// SIGTERM, as the kubelet stops a pod: the operator hands its Lease over at once, so the next
-    /// variant's operator leads without waiting for it to expire.
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        for _ in 0..100 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Cluster {
@@ -170,62 +119,11 @@ impl Cluster {
         serde_json::from_value(deployment).unwrap()
     }
 
-    /// A kubeconfig for the operator's ServiceAccount: a token from the TokenRequest API, as the
-    /// kubelet mounts one into the pod.
-    async fn service_account_kubeconfig(&self, deployment: &Deployment) -> PathBuf {
-        let spec = deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-        let account = spec.service_account_name.clone().expect("the Deployment names its ServiceAccount");
-        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), SYSTEM);
-        let request = TokenRequest {
-            spec: TokenRequestSpec { audiences: vec![], expiration_seconds: Some(3600), ..Default::default() },
-            ..Default::default()
-        };
-        let minted = eventually("a token of the operator's ServiceAccount", WAIT, || async {
-            accounts.create_token_request(&account, &PostParams::default(), &request).await.map_err(|e| e.to_string())
-        })
-        .await;
-        let token = minted.status.expect("TokenRequest status").token;
-        let mut kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
-        for user in &mut kc.auth_infos {
-            user.auth_info = Some(kube::config::AuthInfo { token: Some(token.clone().into()), ..Default::default() });
-        }
-        let path = self.work.join(format!("{account}.kubeconfig"));
-        std::fs::write(&path, serde_json::to_string(&kc).unwrap()).unwrap();
-        path
-    }
-
-    /// The operator binary with the Deployment's arguments and environment: only the listen
-    /// address is loopback, and the test's endpoints (plain HTTP on 127.0.0.1) are allowed.
+    /// The operator binary as the applied Deployment runs it, as its ServiceAccount.
     async fn run(&self, deployment: &Deployment, name: &str) -> Operator {
-        let kubeconfig = self.service_account_kubeconfig(deployment).await;
-        let container = &deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
-        let mut args: Vec<String> =
-            container.args.clone().unwrap_or_default().into_iter().filter(|a| !a.starts_with("--admin-addr")).collect();
-        args.extend(["--admin-addr".into(), format!("127.0.0.1:{}", free_port())]);
-        args.extend(
-            ["--allow-insecure-http", "--allow-endpoint-cidrs", "127.0.0.1/32", "--propagation-margin", "1s"]
-                .map(String::from),
-        );
-        args.extend(["--kubeconfig".into(), kubeconfig.display().to_string()]);
-        let mut command = Command::new(BIN);
-        command.args(&args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
-        for var in container.env.clone().unwrap_or_default() {
-            let value = match (var.value, var.value_from) {
-                (Some(v), _) => v,
-                // The downward API, as the kubelet fills it in.
-                (None, Some(from)) => match from.field_ref.map(|f| f.field_path).as_deref() {
-                    Some("metadata.namespace") => SYSTEM.into(),
-                    Some("metadata.name") => name.into(),
-                    other => panic!("{}: no value for {other:?} outside a pod", var.name),
-                },
-                (None, None) => String::new(),
-            };
-            command.env(var.name, value);
-        }
-        let log = self.work.join(format!("{name}.log"));
-        let child = command.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
-        eprintln!("{name}: {} {}", BIN, args.join(" "));
-        Operator { child, log }
+        let kubeconfig =
+            installed::service_account_kubeconfig(&self.client, &self.kubeconfig, &self.work, SYSTEM, deployment).await;
+        installed::run(deployment, SYSTEM, name, &kubeconfig, &self.work)
     }
 
     async fn namespace(&self, name: &str) {

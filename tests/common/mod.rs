@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 #![cfg(test)]
 
+pub mod installed;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
