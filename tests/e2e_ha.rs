@@ -107,7 +107,7 @@ impl Ha {
             Ok(path) if !path.is_empty() => {
                 if needs_faults {
                     common::say(
-                        "kubesim only: this test injects API faults through kubesim; not run against a real cluster",
+                        "kubesim only: this test injects API faults or reads kubesim's request log; not run against a real cluster",
                     );
                     return None;
                 }

@@ -83,7 +83,10 @@ impl Context {
                     format!("Restarted {} for the new token in Secret {:?}", restarted.join(", "), ts.spec.target.name);
                 self.publish(ts, Note { warning: false, reason: Reason::RolloutRestarted, message }).await;
             }
-            Err(Error::NotLeader) => {}
+            // Cut off at the fence: the debt stays in the status, and the restart is tried again
+            // at once — by this instance if a renewal moved the fence meanwhile (nothing else
+            // would bring it back before the next renewal), else by whoever leads.
+            Err(Error::NotLeader) => outcome.requeue = Some(Duration::ZERO),
             Err(e) => {
                 let message = restart_failure(&e);
                 let blocked = condition(
