@@ -4,8 +4,8 @@
 //! token against the keys its OIDC discovery publishes, as the real federations do; nothing
 //! long-lived is stored anywhere.
 //!
-//! These tests need kubesim: the fakes fetch the issuer's discovery documents, which a real
-//! cluster serves at an in-cluster address.
+//! On kubesim and on the real API server: there the issuer is the API server's own address,
+//! its discovery is open to anyone (`tests/controlplane/run`), and the fakes trust its CA.
 #![cfg(test)]
 
 mod common;
@@ -24,20 +24,16 @@ const ENTRA_AUDIENCE: &str = "api://AzureADTokenExchange";
 /// How kubesim's ServiceAccount tokens begin: `{"alg":"RS256","kid":"` in base64url.
 const SA_TOKEN_PREFIX: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6";
 
-/// The Env on kubesim, or `None` (the test says why) against a real cluster.
-async fn kubesim_env() -> Option<Env> {
+/// The Env with what federation needs: on a real API server, the workload-identity component's
+/// RBAC for the operator, the fakes trusting the cluster's CA, and the issuer as its discovery
+/// names it; on kubesim, kubesim's issuer.
+async fn identity_env() -> (Env, String) {
     let env = Env::start().await;
     if env.sim.is_none() {
-        common::say(
-            "kubesim only: the fake federation must reach the cluster's OIDC issuer, which only kubesim serves here",
-        );
-        return None;
+        env.grant("components/workload-identity").await;
     }
-    Some(env)
-}
-
-fn issuer(env: &Env) -> String {
-    env.sim.as_ref().map(|s| s.service_account_issuer().to_string()).unwrap_or_default()
+    let issuer = common::federation_issuer(env.sim.as_ref(), &env.fakes);
+    (env, issuer)
 }
 
 async fn service_account(env: &Env, name: &str) {
@@ -46,9 +42,9 @@ async fn service_account(env: &Env, name: &str) {
     api.create(&PostParams::default(), &sa).await.unwrap();
 }
 
-fn federation(env: &Env, service_account: &str, audience: &str) -> Federation {
+fn federation(env: &Env, issuer: &str, service_account: &str, audience: &str) -> Federation {
     Federation {
-        issuer: issuer(env),
+        issuer: issuer.into(),
         subject: format!("system:serviceaccount:{}:{service_account}", env.ns),
         audience: audience.into(),
     }
@@ -69,14 +65,16 @@ fn entra(env: &Env, name: &str, service_account: &str) -> Value {
     }})
 }
 
-/// TokenRequests the API server answered for one ServiceAccount.
-fn token_requests(env: &Env, service_account: &str) -> usize {
-    let Some(sim) = &env.sim else { return 0 };
-    sim.faults()
-        .requests()
-        .iter()
-        .filter(|r| r.resource == "serviceaccounts/token" && r.name == service_account && r.code == 201)
-        .count()
+/// TokenRequests the API server answered for one ServiceAccount (kubesim's request log; `None`
+/// on a real API server).
+fn token_requests(env: &Env, service_account: &str) -> Option<usize> {
+    let sim = env.sim.as_ref()?;
+    let log = sim.faults().requests();
+    Some(
+        log.iter()
+            .filter(|r| r.resource == "serviceaccounts/token" && r.name == service_account && r.code == 201)
+            .count(),
+    )
 }
 
 /// No ServiceAccount token in any Secret, Event, status or annotation of the namespace.
@@ -98,10 +96,10 @@ async fn assert_no_service_account_token_kept(env: &Env) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entra_issues_a_token_for_a_service_account_token_and_it_is_renewed() {
-    let Some(env) = kubesim_env().await else { return };
+    let (env, issuer) = identity_env().await;
     env.fakes.set_lifetime(Endpoint::EntraToken, Duration::from_secs(8));
     service_account(&env, "payments").await;
-    env.fakes.set_entra_federation(Some(federation(&env, "payments", ENTRA_AUDIENCE)));
+    env.fakes.set_entra_federation(Some(federation(&env, &issuer, "payments", ENTRA_AUDIENCE)));
     env.create(entra(&env, "vault", "payments")).await;
     let first = env.wait_token("vault-token", None).await;
     assert!(env.fakes.is_valid(&first));
@@ -110,17 +108,19 @@ async fn entra_issues_a_token_for_a_service_account_token_and_it_is_renewed() {
     assert!(env.fakes.rejections().is_empty(), "{:?}", env.fakes.rejections());
     // One fresh ServiceAccount token per provider call, none kept.
     let calls = env.fakes.calls(Endpoint::EntraToken);
-    let requested = token_requests(&env, "payments");
-    assert!(calls >= 2 && requested == calls, "{requested} ServiceAccount tokens for {calls} calls");
+    assert!(calls >= 2, "{calls} calls");
+    if let Some(requested) = token_requests(&env, "payments") {
+        assert_eq!(requested, calls, "{requested} ServiceAccount tokens for {calls} calls");
+    }
     assert_no_service_account_token_kept(&env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_account_the_federation_does_not_trust_is_refused_with_its_words() {
-    let Some(env) = kubesim_env().await else { return };
+    let (env, issuer) = identity_env().await;
     service_account(&env, "payments").await;
     service_account(&env, "intruder").await;
-    env.fakes.set_entra_federation(Some(federation(&env, "payments", ENTRA_AUDIENCE)));
+    env.fakes.set_entra_federation(Some(federation(&env, &issuer, "payments", ENTRA_AUDIENCE)));
     env.create(entra(&env, "stranger", "intruder")).await;
     let message = env.wait_ready("stranger", "False", "ProviderRejected").await;
     let subject = format!("system:serviceaccount:{}:intruder", env.ns);
@@ -130,7 +130,7 @@ async fn a_service_account_the_federation_does_not_trust_is_refused_with_its_wor
     assert_no_service_account_token_kept(&env).await;
 
     // The federation learns to trust it; a manual refresh skips the backoff of a refusal.
-    env.fakes.set_entra_federation(Some(federation(&env, "intruder", ENTRA_AUDIENCE)));
+    env.fakes.set_entra_federation(Some(federation(&env, &issuer, "intruder", ENTRA_AUDIENCE)));
     let now = jiff::Timestamp::now().to_string();
     let patch = json!({"metadata": {"annotations": {"tokensource.dev/refresh-requested-at": now}}});
     env.sources().patch("stranger", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
@@ -140,8 +140,8 @@ async fn a_service_account_the_federation_does_not_trust_is_refused_with_its_wor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_service_account_is_named_and_its_creation_is_picked_up() {
-    let Some(env) = kubesim_env().await else { return };
-    env.fakes.set_entra_federation(Some(federation(&env, "late", ENTRA_AUDIENCE)));
+    let (env, issuer) = identity_env().await;
+    env.fakes.set_entra_federation(Some(federation(&env, &issuer, "late", ENTRA_AUDIENCE)));
     env.create(entra(&env, "early", "late")).await;
     let message = env.wait_ready("early", "False", "ServiceAccountTokenFailed").await;
     assert!(message.contains("ServiceAccount \"late\" not found"), "{message}");
@@ -176,11 +176,11 @@ fn exchange(env: &Env, name: &str, service_account: &str, token_audience: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_exchange_trades_the_service_account_token_and_checks_its_audience() {
-    let Some(env) = kubesim_env().await else { return };
+    let (env, issuer) = identity_env().await;
     env.fakes.set_lifetime(Endpoint::TokenExchange, Duration::from_secs(8));
     service_account(&env, "reporting").await;
     let audience = env.fakes.config().sts_audience;
-    env.fakes.set_sts_federation(Some(federation(&env, "reporting", &audience)));
+    env.fakes.set_sts_federation(Some(federation(&env, &issuer, "reporting", &audience)));
     env.create(exchange(&env, "gcp", "reporting", &audience)).await;
     let first = env.wait_token("gcp-token", None).await;
     assert!(first.starts_with("ya29.sts.") && env.fakes.is_valid(&first), "{first}");

@@ -264,7 +264,7 @@ async fn the_operator_does_its_work_on_the_rbac_it_ships() {
     eprintln!("components/namespaced: token, Ready and Event in apps with the Role only");
     drop(operator);
 
-    // 3. The opt-in components: rollout restarts and the consumer audit.
+    // 3. The opt-in components: rollout restarts, the consumer audit and workload identity.
     cluster.fakes.set_lifetime(Endpoint::Podero, Duration::from_secs(8));
     let deployment = cluster.install(&["rollout-restart", "audit-consumers", "workload-identity"]);
     let tenant = "rbac-components";
@@ -313,12 +313,44 @@ async fn the_operator_does_its_work_on_the_rbac_it_ships() {
         check(at.is_some(), at.clone().unwrap_or_default(), (d.metadata.name, at))
     })
     .await;
+    // Workload identity: a ServiceAccount token (TokenRequest, then TokenReview) as Entra's
+    // federated client assertion, verified by the fake against the cluster's published keys.
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(cluster.client.clone(), tenant);
+    accounts
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "payments"}})).unwrap())
+        .await
+        .unwrap();
+    let audience = "api://AzureADTokenExchange";
+    cluster.fakes.set_entra_federation(Some(fake_providers::federation::Federation {
+        issuer: common::federation_issuer(cluster._sim.as_ref(), &cluster.fakes),
+        subject: format!("system:serviceaccount:{tenant}:payments"),
+        audience: audience.into(),
+    }));
+    let entra = json!({
+        "apiVersion": "tokensource.dev/v1alpha1", "kind": "TokenSource",
+        "metadata": {"name": "vault"},
+        "spec": {
+            "type": "OAuth2",
+            "oauth2": {
+                "tokenURL": cluster.fakes.endpoint_url(Endpoint::EntraToken),
+                "clientID": {"value": cluster.fakes.config().entra_client_id},
+                "clientAuth": {"type": "ServiceAccountToken", "serviceAccountToken": {"serviceAccountName": "payments", "audience": audience}},
+                "scopes": ["https://vault.azure.net/.default"]
+            },
+            "target": {"name": "vault-token"}
+        }
+    });
+    let sources: Api<TokenSource> = Api::namespaced(cluster.client.clone(), tenant);
+    sources.create(&PostParams::default(), &serde_json::from_value(entra).unwrap()).await.unwrap();
+    cluster.wait_working(tenant, "vault", "vault-token", None).await;
     cluster.assert_nothing_refused(
         &operator,
         "components/rollout-restart, audit-consumers, workload-identity",
         &[tenant],
     );
-    eprintln!("components: the audit named the reader Pod; the Deployment restarted at {restarted}");
+    eprintln!(
+        "components: the audit named the reader Pod; the Deployment restarted at {restarted}; a ServiceAccount token federated"
+    );
     drop(operator);
     // The cluster may serve more suites: no operator RBAC beyond what they install is left.
     cluster.remove_rbac();

@@ -652,3 +652,20 @@ pub fn validate_strict(file: &std::path::Path, what: &str) {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && !text.contains("ERROR"), "{what}:\n{text}");
 }
+
+/// The issuer a federation fake must trust for this cluster's ServiceAccount tokens: kubesim's,
+/// or on a real API server (`TOKENSOURCE_E2E_KUBECONFIG`) the one its OIDC discovery names —
+/// and then the fakes trust the cluster's CA, which serves the discovery.
+pub fn federation_issuer(sim: Option<&kubesim::KubeSim>, fakes: &Fakes) -> String {
+    if let Some(sim) = sim {
+        return sim.service_account_issuer().to_string();
+    }
+    let admin = std::path::PathBuf::from(std::env::var("TOKENSOURCE_E2E_KUBECONFIG").unwrap());
+    let kc = kube::config::Kubeconfig::read_from(&admin).unwrap();
+    let ca = kc.clusters[0].cluster.as_ref().and_then(|c| c.certificate_authority_data.clone()).expect("the CA");
+    let ca = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, ca).unwrap();
+    fakes.trust_issuer_ca(&ca).unwrap();
+    let (ok, discovery, err) = kubectl_at(&admin, &["get", "--raw", "/.well-known/openid-configuration"]);
+    assert!(ok, "the issuer's discovery: {err}");
+    serde_json::from_str::<Value>(&discovery).unwrap()["issuer"].as_str().unwrap().to_string()
+}

@@ -316,6 +316,21 @@ impl Fakes {
         lock(&self.shared.inner).delays.insert(e, delay);
     }
 
+    /// Makes the federation fakes trust `ca_pem` (with the system's roots) when they fetch an
+    /// issuer's discovery documents over HTTPS: a real cluster's issuer serves them with its own
+    /// CA. Call before the first token request that fetches them.
+    pub fn trust_issuer_ca(&self, ca_pem: &[u8]) -> Result<(), String> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = reqwest::Certificate::from_pem(ca_pem).map_err(|e| e.to_string())?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .add_root_certificate(ca)
+            .build()
+            .map_err(|e| e.to_string())?;
+        self.shared.http.set(client).map_err(|_| "the fakes fetched a discovery document already".to_string())
+    }
+
     /// Holds each reply of `e` for `delay` after it is made: the token was issued (its lifetime
     /// counts) `delay` before the client has the reply.
     pub fn set_reply_delay(&self, e: Endpoint, delay: Duration) {
