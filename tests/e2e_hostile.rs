@@ -45,7 +45,7 @@ fn drop_duration_rules(v: &mut Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durations_past_a_year_are_refused_not_overflowed() {
     let env = Env::start().await;
-    if env.kubesim_only("it replaces the cluster-wide CRD with an older one, under every other test") {
+    if env.needs_the_cluster_alone("it replaces the cluster-wide CRD with an older one, under every other test") {
         return;
     }
     podero_credentials(&env).await;
@@ -68,7 +68,7 @@ async fn durations_past_a_year_are_refused_not_overflowed() {
         ("lifetime", vec!["spec", "response"], json!({"expiry": {"type": "Auto", "defaultLifetime": "99999h"}})),
         ("timeout", vec!["spec", "timeout"], json!("99999h")),
     ] {
-        env.create(with(podero(&env, name, &format!("{name}-token")), &path, value)).await;
+        env.create_under_new_crd(with(podero(&env, name, &format!("{name}-token")), &path, value)).await;
         let m = env.wait_ready(name, "False", "InvalidSpec").await;
         assert!(m.contains("longer than a year"), "{m}");
     }

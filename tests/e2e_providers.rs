@@ -317,7 +317,7 @@ async fn the_imburse_fake_rejects_replays_stale_clocks_and_bad_signatures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_auth_type_from_a_newer_version_is_refused_not_sent_unauthenticated() {
     let env = Env::start().await;
-    if env.kubesim_only("it replaces the cluster-wide CRD with a newer one, under every other test") {
+    if env.needs_the_cluster_alone("it replaces the cluster-wide CRD with a newer one, under every other test") {
         return;
     }
     // After a rollback of the operator, the newer CRD (with an auth type this operator does not
@@ -330,19 +330,25 @@ async fn an_auth_type_from_a_newer_version_is_refused_not_sent_unauthenticated()
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(env.client.clone());
     crds.patch("tokensources.tokensource.dev", &PatchParams::apply("e2e").force(), &Patch::Apply(&crd)).await.unwrap();
-    // Written as the newer client wrote it (the typed struct of this version cannot hold it).
-    apply(
-        &env,
-        json!({
-            "apiVersion": "tokensource.dev/v1alpha1", "kind": "TokenSource",
-            "metadata": {"name": "newer"},
-            "spec": {
-                "type": "HTTP",
-                "http": {"url": env.fakes.endpoint_url(Endpoint::ImburseManagement), "auth": {"type": "SigV4", "sigv4": {"region": "eu-west-1"}}},
-                "target": {"name": "newer-token"}
-            }
-        }),
-    )
+    // Written as the newer client wrote it (the typed struct of this version cannot hold it),
+    // once the API server serves the newer schema.
+    let ar = ApiResource::erase::<tokensource_operator::crd::TokenSource>(&());
+    let newer_api: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), &env.ns, &ar);
+    let doc = json!({
+        "apiVersion": "tokensource.dev/v1alpha1", "kind": "TokenSource",
+        "metadata": {"name": "newer"},
+        "spec": {
+            "type": "HTTP",
+            "http": {"url": env.fakes.endpoint_url(Endpoint::ImburseManagement), "auth": {"type": "SigV4", "sigv4": {"region": "eu-west-1"}}},
+            "target": {"name": "newer-token"}
+        }
+    });
+    common::eventually("the newer TokenSource accepted", common::WAIT, || async {
+        newer_api
+            .patch("newer", &PatchParams::apply("e2e").force(), &Patch::Apply(&doc))
+            .await
+            .map_err(|e| e.to_string())
+    })
     .await;
     let m = env.wait_ready("newer", "False", "InvalidSpec").await;
     assert!(m.contains("http.auth.type") && m.contains("does not support"), "{m}");

@@ -133,9 +133,9 @@ async fn the_crd_refuses_reserved_secret_types_and_metadata() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_refuses_reserved_types_and_metadata_the_crd_let_through() {
     let env = Env::start().await;
-    if env
-        .kubesim_only("it replaces the cluster-wide CRD with one without the reservation rules, under every other test")
-    {
+    if env.needs_the_cluster_alone(
+        "it replaces the cluster-wide CRD with one without the reservation rules, under every other test",
+    ) {
         return;
     }
     podero_credentials(&env).await;
@@ -164,9 +164,9 @@ async fn the_operator_refuses_reserved_types_and_metadata_the_crd_let_through() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reserved_key_added_later_leaves_the_working_secret_alone() {
     let env = Env::start().await;
-    if env
-        .kubesim_only("it replaces the cluster-wide CRD with one without the reservation rules, under every other test")
-    {
+    if env.needs_the_cluster_alone(
+        "it replaces the cluster-wide CRD with one without the reservation rules, under every other test",
+    ) {
         return;
     }
     podero_credentials(&env).await;

@@ -397,6 +397,18 @@ impl Env {
         self.sim.is_none()
     }
 
+    /// Whether this test must not run here: it replaces the cluster-wide CRD, which on a shared
+    /// real API server would change it under every other test. It runs where nothing else does:
+    /// on kubesim (each test has its own), or on a real server when the caller runs it alone
+    /// (`TOKENSOURCE_E2E_EXCLUSIVE=1`, one test at a time; `./test` does). Says so when skipped.
+    pub fn needs_the_cluster_alone(&self, why: &str) -> bool {
+        let alone = self.sim.is_some() || std::env::var_os("TOKENSOURCE_E2E_EXCLUSIVE").is_some();
+        if !alone {
+            say(&format!("run alone later: {why}; ./test runs it with the cluster to itself"));
+        }
+        !alone
+    }
+
     /// On a real API server, grants the operator's ServiceAccount, in this test's namespace, what
     /// `part` of `deploy/` grants: an opt-in component (`components/rollout-restart`, ...) or
     /// `leader-election-rbac.yaml`. See [`grant`]. kubesim authorises everything.
@@ -434,6 +446,19 @@ impl Env {
         v["kind"] = json!("TokenSource");
         let obj: TokenSource = serde_json::from_value(v).expect("bad TokenSource in test");
         self.sources().create(&PostParams::default(), &obj).await.expect("creating TokenSource")
+    }
+
+    /// Creates a TokenSource right after the CRD was replaced: a real API server takes a moment
+    /// to serve the new schema, so a refusal is tried again for a while.
+    pub async fn create_under_new_crd(&self, ts: Value) -> TokenSource {
+        let mut v = ts;
+        v["apiVersion"] = json!("tokensource.dev/v1alpha1");
+        v["kind"] = json!("TokenSource");
+        let obj: TokenSource = serde_json::from_value(v).expect("bad TokenSource in test");
+        eventually("the TokenSource accepted under the replaced CRD", WAIT, || async {
+            self.sources().create(&PostParams::default(), &obj).await.map_err(|e| e.to_string())
+        })
+        .await
     }
 
     pub async fn source(&self, name: &str) -> TokenSource {
