@@ -45,7 +45,8 @@ impl Operator {
                     .ok()
                     .and_then(|v| v["namespace"].as_str().map(|ns| !ours.contains(&ns)))
                     .unwrap_or(false);
-                lower.contains("forbidden") && !elsewhere
+                // A namespace being deleted refuses new objects with 403 too; that is no RBAC gap.
+                lower.contains("forbidden") && !lower.contains("namespaceterminating") && !elsewhere
             })
             .map(String::from)
             .collect()
