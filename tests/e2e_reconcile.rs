@@ -240,6 +240,7 @@ async fn a_config_map_created_after_its_tokensource_is_found() {
     let mut ts = podero(&env, "api", "api-token");
     ts["spec"]["oauth2"]["clientID"] =
         json!({"valueFrom": {"configMapKeyRef": {"name": "podero-settings", "key": "client_id"}}});
+    let writes_before = env.metrics.status_writes.get();
     env.create(ts).await;
     let m = env.wait_ready("api", "False", "CredentialsNotFound").await;
     assert!(m.contains("podero-settings"), "{m}");
@@ -248,6 +249,11 @@ async fn a_config_map_created_after_its_tokensource_is_found() {
     let status = env.status("api").await.unwrap();
     assert_eq!(status.failed_renewal_attempts, 1, "{status:?}");
     assert!(status.renewal_time.is_some(), "{status:?}");
+    // And the status settles: waiting writes it once (each write is an event that reconciles
+    // again: a status that differed every time would write until two happened to agree).
+    let (writes, reconciles) = (env.metrics.status_writes.get() - writes_before, env.reconciles("CredentialsNotFound"));
+    eprintln!("the first 3 s of waiting for the ConfigMap: {writes} status writes, {reconciles} reconciles");
+    assert!(writes <= 2 && reconciles <= 3, "{writes} status writes and {reconciles} reconciles in 3 s");
     let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
         "metadata": {"name": "podero-settings"},
         "data": {"client_id": env.fakes.config().podero.id}

@@ -103,10 +103,13 @@ pub fn on_failure(input: FailureInput<'_>) -> (Outcome, Option<FailureRecord>) {
         None => {
             // Nothing to retry until the spec or a watched object changes (or, for what is not
             // watched, a while has passed); a valid token still needs attention before it expires.
+            // The same failure keeps the look it planned: a status written anew with another
+            // random time would be an event that reconciles again, and so on at the API's speed.
             let spread = |d: std::time::Duration| d.mul_f64(1.0 + jitter.clamp(0.0, 1.0));
+            let planned = status.renewal_time.as_ref().map(|t| t.0).filter(|at| repeated && *at > clock);
             let recheck = error.recheck().map(|d| {
                 let d = jiff::SignedDuration::try_from(spread(d)).unwrap_or(jiff::SignedDuration::ZERO);
-                schedule::ceil_second(schedule::add(clock, d))
+                planned.unwrap_or_else(|| schedule::ceil_second(schedule::add(clock, d)))
             });
             status.renewal_time = recheck.map(Time);
             [valid_until.map(|v| until(now, v)), recheck.map(|at| until(clock, at))].into_iter().flatten().min()
@@ -248,9 +251,17 @@ mod tests {
         assert_eq!(record, None, "no backoff: a missing ConfigMap is no attempt that failed");
         assert_eq!(first.requeue, Some(Duration::from_secs(30)), "15 s, spread by the jitter (1.0 here)");
         assert_eq!(first.status.renewal_time, Some(Time(t(30))));
-        let (again, _) = on_failure(input(&err, first.status.clone(), None));
-        assert_eq!(again.status.failed_renewal_attempts, 1);
+        let mut look = input(&err, first.status.clone(), None);
+        look.jitter = 0.0;
+        let (again, _) = on_failure(look);
+        assert_eq!(again.status, first.status, "the same failure writes the same status: no write, no event");
+        assert_eq!(again.requeue, Some(Duration::from_secs(30)), "the planned look stays");
         assert!(again.event.is_none());
+        // Once the planned look has come, the next is planned.
+        let mut later = input(&err, first.status.clone(), None);
+        (later.now, later.clock, later.jitter) = (t(30), t(30), 0.0);
+        let (later, _) = on_failure(later);
+        assert_eq!(later.status.renewal_time, Some(Time(t(45))));
         let (valid, _) = on_failure(input(&err, TokenSourceStatus::default(), Some(10)));
         assert_eq!(valid.requeue, Some(Duration::from_secs(10)), "the token's expiry comes first");
     }
