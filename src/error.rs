@@ -179,6 +179,12 @@ impl Error {
         self.classify().0
     }
 
+    /// The token endpoint refused the request (rather than failing to answer it): something in
+    /// the request, its credentials or the bearer token it carried, is what failed.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::FetchToken(p @ ProviderError::Status { .. }) if p.classify().1 == RetryClass::Rejected)
+    }
+
     /// How long until a failure that no watch event ends is looked at again: ConfigMaps are not
     /// watched, so one created or fixed later is found by reading it again (the time is spread
     /// over up to twice this).

@@ -8,7 +8,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::Env;
+use common::{Env, WAIT, check, eventually};
 use fake_providers::{Endpoint, examples};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -358,4 +358,40 @@ async fn an_auth_type_from_a_newer_version_is_refused_not_sent_unauthenticated()
     env.wait_token("podero-token", None).await;
     assert_eq!(env.fakes.calls(Endpoint::ImburseManagement), 0, "nothing was sent without its authentication");
     assert!(env.secret_data("newer-token").await.is_none());
+}
+
+/// Case 8(b) of the reconcile-correctness issue, the other way round: a chained TokenSource
+/// whose own endpoint is down backs off as any other. Its upstream's next token ends only a
+/// backoff that a refusal started (which the upstream token may have caused), not one of an
+/// endpoint that is down or throttling: with short upstream tokens that would be a request per
+/// upstream renewal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chained_tokensource_backs_off_from_its_own_endpoint_whatever_its_upstream_renews() {
+    let env = Env::start().await;
+    env.fakes.set_lifetime(Endpoint::ImburseManagement, Duration::from_secs(8));
+    env.fakes.set_lifetime(Endpoint::ImbursePayout, Duration::from_secs(3600));
+    apply_examples(
+        &env,
+        &["imburse-tenant-key.yaml", "imburse-management.yaml", "imburse-payout-from-management.yaml"],
+    )
+    .await;
+    env.wait_token("imburse-payout-token", None).await;
+    env.wait_ready("imburse-payout", "True", "TokenValid").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The payout endpoint is down for a while and says to come back in a minute.
+    env.fakes.fail_next(Endpoint::ImbursePayout, 100, 503, json!({"error": "maintenance"}), Some(60));
+    let ask = json!({"metadata": {"annotations": {"tokensource.dev/refresh-requested-at": "2026-01-02T03:04:05Z"}}});
+    env.sources().patch("imburse-payout", &PatchParams::default(), &Patch::Merge(&ask)).await.unwrap();
+    eventually("the payout's failure", WAIT, || async {
+        check(env.fakes.calls(Endpoint::ImbursePayout) == 2, (), env.fakes.calls(Endpoint::ImbursePayout))
+    })
+    .await;
+    let management = env.fakes.calls(Endpoint::ImburseManagement);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let renewed = env.fakes.calls(Endpoint::ImburseManagement) - management;
+    let payout = env.fakes.calls(Endpoint::ImbursePayout) - 2;
+    eprintln!("in 20 s: {renewed} management renewals, {payout} payout requests during its backoff");
+    assert!(renewed >= 2, "the upstream renewed {renewed} times");
+    assert_eq!(payout, 0, "the upstream's renewals ended the payout's backoff");
+    env.wait_ready("imburse-payout", "True", "TokenValid").await;
 }

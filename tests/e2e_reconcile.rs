@@ -272,3 +272,85 @@ async fn a_config_map_created_after_its_tokensource_is_found() {
     env.wait_ready("api", "True", "TokenValid").await;
     assert_eq!(env.fakes.calls(Endpoint::Podero), 1);
 }
+
+/// A Secret write the API server keeps refusing (an admission policy, a quota) is tried again
+/// after a backoff, not on every reconcile: each refusal is a status write, which is an event
+/// that would reconcile, and write, again at the API's speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_write_refused_for_good_is_retried_after_a_backoff_not_in_a_loop() {
+    let env = Env::start().await;
+    let Some(sim) = env.sim.as_ref() else {
+        env.kubesim_only("kubesim only: the API server must refuse the Secret's writes");
+        return;
+    };
+    podero_credentials(&env).await;
+    env.create(podero(&env, "api", "api-token")).await;
+    env.wait_token("api-token", None).await;
+    env.wait_ready("api", "True", "TokenValid").await;
+    let refused = kubesim::Matcher::new("patch", "secrets").named(&env.ns, "api-token");
+    sim.faults().fail_next(refused, 1000, 422, None);
+    let before = sim.faults().count("patch", "secrets");
+    // Today's template needs a write of the token in hand, which is refused.
+    let patch = json!({"spec": {"target": {"template": {"metadata": {"labels": {"team": "payments"}}}}}});
+    env.sources().patch("api", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    env.wait_ready("api", "True", "TokenValid").await;
+    eventually("the refusal in Degraded", WAIT, || async {
+        let st = env.status("api").await?;
+        let degraded = st.conditions.iter().find(|c| c.type_ == "Degraded").map(|c| c.status.clone());
+        check(degraded.as_deref() == Some("True"), (), degraded)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let writes = sim.faults().count("patch", "secrets") - before;
+    let status = env.status("api").await.unwrap();
+    eprintln!("6 s after a refused write: {writes} Secret writes, {} failures", status.failed_renewal_attempts);
+    // 2 s, 4 s, 8 s between attempts: four at most in the first 7 s.
+    assert!(writes <= 4, "{writes} Secret writes in 7 s");
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 1, "no token was fetched to write");
+    // Once the API server takes it, the label arrives without a new token.
+    sim.faults().clear();
+    eventually("the label in the Secret", Duration::from_secs(30), || async {
+        let s = env.secrets().get("api-token").await.map_err(|e| e.to_string())?;
+        let label = s.metadata.labels.unwrap_or_default().get("team").cloned();
+        check(label.as_deref() == Some("payments"), (), label)
+    })
+    .await;
+    env.wait_ready("api", "True", "TokenValid").await;
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 1);
+}
+
+/// A manual refresh the provider failed is still owed after its backoff, even when the Secret
+/// was deleted meanwhile and got the token in hand back: that write is no new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_manual_refresh_is_still_owed_after_the_secret_got_its_token_back() {
+    let env = Env::start().await;
+    podero_credentials(&env).await;
+    env.create(podero(&env, "api", "api-token")).await;
+    let first = env.wait_token("api-token", None).await;
+    env.wait_ready("api", "True", "TokenValid").await;
+    // Past the renewal floor, so the refresh is made at once.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let unavailable = json!({"error": "temporarily_unavailable"});
+    env.fakes.fail_next(Endpoint::Podero, 1, 503, unavailable, Some(8));
+    annotate(&env, "api", &jiff::Timestamp::now().to_string()).await;
+    eventually("the refresh's failure in Degraded", WAIT, || async {
+        let st = env.status("api").await?;
+        let degraded =
+            st.conditions.iter().find(|c| c.type_ == "Degraded").map(|c| (c.status.clone(), c.reason.clone()));
+        check(degraded.as_ref().is_some_and(|(s, r)| s == "True" && r == "ProviderUnavailable"), (), degraded)
+    })
+    .await;
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 2);
+    env.secrets().delete("api-token", &Default::default()).await.unwrap();
+    let restored = env.wait_token("api-token", None).await;
+    assert_eq!(restored, first, "the token in hand came back at once, without a request");
+    // Retry-After: 8 s; then the refresh is made.
+    let renewed = eventually("the requested token", Duration::from_secs(30), || async {
+        let data = env.secret_data("api-token").await.unwrap_or_default();
+        let token = data.get("token").cloned().unwrap_or_default();
+        check(!token.is_empty() && token != first, token.clone(), env.fakes.calls(Endpoint::Podero))
+    })
+    .await;
+    assert!(env.fakes.is_valid(&renewed));
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 3);
+}

@@ -99,7 +99,9 @@ pub fn backoff_pending(
     now: Timestamp,
 ) -> Option<Timestamp> {
     if let Some(f) = remembered {
-        return (f.fingerprint == fingerprint && f.upstream == upstream && f.retry_at > now).then_some(f.retry_at);
+        // A refusal of a request that carried an upstream token ends with that token.
+        let same_upstream = f.upstream.is_none_or(|u| Some(u) == upstream);
+        return (f.fingerprint == fingerprint && same_upstream && f.retry_at > now).then_some(f.retry_at);
     }
     if status.failed_renewal_attempts == 0 || failed_generation != generation {
         return None;
@@ -255,8 +257,14 @@ mod tests {
 
     #[test]
     fn backoff_holds_until_its_time_or_a_change() {
-        let record =
-            FailureRecord { fingerprint: "fp".into(), retry_at: t(30), failures: 1, provider: true, upstream: None };
+        let record = FailureRecord {
+            fingerprint: "fp".into(),
+            retry_at: t(30),
+            failures: 1,
+            provider: true,
+            upstream: None,
+            refused_write: None,
+        };
         let none = TokenSourceStatus::default();
         assert_eq!(backoff_pending(Some(&record), &none, None, Some(1), ("fp", None), t(10)), Some(t(30)));
         assert_eq!(
@@ -270,6 +278,11 @@ mod tests {
             backoff_pending(Some(&chained), &none, None, Some(1), ("fp", Some(8)), t(10)),
             None,
             "the upstream's next token ends the backoff"
+        );
+        assert_eq!(
+            backoff_pending(Some(&record), &none, None, Some(1), ("fp", Some(8)), t(10)),
+            Some(t(30)),
+            "not the backoff from an endpoint that failed to answer: the upstream token was not what failed"
         );
         assert_eq!(
             backoff_pending(Some(&record), &none, None, Some(1), ("rotated", None), t(10)),

@@ -96,6 +96,7 @@ pub fn on_failure(input: FailureInput<'_>) -> (Outcome, Option<FailureRecord>) {
                 failures,
                 provider,
                 upstream: None,
+                refused_write: None,
             });
             status.renewal_time = Some(Time(at));
             Some(until(clock, at))
@@ -212,7 +213,8 @@ mod tests {
                 retry_at: t(2),
                 failures: 1,
                 provider: true,
-                upstream: None
+                upstream: None,
+                refused_write: None,
             })
         );
         let ev = o.event.unwrap();

@@ -32,6 +32,10 @@ pub struct FailureRecord {
     /// A digest of the upstream token the failed request carried (chained TokenSources): the
     /// upstream's next token ends the backoff.
     pub upstream: Option<u64>,
+    /// The Secret write the API server refused (today's shape over the version of the Secret
+    /// it was written over): the same write is not tried again before `retry_at`, while another
+    /// template or a changed Secret is tried at once.
+    pub refused_write: Option<String>,
 }
 
 /// A token this instance fetched, and the fingerprint of the request that produced it. The
@@ -133,7 +137,16 @@ impl Memory {
         let r = records.entry(ts.clone()).or_default();
         r.written = resource_version;
         r.written_over = Some((over, std::time::Instant::now()));
-        r.failure = None;
+    }
+
+    /// Ends the backoff of a refused Secret write, once a write succeeded. A failed token
+    /// request stays remembered: a write of the token in hand does not pay what it owes.
+    pub fn forget_refused_write(&self, ts: &ObjectRef<TokenSource>) {
+        if let Some(r) = self.lock().get_mut(ts)
+            && r.failure.as_ref().is_some_and(|f| f.refused_write.is_some())
+        {
+            r.failure = None;
+        }
     }
 
     /// Whether a cache showing `cached` of the target Secret has not yet seen this instance's
@@ -301,14 +314,24 @@ mod tests {
     }
 
     #[test]
-    fn failures_end_with_a_write_and_everything_ends_with_the_source() {
+    fn only_a_refused_write_ends_with_a_write_and_everything_ends_with_the_source() {
         let m = Memory::default();
         let r = ObjectRef::new("a").within("ns");
-        let f =
-            FailureRecord { fingerprint: "fp".into(), retry_at: at(30), failures: 2, provider: true, upstream: None };
+        let f = FailureRecord {
+            fingerprint: "fp".into(),
+            retry_at: at(30),
+            failures: 2,
+            provider: true,
+            upstream: None,
+            refused_write: None,
+        };
         m.remember_failure(&r, f.clone());
-        assert_eq!(m.failure(&r), Some(f));
+        assert_eq!(m.failure(&r), Some(f.clone()));
         m.remember_written(&r, Some("42".into()), None);
+        m.forget_refused_write(&r);
+        assert_eq!(m.failure(&r), Some(f.clone()), "a failed token request is still owed");
+        m.remember_failure(&r, FailureRecord { provider: false, refused_write: Some("shape@1".into()), ..f });
+        m.forget_refused_write(&r);
         assert!(m.cache_behind_write(&r, None, std::time::Duration::from_secs(5)), "the cache has not seen it");
         assert!(!m.cache_behind_write(&r, Some("42"), std::time::Duration::from_secs(5)), "the cache has it");
         assert!(!m.cache_behind_write(&r, Some("43"), std::time::Duration::from_secs(5)), "changed since");

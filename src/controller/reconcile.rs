@@ -80,6 +80,8 @@ struct Known {
     /// Today's owner policy and template are not in the Secret yet (its token could not be
     /// rendered again): the status does not claim today's generation as observed.
     shape_pending: bool,
+    /// Today's write of the Secret: its shape over the Secret's version ([`FailureRecord::refused_write`]).
+    write: Option<String>,
 }
 
 /// How long a reconcile waits for the cache to show this instance's own write of a Secret
@@ -394,6 +396,17 @@ impl Context {
         let fingerprint = decide::fingerprint(ts, &request, &creds);
         let shape = decide::shape(ts);
         known.fingerprint = Some(fingerprint.clone());
+        // A write the API server refused is not tried again before its backoff ends: each
+        // refusal writes the status, an event that would reconcile and write again at once. A
+        // new template, or a Secret changed since, is tried now.
+        let write = format!("{shape}@{}", secret.as_ref().and_then(|s| s.resource_version()).unwrap_or_default());
+        let refused =
+            self.memory.failure(&me).filter(|f| f.refused_write.as_ref() == Some(&write) && f.retry_at > exact);
+        if let Some(refused) = refused {
+            let held = status::Held { expired_at: known.expired_at, valid: known.valid_until.is_some() };
+            return Ok(status::backing_off(status.clone(), refused.retry_at, held, target, generation, now));
+        }
+        known.write = Some(write);
         // A token whose reply was not kept serves only templates that do not read it.
         let reads_reply = secret::reads_reply(ts);
         let usable = |t: &Token| !reads_reply || !t.raw.is_null();
@@ -469,12 +482,14 @@ impl Context {
             match (valid, lost) {
                 (Some(token), Some("SecretDeleted" | "SecretChanged")) => {
                     known.restart_owed = self.write(ts, token, &fingerprint, &shape, stored.as_ref()).await?;
+                    self.memory.forget_refused_write(&me);
                     known.valid_until = Some(token.expires_at);
                     known.expired_at = None;
                 }
                 _ => {
                     let (secret, stored) = (secret.as_ref(), stored.as_ref());
                     known.shape_pending = !self.reshape(ts, secret, stored, &shape, known).await?;
+                    self.memory.forget_refused_write(&me);
                 }
             }
         }
@@ -591,6 +606,7 @@ impl Context {
         // Held before it is written: a failed write is retried with it, without a new request.
         self.memory.hold(&me, Held { fingerprint: fingerprint.clone(), token: token.clone() });
         known.restart_owed = self.write(ts, &token, &fingerprint, &shape, stored.as_ref()).await?;
+        self.memory.forget_failure(&me);
         let refresh_at = decide::renewal_of(&token, &uid, &plan.policy);
         let issued = Stored::issued(ts.name_any(), fingerprint, &token);
         let mut outcome = status::issued(status.clone(), &issued, target, refresh_at, generation, now);
@@ -790,7 +806,11 @@ impl Context {
             jitter: rand::random::<f64>(),
         });
         if let Some(record) = record {
-            self.memory.remember_failure(&me, FailureRecord { upstream: known.upstream, ..record });
+            let refused_write = known.write.filter(|_| matches!(error, Error::ApplySecret(_)));
+            // Only a refusal can be the upstream token's fault: the upstream's next token ends
+            // that backoff, not the backoff from an endpoint that is down or throttling.
+            let upstream = known.upstream.filter(|_| error.is_refusal());
+            self.memory.remember_failure(&me, FailureRecord { upstream, refused_write, ..record });
         }
         outcome
     }
