@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 use kube::api::ObjectMeta;
 use serde_json::json;
@@ -90,6 +91,12 @@ fn claimant(secret: &Secret) -> Option<&str> {
             })
             .map(|r| r.uid.as_str())
     })
+}
+
+/// Whether `secret` has an owner reference to the TokenSource with `uid`: the garbage collector
+/// deletes it with that TokenSource.
+pub fn owned_by(secret: &Secret, uid: &str) -> bool {
+    secret.metadata.owner_references.iter().flatten().any(|r| r.uid == uid && r.kind == "TokenSource")
 }
 
 impl Stored {
@@ -457,6 +464,8 @@ pub struct Managed {
     owner: Option<Box<str>>,
     /// The uid of the TokenSource it names as its writer ([`claimant`]).
     claimant: Option<Box<str>>,
+    /// Its owner references include one to that TokenSource: deleting the TokenSource deletes it.
+    owned: bool,
     /// The operator's annotations that [`Stored::of`] reads.
     annotations: Box<[(&'static str, Box<str>)]>,
     data: Box<[KeptValue]>,
@@ -480,7 +489,8 @@ const KEPT_ANNOTATIONS: [&str; 8] = [
 impl Managed {
     /// What the cache keeps of `secret`.
     pub fn of(secret: Secret) -> Self {
-        let claimant = claimant(&secret).map(Into::into);
+        let claimant: Option<Box<str>> = claimant(&secret).map(Into::into);
+        let owned = claimant.as_deref().is_some_and(|c| owned_by(&secret, c));
         let meta = secret.metadata;
         let labels = meta.labels.unwrap_or_default();
         let managed = labels.get(MANAGED_BY_LABEL).is_some_and(|v| v == MANAGED_BY);
@@ -491,6 +501,7 @@ impl Managed {
             resource_version: meta.resource_version.map(Into::into),
             owner: labels.get(NAME_LABEL).filter(|_| managed).map(|n| n.as_str().into()),
             claimant,
+            owned,
             annotations: meta
                 .annotations
                 .unwrap_or_default()
@@ -535,6 +546,17 @@ impl Managed {
         if let Some(claimant) = &self.claimant {
             annotations.insert(OWNER_UID_ANNOTATION.into(), claimant.to_string());
         }
+        // Enough of the owner reference to tell that there is one ([`owned_by`]).
+        let owner_references = self.claimant.as_ref().filter(|_| self.owned).map(|uid| {
+            vec![OwnerReference {
+                api_version: TokenSource::api_version(&()).into(),
+                kind: TokenSource::kind(&()).into(),
+                name: self.owner.as_deref().unwrap_or_default().into(),
+                uid: uid.to_string(),
+                controller: Some(true),
+                block_owner_deletion: None,
+            }]
+        });
         Secret {
             metadata: ObjectMeta {
                 name: Some(self.name.to_string()),
@@ -543,6 +565,7 @@ impl Managed {
                 resource_version: self.resource_version.as_deref().map(String::from),
                 labels,
                 annotations: Some(annotations),
+                owner_references,
                 ..Default::default()
             },
             data: Some(self.data.iter().map(|(k, v)| (k.to_string(), ByteString(v.to_vec()))).collect()),
@@ -673,6 +696,11 @@ mod tests {
         assert!(!ours(&written, "uid-2"), "another TokenSource of the same name");
         assert!(ours(&Managed::of(written.clone()).to_secret(), "uid-1"), "the cache reads it the same");
         assert!(!ours(&Managed::of(written.clone()).to_secret(), "uid-2"));
+        // The cache tells whether the garbage collector deletes it with its TokenSource.
+        assert!(owned_by(&written, "uid-1") && owned_by(&Managed::of(written.clone()).to_secret(), "uid-1"));
+        let mut orphaned = written.clone();
+        orphaned.metadata.owner_references = None;
+        assert!(!owned_by(&Managed::of(orphaned).to_secret(), "uid-1"));
         // The owner reference alone (written before the annotation, creationPolicy Owner).
         let mut by_reference = written.clone();
         by_reference.metadata.annotations.as_mut().unwrap().remove(OWNER_UID_ANNOTATION);

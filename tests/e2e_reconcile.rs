@@ -199,6 +199,44 @@ async fn owner_policy_and_template_edits_are_applied_while_renewals_fail() {
     assert!(env.secret_data("api-token").await.is_some(), "the Secret to keep was deleted with its TokenSource");
 }
 
+/// Case 1 again, where the token cannot be rendered again: a `Replace` template after a
+/// restart (the token is neither held nor readable from the Secret). The template waits for the
+/// next token, but `creationPolicy: Orphan` needs none: the owner reference goes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_is_applied_while_renewals_fail_even_when_the_token_cannot_be_rendered_again() {
+    let mut env = Env::start().await;
+    podero_credentials(&env).await;
+    let mut ts = podero(&env, "api", "api-token");
+    ts["spec"]["target"]["template"] =
+        json!({"mergePolicy": "Replace", "data": {"Authorization": "Bearer {{ token }}"}});
+    env.create(ts).await;
+    env.wait_ready("api", "True", "TokenValid").await;
+    let before = env.secret_data("api-token").await.unwrap();
+    env.restart_operator().await;
+    env.fakes.fail_next(Endpoint::Podero, 1000, 503, json!({"error": "temporarily_unavailable"}), Some(60));
+    let edit = json!({"spec": {
+        "oauth2": {"headers": [{"name": "Cache-Control", "value": "no-store"}]},
+        "target": {"creationPolicy": "Orphan"}
+    }});
+    env.sources().patch("api", &PatchParams::default(), &Patch::Merge(&edit)).await.unwrap();
+    eventually("the failed renewal of the edited spec in status", WAIT, || async {
+        let status = env.status("api").await?;
+        check(status.failed_renewal_attempts >= 1, (), status)
+    })
+    .await;
+    eventually("the owner reference gone", WAIT, || async {
+        let secret = env.secrets().get("api-token").await.map_err(|e| e.to_string())?;
+        let owners = secret.metadata.owner_references.unwrap_or_default();
+        check(owners.is_empty(), (), owners)
+    })
+    .await;
+    assert_eq!(env.secret_data("api-token").await.unwrap(), before, "the Secret's token is the one it had");
+    env.sources().delete("api", &Default::default()).await.unwrap();
+    // The garbage collector of a real API server acts within a moment; kubesim's at once.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(env.secret_data("api-token").await.is_some(), "the Secret to keep was deleted with its TokenSource");
+}
+
 /// Case 6 of the reconcile-correctness issue: a restart mints nothing for a `Replace` template
 /// or one that reads the provider's reply, though neither Secret holds the token where it can be
 /// read back: what the Secret records of its token (written for today's request, intact, expiry)
@@ -353,4 +391,38 @@ async fn a_failed_manual_refresh_is_still_owed_after_the_secret_got_its_token_ba
     .await;
     assert!(env.fakes.is_valid(&renewed));
     assert_eq!(env.fakes.calls(Endpoint::Podero), 3);
+}
+
+/// A Secret deleted while its renewal is in flight gets the token in hand back, and the new
+/// token, arriving in the same reconcile, is written over that Secret: not refused as someone
+/// else's because the reconcile still knew the deleted one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_arriving_after_a_write_back_is_written_over_the_secret_written_back() {
+    let env = Env::start().await;
+    let Some(sim) = env.sim.as_ref() else {
+        env.kubesim_only("kubesim only: the API server must be slow to write one Secret");
+        return;
+    };
+    env.fakes.set_lifetime(Endpoint::Podero, Duration::from_secs(8));
+    podero_credentials(&env).await;
+    env.create(podero(&env, "api", "api-token")).await;
+    let first = env.wait_token("api-token", None).await;
+    // The renewal is in flight for 2 s; the write-back of the Secret takes 3 s, so the renewal
+    // has ended by the time the write-back has.
+    env.fakes.set_reply_delay(Endpoint::Podero, Duration::from_secs(2));
+    eventually("the renewal in flight", WAIT, || async {
+        check(env.fakes.calls(Endpoint::Podero) >= 2, (), env.fakes.calls(Endpoint::Podero))
+    })
+    .await;
+    let slow = kubesim::Matcher::new("patch", "secrets").named(&env.ns, "api-token");
+    sim.faults().add_latency(slow, Duration::from_secs(3));
+    env.secrets().delete("api-token", &Default::default()).await.unwrap();
+    let renewed = env.wait_token("api-token", Some(&first)).await;
+    assert!(env.fakes.is_valid(&renewed));
+    sim.faults().clear();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let events = env.events("api").await;
+    let conflicts: Vec<_> = events.iter().filter(|(_, reason, _)| reason == "SecretConflict").collect();
+    assert!(conflicts.is_empty(), "{conflicts:?}");
+    env.wait_ready("api", "True", "TokenValid").await;
 }

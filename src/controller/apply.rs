@@ -14,8 +14,8 @@
 //! Either way one request per write, as before.
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::ResourceExt;
 use kube::api::{Patch, PatchParams};
+use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::{Context, MANAGER};
@@ -66,6 +66,28 @@ impl Context {
             Failed(e) => e,
             Gone => Error::SecretConflict(ts.spec.target.name.clone()),
         })?;
+        self.metrics.secret_writes.inc();
+        Ok(written.metadata.resource_version)
+    }
+
+    /// Removes the TokenSource's owner reference from its Secret, and nothing else:
+    /// `creationPolicy: Orphan` applied while the token cannot be written again (the garbage
+    /// collector would otherwise delete the Secret with the TokenSource). The Secret is read
+    /// whole (other owners' references stay) and written only if it has not changed since.
+    /// Returns the resourceVersion after the write; `None` if there was nothing to remove.
+    pub(super) async fn release_secret(&self, ts: &TokenSource) -> Result<Option<String>, Error> {
+        let uid = ts.meta().uid.as_deref().unwrap_or_default();
+        let api = self.api::<Secret>(&ts.namespace().unwrap_or_default());
+        let name = &ts.spec.target.name;
+        let Some(secret) = api.get_opt(name).await.map_err(Error::Kube)? else { return Ok(None) };
+        if !crate::secret::owned_by(&secret, uid) {
+            return Ok(None);
+        }
+        let others: Vec<_> = secret.owner_references().iter().filter(|r| r.uid != uid).cloned().collect();
+        let patch = json!({"metadata": {"ownerReferences": others, "resourceVersion": secret.resource_version()}});
+        let params = PatchParams { field_manager: Some(MANAGER.into()), ..PatchParams::default() };
+        let write = async { api.patch(name, &params, &Patch::Merge(&patch)).await.map_err(Error::ApplySecret) };
+        let written = self.config.leadership.fenced(write).await?;
         self.metrics.secret_writes.inc();
         Ok(written.metadata.resource_version)
     }

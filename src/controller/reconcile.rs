@@ -21,13 +21,24 @@ use super::memory::{FailureRecord, Held};
 use super::status::{self, Note, Outcome};
 use super::{Context, validate};
 use crate::conditions::{ConditionType, Reason};
-use crate::crd::{REFRESH_REQUESTED_AT_ANNOTATION, TokenSource, TokenSourceStatus};
+use crate::crd::{CreationPolicy, REFRESH_REQUESTED_AT_ANNOTATION, TokenSource, TokenSourceStatus};
 use crate::error::Error;
 use crate::metrics::ResultLabels;
 use crate::redact::Redactor;
 use crate::response::Token;
 use crate::schedule;
 use crate::secret::{self, Stored};
+
+/// What became of the Secret a reconcile found, when no new token is written to it now.
+enum Reshaped {
+    /// It stays as it is.
+    Unchanged,
+    /// The token in hand was written to it again (it was deleted or changed, or today's shape
+    /// differs).
+    Written,
+    /// Today's shape differs, and comes with the next token.
+    Pending,
+}
 
 /// What a reconcile that needs a token has: the token, or what it waits for.
 enum Got {
@@ -479,18 +490,23 @@ impl Context {
         if !matches!(decision, Decision::Keep { .. }) {
             let valid = in_hand.as_ref().filter(|t| t.expires_at > exact);
             let lost = valid.and_then(|t| decide::needs_write(stored.as_ref(), t.issued_at, &shape));
-            match (valid, lost) {
+            let reshaped = match (valid, lost) {
                 (Some(token), Some("SecretDeleted" | "SecretChanged")) => {
                     known.restart_owed = self.write(ts, token, &fingerprint, &shape, stored.as_ref()).await?;
-                    self.memory.forget_refused_write(&me);
-                    known.valid_until = Some(token.expires_at);
-                    known.expired_at = None;
+                    Reshaped::Written
                 }
-                _ => {
-                    let (secret, stored) = (secret.as_ref(), stored.as_ref());
-                    known.shape_pending = !self.reshape(ts, secret, stored, &shape, known).await?;
+                _ => self.reshape(ts, secret.as_ref(), stored.as_ref(), &shape, known).await?,
+            };
+            match reshaped {
+                // What this reconcile read of the Secret is out of date now: a token written
+                // over it would be refused as written over someone else's Secret. The write's
+                // own event reconciles again, with the Secret as it is.
+                Reshaped::Written => {
                     self.memory.forget_refused_write(&me);
+                    return Ok(status::deferred(status.clone()));
                 }
+                Reshaped::Pending => known.shape_pending = true,
+                Reshaped::Unchanged => {}
             }
         }
         let why = match decision {
@@ -724,7 +740,7 @@ impl Context {
     /// Writes today's owner policy and template over the token the Secret already holds, when
     /// no new token is written now (renewals failing, a backoff, a request in flight): a Secret
     /// the user asked to keep is not garbage-collected for want of a token, nor a removed key
-    /// left in it. `false` when that token cannot be rendered again here (it was neither held
+    /// left in it. `Pending` when that token cannot be rendered again here (it was neither held
     /// by this instance nor can be read back: a `Replace` template or one that reads the reply,
     /// after a restart); today's shape then comes with the next token.
     async fn reshape(
@@ -734,25 +750,38 @@ impl Context {
         stored: Option<&Stored>,
         shape: &str,
         known: &mut Known,
-    ) -> Result<bool, Error> {
-        let (Some(secret), Some(stored)) = (secret, stored) else { return Ok(true) };
+    ) -> Result<Reshaped, Error> {
+        let (Some(secret), Some(stored)) = (secret, stored) else { return Ok(Reshaped::Unchanged) };
         if !stored.has_token || stored.shape.as_deref() == Some(shape) {
-            return Ok(true);
+            return Ok(Reshaped::Unchanged);
         }
-        // A Secret whose data someone else changed is not re-rendered from what it holds.
-        let Some(fingerprint) = stored.fingerprint.as_deref().filter(|_| stored.intact) else { return Ok(false) };
         let me = ObjectRef::from_obj(ts);
         let reads_reply = secret::reads_reply(ts);
-        let token = self
-            .memory
-            .held_any(&me, fingerprint)
-            .filter(|t| stored.refreshed_at == Some(t.issued_at) && (!reads_reply || !t.raw.is_null()))
-            .or_else(|| secret::read_back(ts, secret, stored).map(Arc::new));
-        let Some(token) = token else { return Ok(false) };
+        // A Secret whose data someone else changed is not re-rendered from what it holds.
+        let fingerprint = stored.fingerprint.as_deref().filter(|_| stored.intact);
+        let token = fingerprint.and_then(|fingerprint| {
+            self.memory
+                .held_any(&me, fingerprint)
+                .filter(|t| stored.refreshed_at == Some(t.issued_at) && (!reads_reply || !t.raw.is_null()))
+                .or_else(|| secret::read_back(ts, secret, stored).map(Arc::new))
+        });
+        let (Some(fingerprint), Some(token)) = (fingerprint, token) else {
+            // Whatever else waits for the next token, a Secret the user asked to keep is not
+            // left for the garbage collector.
+            let uid = ts.meta().uid.as_deref().unwrap_or_default();
+            if ts.spec.target.creation_policy == CreationPolicy::Orphan && secret::owned_by(secret, uid) {
+                let over = secret.resource_version();
+                if let Some(version) = self.release_secret(ts).await? {
+                    self.memory.remember_written(&me, Some(version), over);
+                    return Ok(Reshaped::Written);
+                }
+            }
+            return Ok(Reshaped::Pending);
+        };
         known.redactor.add(token.access_token.as_bytes());
         // Under the fingerprint it was fetched for: what decides the next request is unchanged.
         known.restart_owed = self.write(ts, &token, fingerprint, shape, Some(stored)).await?;
-        Ok(true)
+        Ok(Reshaped::Written)
     }
 
     /// Warns, once per spec generation, about values that look secret and are given inline.
