@@ -41,6 +41,8 @@ pub struct FailureInput<'a> {
 }
 
 /// The outcome of a failure, and the record to remember for the backoff (retryable failures only).
+/// Its requeue counts from `now`, as every requeue of a reconcile does (the reconcile takes its
+/// own length off).
 pub fn on_failure(input: FailureInput<'_>) -> (Outcome, Option<FailureRecord>) {
     let FailureInput {
         error,
@@ -99,7 +101,7 @@ pub fn on_failure(input: FailureInput<'_>) -> (Outcome, Option<FailureRecord>) {
                 refused_write: None,
             });
             status.renewal_time = Some(Time(at));
-            Some(until(clock, at))
+            Some(until(now, at))
         }
         None => {
             // Nothing to retry until the spec or a watched object changes (or, for what is not
@@ -113,7 +115,7 @@ pub fn on_failure(input: FailureInput<'_>) -> (Outcome, Option<FailureRecord>) {
                 planned.unwrap_or_else(|| schedule::ceil_second(schedule::add(clock, d)))
             });
             status.renewal_time = recheck.map(Time);
-            [valid_until.map(|v| until(now, v)), recheck.map(|at| until(clock, at))].into_iter().flatten().min()
+            [valid_until.map(|v| until(now, v)), recheck.map(|at| until(now, at))].into_iter().flatten().min()
         }
     };
     if !keep_ready {
@@ -286,6 +288,16 @@ mod tests {
         let (b, _) = on_failure(input(&err, a.status.clone(), None));
         assert_eq!((a.status.failed_renewal_attempts, b.status.failed_renewal_attempts), (1, 2));
         assert!(b.event.is_some());
+    }
+
+    #[test]
+    fn the_requeue_counts_from_the_start_of_the_reconcile_like_every_other() {
+        let err = http(503, None);
+        let mut i = input(&err, TokenSourceStatus::default(), None);
+        i.clock = t(3);
+        let (o, record) = on_failure(i);
+        assert_eq!(record.map(|r| r.retry_at), Some(t(5)), "2 s after the attempt ended");
+        assert_eq!(o.requeue, Some(Duration::from_secs(5)), "the reconcile takes its 3 s off");
     }
 
     #[test]

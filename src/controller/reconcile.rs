@@ -427,6 +427,9 @@ impl Context {
                 .then(|| secret::read_back(ts, secret, stored))?
                 .map(Arc::new)
         });
+        if let Some(t) = &in_hand {
+            known.redactor.add(t.access_token.as_bytes());
+        }
         // A Secret written for today's request whose token cannot be read back (a `Replace`
         // template, or one that reads the reply) still says when its token expires: kept while
         // it needs no write, so a restart mints nothing for it either.
