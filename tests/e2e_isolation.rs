@@ -98,3 +98,60 @@ async fn endpoints_that_never_answer_in_one_namespace_do_not_delay_another() {
     assert!(took < Duration::from_secs(1), "another tenant's hung endpoints delayed this one's token by {took:?}");
     assert!(ready < Duration::from_secs(2), "Ready only after {ready:?}");
 }
+
+/// Waiting costs nothing: TokenSources waiting for a request slot of a busy host make no API
+/// request until their turn, so a cold start behind a slow provider costs the API server the
+/// same per TokenSource whatever the provider's latency and however many wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_a_busy_host_costs_no_api_request() {
+    let env = Env::start().await;
+    let Some(sim) = env.sim.as_ref() else {
+        env.kubesim_only("kubesim only: it counts the operator's requests");
+        return;
+    };
+    podero_credentials(&env).await;
+    // Four request slots per host, one second per request: 24 TokenSources take six seconds.
+    env.fakes.set_reply_delay(fake_providers::Endpoint::Podero, Duration::from_secs(1));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sim.faults().reset_counts();
+    let n = 24;
+    for i in 0..n {
+        let mut ts = podero(&env, &format!("busy{i}"), &format!("busy{i}-token"));
+        ts["spec"]["renewal"] = json!({"shareIdenticalRequests": false});
+        env.create(ts).await;
+    }
+    // Watched through one list of the TokenSources: the test reads no Secret meanwhile.
+    eventually("every TokenSource ready", Duration::from_secs(30), || async {
+        let list = env.sources().list(&Default::default()).await.map_err(|e| e.to_string())?;
+        let ready = list
+            .items
+            .iter()
+            .filter(|ts| {
+                let conditions = ts.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+                conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+            .count();
+        check(ready == n, (), format!("{ready} of {n} ready"))
+    })
+    .await;
+    // The operator's requests: the test only created the TokenSources and listed them.
+    let counts = sim.faults().counts();
+    let operator = |key: &str| counts.get(key).copied().unwrap_or(0);
+    let (gets, secret_writes, status_writes, events) = (
+        operator("get secrets"),
+        operator("patch secrets"),
+        operator("patch tokensources/status"),
+        operator("create events") + operator("patch events"),
+    );
+    eprintln!(
+        "{n} TokenSources behind a busy host: {gets} Secret GETs, {secret_writes} Secret writes, {status_writes} status writes, {events} Event writes; all: {counts:?}"
+    );
+    assert_eq!(secret_writes, n as u64, "one Secret write per token");
+    assert!(status_writes <= 2 * n as u64, "{status_writes} status writes for {n} tokens");
+    // One look per TokenSource at a target name no Secret has yet, whatever the wait (and one
+    // read of the credentials they share).
+    assert!(gets <= n as u64 + 1, "{gets} Secret GETs for {n} TokenSources");
+    for i in 0..n {
+        assert!(env.secret_data(&format!("busy{i}-token")).await.is_some_and(|d| d.contains_key("token")));
+    }
+}

@@ -62,9 +62,13 @@ impl Context {
             Err(Gone) if expected != Expected::Absent => self.apply_once(ts, desired, Expected::Absent).await,
             other => other,
         };
-        let written = written.map_err(|e| match e {
-            Failed(e) => e,
-            Gone => Error::SecretConflict(ts.spec.target.name.clone()),
+        let written = written.map_err(|e| {
+            // What the Secret is now is asked of the API again.
+            self.memory.remember_absent(&kube::runtime::reflector::ObjectRef::from_obj(ts), None);
+            match e {
+                Failed(e) => e,
+                Gone => Error::SecretConflict(ts.spec.target.name.clone()),
+            }
         })?;
         self.metrics.secret_writes.inc();
         Ok(written.metadata.resource_version)

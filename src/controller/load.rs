@@ -123,13 +123,26 @@ impl Context {
     pub(super) async fn target(&self, ts: &TokenSource) -> Result<Option<Secret>, Error> {
         let ns = ts.namespace().unwrap_or_default();
         let name = &ts.spec.target.name;
-        let written = self.memory.written(&ObjectRef::from_obj(ts));
-        if let Some(s) = self.targets.get(&ObjectRef::new(name).within(&ns))
+        let me = ObjectRef::from_obj(ts);
+        let written = self.memory.written(&me);
+        let cached = self.targets.get(&ObjectRef::new(name).within(&ns));
+        if let Some(s) = &cached
             && (written.is_none() || s.resource_version() == written.as_deref())
         {
             return Ok(Some(s.to_secret()));
         }
-        self.api::<Secret>(&ns).get_opt(name).await.map_err(Error::Kube)
+        // None in the cache: a Secret without the operator's label (someone else's, or one whose
+        // label was removed) is looked for once, not on every reconcile while a TokenSource
+        // waits for its token. A write creates the Secret only if none exists by then, so one
+        // created meanwhile is never taken over; the failed write has it looked for again.
+        if cached.is_none() && written.is_none() && self.memory.known_absent(&me, name) {
+            return Ok(None);
+        }
+        let found = self.api::<Secret>(&ns).get_opt(name).await.map_err(Error::Kube)?;
+        if found.is_none() && cached.is_none() {
+            self.memory.remember_absent(&me, Some(name));
+        }
+        Ok(found)
     }
 
     /// Reads the Secret and ConfigMap keys a spec refers to: Secrets from a cache kept fresh by

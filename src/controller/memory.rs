@@ -63,6 +63,9 @@ struct Record {
     /// The manual refresh pending (the annotation's value) and when this instance first saw it:
     /// a token requested since then answers it.
     manual: Option<Box<(String, std::time::Instant)>>,
+    /// A target name the API said no Secret has, while the cache of managed Secrets showed none
+    /// either: not asked again until a write of it fails.
+    absent: Option<Box<str>>,
 }
 
 /// The status this instance last wrote: a hash of it, and the resourceVersions of the object
@@ -121,12 +124,30 @@ impl Memory {
     }
 
     /// The resourceVersion of this instance's last write of the Secret.
+    /// Whether the API said no Secret is named `target` (the last time it was asked, for `ts`).
+    pub fn known_absent(&self, ts: &ObjectRef<TokenSource>, target: &str) -> bool {
+        self.lock().get(ts).is_some_and(|r| r.absent.as_deref() == Some(target))
+    }
+
+    /// Remembers that no Secret is named `target`; `None` forgets it (a write of the Secret
+    /// failed: what is there is asked again).
+    pub fn remember_absent(&self, ts: &ObjectRef<TokenSource>, target: Option<&str>) {
+        let mut records = self.lock();
+        match target {
+            Some(t) => records.entry(ts.clone()).or_default().absent = Some(t.into()),
+            None => {
+                if let Some(r) = records.get_mut(ts) {
+                    r.absent = None;
+                }
+            }
+        }
+    }
+
     pub fn written(&self, ts: &ObjectRef<TokenSource>) -> Option<String> {
         self.lock().get(ts).and_then(|r| r.written.clone())
     }
 
-    /// Records a successful write of the Secret over the version `over` the cache showed; it
-    /// ends any failure streak.
+    /// Records a successful write of the Secret over the version `over` the cache showed.
     pub fn remember_written(
         &self,
         ts: &ObjectRef<TokenSource>,
