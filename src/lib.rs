@@ -10,6 +10,7 @@ pub mod dry_run;
 pub mod endpoint;
 pub mod error;
 pub mod leader;
+pub mod limit;
 pub mod metrics;
 pub mod names;
 pub mod providers;

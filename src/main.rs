@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use tokensource_operator::admin::{self, Health};
 use tokensource_operator::controller::{self, Config};
 use tokensource_operator::endpoint::EndpointPolicy;
+use tokensource_operator::limit;
 use tokensource_operator::metrics::Metrics;
 use tokensource_operator::telemetry::{self, LogFormat};
 use tokensource_operator::{crd, leader, schedule, transport};
@@ -60,9 +61,16 @@ struct RunArgs {
     /// How many TokenSources are reconciled at once.
     #[arg(long, default_value_t = 16, env = "CONCURRENCY")]
     concurrency: u16,
-    /// How many requests may be in flight to one token endpoint host.
-    #[arg(long, default_value_t = 4, env = "MAX_REQUESTS_PER_HOST")]
-    max_requests_per_host: usize,
+    /// Where the limit of requests in flight to one token endpoint host starts, and the least
+    /// it falls to when the host throttles, fails or slows down.
+    #[arg(long, default_value_t = 4, env = "MIN_REQUESTS_PER_HOST")]
+    min_requests_per_host: usize,
+    /// The most requests in flight to one token endpoint host, which the limit grows to while
+    /// the host answers quickly: a number for every host, and HOST=N or HOST:PORT=N for one,
+    /// comma-separated (`16,login.example.com=64`). Equal to --min-requests-per-host, the limit
+    /// is fixed.
+    #[arg(long, default_value = "32", value_parser = limit::Ceilings::parse, env = "MAX_REQUESTS_PER_HOST")]
+    max_requests_per_host: limit::Ceilings,
     /// Total timeout for one token request.
     #[arg(long, default_value = "30s", value_parser = parse_duration, env = "REQUEST_TIMEOUT")]
     request_timeout: Duration,
@@ -219,7 +227,8 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         audit_consumers: args.audit_consumers,
         transport: transport::Options {
             timeout: args.request_timeout,
-            per_host: args.max_requests_per_host,
+            per_host_floor: args.min_requests_per_host,
+            per_host_ceilings: Arc::new(args.max_requests_per_host),
             endpoints: Arc::new(EndpointPolicy::parse(&args.allow_endpoint_cidrs, &args.allow_endpoint_hosts)?),
             proxy,
             ..Default::default()

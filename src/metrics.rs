@@ -43,6 +43,8 @@ pub struct Metrics {
     pub reconcile_seconds: Histogram,
     /// The per-TokenSource series, read from the controller's cache at each scrape.
     pub sources: Arc<SourceSeries>,
+    /// The per-host series of request limits, read at each scrape.
+    pub hosts: Arc<HostSeries>,
     pub secret_writes: Counter,
     pub status_writes: Counter,
     pub rollout_restarts: Counter,
@@ -169,6 +171,86 @@ impl Collector for SourceSeries {
     }
 }
 
+/// One token endpoint host's request limit, as [`HostSeries`] exports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostRow {
+    /// `host:port`.
+    pub host: String,
+    pub limit: usize,
+    pub in_flight: usize,
+    /// TokenSources waiting for a request slot of the host.
+    pub waiting: usize,
+    /// Answers that throttled, failed or timed out, since the host was last idle and unused.
+    pub throttled: u64,
+}
+
+type HostView = Arc<dyn Fn() -> Vec<HostRow> + Send + Sync>;
+
+/// The per-host series: each token endpoint host's current request limit, requests in flight,
+/// TokenSources waiting and throttling answers, read at each scrape (a host no TokenSource uses
+/// any more is gone with its limit).
+#[derive(Default)]
+pub struct HostSeries {
+    view: std::sync::RwLock<Option<HostView>>,
+}
+
+impl std::fmt::Debug for HostSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HostSeries")
+    }
+}
+
+impl HostSeries {
+    /// Exports what `view` returns at each scrape.
+    pub fn attach(&self, view: HostView) {
+        *self.view.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(view);
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HostOnly {
+    host: String,
+}
+
+impl Collector for HostSeries {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let view = self.view.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let Some(view) = view else { return Ok(()) };
+        let (limit, in_flight, waiting) = (
+            Family::<HostOnly, Gauge>::default(),
+            Family::<HostOnly, Gauge>::default(),
+            Family::<HostOnly, Gauge>::default(),
+        );
+        let throttled = Family::<HostOnly, Counter>::default();
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        for row in view() {
+            let labels = HostOnly { host: row.host };
+            limit.get_or_create(&labels).set(gauge(row.limit));
+            in_flight.get_or_create(&labels).set(gauge(row.in_flight));
+            waiting.get_or_create(&labels).set(gauge(row.waiting));
+            throttled.get_or_create(&labels).inc_by(row.throttled);
+        }
+        let series: [(&str, &str, &dyn EncodeMetric); 4] = [
+            (
+                "host_request_limit",
+                "How many token requests the host may be sent at once now (it adapts between --min-requests-per-host and --max-requests-per-host)",
+                &limit,
+            ),
+            ("host_requests_in_flight", "Token requests in flight to the host", &in_flight),
+            ("host_requests_waiting", "TokenSources waiting for a request slot of the host", &waiting),
+            (
+                "host_throttled",
+                "Answers of the host that throttled (429), failed (5xx) or timed out, which shrink its limit",
+                &throttled,
+            ),
+        ];
+        for (name, help, metric) in series {
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WatchLabels {
     /// Which watch: `tokensources`, `managed-secrets`, `secret-metadata`.
@@ -185,6 +267,7 @@ impl Default for Metrics {
         let refreshes = Family::<RefreshLabels, Counter>::default();
         let reconcile_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let sources = Arc::new(SourceSeries::default());
+        let hosts = Arc::new(HostSeries::default());
         let secret_writes = Counter::default();
         let status_writes = Counter::default();
         let rollout_restarts = Counter::default();
@@ -208,6 +291,7 @@ impl Default for Metrics {
             reconcile_seconds.clone(),
         );
         registry.register_collector(Box::new(sources.clone()));
+        registry.register_collector(Box::new(hosts.clone()));
         registry.register("secret_writes", "Writes of target Secrets", secret_writes.clone());
         registry.register("status_writes", "Writes of TokenSource status", status_writes.clone());
         registry.register(
@@ -246,6 +330,7 @@ impl Default for Metrics {
             refreshes,
             reconcile_seconds,
             sources,
+            hosts,
             secret_writes,
             status_writes,
             rollout_restarts,

@@ -9,10 +9,9 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
-
 use crate::endpoint::{EndpointPolicy, Refusal, VettingResolver};
 use crate::error::ProviderError;
+use crate::limit::{Answer, Bounds, Ceilings, HostLimit, Permit, Snapshot};
 use sha2::{Digest, Sha256};
 
 use crate::providers::{Method, Request, Tls, hmac};
@@ -23,7 +22,10 @@ pub struct Options {
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub max_body: usize,
-    pub per_host: usize,
+    /// Where each host's limit of requests in flight starts and the least it falls to.
+    pub per_host_floor: usize,
+    /// The most requests in flight to each host.
+    pub per_host_ceilings: Arc<Ceilings>,
     /// Which token endpoints may be reached.
     pub endpoints: Arc<EndpointPolicy>,
     /// The proxy every token request goes through, if any.
@@ -36,7 +38,8 @@ impl Default for Options {
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(30),
             max_body: 1 << 20,
-            per_host: 4,
+            per_host_floor: 4,
+            per_host_ceilings: Arc::default(),
             endpoints: Arc::default(),
             proxy: None,
         }
@@ -88,13 +91,14 @@ impl fmt::Debug for ProxyUrl {
 
 /// A request slot of one host, held while a request is in flight.
 pub struct Slot {
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    permit: Permit,
 }
 
 pub struct Transport {
     client: reqwest::Client,
     options: Options,
-    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Each host's limit of requests in flight, by [`host_key`].
+    hosts: Mutex<HashMap<String, Arc<HostLimit>>>,
     /// Clients for requests with their own TLS material, by a hash of it.
     tls_clients: Mutex<HashMap<[u8; 32], reqwest::Client>>,
 }
@@ -177,17 +181,37 @@ impl Transport {
         Ok(client)
     }
 
-    fn host_limit(&self, url: &url::Url) -> Arc<Semaphore> {
-        let mut hosts = self.hosts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        hosts.entry(host_key(url)).or_insert_with(|| Arc::new(Semaphore::new(self.options.per_host.max(1)))).clone()
+    fn lock_hosts(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<HostLimit>>> {
+        self.hosts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Forgets the request slots of hosts not in `live` (as [`host_key`] names them); a host
-    /// with a request in flight keeps its entry until the next time.
+    fn host_limit(&self, url: &url::Url) -> Arc<HostLimit> {
+        let ceiling = self
+            .options
+            .per_host_ceilings
+            .of(url.host_str().unwrap_or_default(), url.port_or_known_default().unwrap_or(0));
+        let bounds = Bounds::new(self.options.per_host_floor, ceiling);
+        self.lock_hosts().entry(host_key(url)).or_insert_with(|| HostLimit::new(bounds)).clone()
+    }
+
+    /// Forgets the limits of hosts not in `live` (as [`host_key`] names them); a host with a
+    /// request in flight keeps its entry until the next time.
     pub fn retain_hosts(&self, live: &std::collections::HashSet<String>) {
-        let per_host = self.options.per_host.max(1);
-        let mut hosts = self.hosts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        hosts.retain(|h, slots| live.contains(h) || slots.available_permits() < per_host);
+        self.lock_hosts().retain(|h, limit| live.contains(h) || !limit.idle());
+    }
+
+    /// How many more requests the host `host_key` may be sent now, and until when a
+    /// `Retry-After` of it holds every request back (then none may).
+    pub fn free_slots(&self, host_key: &str) -> (usize, Option<std::time::Instant>) {
+        let limit = self.lock_hosts().get(host_key).cloned();
+        limit.map_or((1, None), |l| l.free(std::time::Instant::now()))
+    }
+
+    /// Each host's limit as it is now, by [`host_key`].
+    pub fn hosts(&self) -> Vec<(String, Snapshot)> {
+        let now = std::time::Instant::now();
+        let hosts: Vec<_> = self.lock_hosts().iter().map(|(h, l)| (h.clone(), l.clone())).collect();
+        hosts.into_iter().map(|(h, l)| (h, l.snapshot(now))).collect()
     }
 
     /// One of the request slots of the request's host, if one is free. Waiting for a slot is the
@@ -199,12 +223,28 @@ impl Transport {
     /// One of the request slots of the host of `url`, if one is free: taken before the request
     /// is built when building it costs something (a ServiceAccount token).
     pub fn slot_for(&self, url: &url::Url) -> Option<Slot> {
-        self.host_limit(url).try_acquire_owned().ok().map(|p| Slot { _permit: p })
+        self.host_limit(url).try_acquire(std::time::Instant::now()).map(|permit| Slot { permit })
     }
 
-    /// Sends one attempt in `slot` and returns the reply body of a 2xx answer.
+    /// Sends one attempt in `slot` and returns the reply body of a 2xx answer. How the host
+    /// answered adapts its limit.
     pub async fn send(&self, req: &Request, slot: Slot) -> Result<Vec<u8>, ProviderError> {
-        let _slot = slot;
+        let client = self.client_for(req.tls.as_ref())?;
+        let started = std::time::Instant::now();
+        let result = self.send_in(req, client).await;
+        let answer = match &result {
+            Ok(_) => Answer::Fine(started.elapsed()),
+            Err(ProviderError::Status { status, retry_after, .. }) if *status == 429 || *status >= 500 => {
+                Answer::Overloaded(*retry_after)
+            }
+            Err(ProviderError::Unreachable(_)) => Answer::Overloaded(None),
+            Err(_) => Answer::Neutral,
+        };
+        slot.permit.finish(answer, std::time::Instant::now());
+        result
+    }
+
+    async fn send_in(&self, req: &Request, client: reqwest::Client) -> Result<Vec<u8>, ProviderError> {
         self.options.endpoints.check_url(&req.url).map_err(|r| ProviderError::NotAllowed(r.to_string()))?;
         if self.options.proxy.is_some() {
             self.check_proxied(&req.url).await?;
@@ -214,7 +254,6 @@ impl Transport {
             Method::Post => reqwest::Method::POST,
             Method::Put => reqwest::Method::PUT,
         };
-        let client = self.client_for(req.tls.as_ref())?;
         let mut builder = client.request(method, req.url.clone());
         if let Some(t) = req.timeout.filter(|t| *t < self.options.timeout) {
             builder = builder.timeout(t);

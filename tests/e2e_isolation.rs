@@ -155,3 +155,80 @@ async fn waiting_for_a_busy_host_costs_no_api_request() {
         assert!(env.secret_data(&format!("busy{i}-token")).await.is_some_and(|d| d.contains_key("token")));
     }
 }
+
+/// The value of the per-host series `name` in the operator's metrics, for the fakes' host.
+fn host_series(env: &Env, name: &str) -> Option<f64> {
+    let text = env.metrics.encode();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("tokensource_{name}{{")) && l.contains("127.0.0.1:"))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// A host that answers quickly is sent more requests at once than the floor it starts at, up
+/// to the ceiling, without a flag: a cold start is not capped at four divided by its latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_answers_quickly_is_sent_more_requests_at_once() {
+    let env = Env::start().await;
+    podero_credentials(&env).await;
+    env.fakes.set_reply_delay(fake_providers::Endpoint::Podero, Duration::from_millis(200));
+    let n = 40;
+    for i in 0..n {
+        let mut ts = podero(&env, &format!("quick{i}"), &format!("quick{i}-token"));
+        ts["spec"]["renewal"] = json!({"shareIdenticalRequests": false});
+        env.create(ts).await;
+    }
+    eventually("every TokenSource ready", Duration::from_secs(40), || async {
+        let list = env.sources().list(&Default::default()).await.map_err(|e| e.to_string())?;
+        let ready = list
+            .items
+            .iter()
+            .filter(|ts| {
+                let conditions = ts.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+                conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+            .count();
+        check(ready == n, (), format!("{ready} of {n} ready"))
+    })
+    .await;
+    let limit = host_series(&env, "host_request_limit");
+    let throttled = host_series(&env, "host_throttled_total");
+    eprintln!("after {n} tokens at 200 ms each: limit {limit:?}, throttled {throttled:?}");
+    assert!(limit.is_some_and(|l| l > 4.0), "the limit stayed at the floor: {limit:?}");
+    assert_eq!(throttled, Some(0.0));
+    assert_eq!(env.fakes.calls(fake_providers::Endpoint::Podero), n);
+}
+
+/// A host that says `Retry-After` is sent nothing until then, by any TokenSource, and the
+/// TokenSources that waited for it are called back when the wait ends (not minutes later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_holds_back_every_request_to_the_host_until_it_ends() {
+    let env = Env::start().await;
+    podero_credentials(&env).await;
+    let throttled = json!({"error": "slow_down"});
+    env.fakes.fail_next(fake_providers::Endpoint::Podero, 1, 429, throttled, Some(4));
+    env.create(podero(&env, "first", "first-token")).await;
+    eventually("the throttling answer", WAIT, || async {
+        check(
+            env.fakes.calls(fake_providers::Endpoint::Podero) == 1,
+            (),
+            env.fakes.calls(fake_providers::Endpoint::Podero),
+        )
+    })
+    .await;
+    let held_from = Instant::now();
+    let mut other = podero(&env, "other", "other-token");
+    other["spec"]["oauth2"]["scopes"] = json!(["other"]);
+    env.create(other).await;
+    env.wait_ready("other", "False", "Pending").await;
+    let ready = eventually("the other TokenSource's token", WAIT, || async {
+        let data = env.secret_data("other-token").await;
+        check(data.is_some_and(|d| d.contains_key("token")), held_from.elapsed(), ())
+    })
+    .await;
+    let times = env.fakes.call_times(fake_providers::Endpoint::Podero);
+    let after_429: Vec<_> = times.iter().skip(1).map(|t| t.duration_since(times[0])).collect();
+    eprintln!("requests after the 429: {after_429:?}; the other's token {ready:?} after it was created");
+    assert!(after_429.iter().all(|d| *d >= Duration::from_millis(3900)), "{after_429:?}");
+    assert!(ready < Duration::from_secs(8), "called back {ready:?} after, for a 4 s Retry-After");
+    assert_eq!(host_series(&env, "host_throttled_total"), Some(1.0));
+}

@@ -1,6 +1,8 @@
 //! The fetch step: build the token request for the spec (one provider module per way of asking,
 //! plus the TLS material) and send it.
 
+use std::sync::Arc;
+
 use jiff::Timestamp;
 
 use super::Context;
@@ -36,7 +38,7 @@ impl Context {
     /// fenced like every write: an instance whose fence lapses cuts them off, so it has nothing in
     /// flight once another may lead.
     pub(super) async fn send_token_request(
-        &self,
+        self: &Arc<Self>,
         ts: &TokenSource,
         plan: &Plan,
         creds: &Credentials,
@@ -118,10 +120,39 @@ impl Context {
         Ok(result?)
     }
 
-    /// The slot of `host_key` is free again: the next TokenSource waiting for this host takes it.
-    pub(super) fn slot_freed(&self, host_key: &str) {
-        if let Some(next) = self.waiting.next(host_key) {
-            self.wake(vec![next]);
+    /// Each token endpoint host's request limit, for the metrics.
+    pub(super) fn host_rows(&self) -> Vec<crate::metrics::HostRow> {
+        let waiting: std::collections::HashMap<String, usize> = self.waiting.lengths().into_iter().collect();
+        self.transport
+            .hosts()
+            .into_iter()
+            .map(|(host, s)| crate::metrics::HostRow {
+                waiting: waiting.get(&host).copied().unwrap_or(0),
+                host,
+                limit: if s.held { 0 } else { s.limit },
+                in_flight: s.in_flight,
+                throttled: s.throttled,
+            })
+            .collect()
+    }
+
+    /// A slot of `host_key` is free again: as many TokenSources waiting for this host as it has
+    /// free slots now (its limit may have grown, or shrunk) take them, longest waiting first.
+    /// While the host's `Retry-After` holds every request back, they are called back when it
+    /// ends.
+    pub(super) fn slot_freed(self: &Arc<Self>, host_key: &str) {
+        let (free, held_until) = self.transport.free_slots(host_key);
+        let next: Vec<_> = (0..free).map_while(|_| self.waiting.next(host_key)).collect();
+        self.wake(next);
+        if let Some(until) = held_until
+            && self.waiting.hold(host_key)
+        {
+            let (ctx, host) = (self.clone(), host_key.to_string());
+            tokio::spawn(async move {
+                tokio::time::sleep_until(until.into()).await;
+                ctx.waiting.held_over(&host);
+                ctx.slot_freed(&host);
+            });
         }
     }
 }

@@ -12,6 +12,8 @@ use crate::crd::TokenSource;
 #[derive(Default)]
 pub struct Waiting {
     hosts: Mutex<HashMap<String, Queue>>,
+    /// Hosts whose `Retry-After` holds every request back, with a call-back planned for its end.
+    held: Mutex<HashSet<String>>,
 }
 
 #[derive(Default)]
@@ -32,6 +34,21 @@ impl Waiting {
         if q.queued.insert(ts.clone()) {
             q.order.push_back(ts);
         }
+    }
+
+    /// Plans the call-back of `host`'s waiters when its hold ends: `false` if one is planned.
+    pub fn hold(&self, host: &str) -> bool {
+        self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(host.to_string())
+    }
+
+    /// The hold of `host` ended (its call-back is being made).
+    pub fn held_over(&self, host: &str) {
+        self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(host);
+    }
+
+    /// How many TokenSources wait for each host.
+    pub fn lengths(&self) -> Vec<(String, usize)> {
+        self.lock().iter().map(|(h, q)| (h.clone(), q.order.len())).collect()
     }
 
     /// The TokenSource that has waited longest for `host`, if any.

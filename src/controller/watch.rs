@@ -180,6 +180,8 @@ pub async fn run(
     });
     follow_leadership(&ctx, tx.clone(), health.clone());
     metrics.sources.attach(ctx.sources.clone(), config.leadership.clone());
+    let hosts = Arc::downgrade(&ctx);
+    metrics.hosts.attach(Arc::new(move || hosts.upgrade().map(|ctx| ctx.host_rows()).unwrap_or_default()));
     tracing::info!(namespace = ns.as_deref().unwrap_or("<all>"), "controller running");
     controller
         .with_config(controller::Config::default().concurrency(config.concurrency))
