@@ -106,13 +106,24 @@ fn internal_v6(ip: Ipv6Addr) -> Option<&'static str> {
         "a unique local address (such as a cloud metadata service)"
     } else if ip.is_multicast() {
         "a multicast address"
-    } else if (first, ip.segments()[1]) == (0x0064, 0xff9b) || ip.segments()[..6] == [0; 6] {
-        // NAT64 (64:ff9b::/96, and the local-use 64:ff9b:1::/48 below) and the deprecated
-        // IPv4-compatible form (::a.b.c.d): the embedded IPv4 address decides.
+    } else if ip.segments()[..3] == [0x0064, 0xff9b, 0x0001] {
+        // Where a local NAT64 embeds the IPv4 address depends on its prefix length.
+        "a local-use NAT64 address (64:ff9b:1::/48)"
+    } else if ip.segments()[..6] == [0x0064, 0xff9b, 0, 0, 0, 0]
+        || ip.segments()[..6] == [0; 6]
+        || ip.segments()[..6] == [0, 0, 0, 0, 0xffff, 0]
+    {
+        // NAT64 (64:ff9b::/96), the deprecated IPv4-compatible form (::a.b.c.d) and the
+        // IPv4-translated form (::ffff:0:a.b.c.d): the embedded IPv4 address decides.
         let [.., a, b] = ip.segments();
         return internal_v4(Ipv4Addr::from((u32::from(a) << 16) | u32::from(b)));
-    } else if ip.segments()[..3] == [0x0064, 0xff9b, 0x0001] {
-        "a local-use NAT64 address (64:ff9b:1::/48)"
+    } else if ip.segments()[..2] == [0x2001, 0] {
+        // Teredo tunnels to an IPv4 address hidden in the address: where it leads is not
+        // known here.
+        "a Teredo address (2001::/32)"
+    } else if ip.segments()[..2] == [0x0064, 0xff9b] {
+        // The rest of 64:ff9b::/32 is not assigned; reached through a NAT64 if at all.
+        "an unassigned NAT64 address (64:ff9b::/32)"
     } else if first == 0x2002 {
         // 6to4: the IPv4 address in the second and third segments decides.
         let [_, a, b, ..] = ip.segments();
@@ -302,6 +313,12 @@ mod tests {
             "::10.0.0.1",
             "::127.0.0.1",
             "64:ff9b:1::1",
+            "64:ff9b:1::808:808",
+            "64:ff9b:1:a00:1::",
+            "64:ff9b:2::808:808",
+            "::ffff:0:a00:1",
+            "::ffff:0:7f00:1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
             "2002:a9fe:a9fe::1",
         ] {
             assert!(internal(ip(a)).is_some(), "{a} is internal");
@@ -316,6 +333,9 @@ mod tests {
             "192.0.1.1",
             "223.255.255.255",
             "2002:5db8:d822::1",
+            "64:ff9b::808:808",
+            "::ffff:0:808:808",
+            "2001:4860::8888",
         ] {
             assert!(internal(ip(a)).is_none(), "{a} is public");
         }
