@@ -57,6 +57,9 @@ fn in_flight(ts: &TokenSource) -> String {
     format!("a token request to {} is in flight", endpoint_host(ts))
 }
 
+/// How long a new TokenSource waits for its first token before its status says `Pending`.
+const PENDING_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_secs(3);
+
 /// The shortest a token request may be given: even a nearly expired token gets a real attempt.
 const MIN_ATTEMPT: Duration = Duration::from_secs(5);
 
@@ -576,7 +579,10 @@ impl Context {
         // While it waits, the status says so when there is something to say (no token yet, or
         // the Secret's token expired meanwhile).
         let held = status::Held { expired_at: known.expired_at, valid: known.valid_until.is_some() };
-        let waiting = |why: &str| status::waiting(status.clone(), why, held, (target, generation, now), plan.timeout);
+        let quiet_until = ts.meta().creation_timestamp.as_ref().map(|t| schedule::add(t.0, PENDING_GRACE));
+        let waiting = |why: &str| {
+            status::waiting(status.clone(), why, held, (target, generation, now), plan.timeout, quiet_until)
+        };
         let token = match &key {
             None => {
                 let request = Request { ts, plan: &plan, creds: &creds, upstream: upstream_token, why, uid: &uid };

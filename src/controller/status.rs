@@ -235,12 +235,17 @@ pub fn deferred(status: TokenSourceStatus) -> Outcome {
 /// token nothing is written; without a token yet the status says what it waits for
 /// (`Ready=False, Pending`), and once the token in the Secret has expired (`expired_at`) it says
 /// that, whatever is in flight.
+///
+/// A TokenSource created moments ago (before `quiet_until`) is not told `Pending` yet: its first
+/// token usually comes sooner, and a status write per new TokenSource is saved; it is looked at
+/// again then, and told if it still waits.
 pub fn waiting(
     mut status: TokenSourceStatus,
     why: &str,
     held: Held,
     (target, generation, now): (&str, Option<i64>, Timestamp),
     timeout: Duration,
+    quiet_until: Option<Timestamp>,
 ) -> Outcome {
     let requeue = Some(timeout + Duration::from_secs(5));
     if let Some(at) = held.expired_at {
@@ -248,7 +253,11 @@ pub fn waiting(
         return Outcome { status, requeue, event: None, deferred: false };
     }
     let lost = !held.valid && is_ready(&status);
-    if find(&status, ConditionType::Ready).is_none() || lost {
+    let first = find(&status, ConditionType::Ready).is_none();
+    if let Some(quiet) = quiet_until.filter(|q| first && *q > now) {
+        return Outcome { status, requeue: Some(until(now, quiet)), event: None, deferred: true };
+    }
+    if first || lost {
         let msg = match lost {
             true => format!("Secret {target:?} holds no valid token: {why}"),
             false => format!("no token in Secret {target:?} yet: {why}"),
@@ -354,15 +363,31 @@ mod tests {
             |o: &Outcome| find(&o.status, ConditionType::Ready).map(|c| (c.status.clone(), c.reason.clone()));
         let gone = Held { expired_at: None, valid: false };
         let there = Held { expired_at: None, valid: true };
-        let w = waiting(ready.clone(), "in flight", gone, ("tok", Some(1), t(10)), Duration::from_secs(30));
-        assert_eq!(ready_reason(&w), Some(("False".into(), "Pending".into())));
+        let w =
+            waiting(ready.clone(), "in flight", gone, ("tok", Some(1), t(10)), Duration::from_secs(30), Some(t(12)));
+        assert_eq!(ready_reason(&w), Some(("False".into(), "Pending".into())), "lost: said at once");
         assert!(!w.deferred, "the status is written");
-        let w = waiting(ready.clone(), "in flight", there, ("tok", Some(1), t(10)), Duration::from_secs(30));
+        let w = waiting(ready.clone(), "in flight", there, ("tok", Some(1), t(10)), Duration::from_secs(30), None);
         assert!(w.deferred && is_ready(&w.status), "a valid token in the Secret: nothing to write");
         let b = backing_off(ready.clone(), t(40), gone, "tok", Some(1), t(10));
         assert_eq!(ready_reason(&b), Some(("False".into(), "Pending".into())));
         let b = backing_off(ready, t(40), there, "tok", Some(1), t(10));
         assert!(is_ready(&b.status));
+    }
+
+    #[test]
+    fn a_new_tokensource_is_told_pending_only_if_it_still_waits_moments_later() {
+        let new = TokenSourceStatus::default();
+        let gone = Held { expired_at: None, valid: false };
+        let waiting_at = |now: i64| {
+            waiting(new.clone(), "in flight", gone, ("tok", Some(1), t(now)), Duration::from_secs(30), Some(t(3)))
+        };
+        let early = waiting_at(1);
+        assert!(early.deferred && find(&early.status, ConditionType::Ready).is_none(), "nothing written yet");
+        assert_eq!(early.requeue, Some(Duration::from_secs(2)), "looked at again when the moment is over");
+        let later = waiting_at(3);
+        assert!(!later.deferred);
+        assert_eq!(find(&later.status, ConditionType::Ready).map(|c| c.reason.as_str()), Some("Pending"));
     }
 
     #[test]
