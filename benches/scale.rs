@@ -293,10 +293,40 @@ struct Endpoint {
     view: std::sync::OnceLock<Arc<View>>,
     /// Each call's lateness against that renewal time, in seconds.
     lateness: Mutex<Vec<f64>>,
+    /// How a real provider behaves ([`providers`]): each answer after this long...
+    delay: Mutex<Duration>,
+    /// ...and at most this many tokens a second (a bucket of one second's worth), beyond which
+    /// it answers 429 with `Retry-After: 1`.
+    rate: Mutex<Option<(f64, f64, Instant)>>,
+    /// Answers of 429, with the time of each.
+    throttled: Mutex<Vec<Instant>>,
+    /// The time of each token issued.
+    issued: Mutex<Vec<Instant>>,
 }
 
 async fn token(State(e): State<Arc<Endpoint>>, headers: HeaderMap, body: Bytes) -> Response {
     e.calls.fetch_add(1, Ordering::Relaxed);
+    // A rate limit answers at once, before any work.
+    let allowed = lock(&e.rate).as_mut().is_none_or(|(per_second, bucket, at)| {
+        let now = Instant::now();
+        *bucket = (*bucket + now.duration_since(*at).as_secs_f64() * *per_second).min(*per_second);
+        *at = now;
+        let take = *bucket >= 1.0;
+        if take {
+            *bucket -= 1.0;
+        }
+        take
+    });
+    if !allowed {
+        lock(&e.throttled).push(Instant::now());
+        let mut answer = (StatusCode::TOO_MANY_REQUESTS, axum::Json(json!({"error": "slow_down"}))).into_response();
+        answer.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        return answer;
+    }
+    let delay = *lock(&e.delay);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
     let ok_auth = lock(&e.accepted).iter().any(|a| auth == a);
     let body: Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -309,6 +339,7 @@ async fn token(State(e): State<Arc<Endpoint>>, headers: HeaderMap, body: Bytes) 
         lock(&e.lateness).push(Timestamp::now().duration_since(plan).as_secs_f64());
     }
     lock(&e.log).push((Instant::now(), who));
+    lock(&e.issued).push(Instant::now());
     let n = e.calls.load(Ordering::Relaxed);
     axum::Json(json!({
         "access_token": format!("tok-{n}-{}", rand_suffix()),
@@ -328,15 +359,30 @@ fn basic(secret: &str) -> String {
 }
 
 async fn start_endpoint(lifetime: u64) -> Result<Arc<Endpoint>, BoxError> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/oauth2/token/", listener.local_addr()?);
-    let e = Arc::new(Endpoint { url, lifetime: AtomicU64::new(lifetime), ..Default::default() });
+    Ok(start_endpoints(lifetime, 1).await?.0)
+}
+
+/// One endpoint answering on `hosts` ports (each a host to the operator, as `host:port` keys
+/// its request limits); their URLs.
+async fn start_endpoints(lifetime: u64, hosts: usize) -> Result<(Arc<Endpoint>, Vec<String>), BoxError> {
+    let mut listeners = vec![];
+    for _ in 0..hosts.max(1) {
+        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await?);
+    }
+    let urls: Vec<String> = listeners
+        .iter()
+        .map(|l| Ok::<_, std::io::Error>(format!("http://{}/oauth2/token/", l.local_addr()?)))
+        .collect::<Result<_, _>>()?;
+    let e = Arc::new(Endpoint { url: urls[0].clone(), lifetime: AtomicU64::new(lifetime), ..Default::default() });
     lock(&e.accepted).push(basic(SECRET_A));
     let app = axum::Router::new().route("/oauth2/token/", axum::routing::post(token)).with_state(e.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok(e)
+    for listener in listeners {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+    }
+    Ok((e, urls))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -764,6 +810,107 @@ fn cronjob(sim: &Sim, url: &str, sample: usize) -> Result<f64, BoxError> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Real providers' latency and rate limits
+
+/// One cold start against token endpoints as real providers behave.
+struct ProviderCase {
+    what: String,
+    hosts: usize,
+    delay: Duration,
+    /// The provider's rate limit, tokens a second.
+    rate: Option<f64>,
+}
+
+/// `SCALE_ONLY=providers`: `SCALE_PROVIDER_N` [2000] TokenSources, each its own request, cold
+/// started against an endpoint answering in 20, 100 and 500 ms on one host, in 100 ms on 100
+/// hosts, and in 20 ms on one host that allows `SCALE_PROVIDER_RATE` [200] tokens a second
+/// (429 with `Retry-After: 1` beyond). The operator runs with its default per-host limits.
+async fn providers(bench: &Bench) -> Result<(), BoxError> {
+    let n = env("SCALE_PROVIDER_N", 2000);
+    let rate = env("SCALE_PROVIDER_RATE", 200) as f64;
+    let ms = Duration::from_millis;
+    let cases = [
+        ProviderCase { what: "1 host, 20 ms".into(), hosts: 1, delay: ms(20), rate: None },
+        ProviderCase { what: "1 host, 100 ms".into(), hosts: 1, delay: ms(100), rate: None },
+        ProviderCase { what: "1 host, 500 ms".into(), hosts: 1, delay: ms(500), rate: None },
+        ProviderCase { what: "100 hosts, 100 ms".into(), hosts: 100, delay: ms(100), rate: None },
+        ProviderCase { what: format!("1 host, 20 ms, {rate}/s limit"), hosts: 1, delay: ms(20), rate: Some(rate) },
+    ];
+    // The operator's default ceiling per host.
+    let ceiling = tokensource_operator::limit::DEFAULT_CEILING as f64;
+    // What the API server allows: the two writes per token done by a tight client, on a
+    // cluster like the cases' (measured on the first case's, once its operator has stopped).
+    let mut api_floor = f64::INFINITY;
+    println!(
+        "bound: the smallest of the hosts' ceilings divided by the latency, the rate limit, and the API floor (the two writes per token by a tight client, measured after the first case)"
+    );
+    println!(
+        "| endpoint | TokenSources | all tokens | tokens/s | bound | of the bound | 429s (after the first half) | API requests per TokenSource | operator peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for case in cases {
+        eprintln!("providers: {}", case.what);
+        let sim = Sim::start(&format!("providers-{}", case.hosts)).await?;
+        install(&sim).await?;
+        let (endpoint, urls) = start_endpoints(3600, case.hosts).await?;
+        *lock(&endpoint.delay) = case.delay;
+        *lock(&endpoint.rate) = case.rate.map(|r| (r, r, Instant::now()));
+        let secrets: Api<Secret> = Api::namespaced(sim.client.clone(), NS);
+        secrets.create(&PostParams::default(), &credentials("bench-credentials", SECRET_A)?).await?;
+        let sources: Api<TokenSource> = Api::namespaced(sim.client.clone(), NS);
+        each(n, 32, |i| {
+            let (sources, url) = (sources.clone(), urls[i % urls.len()].clone());
+            async move {
+                sources.create(&PostParams::default(), &token_source(i, &url, "bench-credentials")?).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        let view = Arc::new(View::default());
+        watch(&sim, &view);
+        sim.reset().await?;
+        let log = bench.logs.join(format!("operator-providers-{}.log", case.what.replace([' ', ',', '/'], "-")));
+        let started = Instant::now();
+        let operator = Operator::start(&sim, bench.concurrency, &log)?;
+        let took = wait_for("every token", Duration::from_secs(3600), || view.holding() >= n).await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let peak = usage(operator.pid()).hwm_mib;
+        operator.stop();
+        let counts = sim.counts().await?;
+        if api_floor.is_infinite() {
+            api_floor = floor(&sim, n, bench.concurrency).await?;
+            eprintln!("the floor: {api_floor:.0} tokens/s");
+        }
+        // The bench's own watches (a list and a watch of each resource) are not the operator's.
+        let requests: u64 = counts.iter().filter(|(k, _)| !k.ends_with(" leases")).map(|(_, v)| *v).sum::<u64>()
+            - count(&counts, "list secrets").min(1)
+            - count(&counts, "watch secrets").min(1)
+            - count(&counts, "list tokensources").min(1)
+            - count(&counts, "watch tokensources").min(1);
+        let throttled = lock(&endpoint.throttled).clone();
+        let half = started + took / 2;
+        let late_429 = throttled.iter().filter(|t| **t >= half).count();
+        let late_all = endpoint.calls.load(Ordering::Relaxed) as usize
+            - lock(&endpoint.issued).iter().filter(|t| **t < half).count()
+            - throttled.iter().filter(|t| **t < half).count();
+        let tokens_per_second = n as f64 / took.as_secs_f64();
+        let by_limit = case.hosts as f64 * ceiling / case.delay.as_secs_f64();
+        let bound = case.rate.map_or(by_limit, |r| r.min(by_limit)).min(api_floor);
+        println!(
+            "| {} | {n} | {:.1} s | {tokens_per_second:.0} | {bound:.0}/s | {:.0} % | {} ({late_429} of {late_all}: {:.2} %) | {:.2} ({}) | {peak:.1} MiB |",
+            case.what,
+            took.as_secs_f64(),
+            100.0 * tokens_per_second / bound,
+            throttled.len(),
+            100.0 * late_429 as f64 / late_all.max(1) as f64,
+            requests as f64 / n as f64,
+            per(&counts, n),
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // The report
 
 fn per(counts: &BTreeMap<String, u64>, n: usize) -> String {
@@ -816,6 +963,10 @@ async fn main() -> Result<(), BoxError> {
         logs.display()
     );
 
+    // SCALE_ONLY=providers: cold starts against token endpoints as real providers behave.
+    if std::env::var("SCALE_ONLY").is_ok_and(|v| v == "providers") {
+        return providers(&bench).await;
+    }
     // SCALE_QUICK=1: the cold starts and restarts only (for profiling).
     let quick = env("SCALE_QUICK", 0) == 1;
     // SCALE_ONLY=steady: the steady state alone (for profiling).

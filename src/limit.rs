@@ -1,8 +1,10 @@
 //! How many token requests one host is sent at once: a limit that adapts to how the host
 //! answers, between a floor and a ceiling, as TCP's congestion control does. It starts at the
 //! floor and doubles every round trip (slow start) until the host first throttles, fails, times
-//! out or answers slower than when idle; from then on it grows by about one request per round
-//! trip while the host answers in about its idle time (additive increase), shrinks by a tenth
+//! out or answers slower than when idle; from then on it grows by one request a second while the
+//! host answers in about its idle time (additive increase, paced by the clock rather than by
+//! round trips: rate limits count requests per second, and a host answering in 20 ms would
+//! otherwise be pushed past its limit fifty times a second), shrinks by a tenth
 //! when answers queue, and halves when the host throttles, fails or times out (multiplicative
 //! decrease). A `Retry-After` in a throttling answer holds back every new
 //! request to the host for that long (at most [`MAX_HOLD`]). With the floor equal to the ceiling
@@ -116,7 +118,12 @@ struct State {
     wanted: bool,
     /// No sign of the host's capacity yet: the limit doubles every round trip.
     slow_start: bool,
+    /// When the limit last grew after slow start.
+    last_step: Option<Instant>,
 }
+
+/// How often the limit may grow by one after slow start.
+const STEP_EVERY: Duration = Duration::from_secs(1);
 
 /// What a host's limit shows, for metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,6 +152,7 @@ impl HostLimit {
                 throttled: 0,
                 wanted: false,
                 slow_start: true,
+                last_step: None,
             }),
         })
     }
@@ -209,14 +217,20 @@ impl HostLimit {
                 let queueing = took > best * 2 + Duration::from_millis(50);
                 if queueing {
                     s.slow_start = false;
+                    s.last_step = Some(now);
                     s.limit = (s.limit * 0.9).max(floor);
                 } else if s.wanted || s.in_flight >= s.limit.floor() as usize {
-                    let step = if s.slow_start { 1.0 } else { 1.0 / s.limit };
-                    s.limit = (s.limit + step).min(ceiling);
+                    if s.slow_start {
+                        s.limit = (s.limit + 1.0).min(ceiling);
+                    } else if s.last_step.is_none_or(|at| now.duration_since(at) >= STEP_EVERY) {
+                        s.limit = (s.limit.floor() + 1.0).min(ceiling);
+                        s.last_step = Some(now);
+                    }
                 }
             }
             Answer::Overloaded(retry_after) => {
                 s.slow_start = false;
+                s.last_step = Some(now);
                 s.throttled += 1;
                 s.limit = (s.limit / 2.0).max(floor);
                 if let Some(wait) = retry_after {
@@ -275,14 +289,19 @@ mod tests {
     }
 
     #[test]
-    fn after_the_first_sign_of_trouble_the_limit_grows_about_one_per_round_trip() {
+    fn after_the_first_sign_of_trouble_the_limit_grows_by_one_a_second() {
         let now = Instant::now();
         let host = HostLimit::new(Bounds::new(4, 64));
         run(&host, 2, Answer::Fine(100 * MS), now);
         host.try_acquire(now).unwrap().finish(Answer::Overloaded(None), now);
         assert_eq!(host.snapshot(now).limit, 8, "halved");
-        let after = run(&host, 10, Answer::Fine(100 * MS), now);
-        assert!((16..=19).contains(&after), "{after} after 10 round trips");
+        assert_eq!(run(&host, 10, Answer::Fine(100 * MS), now), 8, "not within the second");
+        let mut at = now;
+        for _ in 0..10 {
+            at += Duration::from_millis(500);
+            run(&host, 5, Answer::Fine(100 * MS), at);
+        }
+        assert_eq!(host.snapshot(at).limit, 13, "five seconds: five more");
     }
 
     #[test]
