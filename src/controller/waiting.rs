@@ -1,6 +1,8 @@
-//! TokenSources waiting: for a request slot of a busy token endpoint host (each is called back,
-//! in the order it came, as soon as a request to that host ends, instead of polling for a slot),
-//! and for the fence of this instance's leadership to be renewed ([`Refused`]).
+//! TokenSources waiting: for a request slot of a busy token endpoint host (each is called back as
+//! soon as a request to that host ends, instead of polling for a slot: namespaces take turns, and
+//! within a namespace in the order they came, so a tenant with many TokenSources on a shared host
+//! does not make another wait behind all of them), and for the fence of this instance's
+//! leadership to be renewed ([`Refused`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
@@ -16,9 +18,11 @@ pub struct Waiting {
     held: Mutex<HashSet<String>>,
 }
 
+/// One host's waiters: a queue per namespace, and the namespaces in turn.
 #[derive(Default)]
 struct Queue {
-    order: VecDeque<ObjectRef<TokenSource>>,
+    by_namespace: HashMap<String, VecDeque<ObjectRef<TokenSource>>>,
+    turns: VecDeque<String>,
     queued: HashSet<ObjectRef<TokenSource>>,
 }
 
@@ -32,7 +36,12 @@ impl Waiting {
         let mut hosts = self.lock();
         let q = hosts.entry(host.to_string()).or_default();
         if q.queued.insert(ts.clone()) {
-            q.order.push_back(ts);
+            let ns = ts.namespace.clone().unwrap_or_default();
+            let queue = q.by_namespace.entry(ns.clone()).or_default();
+            if queue.is_empty() {
+                q.turns.push_back(ns);
+            }
+            queue.push_back(ts);
         }
     }
 
@@ -48,18 +57,28 @@ impl Waiting {
 
     /// How many TokenSources wait for each host.
     pub fn lengths(&self) -> Vec<(String, usize)> {
-        self.lock().iter().map(|(h, q)| (h.clone(), q.order.len())).collect()
+        self.lock().iter().map(|(h, q)| (h.clone(), q.queued.len())).collect()
     }
 
-    /// The TokenSource that has waited longest for `host`, if any.
+    /// The next TokenSource to take a slot of `host`, if any waits: the one that has waited
+    /// longest in the namespace whose turn it is.
     pub fn next(&self, host: &str) -> Option<ObjectRef<TokenSource>> {
         let mut hosts = self.lock();
         let q = hosts.get_mut(host)?;
-        let next = q.order.pop_front();
+        let next = q.turns.pop_front().and_then(|ns| {
+            let queue = q.by_namespace.get_mut(&ns)?;
+            let next = queue.pop_front();
+            if queue.is_empty() {
+                q.by_namespace.remove(&ns);
+            } else {
+                q.turns.push_back(ns);
+            }
+            next
+        });
         if let Some(n) = &next {
             q.queued.remove(n);
         }
-        if q.order.is_empty() {
+        if q.turns.is_empty() {
             hosts.remove(host);
         }
         next
@@ -110,5 +129,20 @@ mod tests {
         assert_eq!(w.next("a:443"), None);
         assert_eq!(w.next("b:443"), Some(r("three")));
         assert!(w.lock().is_empty(), "no empty queues are kept");
+    }
+
+    #[test]
+    fn namespaces_take_turns() {
+        let w = Waiting::default();
+        let r = |ns: &str, n: &str| ObjectRef::<TokenSource>::new(n).within(ns);
+        for i in 0..3 {
+            w.wait("idp:443", r("busy", &format!("a{i}")));
+        }
+        w.wait("idp:443", r("quiet", "b0"));
+        w.wait("idp:443", r("other", "c0"));
+        let order: Vec<_> = std::iter::from_fn(|| w.next("idp:443")).map(|r| r.name).collect();
+        assert_eq!(order, ["a0", "b0", "c0", "a1", "a2"]);
+        assert_eq!(w.lengths(), vec![]);
+        assert!(w.lock().is_empty());
     }
 }
