@@ -83,6 +83,45 @@ async fn every_example_flow_gets_a_valid_token() {
     env.assert_nothing_leaks(&needles, &targets.map(|t| t.1)).await;
 }
 
+/// A chained TokenSource whose upstream has no token yet sends nothing and takes none of the
+/// host's request slots: a request started without the upstream token failed only once it had a
+/// slot, which could be after the upstream's Secret event had come and gone, and the chain then
+/// waited for the next event, the upstream's renewal an hour later (seen as a payout Secret
+/// never written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_whose_upstream_has_no_token_yet_takes_no_request_slot() {
+    let mut env = Env::start().await;
+    // One request at a time to the fakes' host, and the management token takes two seconds.
+    env.stop_operator().await;
+    env.config.transport.per_host_floor = 1;
+    env.config.transport.per_host_ceilings =
+        std::sync::Arc::new(tokensource_operator::limit::Ceilings { default: 1, ..Default::default() });
+    env.start_operator();
+    env.fakes.set_reply_delay(Endpoint::ImburseManagement, Duration::from_secs(2));
+    apply_examples(&env, &["imburse-tenant-key.yaml", "imburse-management.yaml"]).await;
+    eventually("the management request under way", WAIT, || async {
+        let calls = env.fakes.calls(Endpoint::ImburseManagement);
+        check(calls >= 1, (), calls)
+    })
+    .await;
+    apply_examples(&env, &["imburse-payout-from-management.yaml"]).await;
+    let m = env.wait_ready("imburse-payout", "False", "WaitingForUpstream").await;
+    assert!(m.contains("no valid token yet"), "{m}");
+    let waiting = env
+        .metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("tokensource_host_requests_waiting{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    assert_eq!(waiting, 0.0, "nothing waits for the host's slot while the chain has no upstream token");
+    assert!(env.fakes.calls(Endpoint::ImburseManagement) == 1 && env.fakes.calls(Endpoint::ImbursePayout) == 0);
+    // The upstream's token arrives, and with it the chain's request.
+    let token = env.wait_token("imburse-payout-token", None).await;
+    assert!(env.fakes.is_valid(&token));
+    assert_eq!(env.fakes.calls(Endpoint::ImbursePayout), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chain_survives_upstream_refreshes_and_reports_its_loss() {
     let env = Env::start().await;

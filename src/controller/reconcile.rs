@@ -538,7 +538,17 @@ impl Context {
             }
             Decision::Fetch { why } => why,
         };
-        let upstream_token = upstream.as_ref().and_then(|u| self.upstream_token(u, now));
+        // A chained request is not started without its upstream token: one that went out without
+        // it would fail later, after the upstream's Secret event that should have woken this
+        // TokenSource had come and gone, and it would wait for the next event, an hour away.
+        let upstream_token =
+            match &upstream {
+                Some(u) => Some(self.upstream_token(u, now).ok_or_else(|| Error::Upstream {
+                    name: u.name_any(),
+                    state: crate::error::UpstreamState::NotReady,
+                })?),
+                None => None,
+            };
         if let Some(t) = &upstream_token {
             known.redactor.add(t.as_bytes());
             known.upstream = Some(digest(t));
