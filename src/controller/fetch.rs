@@ -21,13 +21,16 @@ use crate::transport::Slot;
 impl Context {
     /// A request slot of the host of the spec's token endpoint, with the host's key; `None` when
     /// every slot is taken, after queueing `ts` to be called back as soon as one frees.
-    pub(super) fn take_slot(&self, ts: &TokenSource) -> Result<Option<(Slot, String)>, Error> {
+    pub(super) fn take_slot(self: &Arc<Self>, ts: &TokenSource) -> Result<Option<(Slot, String)>, Error> {
         let url = request_url(ts, self.config.allow_http)?;
         let host_key = crate::transport::host_key(&url);
         match self.transport.slot_for(&url) {
             Some(slot) => Ok(Some((slot, host_key))),
             None => {
                 self.waiting.wait(&host_key, ObjectRef::from_obj(ts));
+                // Every request to the host may have ended (or its hold with them) between the
+                // look for a slot and the queueing: their call-backs found no one waiting.
+                self.slot_freed(&host_key);
                 Ok(None)
             }
         }
