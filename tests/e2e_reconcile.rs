@@ -361,7 +361,22 @@ async fn a_secret_write_refused_for_good_is_retried_after_a_backoff_not_in_a_loo
 /// was deleted meanwhile and got the token in hand back: that write is no new token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_manual_refresh_is_still_owed_after_the_secret_got_its_token_back() {
+    failed_manual_refresh_is_still_owed(&Env::start().await, false).await;
+}
+
+/// The same, when the write-back of the token in hand is itself refused once: that failure
+/// does not make the operator forget the token it still owes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_manual_refresh_is_still_owed_after_its_write_back_failed_once() {
     let env = Env::start().await;
+    if env.sim.is_none() {
+        env.kubesim_only("kubesim only: the API server must refuse one Secret write");
+        return;
+    }
+    failed_manual_refresh_is_still_owed(&env, true).await;
+}
+
+async fn failed_manual_refresh_is_still_owed(env: &Env, fail_write_back: bool) {
     podero_credentials(&env).await;
     env.create(podero(&env, "api", "api-token")).await;
     let first = env.wait_token("api-token", None).await;
@@ -379,6 +394,10 @@ async fn a_failed_manual_refresh_is_still_owed_after_the_secret_got_its_token_ba
     })
     .await;
     assert_eq!(env.fakes.calls(Endpoint::Podero), 2);
+    if let (true, Some(sim)) = (fail_write_back, env.sim.as_ref()) {
+        let write = kubesim::Matcher::new("patch", "secrets").named(&env.ns, "api-token");
+        sim.faults().fail_next(write, 1, 500, None);
+    }
     env.secrets().delete("api-token", &Default::default()).await.unwrap();
     let restored = env.wait_token("api-token", None).await;
     assert_eq!(restored, first, "the token in hand came back at once, without a request");
@@ -391,6 +410,9 @@ async fn a_failed_manual_refresh_is_still_owed_after_the_secret_got_its_token_ba
     .await;
     assert!(env.fakes.is_valid(&renewed));
     assert_eq!(env.fakes.calls(Endpoint::Podero), 3);
+    let at = env.fakes.call_times(Endpoint::Podero);
+    let waited = at[2].duration_since(at[1]);
+    assert!(waited >= Duration::from_millis(7900), "the provider's Retry-After (8 s) was kept: {waited:?}");
 }
 
 /// A Secret deleted while its renewal is in flight gets the token in hand back, and the new

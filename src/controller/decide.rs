@@ -101,7 +101,9 @@ pub fn backoff_pending(
     if let Some(f) = remembered {
         // A refusal of a request that carried an upstream token ends with that token.
         let same_upstream = f.upstream.is_none_or(|u| Some(u) == upstream);
-        return (f.fingerprint == fingerprint && same_upstream && f.retry_at > now).then_some(f.retry_at);
+        // A provider's backoff outlasts a later failure of another kind (a refused write).
+        let until = f.owed_from.map_or(f.retry_at, |owed| owed.max(f.retry_at));
+        return (f.fingerprint == fingerprint && same_upstream && until > now).then_some(until);
     }
     if status.failed_renewal_attempts == 0 || failed_generation != generation {
         return None;
@@ -261,7 +263,7 @@ mod tests {
             fingerprint: "fp".into(),
             retry_at: t(30),
             failures: 1,
-            provider: true,
+            owed_from: Some(t(30)),
             upstream: None,
             refused_write: None,
         };
@@ -271,6 +273,12 @@ mod tests {
             backoff_pending(Some(&record), &none, None, Some(1), ("fp", None), t(30)),
             None,
             "its time has come"
+        );
+        let write_refused_since = FailureRecord { retry_at: t(5), ..record.clone() };
+        assert_eq!(
+            backoff_pending(Some(&write_refused_since), &none, None, Some(1), ("fp", None), t(10)),
+            Some(t(30)),
+            "a write refused after the provider failed does not cut the provider's backoff short"
         );
         let chained = FailureRecord { upstream: Some(7), ..record.clone() };
         assert_eq!(backoff_pending(Some(&chained), &none, None, Some(1), ("fp", Some(7)), t(10)), Some(t(30)));

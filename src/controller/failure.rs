@@ -91,12 +91,12 @@ pub fn on_failure(input: FailureInput<'_>) -> (Outcome, Option<FailureRecord>) {
     let requeue = match class {
         Some(class) => {
             let at = schedule::retry_at(clock, failures, class, error.retry_after(), valid_until, jitter);
-            let provider = matches!(error, Error::FetchToken(_));
+            let owed_from = matches!(error, Error::FetchToken(_)).then_some(at);
             record = fingerprint.map(|fp| FailureRecord {
                 fingerprint: fp.to_string(),
                 retry_at: at,
                 failures,
-                provider,
+                owed_from,
                 upstream: None,
                 refused_write: None,
             });
@@ -214,7 +214,7 @@ mod tests {
                 fingerprint: "fp".into(),
                 retry_at: t(2),
                 failures: 1,
-                provider: true,
+                owed_from: Some(t(2)),
                 upstream: None,
                 refused_write: None,
             })

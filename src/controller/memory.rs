@@ -26,9 +26,11 @@ pub struct FailureRecord {
     pub retry_at: Timestamp,
     /// Consecutive failures so far.
     pub failures: u32,
-    /// The token endpoint failed or refused: a new token is still owed, and is retried after
-    /// the backoff even while the one in hand is valid (after a failed manual refresh).
-    pub provider: bool,
+    /// The token endpoint failed or refused: a new token is still owed, and is asked for after
+    /// this time (the provider's backoff, its `Retry-After`) even while the one in hand is
+    /// valid (after a failed manual refresh). A later failure of another kind for the same
+    /// request (a refused write) keeps it.
+    pub owed_from: Option<Timestamp>,
     /// A digest of the upstream token the failed request carried (chained TokenSources): the
     /// upstream's next token ends the backoff.
     pub upstream: Option<u64>,
@@ -166,7 +168,11 @@ impl Memory {
         if let Some(r) = self.lock().get_mut(ts)
             && r.failure.as_ref().is_some_and(|f| f.refused_write.is_some())
         {
-            r.failure = None;
+            // A token the provider still owes stays owed, after its own backoff.
+            r.failure = r.failure.take().and_then(|f| {
+                let owed_from = f.owed_from?;
+                Some(Box::new(FailureRecord { retry_at: owed_from, refused_write: None, ..*f }))
+            });
         }
     }
 
@@ -342,7 +348,7 @@ mod tests {
             fingerprint: "fp".into(),
             retry_at: at(30),
             failures: 2,
-            provider: true,
+            owed_from: Some(at(30)),
             upstream: None,
             refused_write: None,
         };
@@ -351,7 +357,11 @@ mod tests {
         m.remember_written(&r, Some("42".into()), None);
         m.forget_refused_write(&r);
         assert_eq!(m.failure(&r), Some(f.clone()), "a failed token request is still owed");
-        m.remember_failure(&r, FailureRecord { provider: false, refused_write: Some("shape@1".into()), ..f });
+        let write = Some("shape@1".to_string());
+        m.remember_failure(&r, FailureRecord { retry_at: at(5), refused_write: write.clone(), ..f.clone() });
+        m.forget_refused_write(&r);
+        assert_eq!(m.failure(&r), Some(f.clone()), "the write went through: the token is still owed from its time");
+        m.remember_failure(&r, FailureRecord { owed_from: None, refused_write: write, ..f });
         m.forget_refused_write(&r);
         assert!(m.cache_behind_write(&r, None, std::time::Duration::from_secs(5)), "the cache has not seen it");
         assert!(!m.cache_behind_write(&r, Some("42"), std::time::Duration::from_secs(5)), "the cache has it");

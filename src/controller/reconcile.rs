@@ -446,7 +446,7 @@ impl Context {
         let missing = decide::missing(stored.as_ref(), &fingerprint);
         // A manual refresh fetches whatever the token in hand; a token the provider failed to
         // give (a failed manual refresh) is still owed, after the backoff.
-        let owed = self.memory.failure(&me).is_some_and(|f| f.provider && f.fingerprint == fingerprint);
+        let owed = self.memory.failure(&me).is_some_and(|f| f.owed_from.is_some() && f.fingerprint == fingerprint);
         // Identical requests share one token: a newer one a sharer got is taken at once.
         let key = ts.spec.renewal.share_identical_requests.then(|| decide::request_key(ts, &request, &creds));
         match (&key, &in_hand) {
@@ -853,7 +853,14 @@ impl Context {
             clock: Timestamp::now().max(now),
             jitter: rand::random::<f64>(),
         });
-        if let Some(record) = record {
+        if let Some(mut record) = record {
+            // A token the provider failed to give is still owed after a failure of another kind
+            // (a write-back of the token in hand refused, say), for the same request, and not
+            // asked for before the provider's own backoff ends.
+            if record.owed_from.is_none() {
+                record.owed_from =
+                    self.memory.failure(&me).filter(|p| p.fingerprint == record.fingerprint).and_then(|p| p.owed_from);
+            }
             let refused_write = known.write.filter(|_| matches!(error, Error::ApplySecret(_)));
             // Only a refusal can be the upstream token's fault: the upstream's next token ends
             // that backoff, not the backoff from an endpoint that is down or throttling.
