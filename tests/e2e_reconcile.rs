@@ -377,15 +377,15 @@ async fn a_failed_manual_refresh_is_still_owed_after_its_write_back_failed_once(
 }
 
 async fn failed_manual_refresh_is_still_owed(env: &Env, fail_write_back: bool) {
-    podero_credentials(&env).await;
-    env.create(podero(&env, "api", "api-token")).await;
+    podero_credentials(env).await;
+    env.create(podero(env, "api", "api-token")).await;
     let first = env.wait_token("api-token", None).await;
     env.wait_ready("api", "True", "TokenValid").await;
     // Past the renewal floor, so the refresh is made at once.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let unavailable = json!({"error": "temporarily_unavailable"});
     env.fakes.fail_next(Endpoint::Podero, 1, 503, unavailable, Some(8));
-    annotate(&env, "api", &jiff::Timestamp::now().to_string()).await;
+    annotate(env, "api", &jiff::Timestamp::now().to_string()).await;
     eventually("the refresh's failure in Degraded", WAIT, || async {
         let st = env.status("api").await?;
         let degraded =
