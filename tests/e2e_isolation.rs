@@ -111,7 +111,7 @@ async fn endpoints_that_never_answer_in_one_namespace_do_not_delay_another() {
 async fn waiting_for_a_busy_host_costs_no_api_request() {
     let env = Env::start().await;
     let Some(sim) = env.sim.as_ref() else {
-        env.kubesim_only("kubesim only: it counts the operator's requests");
+        env.kubesim_only("it counts the operator's requests");
         return;
     };
     podero_credentials(&env).await;

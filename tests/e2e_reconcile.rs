@@ -224,9 +224,30 @@ async fn orphan_is_applied_while_renewals_fail_even_when_the_token_cannot_be_ren
         check(status.failed_renewal_attempts >= 1, (), status)
     })
     .await;
-    eventually("the owner reference gone", WAIT, || async {
+    let owners = || async {
         let secret = env.secrets().get("api-token").await.map_err(|e| e.to_string())?;
-        let owners = secret.metadata.owner_references.unwrap_or_default();
+        let claim = kube::ResourceExt::annotations(&secret).get("tokensource.dev/owner-uid").cloned();
+        let owners: Vec<String> = kube::ResourceExt::owner_references(&secret).iter().map(|r| r.name.clone()).collect();
+        Ok::<_, String>((owners, claim))
+    };
+    let uid = env.sources().get("api").await.unwrap().metadata.uid;
+    let policy = |p: &str| json!({"spec": {"target": {"creationPolicy": p}}});
+    eventually("the owner reference gone", WAIT, || async {
+        let (owners, claim) = owners().await?;
+        check(owners.is_empty() && claim == uid, (), (owners, claim))
+    })
+    .await;
+    assert_eq!(env.secret_data("api-token").await.unwrap(), before, "the Secret's token is the one it had");
+    // Back to Owner before any token could be rendered: the reference comes back the same way.
+    env.sources().patch("api", &PatchParams::default(), &Patch::Merge(&policy("Owner"))).await.unwrap();
+    eventually("the owner reference back", WAIT, || async {
+        let (owners, claim) = owners().await?;
+        check(owners == ["api"] && claim == uid, (), (owners, claim))
+    })
+    .await;
+    env.sources().patch("api", &PatchParams::default(), &Patch::Merge(&policy("Orphan"))).await.unwrap();
+    eventually("the owner reference gone again", WAIT, || async {
+        let (owners, _) = owners().await?;
         check(owners.is_empty(), (), owners)
     })
     .await;
@@ -318,7 +339,7 @@ async fn a_config_map_created_after_its_tokensource_is_found() {
 async fn a_secret_write_refused_for_good_is_retried_after_a_backoff_not_in_a_loop() {
     let env = Env::start().await;
     let Some(sim) = env.sim.as_ref() else {
-        env.kubesim_only("kubesim only: the API server must refuse the Secret's writes");
+        env.kubesim_only("the API server must refuse the Secret's writes");
         return;
     };
     podero_credentials(&env).await;
@@ -370,7 +391,7 @@ async fn a_failed_manual_refresh_is_still_owed_after_the_secret_got_its_token_ba
 async fn a_failed_manual_refresh_is_still_owed_after_its_write_back_failed_once() {
     let env = Env::start().await;
     if env.sim.is_none() {
-        env.kubesim_only("kubesim only: the API server must refuse one Secret write");
+        env.kubesim_only("the API server must refuse one Secret write");
         return;
     }
     failed_manual_refresh_is_still_owed(&env, true).await;
@@ -422,7 +443,7 @@ async fn failed_manual_refresh_is_still_owed(env: &Env, fail_write_back: bool) {
 async fn a_token_arriving_after_a_write_back_is_written_over_the_secret_written_back() {
     let env = Env::start().await;
     let Some(sim) = env.sim.as_ref() else {
-        env.kubesim_only("kubesim only: the API server must be slow to write one Secret");
+        env.kubesim_only("the API server must be slow to write one Secret");
         return;
     };
     env.fakes.set_lifetime(Endpoint::Podero, Duration::from_secs(8));

@@ -19,7 +19,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::{Context, MANAGER};
-use crate::crd::TokenSource;
+use crate::crd::{CreationPolicy, TokenSource};
 use crate::error::Error;
 use crate::secret::Stored;
 
@@ -74,21 +74,31 @@ impl Context {
         Ok(written.metadata.resource_version)
     }
 
-    /// Removes the TokenSource's owner reference from its Secret, and nothing else:
-    /// `creationPolicy: Orphan` applied while the token cannot be written again (the garbage
-    /// collector would otherwise delete the Secret with the TokenSource). The Secret is read
-    /// whole (other owners' references stay) and written only if it has not changed since.
-    /// Returns the resourceVersion after the write; `None` if there was nothing to remove.
-    pub(super) async fn release_secret(&self, ts: &TokenSource) -> Result<Option<String>, Error> {
+    /// Makes the TokenSource's owner reference on its Secret what `creationPolicy` asks, and
+    /// nothing else: the policy applied while the token cannot be written again (under
+    /// `Orphan` the garbage collector would otherwise delete the Secret with the TokenSource;
+    /// back to `Owner`, it would keep it). The Secret is read whole (other owners' references
+    /// stay) and written only if it has not changed since; the owner-uid annotation keeps its
+    /// claim whatever the references say. Returns the resourceVersion after the write; `None`
+    /// if there was nothing to change.
+    pub(super) async fn set_owner_reference(&self, ts: &TokenSource) -> Result<Option<String>, Error> {
         let uid = ts.meta().uid.as_deref().unwrap_or_default();
         let api = self.api::<Secret>(&ts.namespace().unwrap_or_default());
         let name = &ts.spec.target.name;
         let Some(secret) = api.get_opt(name).await.map_err(Error::Kube)? else { return Ok(None) };
-        if !crate::secret::owned_by(&secret, uid) {
+        let owned = ts.spec.target.creation_policy == CreationPolicy::Owner;
+        if crate::secret::owned_by(&secret, uid) == owned {
             return Ok(None);
         }
-        let others: Vec<_> = secret.owner_references().iter().filter(|r| r.uid != uid).cloned().collect();
-        let patch = json!({"metadata": {"ownerReferences": others, "resourceVersion": secret.resource_version()}});
+        let mut references: Vec<_> = secret.owner_references().iter().filter(|r| r.uid != uid).cloned().collect();
+        if owned {
+            references.extend(ts.controller_owner_ref(&()));
+        }
+        let patch = json!({"metadata": {
+            "ownerReferences": references,
+            "annotations": {crate::secret::OWNER_UID_ANNOTATION: uid},
+            "resourceVersion": secret.resource_version(),
+        }});
         let params = PatchParams { field_manager: Some(MANAGER.into()), ..PatchParams::default() };
         let write = async { api.patch(name, &params, &Patch::Merge(&patch)).await.map_err(Error::ApplySecret) };
         let written = self.config.leadership.fenced(write).await?;

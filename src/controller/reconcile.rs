@@ -771,7 +771,12 @@ impl Context {
         known: &mut Known,
     ) -> Result<Reshaped, Error> {
         let (Some(secret), Some(stored)) = (secret, stored) else { return Ok(Reshaped::Unchanged) };
-        if !stored.has_token || stored.shape.as_deref() == Some(shape) {
+        let uid = ts.meta().uid.as_deref().unwrap_or_default();
+        // The owner reference, set apart from the data while the token could not be rendered
+        // again, may be all that differs from what the policy asks.
+        let owned = ts.spec.target.creation_policy == CreationPolicy::Owner;
+        let reference_right = secret::owned_by(secret, uid) == owned;
+        if !stored.has_token || (stored.shape.as_deref() == Some(shape) && reference_right) {
             return Ok(Reshaped::Unchanged);
         }
         let me = ObjectRef::from_obj(ts);
@@ -786,11 +791,10 @@ impl Context {
         });
         let (Some(fingerprint), Some(token)) = (fingerprint, token) else {
             // Whatever else waits for the next token, a Secret the user asked to keep is not
-            // left for the garbage collector.
-            let uid = ts.meta().uid.as_deref().unwrap_or_default();
-            if ts.spec.target.creation_policy == CreationPolicy::Orphan && secret::owned_by(secret, uid) {
+            // left for the garbage collector, nor one to be collected kept.
+            if !reference_right {
                 let over = secret.resource_version();
-                if let Some(version) = self.release_secret(ts).await? {
+                if let Some(version) = self.set_owner_reference(ts).await? {
                     self.memory.remember_written(&me, Some(version), over);
                     return Ok(Reshaped::Written);
                 }
