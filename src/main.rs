@@ -32,6 +32,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller.
+    // A flag given twice takes its last value (an install's extra arguments override its own).
+    #[command(args_override_self = true)]
     Run(RunArgs),
     /// Print the TokenSource CustomResourceDefinition as YAML.
     Crd,
@@ -264,4 +266,27 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flag_given_twice_takes_its_last_value() {
+        let cli = Cli::try_parse_from([
+            "tokensource-operator",
+            "run",
+            "--concurrency=8",
+            "--leader-elect",
+            "--concurrency=32",
+            "--leader-elect",
+        ])
+        .map_err(|e| e.to_string());
+        match cli.map(|c| c.command) {
+            Ok(Command::Run(args)) => assert!(args.concurrency == 32 && args.leader_elect),
+            Ok(Command::Crd) => panic!("parsed as crd"),
+            Err(e) => panic!("{e}"),
+        }
+    }
 }

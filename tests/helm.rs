@@ -266,12 +266,91 @@ fn mistakes_in_values_fail_with_a_clear_message() {
         (3, "leaderElection.leaseDuration=15", "leaseDuration"),
         (3, "features.rolloutRestrat=true", "rolloutRestrat"),
         (3, "leaderElection.enabled=false", "replicaCount above 1 needs leaderElection.enabled"),
+        (3, "leaderElection.leaseDuration=1.5s", "leaseDuration"),
+        (3, "leaderElection.renewDeadline=20s", "leaseDuration must be longer than leaderElection.renewDeadline"),
+        (4, "leaderElection.retryPeriod=9s", "renewDeadline must be longer than 1.2 × leaderElection.retryPeriod"),
+        (3, "endpointPolicy.allowCIDRs={10.0.0.0/33}", "allowCIDRs"),
+        (3, "endpointPolicy.allowCIDRs={::::/999}", "allowCIDRs"),
     ] {
         let (ok, _, err) = template(major, None, &["--set", set]);
         assert!(!ok && err.contains(says), "helm {major} --set {set}: wanted an error naming {says:?}, got: {err}");
     }
     let (ok, _, err) = template(3, None, &["--set", "leaderElection.enabled=false", "--set", "replicaCount=1"]);
     assert!(ok, "one replica without leader election is fine: {err}");
+}
+
+/// What a release named otherwise, a single replica, the namespaced mode with features, and
+/// extra network rules render: alerts that match the release's scrape job, no disruption budget
+/// that would block every node drain, no cluster-wide rules the namespaced mode does not need.
+#[test]
+fn the_chart_fits_other_names_one_replica_and_the_namespaced_mode() {
+    if skipped() {
+        return;
+    }
+    let render = |release: &str, sets: &[&str]| {
+        let mut cmd = Command::new(helm(3));
+        cmd.args(["template", release, CHART, "--namespace", "ops"]);
+        for set in sets {
+            cmd.args(["--set", set]);
+        }
+        let out = cmd.output().expect("helm runs");
+        assert!(out.status.success(), "{sets:?}: {}", String::from_utf8_lossy(&out.stderr));
+        parse(&String::from_utf8_lossy(&out.stdout)).into_iter().filter(|d| !d.is_null()).collect::<Vec<_>>()
+    };
+    let docs = render("tokens", &["prometheus.serviceMonitor.enabled=true", "prometheus.prometheusRule.enabled=true"]);
+    let service = docs.iter().find(|d| d["kind"] == "Service").expect("the Service");
+    let job = service["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    assert_eq!(job, "tokens-tokensource-operator");
+    let rules = docs.iter().find(|d| d["kind"] == "PrometheusRule").expect("the rules").to_string();
+    assert!(rules.contains(&format!("job=\\\"{job}\\\"")), "the alerts name the Service's job: {rules}");
+    assert!(!rules.contains("job=\\\"tokensource-operator\\\""), "{rules}");
+
+    let one = render("tokensource-operator", &["replicaCount=1", "leaderElection.enabled=false"]);
+    assert!(!one.iter().any(|d| d["kind"] == "PodDisruptionBudget"), "a budget for the only replica");
+    let two = render("tokensource-operator", &["podDisruptionBudget.maxUnavailable=1"]);
+    let pdb = two.iter().find(|d| d["kind"] == "PodDisruptionBudget").expect("the budget");
+    assert!(pdb["spec"]["maxUnavailable"] == 1 && pdb["spec"]["minAvailable"].is_null(), "{pdb}");
+
+    let namespaced = render(
+        "tokensource-operator",
+        &[
+            "scope.type=Namespace",
+            "scope.namespace=apps",
+            "features.rolloutRestart=true",
+            "features.auditConsumers=true",
+            "features.workloadIdentity=true",
+        ],
+    );
+    let cluster_wide: Vec<String> = namespaced
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole")
+        .map(|d| d["metadata"]["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(cluster_wide, ["tokensource-operator-token-review"], "only token reviews are cluster-scoped");
+    for name in ["rollout-restart", "audit-consumers", "serviceaccount-token"] {
+        for kind in ["Role", "RoleBinding"] {
+            let name = format!("tokensource-operator-{name}");
+            assert!(
+                namespaced.iter().any(|d| d["kind"] == kind
+                    && d["metadata"]["name"] == name.as_str()
+                    && d["metadata"]["namespace"] == "apps"),
+                "{kind} {name} in apps"
+            );
+        }
+    }
+
+    let policy = render(
+        "tokensource-operator",
+        &[
+            "networkPolicy.enabled=true",
+            "networkPolicy.extraEgress[0].ports[0].port=8443",
+            "networkPolicy.extraIngress[0].ports[0].port=9090",
+        ],
+    );
+    let np = policy.iter().find(|d| d["kind"] == "NetworkPolicy").expect("the NetworkPolicy");
+    assert_eq!(np["spec"]["egress"].as_array().map(Vec::len), Some(3), "{np}");
+    assert_eq!(np["spec"]["egress"][2]["ports"][0]["port"], 8443);
+    assert_eq!(np["spec"]["ingress"][1]["ports"][0]["port"], 9090);
 }
 
 /// The values table of the chart's README, generated from the `# --` comments of values.yaml.

@@ -65,3 +65,36 @@ subjects:
     name: {{ include "tokensource-operator.serviceAccountName" .root }}
     namespace: {{ .root.Release.Namespace }}
 {{- end }}
+
+{{/* A duration such as 1h30m or 500ms (the operator's own format) in milliseconds. */}}
+{{- define "tokensource-operator.milliseconds" -}}
+{{- $units := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 -}}
+{{- $total := 0 -}}
+{{- range regexFindAll "[0-9]+(ms|s|m|h)" . -1 -}}
+{{- $n := regexFind "^[0-9]+" . -}}
+{{- $total = add $total (mul (int64 $n) (get $units (trimPrefix $n .))) -}}
+{{- end -}}
+{{- $total -}}
+{{- end }}
+
+{{/* A RoleBinding in the watched namespace (namespaced mode) or a ClusterRoleBinding. */}}
+{{- define "tokensource-operator.binding" -}}
+{{- $namespaced := eq .root.Values.scope.type "Namespace" -}}
+apiVersion: rbac.authorization.k8s.io/v1
+kind: {{ ternary "RoleBinding" "ClusterRoleBinding" $namespaced }}
+metadata:
+  name: {{ .name }}
+  {{- if $namespaced }}
+  namespace: {{ include "tokensource-operator.watchNamespace" .root }}
+  {{- end }}
+  labels:
+    {{- include "tokensource-operator.labels" .root | nindent 4 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: {{ ternary "Role" "ClusterRole" $namespaced }}
+  name: {{ .name }}
+subjects:
+  - kind: ServiceAccount
+    name: {{ include "tokensource-operator.serviceAccountName" .root }}
+    namespace: {{ .root.Release.Namespace }}
+{{- end }}
