@@ -307,6 +307,8 @@ fn the_chart_fits_other_names_one_replica_and_the_namespaced_mode() {
 
     let one = render("tokensource-operator", &["replicaCount=1", "leaderElection.enabled=false"]);
     assert!(!one.iter().any(|d| d["kind"] == "PodDisruptionBudget"), "a budget for the only replica");
+    let deployment = one.iter().find(|d| d["kind"] == "Deployment").expect("the Deployment");
+    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate", "without leader election, never two at once");
     let two = render("tokensource-operator", &["podDisruptionBudget.maxUnavailable=1"]);
     let pdb = two.iter().find(|d| d["kind"] == "PodDisruptionBudget").expect("the budget");
     assert!(pdb["spec"]["maxUnavailable"] == 1 && pdb["spec"]["minAvailable"].is_null(), "{pdb}");
