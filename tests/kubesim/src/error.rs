@@ -106,7 +106,13 @@ impl ApiError {
 
     pub fn invalid(kind: &str, group: &str, name: &str, causes: &[Cause]) -> Self {
         let qualified = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
-        let rendered: Vec<String> = causes.iter().map(Cause::render).collect();
+        // The message, an aggregate, says each distinct error once; the causes keep them all.
+        let mut rendered: Vec<String> = vec![];
+        for r in causes.iter().map(Cause::render) {
+            if !rendered.contains(&r) {
+                rendered.push(r);
+            }
+        }
         let list = if rendered.len() == 1 { rendered[0].clone() } else { format!("[{}]", rendered.join(", ")) };
         let mut details = json!({
             "name": name,

@@ -90,6 +90,14 @@ fn element_key(item: &Value, keys: &[String]) -> String {
     format!("k:{}", Value::Object(m))
 }
 
+/// Whether the field `k` under `prefix` has an owner: not the type's `apiVersion` and `kind`,
+/// nor the metadata the server sets.
+fn tracked(prefix: &FieldPath, k: &str) -> bool {
+    let root_type = prefix.is_empty() && (k == "apiVersion" || k == "kind");
+    let server_meta = prefix.len() == 1 && prefix[0] == "f:metadata" && UNTRACKED_META.contains(&k);
+    !root_type && !server_meta
+}
+
 /// The leaf fields `value` sets.
 pub fn fields_of(value: &Value, schema: Option<&Value>) -> FieldSet {
     let mut out = FieldSet::new();
@@ -104,10 +112,7 @@ fn collect(value: &Value, schema: Option<&Value>, prefix: &mut FieldPath, field:
                 out.insert(prefix.clone());
             }
             for (k, child) in map {
-                if prefix.is_empty() && (k == "apiVersion" || k == "kind") {
-                    continue;
-                }
-                if prefix.len() == 1 && prefix[0] == "f:metadata" && UNTRACKED_META.contains(&k.as_str()) {
+                if !tracked(prefix, k) {
                     continue;
                 }
                 prefix.push(format!("f:{k}"));
@@ -258,13 +263,61 @@ pub fn merge_applied(live: &mut Value, applied: &Value, schema: Option<&Value>, 
     }
 }
 
-/// The fields whose value differs between two versions of an object (added or changed).
+/// The fields whose value differs between two versions of an object (added or changed), with
+/// the maps, objects and list elements added (an update makes its manager own them too: `.` in
+/// FieldsV1); and the fields removed.
 pub fn changed_fields(old: &Value, new: &Value, schema: Option<&Value>) -> (FieldSet, FieldSet) {
     let new_fields = fields_of(new, schema);
     let old_fields = fields_of(old, schema);
-    let changed = new_fields.iter().filter(|p| get_at(old, p) != get_at(new, p)).cloned().collect();
+    let mut changed: FieldSet = new_fields.iter().filter(|p| get_at(old, p) != get_at(new, p)).cloned().collect();
+    added_nodes(old, new, schema, &mut vec![], "", &mut changed);
     let removed = old_fields.difference(&new_fields).cloned().collect();
     (changed, removed)
+}
+
+/// The maps of the built-in kinds: their structs are always there (Go values, not pointers), so
+/// only these, and list elements, are ever added.
+const BUILTIN_MAPS: &[&str] = &["labels", "annotations", "data", "binaryData", "stringData"];
+
+/// The maps, objects (of custom resources) and keyed list elements `value` holds that `old`
+/// has not, as members of the set: an update's manager owns them. Never `metadata` itself.
+fn added_nodes(
+    old: &Value,
+    value: &Value,
+    schema: Option<&Value>,
+    prefix: &mut FieldPath,
+    field: &str,
+    out: &mut FieldSet,
+) {
+    match value {
+        Value::Object(map) => {
+            for (k, child) in map {
+                if !tracked(prefix, k) {
+                    continue;
+                }
+                prefix.push(format!("f:{k}"));
+                let node = child.is_object() && !(prefix.len() == 1 && k == "metadata");
+                if node && (schema.is_some() || BUILTIN_MAPS.contains(&k.as_str())) && get_at(old, prefix).is_none() {
+                    out.insert(prefix.clone());
+                }
+                added_nodes(old, child, child_schema(schema, k), prefix, k, out);
+                prefix.pop();
+            }
+        }
+        Value::Array(items) => {
+            if let ListKind::Map(keys) = list_kind(field, schema) {
+                for item in items {
+                    prefix.push(element_key(item, &keys));
+                    if get_at(old, prefix).is_none() {
+                        out.insert(prefix.clone());
+                    }
+                    added_nodes(old, item, item_schema(schema), prefix, "", out);
+                    prefix.pop();
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// How a manager wrote its fields.
@@ -304,13 +357,14 @@ impl ManagedEntry {
     }
 }
 
-/// Renders a field set as a FieldsV1 tree.
+/// Renders a field set as a FieldsV1 tree: a member with members below it is marked `.`.
 pub fn fields_v1(set: &FieldSet) -> Value {
     let mut root = Map::new();
     for path in set {
+        let below = set.range(path.clone()..).nth(1).is_some_and(|next| next.starts_with(path));
         let mut cur = &mut root;
-        for step in path {
-            let entry = cur.entry(step.clone()).or_insert_with(|| json!({}));
+        for step in path.iter().cloned().chain(below.then(|| ".".to_string())) {
+            let entry = cur.entry(step).or_insert_with(|| json!({}));
             let Some(next) = entry.as_object_mut() else {
                 break;
             };

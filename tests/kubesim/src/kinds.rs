@@ -491,18 +491,14 @@ fn prepare_secret(body: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>
         body["data"] = data;
     }
     if let Some(data) = body["data"].as_object() {
-        for (k, v) in data {
-            let ok = v.as_str().is_some_and(|s| base64::engine::general_purpose::STANDARD.decode(s).is_ok());
-            if !ok {
-                causes.push(Cause::invalid(format!("data[{k}]"), v, "illegal base64 data"));
-            }
+        for k in data.keys() {
             let key_ok =
                 !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
             if !key_ok {
                 causes.push(Cause::invalid(
                     format!("data[{k}]"),
                     &json!(k),
-                    "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                    "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')",
                 ));
             }
         }
@@ -510,8 +506,11 @@ fn prepare_secret(body: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>
     if body["type"].is_null() {
         body["type"] = json!("Opaque");
     }
-    check_secret_type(body, causes);
+    // ValidateSecretUpdate: what cannot change first, then the Secret as it would be.
     if let Some(old) = old {
+        if old["type"] != body["type"] {
+            causes.push(Cause::invalid("type", &body["type"], "field is immutable"));
+        }
         if old["immutable"].as_bool() == Some(true)
             && (old["data"] != body["data"] || body["immutable"] != old["immutable"])
         {
@@ -521,10 +520,31 @@ fn prepare_secret(body: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>
                 "Forbidden: field is immutable when `immutable` is set",
             ));
         }
-        if old["type"] != body["type"] {
-            causes.push(Cause::invalid("type", &body["type"], "field is immutable"));
+    }
+    check_secret_type(body, causes);
+}
+
+/// Where Go's decoder stops on bad base64 (`illegal base64 data at input byte N`).
+pub fn base64_offset(e: &base64::DecodeError) -> usize {
+    match e {
+        base64::DecodeError::InvalidByte(i, _) | base64::DecodeError::InvalidLastSymbol(i, _) => *i,
+        base64::DecodeError::InvalidLength(n) => n.saturating_sub(1),
+        base64::DecodeError::InvalidPadding => 0,
+    }
+}
+
+/// A Secret's data values are base64: anything else cannot be decoded into a Secret at all
+/// (400, before any validation).
+pub fn secret_decodes(body: &Value) -> Result<(), crate::error::ApiError> {
+    for v in body["data"].as_object().into_iter().flatten().map(|(_, v)| v) {
+        if let Some(Err(e)) = v.as_str().map(|s| base64::engine::general_purpose::STANDARD.decode(s)) {
+            return Err(crate::error::ApiError::bad_request(format!(
+                "Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data at input byte {}",
+                base64_offset(&e)
+            )));
         }
     }
+    Ok(())
 }
 
 /// The most data a Secret may hold (the values' decoded bytes), as the API server counts it.

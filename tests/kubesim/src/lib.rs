@@ -44,6 +44,10 @@ pub struct Options {
     /// without audiences gets, what a TokenReview without audiences checks); the issuer when
     /// empty. k3s and RKE2 add `k3s` and `rke2`.
     pub api_audiences: Vec<String>,
+    /// The Kubernetes minor version it answers as, where answers differ between minors (the
+    /// message of a CEL rule's cause: 1.37 no longer names the type of the value): 34 or 37,
+    /// the versions the project tests; 34 by default.
+    pub minor: u32,
 }
 
 impl Default for Options {
@@ -55,6 +59,7 @@ impl Default for Options {
             kubeconfig: None,
             service_account_issuer: None,
             api_audiences: vec![],
+            minor: 34,
         }
     }
 }
@@ -76,13 +81,15 @@ impl KubeSim {
     pub async fn start_with(opts: Options) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(opts.addr).await?;
         let addr = listener.local_addr()?;
-        let (state, _tx) = store::State::new(opts.history_limit);
+        let (mut state, _tx) = store::State::new(opts.history_limit);
+        state.minor = opts.minor;
         let issuer_url = opts.service_account_issuer.clone().unwrap_or_else(|| format!("http://{addr}"));
         let shared = Arc::new(server::Shared {
             state: Mutex::new(state),
             faults: Faults::default(),
             bookmark_interval: opts.bookmark_interval,
             issuer: tokens::Issuer::new(issuer_url, opts.api_audiences.clone())?,
+            minor: opts.minor,
         });
         let app = server::router(shared.clone());
         let task = tokio::spawn(async move {

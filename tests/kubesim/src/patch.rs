@@ -14,7 +14,11 @@ pub fn json_patch(target: &mut Value, patch: Value) -> Result<(), ApiError> {
     let ops: json_patch::Patch =
         serde_json::from_value(patch).map_err(|e| ApiError::bad_request(format!("json patch is invalid: {e}")))?;
     json_patch::patch(target, &ops).map_err(|e| {
-        ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}"))
+        // The API server does not say which operation failed, nor why.
+        let _ = e;
+        let mut error = ApiError::new(422, "Invalid", "the server rejected our request due to an error in our request");
+        error.details = Some(serde_json::json!({}));
+        error
     })
 }
 

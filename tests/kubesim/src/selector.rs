@@ -69,6 +69,16 @@ impl LabelSelector {
             } else {
                 Req::Exists(part.to_string())
             };
+            let key = match &req {
+                Req::Eq(k, _) | Req::NotEq(k, _) | Req::In(k, _) | Req::NotIn(k, _) => k,
+                Req::Exists(k) | Req::NotExists(k) => k,
+            };
+            if key.is_empty() {
+                let op = ["!=", "==", "=", "!"].into_iter().find(|op| part.contains(op)).unwrap_or(part);
+                return Err(ApiError::bad_request(format!(
+                    "found '{op}', expected: !, identifier, or 'end of string'"
+                )));
+            }
             reqs.push(req);
         }
         Ok(Self(reqs))
@@ -107,6 +117,11 @@ impl FieldSelector {
             reqs.push((path.trim().to_string(), eq, value.trim().to_string()));
         }
         Ok(Self(reqs))
+    }
+
+    /// The fields it selects on.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(p, _, _)| p.as_str())
     }
 
     pub fn matches(&self, obj: &Value) -> bool {

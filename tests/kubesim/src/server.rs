@@ -26,6 +26,8 @@ pub struct Shared {
     pub faults: Faults,
     pub bookmark_interval: Duration,
     pub issuer: crate::tokens::Issuer,
+    /// The Kubernetes minor version answered as.
+    pub minor: u32,
 }
 
 impl Shared {
@@ -67,9 +69,11 @@ async fn handle(
 ) -> Response {
     let path = uri.path().trim_matches('/').to_string();
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let minor = shared.minor;
     let result = match segs.as_slice() {
         ["version"] => Ok(ok(&json!({
-            "major": "1", "minor": "33", "gitVersion": "v1.33.0-kubesim", "gitCommit": "kubesim",
+            "major": "1", "minor": minor.to_string(),
+            "gitVersion": format!("v1.{minor}.0-kubesim"), "gitCommit": "kubesim",
             "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24",
             "compiler": "gc", "platform": "linux/amd64"
         }))),
@@ -291,6 +295,57 @@ fn parse_body(body: &Bytes, yaml: bool) -> ApiResult<Value> {
         .map_err(|e| ApiError::bad_request(format!("couldn't decode the request body as JSON: {e}")))
 }
 
+/// The API server selects on a kind's own few fields only: `metadata.name`, `metadata.namespace`
+/// and the kind's field labels.
+fn supported_fields(def: &ResourceDef, opts: &ListOpts) -> ApiResult<()> {
+    use crate::kinds::Builtin;
+    let extra: &[&str] = match def.builtin {
+        Some(Builtin::Secret) => &["type"],
+        Some(Builtin::Namespace) => &["status.phase"],
+        Some(Builtin::Event) => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        Some(Builtin::EventV1) => &[
+            "regarding.kind",
+            "regarding.namespace",
+            "regarding.name",
+            "regarding.uid",
+            "regarding.apiVersion",
+            "regarding.resourceVersion",
+            "regarding.fieldPath",
+            "reason",
+            "reportingController",
+            "type",
+        ],
+        Some(Builtin::Pod) => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.podIPs",
+            "status.nominatedNodeName",
+        ],
+        _ => &[],
+    };
+    match opts.fields.paths().find(|p| !matches!(*p, "metadata.name" | "metadata.namespace") && !extra.contains(p)) {
+        Some(p) => Err(ApiError::bad_request(format!("field label not supported: {p}"))),
+        None => Ok(()),
+    }
+}
+
 fn list_opts(params: &Params) -> ApiResult<ListOpts> {
     Ok(ListOpts {
         labels: LabelSelector::parse(params.get("labelSelector").map(String::as_str).unwrap_or(""))?,
@@ -404,7 +459,9 @@ async fn serve_resource(
             Ok(ok(&obj))
         }
         "list" => {
-            let list = shared.state().list(&ctx, &list_opts(params)?)?;
+            let opts = list_opts(params)?;
+            supported_fields(&ctx.def, &opts)?;
+            let list = shared.state().list(&ctx, &opts)?;
             if meta_only {
                 let items: Vec<Value> =
                     list["items"].as_array().map(|a| a.iter().map(partial).collect()).unwrap_or_default();
@@ -420,6 +477,17 @@ async fn serve_resource(
             if table::wants_table(&accept) {
                 let items = list["items"].as_array().cloned().unwrap_or_default();
                 return Ok(ok(&table::render(&ctx.def, version, &items, list["metadata"].clone(), &include)));
+            }
+            let mut list = list;
+            // A built-in kind's list is typed: its items carry no apiVersion and kind (a custom
+            // resource's do).
+            if !ctx.def.custom
+                && let Some(items) = list["items"].as_array_mut()
+            {
+                for item in items.iter_mut().filter_map(Value::as_object_mut) {
+                    item.remove("apiVersion");
+                    item.remove("kind");
+                }
             }
             Ok(ok(&list))
         }
@@ -453,6 +521,18 @@ async fn serve_resource(
                 other => return Err(ApiError::unsupported_media(other)),
             };
             let is_apply = matches!(kind, PatchKind::Apply { .. });
+            if is_apply && params.get("fieldManager").is_none_or(|m| m.is_empty()) {
+                let cause = crate::error::Cause::new(
+                    "FieldValueRequired",
+                    "fieldManager",
+                    "Required value: is required for apply patch",
+                );
+                let mut e = ApiError::invalid("PatchOptions", "meta.k8s.io", "", &[cause]);
+                if let Some(d) = e.details.as_mut().and_then(Value::as_object_mut) {
+                    d.remove("name");
+                }
+                return Err(e);
+            }
             let obj = parse_body(&body, is_apply)?;
             // Whether the apply created the object is decided under the same lock as the write.
             let (existed, (out, warnings)) = {
@@ -465,7 +545,28 @@ async fn serve_resource(
         "delete" => {
             let opts = delete_opts(params, &body)?;
             let out = shared.state().delete(&ctx, name, &opts)?;
-            Ok(ok(&out))
+            // Most built-in kinds answer an immediate deletion with a Status; custom resources,
+            // Pods, Namespaces and CRDs, and anything still held by finalizers, with the object.
+            let returns_object = ctx.def.custom
+                || matches!(
+                    ctx.def.builtin,
+                    Some(
+                        crate::kinds::Builtin::Pod
+                            | crate::kinds::Builtin::Namespace
+                            | crate::kinds::Builtin::CustomResourceDefinition
+                    )
+                )
+                || out["metadata"]["deletionTimestamp"].is_string();
+            if returns_object {
+                return Ok(ok(&out));
+            }
+            let mut details = json!({"name": name, "kind": ctx.def.plural, "uid": out["metadata"]["uid"]});
+            if !ctx.def.group.is_empty() {
+                details["group"] = json!(ctx.def.group);
+            }
+            Ok(ok(&json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details
+            })))
         }
         "deletecollection" => {
             let opts = delete_opts(params, &body)?;
@@ -633,6 +734,7 @@ impl WatchFilter {
 
 fn watch(shared: &Arc<Shared>, ctx: Ctx, params: &Params, render: Render) -> ApiResult<Response> {
     let opts = list_opts(params)?;
+    supported_fields(&ctx.def, &opts)?;
     let from = match opts.resource_version.as_deref() {
         None | Some("") => None,
         Some(r) => {

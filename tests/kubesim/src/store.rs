@@ -107,6 +107,9 @@ pub type Key = (String, String);
 /// What a new watcher starts from: the backlog to replay and the live feed.
 pub type WatchStart = (Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>);
 
+/// A CEL rule, the path of the schema node declaring it and the node's type.
+type RuleNode = (String, String, String);
+
 pub struct State {
     pub defs: BTreeMap<GroupResource, Arc<ResourceDef>>,
     pub objects: BTreeMap<GroupResource, BTreeMap<Key, Entry>>,
@@ -121,6 +124,11 @@ pub struct State {
     /// The CEL rules of each served custom resource version that has any, compiled once when
     /// the CRD is written rather than on every object write.
     cel_rules: std::collections::HashMap<(GroupResource, String), Arc<kube_cel::CompiledSchema>>,
+    /// The Kubernetes minor version answered as ([`crate::Options::minor`]).
+    pub minor: u32,
+    /// Where each CEL rule of each served custom resource version is declared: the rule, the
+    /// path of its schema node (`[*]` for items and map values) and the node's type.
+    cel_nodes: std::collections::HashMap<(GroupResource, String), Vec<RuleNode>>,
     /// Where each uid lives, for owner lookups.
     uids: std::collections::HashMap<String, (GroupResource, Key)>,
     /// The objects whose ownerReferences name each uid, for garbage collection.
@@ -201,6 +209,8 @@ impl State {
             tx: tx.clone(),
             cel: kube_cel::Validator::new(),
             cel_rules: Default::default(),
+            minor: 34,
+            cel_nodes: Default::default(),
             uids: Default::default(),
             dependents: Default::default(),
         };
@@ -270,11 +280,13 @@ impl State {
         }
         let mut start: Option<Key> = None;
         if let Some(token) = &opts.continue_token {
-            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(token)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                .ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
+            let invalid = |why: String| {
+                ApiError::bad_request(format!("invalid continue token: continue key is not valid: {why}"))
+            };
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|e| {
+                invalid(format!("illegal base64 data at input byte {}", crate::kinds::base64_offset(&e)))
+            })?;
+            let raw = serde_json::from_slice::<Value>(&bytes).map_err(|e| invalid(e.to_string()))?;
             if raw["rv"].as_u64().unwrap_or(0) < self.compacted {
                 return Err(ApiError::gone(
                     "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
@@ -427,7 +439,7 @@ impl State {
             meta.insert("generation".into(), json!(1));
         }
         let warnings = self.prepare(ctx, &mut body, None)?;
-        let managed = fields::fields_of(&body, Self::schema_of(ctx));
+        let managed = fields::changed_fields(&json!({}), &body, Self::schema_of(ctx)).0;
         let managers = vec![ctx.managed_entry(Operation::Update, "", managed)];
         let out = self.commit(ctx, key, None, Entry { obj: body, managers })?;
         Ok((out, warnings))
@@ -465,6 +477,9 @@ impl State {
 
     /// Validation, defaulting and kind-specific normalisation before a write.
     fn prepare(&self, ctx: &Ctx, body: &mut Value, old: Option<&Value>) -> ApiResult<Vec<String>> {
+        if ctx.def.builtin == Some(Builtin::Secret) {
+            crate::kinds::secret_decodes(body)?;
+        }
         let name = meta_str(body, "name").to_string();
         let mut causes = vec![];
         let mut warnings = vec![];
@@ -476,7 +491,7 @@ impl State {
             causes.push(Cause::invalid(
                 "metadata.name",
                 &json!(name),
-                "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+                "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
             ));
         }
         body["kind"] = json!(ctx.def.kind);
@@ -504,8 +519,18 @@ impl State {
             let (c, unknown) = schema::process(body, schema);
             let structural_ok = c.is_empty();
             causes.extend(c);
-            if let Some(rules) = self.cel_rules.get(&(ctx.def.gr(), ctx.version.clone())).filter(|_| structural_ok) {
-                causes.extend(self.cel_causes(rules, body, old));
+            let key = (ctx.def.gr(), ctx.version.clone());
+            match self.cel_rules.get(&key) {
+                Some(rules) if structural_ok => {
+                    let nodes = self.cel_nodes.get(&key).map(Vec::as_slice).unwrap_or_default();
+                    causes.extend(self.cel_causes(rules, nodes, body, old));
+                }
+                Some(_) => causes.push(Cause::new(
+                    "FieldValueInvalid",
+                    "<nil>",
+                    "Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation",
+                )),
+                None => {}
             }
             match ctx.field_validation.as_deref() {
                 Some("Strict") if !unknown.is_empty() => {
@@ -530,7 +555,15 @@ impl State {
     /// Ratcheted like the API server (CRDValidationRatcheting, GA in 1.33): on an update, the rules
     /// of a top-level field that did not change are not run again (a status write does not
     /// re-validate the spec it left alone).
-    fn cel_causes(&self, rules: &kube_cel::CompiledSchema, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
+    /// A cause names the type of the schema node whose rule failed before 1.37, and no value
+    /// from 1.37 on.
+    fn cel_causes(
+        &self,
+        rules: &kube_cel::CompiledSchema,
+        nodes: &[RuleNode],
+        obj: &Value,
+        old: Option<&Value>,
+    ) -> Vec<Cause> {
         let rules_only_in_fields = rules.validations.is_empty()
             && rules.items.is_none()
             && rules.additional_properties.is_none()
@@ -570,7 +603,17 @@ impl State {
                     Some("FieldValueDuplicate") => "FieldValueDuplicate",
                     _ => "FieldValueInvalid",
                 };
-                Cause::new(reason, field, format!("Invalid value: \"object\": {}", e.message))
+                let kind = rule_type(nodes, &e.rule, &field);
+                let message = match (self.minor >= 37, kind) {
+                    // 1.37 quotes a scalar's value, and no value of an object or a list.
+                    (true, "string" | "integer" | "number" | "boolean") => {
+                        let value = value_at(obj, &field).unwrap_or(&Value::Null);
+                        format!("Invalid value: {}: {}", crate::error::short_value(value), e.message)
+                    }
+                    (true, _) => format!("Invalid value: {}", e.message),
+                    (false, kind) => format!("Invalid value: \"{kind}\": {}", e.message),
+                };
+                Cause::new(reason, field, message)
             })
             .collect()
     }
@@ -692,7 +735,8 @@ impl State {
         let (changed, removed) = fields::changed_fields(old, new, schema);
         let sub = if subresource { "status" } else { "" };
         for m in managers.iter_mut() {
-            m.fields.retain(|p| !changed.contains(p) && !removed.contains(p));
+            // A map or list element gone from the object is no one's any more.
+            m.fields.retain(|p| !changed.contains(p) && !removed.contains(p) && fields::get_at(new, p).is_some());
         }
         if changed.is_empty() {
             managers.retain(|m| !m.fields.is_empty());
@@ -746,7 +790,7 @@ impl State {
         }
         let sent_managers = Self::sent_managers(old, &new);
         Self::carry_over(ctx, &old.obj, &mut new, subresource)?;
-        let warnings = self.prepare(ctx, &mut new, Some(&old.obj))?;
+        let warnings = self.prepare(ctx, &mut new, Some(&old.obj)).map_err(|e| relative_to_status(e, subresource))?;
         let mut managers = sent_managers.unwrap_or_else(|| old.managers.clone());
         Self::record_update(ctx, &mut managers, &old.obj, &new, Self::schema_of(ctx), subresource);
         let out = self.commit(ctx, Self::key(ctx, name), Some(old), Entry { obj: new, managers })?;
@@ -869,7 +913,11 @@ impl State {
                 &ctx.def.kind,
                 &ctx.def.group,
                 name,
-                &[Cause::invalid("metadata.uid", &json!(sent_uid), "field is immutable")],
+                // Said twice up to 1.36, as those API servers do.
+                &vec![
+                    Cause::invalid("metadata.uid", &json!(sent_uid), "field is immutable");
+                    if self.minor < 37 { 2 } else { 1 }
+                ],
             ));
         }
         let mut managers = old.managers.clone();
@@ -896,7 +944,8 @@ impl State {
                 format!("Apply failed with {} conflicts: {}", lines.len(), lines.join("\n"))
             };
             let mut e = ApiError::new(409, "Conflict", msg);
-            e.details = Some(json!({"name": name, "group": ctx.def.group, "kind": ctx.def.plural, "causes": causes}));
+            let _ = name;
+            e.details = Some(json!({"causes": causes}));
             return Err(e);
         }
         let taken: FieldSet = conflicts.into_iter().map(|(_, p)| p).collect();
@@ -929,7 +978,7 @@ impl State {
         managers.push(ctx.managed_entry(Operation::Apply, sub, applied_fields));
         managers.retain(|m| !m.fields.is_empty());
         Self::carry_over(ctx, &old.obj, &mut new, subresource)?;
-        let warnings = self.prepare(ctx, &mut new, Some(&old.obj))?;
+        let warnings = self.prepare(ctx, &mut new, Some(&old.obj)).map_err(|e| relative_to_status(e, subresource))?;
         // A re-apply of the same configuration changes only the manager's timestamp: keep the old one.
         if same_but_volatile(&old.obj, &new) {
             let same_sets = managers.len() == old.managers.len()
@@ -1025,9 +1074,13 @@ impl State {
     fn register(&mut self, def: ResourceDef) {
         let gr = def.gr();
         self.cel_rules.retain(|(g, _), _| *g != gr);
+        self.cel_nodes.retain(|(g, _), _| *g != gr);
         for v in &def.versions {
             if let Some(schema) = v.schema.as_ref().filter(|s| s.to_string().contains("x-kubernetes-validations")) {
                 self.cel_rules.insert((gr.clone(), v.name.clone()), Arc::new(kube_cel::compile_schema(schema)));
+                let mut nodes = vec![];
+                rule_nodes(schema, String::new(), &mut nodes);
+                self.cel_nodes.insert((gr.clone(), v.name.clone()), nodes);
             }
         }
         self.defs.insert(gr, Arc::new(def));
@@ -1217,4 +1270,92 @@ impl State {
     pub fn served(&self) -> impl Iterator<Item = &ResourceDef> {
         self.defs.values().map(|d| &**d)
     }
+}
+
+/// Every CEL rule of a schema with the path of the node that declares it and the node's type.
+fn rule_nodes(schema: &Value, path: String, out: &mut Vec<RuleNode>) {
+    let kind = schema["type"].as_str().unwrap_or("object");
+    for rule in schema["x-kubernetes-validations"].as_array().into_iter().flatten() {
+        if let Some(r) = rule["rule"].as_str() {
+            out.push((r.to_string(), path.clone(), kind.to_string()));
+        }
+    }
+    for (name, child) in schema["properties"].as_object().into_iter().flatten() {
+        let at = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
+        rule_nodes(child, at, out);
+    }
+    for nested in ["items", "additionalProperties"] {
+        if schema[nested].is_object() {
+            rule_nodes(&schema[nested], format!("{path}[*]"), out);
+        }
+    }
+}
+
+/// The type of the schema node that declares `rule` and holds `field` (the deepest such node:
+/// a rule's `fieldPath` may point below it); `object` when none is found.
+fn rule_type<'a>(nodes: &'a [RuleNode], rule: &str, field: &str) -> &'a str {
+    let mut normalized = String::with_capacity(field.len());
+    let mut in_brackets = false;
+    for c in field.chars() {
+        match c {
+            '[' => {
+                in_brackets = true;
+                normalized.push_str("[*");
+            }
+            ']' => {
+                in_brackets = false;
+                normalized.push(']');
+            }
+            _ if in_brackets => {}
+            _ => normalized.push(c),
+        }
+    }
+    let holds = |path: &str| {
+        path.is_empty()
+            || normalized == path
+            || normalized.strip_prefix(path).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+    };
+    nodes
+        .iter()
+        .filter(|(r, path, _)| r == rule && holds(path))
+        .max_by_key(|(_, path, _)| path.len())
+        .map_or("object", |(_, _, kind)| kind.as_str())
+}
+
+/// The value at a field path as causes name it (`spec.items[0].name`, `spec.data[key]`).
+fn value_at<'a>(obj: &'a Value, field: &str) -> Option<&'a Value> {
+    let mut cur = obj;
+    for part in field.split('.') {
+        let (name, mut rest) = part.split_once('[').map_or((part, ""), |(n, r)| (n, r));
+        if !name.is_empty() {
+            cur = cur.get(name)?;
+        }
+        while let Some((inner, after)) = rest.split_once(']') {
+            cur = match inner.parse::<usize>() {
+                Ok(i) if cur.is_array() => cur.get(i)?,
+                _ => cur.get(inner)?,
+            };
+            rest = after.strip_prefix('[').unwrap_or(after);
+        }
+    }
+    Some(cur)
+}
+
+/// A status write's schema errors name their field from the status down, as the API server's
+/// status validation does (`failedRenewalAttempts in body`, for `status.failedRenewalAttempts`).
+fn relative_to_status(mut e: ApiError, subresource: bool) -> ApiError {
+    if !subresource {
+        return e;
+    }
+    // `Invalid value: "string": status.x in body must be ...`: the quoted value, then the path.
+    let relative = |m: &str| m.replace("\": status.", "\": ");
+    e.message = relative(&e.message);
+    if let Some(causes) = e.details.as_mut().and_then(|d| d["causes"].as_array_mut()) {
+        for c in causes {
+            if let Some(m) = c["message"].as_str() {
+                c["message"] = json!(relative(m));
+            }
+        }
+    }
+    e
 }

@@ -1,0 +1,508 @@
+//! kubesim held against the real API server: the same sequences of requests go to both, and what
+//! comes back is compared — status codes, `reason`, messages and `details.causes`, and the
+//! objects, minus what each server makes up (uids, timestamps, resourceVersions). Prints "N of M
+//! identical" and fails on any difference not in [`ACCEPTED`], each entry with its reason.
+//!
+//! Runs where `TOKENSOURCE_E2E_KUBECONFIG` names a real API server (`./test` runs it on every
+//! version it tests); against kubesim alone there is nothing to compare, and it says so.
+
+#![cfg(test)]
+
+mod cel_cases;
+
+use std::collections::BTreeMap;
+
+use http::Request;
+use kube::client::Body;
+use serde_json::{Value, json};
+
+/// Differences kubesim keeps on purpose: (sequence/step, why).
+const ACCEPTED: &[(&str, &str)] = &[];
+
+/// One request: method, path (`{ns}` is the sequence's namespace), content type and body.
+/// In a body, `"$rv:NAME"` is the resourceVersion the server last gave the object NAME, and
+/// `"$rv0:NAME"` the first one it gave it (a stale version).
+struct Step {
+    name: String,
+    method: &'static str,
+    path: String,
+    content_type: &'static str,
+    body: Option<Value>,
+}
+
+fn step(name: &str, method: &'static str, path: &str, body: Option<Value>) -> Step {
+    let content_type = match method {
+        "PATCH" => "application/merge-patch+json",
+        _ => "application/json",
+    };
+    Step { name: name.into(), method, path: path.into(), content_type, body }
+}
+
+fn patch(name: &str, content_type: &'static str, path: &str, body: Value) -> Step {
+    Step { name: name.into(), method: "PATCH", path: path.into(), content_type, body: Some(body) }
+}
+
+/// A server, and the resourceVersions it gave each object (first and last).
+struct Server {
+    client: kube::Client,
+    versions: BTreeMap<String, (String, String)>,
+}
+
+impl Server {
+    fn substitute(&self, v: &mut Value) {
+        match v {
+            Value::String(s) => {
+                let rv = |name: &str, first: bool| {
+                    self.versions.get(name).map(|(f, l)| if first { f.clone() } else { l.clone() }).unwrap_or_default()
+                };
+                if let Some(name) = s.strip_prefix("$rv0:") {
+                    *s = rv(name, true);
+                } else if let Some(name) = s.strip_prefix("$rv:") {
+                    *s = rv(name, false);
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|i| self.substitute(i)),
+            Value::Object(m) => m.values_mut().for_each(|i| self.substitute(i)),
+            _ => {}
+        }
+    }
+
+    /// Sends one step: the status code and the body (JSON, or the text as a string).
+    async fn send(&mut self, ns: &str, step: &Step) -> (u16, Value) {
+        let mut body = step.body.clone();
+        if let Some(b) = body.as_mut() {
+            self.substitute(b);
+        }
+        let bytes = body.as_ref().map(|b| serde_json::to_vec(b).unwrap_or_default()).unwrap_or_default();
+        let request = Request::builder()
+            .method(step.method)
+            .uri(step.path.replace("{ns}", ns))
+            .header("content-type", step.content_type)
+            .header("accept", "application/json")
+            .body(Body::from(bytes))
+            .unwrap_or_else(|e| panic!("{}: {e}", step.name));
+        let response = self.client.send(request).await.unwrap_or_else(|e| panic!("{}: {e}", step.name));
+        let code = response.status().as_u16();
+        let bytes = response.into_body().collect_bytes().await.unwrap_or_default();
+        let value =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        if let (Some(name), Some(rv)) =
+            (value["metadata"]["name"].as_str(), value["metadata"]["resourceVersion"].as_str())
+        {
+            let entry = self.versions.entry(name.to_string()).or_insert_with(|| (rv.to_string(), rv.to_string()));
+            entry.1 = rv.to_string();
+        }
+        (code, value)
+    }
+}
+
+/// What a server makes up, replaced by a marker: present on both or on neither is all that is
+/// compared.
+fn normalize(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for key in
+                ["uid", "resourceVersion", "creationTimestamp", "deletionTimestamp", "time", "lastTransitionTime"]
+            {
+                if let Some(x) = m.get_mut(key)
+                    && !x.is_null()
+                {
+                    *x = json!("<generated>");
+                }
+            }
+            if let Some(Value::String(c)) = m.get_mut("continue")
+                && !c.is_empty()
+            {
+                *c = "<token>".into();
+            }
+            m.values_mut().for_each(normalize);
+        }
+        Value::Array(items) => items.iter_mut().for_each(normalize),
+        _ => {}
+    }
+}
+
+/// Where two answers first differ (a JSON pointer), and what each holds there.
+fn first_difference(a: &Value, b: &Value, at: String) -> Option<(String, Value, Value)> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let (l, r) = (x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null));
+                first_difference(l, r, format!("{at}/{k}"))
+            })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            x.iter().zip(y).enumerate().find_map(|(i, (l, r))| first_difference(l, r, format!("{at}/{i}")))
+        }
+        _ => (a != b).then(|| (at, a.clone(), b.clone())),
+    }
+}
+
+struct Sequence {
+    name: &'static str,
+    steps: Vec<Step>,
+}
+
+fn secret(name: &str, extra: Value) -> Value {
+    let mut s = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": {"k": "dg=="}});
+    if let (Some(s), Some(extra)) = (s.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    s
+}
+
+const SECRETS: &str = "/api/v1/namespaces/{ns}/secrets";
+const TOKENSOURCES: &str = "/apis/tokensource.dev/v1alpha1/namespaces/{ns}/tokensources";
+
+fn sequences() -> Vec<Sequence> {
+    let at = |name: &str| format!("{SECRETS}/{name}");
+    let mut all = vec![
+        Sequence {
+            name: "secrets-crud",
+            steps: vec![
+                step("create", "POST", SECRETS, Some(secret("a", json!({})))),
+                step("create-again", "POST", SECRETS, Some(secret("a", json!({})))),
+                step("get", "GET", &at("a"), None),
+                step("get-missing", "GET", &at("missing"), None),
+                step(
+                    "update",
+                    "PUT",
+                    &at("a"),
+                    Some(secret(
+                        "a",
+                        json!({"metadata": {"name": "a", "resourceVersion": "$rv:a"}, "data": {"k": "dzI="}}),
+                    )),
+                ),
+                step(
+                    "update-stale",
+                    "PUT",
+                    &at("a"),
+                    Some(secret("a", json!({"metadata": {"name": "a", "resourceVersion": "$rv0:a"}}))),
+                ),
+                step("update-missing", "PUT", &at("nope"), Some(secret("nope", json!({})))),
+                step("update-wrong-name", "PUT", &at("a"), Some(secret("b", json!({})))),
+                step("delete", "DELETE", &at("a"), None),
+                step("get-deleted", "GET", &at("a"), None),
+                step("delete-again", "DELETE", &at("a"), None),
+            ],
+        },
+        Sequence {
+            name: "patches",
+            steps: vec![
+                step(
+                    "create",
+                    "POST",
+                    SECRETS,
+                    Some(secret("p", json!({"metadata": {"name": "p", "labels": {"x": "1"}}}))),
+                ),
+                patch(
+                    "merge",
+                    "application/merge-patch+json",
+                    &at("p"),
+                    json!({"metadata": {"labels": {"y": "2"}}, "stringData": {"s": "t"}}),
+                ),
+                patch(
+                    "json",
+                    "application/json-patch+json",
+                    &at("p"),
+                    json!([{"op": "add", "path": "/metadata/labels/z", "value": "3"}]),
+                ),
+                patch(
+                    "json-test-fails",
+                    "application/json-patch+json",
+                    &at("p"),
+                    json!([{"op": "test", "path": "/metadata/labels/x", "value": "nope"}]),
+                ),
+                patch(
+                    "json-path-missing",
+                    "application/json-patch+json",
+                    &at("p"),
+                    json!([{"op": "replace", "path": "/metadata/annotations/none", "value": "v"}]),
+                ),
+                patch(
+                    "strategic",
+                    "application/strategic-merge-patch+json",
+                    &at("p"),
+                    json!({"metadata": {"labels": {"x": null}}}),
+                ),
+                patch("merge-missing", "application/merge-patch+json", &at("missing"), json!({"data": {}})),
+                patch(
+                    "merge-precondition",
+                    "application/merge-patch+json",
+                    &at("p"),
+                    json!({"metadata": {"resourceVersion": "$rv0:p", "labels": {"w": "4"}}}),
+                ),
+                patch(
+                    "merge-type-change",
+                    "application/merge-patch+json",
+                    &at("p"),
+                    json!({"type": "kubernetes.io/basic-auth"}),
+                ),
+                step("get", "GET", &at("p"), None),
+            ],
+        },
+        Sequence {
+            name: "server-side-apply",
+            steps: vec![
+                patch(
+                    "apply-a",
+                    "application/apply-patch+yaml",
+                    &format!("{}?fieldManager=a", at("c")),
+                    secret("c", json!({"metadata": {"name": "c", "labels": {"l": "a"}}})),
+                ),
+                patch(
+                    "apply-b-conflicts",
+                    "application/apply-patch+yaml",
+                    &format!("{}?fieldManager=b", at("c")),
+                    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "c", "labels": {"l": "b"}}}),
+                ),
+                patch(
+                    "apply-b-forced",
+                    "application/apply-patch+yaml",
+                    &format!("{}?fieldManager=b&force=true", at("c")),
+                    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "c", "labels": {"l": "b"}}}),
+                ),
+                patch(
+                    "apply-a-again",
+                    "application/apply-patch+yaml",
+                    &format!("{}?fieldManager=a", at("c")),
+                    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "c"}, "data": {"k": "dg=="}}),
+                ),
+                patch(
+                    "apply-wrong-uid",
+                    "application/apply-patch+yaml",
+                    &format!("{}?fieldManager=a", at("c")),
+                    json!({"apiVersion": "v1", "kind": "Secret",
+                           "metadata": {"name": "c", "uid": "00000000-0000-0000-0000-000000000000"}}),
+                ),
+                patch(
+                    "apply-no-manager",
+                    "application/apply-patch+yaml",
+                    &at("c"),
+                    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "c"}}),
+                ),
+                step("get", "GET", &at("c"), None),
+            ],
+        },
+        Sequence {
+            name: "secret-rules",
+            steps: vec![
+                step("tls-without-keys", "POST", SECRETS, Some(secret("t", json!({"type": "kubernetes.io/tls"})))),
+                step(
+                    "basic-auth-empty",
+                    "POST",
+                    SECRETS,
+                    Some(
+                        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ba"}, "type": "kubernetes.io/basic-auth"}),
+                    ),
+                ),
+                step("bad-key", "POST", SECRETS, Some(secret("bk", json!({"data": {"bad key!": "dg=="}})))),
+                step("bad-base64", "POST", SECRETS, Some(secret("b64", json!({"data": {"k": "not base64!"}})))),
+                step("bad-name", "POST", SECRETS, Some(secret("Bad_Name", json!({})))),
+                step(
+                    "too-large",
+                    "POST",
+                    SECRETS,
+                    Some(secret("big", json!({"stringData": {"big": "x".repeat(1024 * 1024 + 1)}, "data": {}}))),
+                ),
+                step("opaque", "POST", SECRETS, Some(secret("o", json!({})))),
+                step(
+                    "type-change",
+                    "PUT",
+                    &at("o"),
+                    Some(secret(
+                        "o",
+                        json!({"metadata": {"name": "o", "resourceVersion": "$rv:o"}, "type": "kubernetes.io/basic-auth"}),
+                    )),
+                ),
+                step("immutable", "POST", SECRETS, Some(secret("im", json!({"immutable": true})))),
+                patch("immutable-change", "application/merge-patch+json", &at("im"), json!({"data": {"k": "dzI="}})),
+            ],
+        },
+        Sequence {
+            name: "lists-and-selectors",
+            steps: vec![
+                step(
+                    "e1",
+                    "POST",
+                    SECRETS,
+                    Some(secret("e1", json!({"metadata": {"name": "e1", "labels": {"app": "x", "tier": "a"}}}))),
+                ),
+                step(
+                    "e2",
+                    "POST",
+                    SECRETS,
+                    Some(secret("e2", json!({"metadata": {"name": "e2", "labels": {"app": "x", "tier": "b"}}}))),
+                ),
+                step(
+                    "e3",
+                    "POST",
+                    SECRETS,
+                    Some(secret("e3", json!({"metadata": {"name": "e3", "labels": {"app": "y"}}}))),
+                ),
+                step("label-equals", "GET", &format!("{SECRETS}?labelSelector=app%3Dx"), None),
+                step("label-not", "GET", &format!("{SECRETS}?labelSelector=app%3Dx,tier!%3Da"), None),
+                step("label-in", "GET", &format!("{SECRETS}?labelSelector=tier%20in%20(a,b)"), None),
+                step("label-exists", "GET", &format!("{SECRETS}?labelSelector=!tier"), None),
+                step("field-name", "GET", &format!("{SECRETS}?fieldSelector=metadata.name%3De3"), None),
+                step("field-type", "GET", &format!("{SECRETS}?fieldSelector=type%3DOpaque,metadata.name!%3De1"), None),
+                step("field-unknown", "GET", &format!("{SECRETS}?fieldSelector=data.k%3Dx"), None),
+                step("label-malformed", "GET", &format!("{SECRETS}?labelSelector=%3D%3D"), None),
+                step("page-1", "GET", &format!("{SECRETS}?limit=2"), None),
+                step("page-bad-continue", "GET", &format!("{SECRETS}?limit=2&continue=bogus"), None),
+            ],
+        },
+    ];
+    let ts = cel_cases::http();
+    all.push(Sequence {
+        name: "tokensource-status",
+        steps: vec![
+            step("create-with-defaults", "POST", TOKENSOURCES, Some(ts.clone())),
+            step(
+                "status-put",
+                "PUT",
+                &format!("{TOKENSOURCES}/t/status"),
+                Some(cel_cases::set(
+                    cel_cases::set(ts.clone(), "metadata/resourceVersion", json!("$rv:t")),
+                    "status",
+                    json!({"failedRenewalAttempts": 1}),
+                )),
+            ),
+            patch(
+                "status-patch-ignores-spec",
+                "application/merge-patch+json",
+                &format!("{TOKENSOURCES}/t/status"),
+                json!({"spec": {"target": {"name": "other"}}, "status": {"failedRenewalAttempts": 2}}),
+            ),
+            patch(
+                "main-patch-ignores-status",
+                "application/merge-patch+json",
+                &format!("{TOKENSOURCES}/t"),
+                json!({"metadata": {"labels": {"a": "b"}}, "status": {"failedRenewalAttempts": 9}}),
+            ),
+            patch(
+                "status-invalid",
+                "application/merge-patch+json",
+                &format!("{TOKENSOURCES}/t/status"),
+                json!({"status": {"failedRenewalAttempts": "many"}}),
+            ),
+            patch(
+                "unknown-field-pruned",
+                "application/merge-patch+json",
+                &format!("{TOKENSOURCES}/t"),
+                json!({"spec": {"notAField": true}}),
+            ),
+            step("get", "GET", &format!("{TOKENSOURCES}/t"), None),
+            step("status-missing", "GET", &format!("{TOKENSOURCES}/missing/status"), None),
+        ],
+    });
+    let cel = cel_cases::cases()
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| step(&format!("{i}:{}", c.field), "POST", TOKENSOURCES, Some(c.doc)))
+        .collect();
+    all.push(Sequence { name: "cel-rules", steps: cel });
+    all
+}
+
+async fn real_server() -> Option<kube::Client> {
+    let path = std::env::var("TOKENSOURCE_E2E_KUBECONFIG").ok().filter(|p| !p.is_empty())?;
+    let kc = kube::config::Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("kubeconfig");
+    Some(kube::Client::try_from(cfg).expect("client"))
+}
+
+/// The CRD, server-side, and established.
+async fn install_crd(server: &mut Server) {
+    let crd: Value = serde_saphyr::from_str(&tokensource_operator::crd::crd_yaml().expect("CRD")).expect("CRD YAML");
+    let path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/tokensources.tokensource.dev?fieldManager=differential&force=true";
+    let (code, body) = server.send("", &patch("crd", "application/apply-patch+yaml", path, crd)).await;
+    assert!(code < 300, "installing the CRD: {body}");
+    common::eventually("the CRD established", common::WAIT, || async {
+        let get = step(
+            "crd",
+            "GET",
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/tokensources.tokensource.dev",
+            None,
+        );
+        let (_, crd) = Server { client: server.client.clone(), versions: BTreeMap::new() }.send("", &get).await;
+        let established = crd["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Established" && c["status"] == "True"));
+        common::check(established, (), "not yet")
+    })
+    .await;
+}
+
+mod common;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubesim_answers_as_the_real_api_server_does() {
+    let Some(real) = real_server().await else {
+        eprintln!("differential: needs a real API server to compare with (TOKENSOURCE_E2E_KUBECONFIG); skipped");
+        return;
+    };
+    // kubesim answers as the minor it is compared with, where minors differ.
+    let version = real.apiserver_version().await.expect("the real server's version");
+    let minor: u32 = version.minor.trim_end_matches('+').parse().expect("a minor version");
+    let options = kubesim::Options { minor, ..Default::default() };
+    let sim = kubesim::KubeSim::start_with(options).await.expect("kubesim");
+    let mut servers = [
+        Server { client: sim.client(), versions: BTreeMap::new() },
+        Server { client: real, versions: BTreeMap::new() },
+    ];
+    eprintln!("kubesim as 1.{minor}, against {}", version.git_version);
+    for s in servers.iter_mut() {
+        install_crd(s).await;
+    }
+    let (mut identical, mut total) = (0, 0);
+    let mut differences = Vec::new();
+    let mut accepted_seen = Vec::new();
+    for seq in sequences() {
+        let ns = format!("diff-{}-{:06x}", seq.name, rand::random::<u32>() & 0xff_ffff);
+        for s in servers.iter_mut() {
+            let (code, body) = s
+                .send("", &step("namespace", "POST", "/api/v1/namespaces", Some(json!({"metadata": {"name": ns}}))))
+                .await;
+            assert!(code < 300, "namespace {ns}: {body}");
+        }
+        let mut seq_identical = 0;
+        for st in &seq.steps {
+            let mut answers = Vec::new();
+            for s in servers.iter_mut() {
+                let (code, mut body) = s.send(&ns, st).await;
+                normalize(&mut body);
+                answers.push((code, body));
+            }
+            total += 1;
+            let key = format!("{}/{}", seq.name, st.name);
+            if answers[0] == answers[1] {
+                identical += 1;
+                seq_identical += 1;
+            } else if let Some((_, why)) = ACCEPTED.iter().find(|(k, _)| *k == key) {
+                accepted_seen.push(format!("{key}: {why}"));
+            } else {
+                let short = |v: &Value| v.to_string().chars().take(600).collect::<String>();
+                let (at, sim, real) = first_difference(&answers[0].1, &answers[1].1, String::new())
+                    .unwrap_or_else(|| (String::new(), Value::Null, Value::Null));
+                differences.push(format!(
+                    "{key}: {} vs {}, first at {at:?}\n  kubesim: {}\n  real:    {}",
+                    answers[0].0,
+                    answers[1].0,
+                    short(&sim),
+                    short(&real)
+                ));
+            }
+        }
+        eprintln!("{}: {seq_identical} of {} identical", seq.name, seq.steps.len());
+        let _ = servers[1].send("", &step("namespace", "DELETE", &format!("/api/v1/namespaces/{ns}"), None)).await;
+    }
+    eprintln!("kubesim against the real API server: {identical} of {total} identical");
+    for a in &accepted_seen {
+        eprintln!("accepted difference: {a}");
+    }
+    assert!(differences.is_empty(), "{} differences:\n{}", differences.len(), differences.join("\n"));
+}
