@@ -122,6 +122,11 @@ impl ApiError {
         if !group.is_empty() {
             details["group"] = json!(group);
         }
+        if name.is_empty()
+            && let Some(d) = details.as_object_mut()
+        {
+            d.remove("name");
+        }
         let mut e = Self::new(422, "Invalid", format!("{qualified} {name:?} is invalid: {list}"));
         e.details = Some(details);
         e

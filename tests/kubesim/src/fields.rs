@@ -52,6 +52,11 @@ pub fn list_kind(field: &str, schema: Option<&Value>) -> ListKind {
     }
 }
 
+/// Whether a keyed list's elements are owned whole: an owner reference is an atomic struct.
+fn atomic_elements(field: &str, schema: Option<&Value>) -> bool {
+    schema.is_none() && field == "ownerReferences"
+}
+
 /// The schema of a child field, if the parent has one.
 pub fn child_schema<'a>(schema: Option<&'a Value>, key: &str) -> Option<&'a Value> {
     let s = schema?;
@@ -124,7 +129,11 @@ fn collect(value: &Value, schema: Option<&Value>, prefix: &mut FieldPath, field:
             ListKind::Map(keys) => {
                 for item in items {
                     prefix.push(element_key(item, &keys));
-                    collect(item, item_schema(schema), prefix, "", out);
+                    if atomic_elements(field, schema) {
+                        out.insert(prefix.clone());
+                    } else {
+                        collect(item, item_schema(schema), prefix, "", out);
+                    }
                     prefix.pop();
                 }
             }
@@ -279,8 +288,9 @@ pub fn changed_fields(old: &Value, new: &Value, schema: Option<&Value>) -> (Fiel
 /// only these, and list elements, are ever added.
 const BUILTIN_MAPS: &[&str] = &["labels", "annotations", "data", "binaryData", "stringData"];
 
-/// The maps, objects (of custom resources) and keyed list elements `value` holds that `old`
-/// has not, as members of the set: an update's manager owns them. Never `metadata` itself.
+/// The maps, objects (of custom resources), merged lists and their elements `value` holds that
+/// `old` has not, as members of the set: an update's manager owns them. Never `metadata`
+/// itself.
 fn added_nodes(
     old: &Value,
     value: &Value,
@@ -296,8 +306,12 @@ fn added_nodes(
                     continue;
                 }
                 prefix.push(format!("f:{k}"));
-                let node = child.is_object() && !(prefix.len() == 1 && k == "metadata");
-                if node && (schema.is_some() || BUILTIN_MAPS.contains(&k.as_str())) && get_at(old, prefix).is_none() {
+                let map = child.is_object()
+                    && !(prefix.len() == 1 && k == "metadata")
+                    && (schema.is_some() || BUILTIN_MAPS.contains(&k.as_str()));
+                // A list merged by key or as a set is a member too (an atomic one is a leaf).
+                let list = child.is_array() && list_kind(k, child_schema(schema, k)) != ListKind::Atomic;
+                if (map || list) && get_at(old, prefix).is_none() {
                     out.insert(prefix.clone());
                 }
                 added_nodes(old, child, child_schema(schema, k), prefix, k, out);
@@ -308,7 +322,7 @@ fn added_nodes(
             if let ListKind::Map(keys) = list_kind(field, schema) {
                 for item in items {
                     prefix.push(element_key(item, &keys));
-                    if get_at(old, prefix).is_none() {
+                    if !atomic_elements(field, schema) && get_at(old, prefix).is_none() {
                         out.insert(prefix.clone());
                     }
                     added_nodes(old, item, item_schema(schema), prefix, "", out);
@@ -472,7 +486,8 @@ mod tests {
         let shown: Vec<String> = f.iter().map(display_path).collect();
         assert!(shown.contains(&".metadata.labels.x".to_string()), "{shown:?}");
         assert!(shown.contains(&".metadata.finalizers[=\"f\"]".to_string()), "{shown:?}");
-        assert!(shown.contains(&".metadata.ownerReferences[{\"uid\":\"u\"}].name".to_string()), "{shown:?}");
+        // An owner reference is owned whole (an atomic struct), as the API server records it.
+        assert!(shown.contains(&".metadata.ownerReferences[{\"uid\":\"u\"}]".to_string()), "{shown:?}");
         assert!(shown.contains(&".list".to_string()), "{shown:?}");
         assert!(!shown.iter().any(|s| s.contains("name") && s.starts_with(".metadata.name")), "{shown:?}");
     }

@@ -527,11 +527,7 @@ async fn serve_resource(
                     "fieldManager",
                     "Required value: is required for apply patch",
                 );
-                let mut e = ApiError::invalid("PatchOptions", "meta.k8s.io", "", &[cause]);
-                if let Some(d) = e.details.as_mut().and_then(Value::as_object_mut) {
-                    d.remove("name");
-                }
-                return Err(e);
+                return Err(ApiError::invalid("PatchOptions", "meta.k8s.io", "", &[cause]));
             }
             let obj = parse_body(&body, is_apply)?;
             // Whether the apply created the object is decided under the same lock as the write.
@@ -544,7 +540,19 @@ async fn serve_resource(
         }
         "delete" => {
             let opts = delete_opts(params, &body)?;
-            let out = shared.state().delete(&ctx, name, &opts)?;
+            let mut out = shared.state().delete(&ctx, name, &opts)?;
+            // Orphan and Foreground deletions wait for the garbage collector behind a finalizer:
+            // the object comes back marked, though kubesim's collector has already done its work.
+            let finalizer = match opts.propagation.as_deref() {
+                Some("Orphan") => Some("orphan"),
+                Some("Foreground") => Some("foregroundDeletion"),
+                _ => None,
+            };
+            if let Some(f) = finalizer.filter(|_| out["metadata"]["deletionTimestamp"].is_null() && out.is_object()) {
+                out["metadata"]["deletionTimestamp"] = json!(crate::store::now());
+                out["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                out["metadata"]["finalizers"] = json!([f]);
+            }
             // Most built-in kinds answer an immediate deletion with a Status; custom resources,
             // Pods, Namespaces and CRDs, and anything still held by finalizers, with the object.
             let returns_object = ctx.def.custom
@@ -597,7 +605,7 @@ async fn token_request(
     *seen = Some(info.clone());
     shared.faults.admit(&info).await?;
     let sa = shared.state().get(ctx, name)?;
-    let out = shared.issuer.token_request(&sa, &parse_body(&body, false)?)?;
+    let out = shared.issuer.token_request(&sa, &parse_body(&body, false)?, &ctx.manager)?;
     Ok(json_response(StatusCode::CREATED, &out))
 }
 

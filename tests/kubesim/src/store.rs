@@ -1192,8 +1192,16 @@ impl State {
             let mut obj = entry.obj.clone();
             if let Some(refs) = obj["metadata"]["ownerReferences"].as_array_mut() {
                 refs.retain(|r| r["uid"].as_str() != Some(uid));
+                if refs.is_empty()
+                    && let Some(m) = obj["metadata"].as_object_mut()
+                {
+                    m.remove("ownerReferences");
+                }
             }
-            let _ = self.commit(&ctx, key, Some(&entry), Entry { obj, managers: entry.managers.clone() });
+            // The garbage collector's patch: whoever set the reference no longer owns it.
+            let mut managers = entry.managers.clone();
+            Self::record_update(&ctx, &mut managers, &entry.obj, &obj, Self::schema_of(&ctx), false);
+            let _ = self.commit(&ctx, key, Some(&entry), Entry { obj, managers });
         }
     }
 

@@ -82,11 +82,14 @@ impl Issuer {
         }]})
     }
 
-    /// Answers a TokenRequest for the ServiceAccount `sa` (its object, which exists).
-    pub fn token_request(&self, sa: &Value, body: &Value) -> ApiResult<Value> {
+    /// Answers a TokenRequest for the ServiceAccount `sa` (its object, which exists), made by
+    /// `manager`: the TokenRequest comes back as a created object of its own (uid, time, the
+    /// fields the request set).
+    pub fn token_request(&self, sa: &Value, body: &Value, manager: &str) -> ApiResult<Value> {
         let name = sa["metadata"]["name"].as_str().unwrap_or_default();
         let namespace = sa["metadata"]["namespace"].as_str().unwrap_or_default();
-        let invalid = |causes: Vec<Cause>| ApiError::invalid("TokenRequest", "authentication.k8s.io", name, &causes);
+        // The request object has no name of its own.
+        let invalid = |causes: Vec<Cause>| ApiError::invalid("TokenRequest", "authentication.k8s.io", "", &causes);
         if body["kind"].as_str().is_some_and(|k| k != "TokenRequest") {
             return Err(ApiError::bad_request(format!("kind {} is not TokenRequest", body["kind"])));
         }
@@ -136,10 +139,25 @@ impl Issuer {
         let token = self.sign(&claims)?;
         let expires = jiff::Timestamp::from_second(now + lifetime)
             .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+        let set: serde_json::Map<String, Value> = spec
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, _)| (format!("f:{k}"), json!({})))
+            .collect();
+        let created = crate::store::now();
         Ok(json!({
             "kind": "TokenRequest",
             "apiVersion": "authentication.k8s.io/v1",
-            "metadata": {"name": name, "namespace": namespace, "creationTimestamp": null},
+            "metadata": {
+                "name": name, "namespace": namespace, "creationTimestamp": created,
+                "uid": uuid::Uuid::new_v4().to_string(),
+                "managedFields": [{
+                    "manager": manager, "operation": "Update", "apiVersion": "authentication.k8s.io/v1",
+                    "time": created, "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": set}, "subresource": "token",
+                }],
+            },
             "spec": {"audiences": audiences, "expirationSeconds": lifetime, "boundObjectRef": spec["boundObjectRef"]},
             "status": {"token": token, "expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()},
         }))
