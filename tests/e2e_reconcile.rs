@@ -469,3 +469,65 @@ async fn a_token_arriving_after_a_write_back_is_written_over_the_secret_written_
     assert!(conflicts.is_empty(), "{conflicts:?}");
     env.wait_ready("api", "True", "TokenValid").await;
 }
+
+/// An owner reference the operator's apply does not own (added by another write: a tenant's
+/// patch, or the operator's own owner-reference patch) is removed on its own under `Orphan`:
+/// the apply of the token could not remove it, and was tried again every second while no
+/// renewal was made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_reference_added_by_another_write_is_removed_and_renewals_go_on() {
+    let env = Env::start().await;
+    podero_credentials(&env).await;
+    let mut ts = podero(&env, "api", "api-token");
+    ts["spec"]["target"]["creationPolicy"] = json!("Orphan");
+    env.create(ts).await;
+    let first = env.wait_token("api-token", None).await;
+    env.wait_ready("api", "True", "TokenValid").await;
+    let uid = env.sources().get("api").await.unwrap().metadata.uid;
+    let reference = json!({"metadata": {"ownerReferences": [{
+        "apiVersion": "tokensource.dev/v1alpha1", "kind": "TokenSource", "name": "api", "uid": uid}]}});
+    env.secrets().patch("api-token", &PatchParams::default(), &Patch::Merge(&reference)).await.unwrap();
+    // Past the renewal floor, so the refresh is made at once.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    annotate(&env, "api", &jiff::Timestamp::now().to_string()).await;
+    let renewed = env.wait_token("api-token", Some(&first)).await;
+    assert!(env.fakes.is_valid(&renewed));
+    eventually("no owner reference", WAIT, || async {
+        let secret = env.secrets().get("api-token").await.map_err(|e| e.to_string())?;
+        let owners = secret.metadata.owner_references.unwrap_or_default();
+        check(owners.is_empty(), (), owners)
+    })
+    .await;
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 2);
+}
+
+/// A token fetched after the provider failed, whose write the API server refuses once, is
+/// written on the next try: the provider owes nothing any more, so no other token is fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_whose_write_was_refused_is_written_not_fetched_again() {
+    let env = Env::start().await;
+    let Some(sim) = env.sim.as_ref() else {
+        env.kubesim_only("the API server must refuse one Secret write");
+        return;
+    };
+    podero_credentials(&env).await;
+    env.create(podero(&env, "api", "api-token")).await;
+    let first = env.wait_token("api-token", None).await;
+    env.wait_ready("api", "True", "TokenValid").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    env.fakes.fail_next(Endpoint::Podero, 1, 503, json!({"error": "temporarily_unavailable"}), Some(2));
+    annotate(&env, "api", &jiff::Timestamp::now().to_string()).await;
+    eventually("the refresh's failure", WAIT, || async {
+        let st = env.status("api").await?;
+        check(st.failed_renewal_attempts >= 1, (), st.failed_renewal_attempts)
+    })
+    .await;
+    // The retry's token: its first write is refused.
+    let write = kubesim::Matcher::new("patch", "secrets").named(&env.ns, "api-token");
+    sim.faults().fail_next(write, 1, 500, None);
+    let renewed = env.wait_token("api-token", Some(&first)).await;
+    assert!(env.fakes.is_valid(&renewed));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.fakes.calls(Endpoint::Podero), 3, "the token whose write was refused was fetched again");
+    assert_eq!(env.secret_data("api-token").await.unwrap_or_default().get("token"), Some(&renewed));
+}

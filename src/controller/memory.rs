@@ -256,6 +256,14 @@ impl Memory {
         self.lock().entry(ts.clone()).or_default().failure = Some(Box::new(failure));
     }
 
+    /// The provider gave a token: none is owed any more (the backoff of a failure since, a
+    /// refused write of that token, stays).
+    pub fn token_given(&self, ts: &ObjectRef<TokenSource>) {
+        if let Some(f) = self.lock().get_mut(ts).and_then(|r| r.failure.as_mut()) {
+            f.owed_from = None;
+        }
+    }
+
     pub fn forget_failure(&self, ts: &ObjectRef<TokenSource>) {
         if let Some(r) = self.lock().get_mut(ts) {
             r.failure = None;

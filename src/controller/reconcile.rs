@@ -640,6 +640,8 @@ impl Context {
         known.redactor.add(token.access_token.as_bytes());
         // Held before it is written: a failed write is retried with it, without a new request.
         self.memory.hold(&me, Held { fingerprint: fingerprint.clone(), token: token.clone() });
+        // The provider gave the token it owed: a failed write of it owes no other.
+        self.memory.token_given(&me);
         known.restart_owed = self.write(ts, &token, &fingerprint, &shape, stored.as_ref()).await?;
         self.memory.forget_failure(&me);
         let refresh_at = decide::renewal_of(&token, &uid, &plan.policy);
@@ -789,7 +791,11 @@ impl Context {
                 .filter(|t| stored.refreshed_at == Some(t.issued_at) && (!reads_reply || !t.raw.is_null()))
                 .or_else(|| secret::read_back(ts, secret, stored).map(Arc::new))
         });
-        let (Some(fingerprint), Some(token)) = (fingerprint, token) else {
+        // Only the owner reference is wrong: it alone is set. The apply of the token could not
+        // remove a reference that another write added (server-side apply removes only the
+        // fields its manager owns), and would be tried again and again.
+        let only_reference = stored.shape.as_deref() == Some(shape);
+        let (Some(fingerprint), Some(token)) = (fingerprint, token.filter(|_| !only_reference)) else {
             // Whatever else waits for the next token, a Secret the user asked to keep is not
             // left for the garbage collector, nor one to be collected kept.
             if !reference_right {
@@ -799,7 +805,7 @@ impl Context {
                     return Ok(Reshaped::Written);
                 }
             }
-            return Ok(Reshaped::Pending);
+            return Ok(if only_reference { Reshaped::Unchanged } else { Reshaped::Pending });
         };
         known.redactor.add(token.access_token.as_bytes());
         // Under the fingerprint it was fetched for: what decides the next request is unchanged.
@@ -861,14 +867,19 @@ impl Context {
             // A token the provider failed to give is still owed after a failure of another kind
             // (a write-back of the token in hand refused, say), for the same request, and not
             // asked for before the provider's own backoff ends.
-            if record.owed_from.is_none() {
-                record.owed_from =
-                    self.memory.failure(&me).filter(|p| p.fingerprint == record.fingerprint).and_then(|p| p.owed_from);
+            // It keeps the upstream token it was refused for: the upstream's next token still
+            // ends that backoff.
+            let mut carried_upstream = None;
+            if record.owed_from.is_none()
+                && let Some(prev) = self.memory.failure(&me).filter(|p| p.fingerprint == record.fingerprint)
+            {
+                record.owed_from = prev.owed_from;
+                carried_upstream = prev.upstream.filter(|_| prev.owed_from.is_some());
             }
             let refused_write = known.write.filter(|_| matches!(error, Error::ApplySecret(_)));
             // Only a refusal can be the upstream token's fault: the upstream's next token ends
             // that backoff, not the backoff from an endpoint that is down or throttling.
-            let upstream = known.upstream.filter(|_| error.is_refusal());
+            let upstream = known.upstream.filter(|_| error.is_refusal()).or(carried_upstream);
             self.memory.remember_failure(&me, FailureRecord { upstream, refused_write, ..record });
         }
         outcome
