@@ -121,9 +121,17 @@ impl Server {
             self.substitute(b);
         }
         let bytes = body.as_ref().map(|b| serde_json::to_vec(b).unwrap_or_default()).unwrap_or_default();
+        // `{rv0:NAME}` in a path: the first resourceVersion the server gave NAME.
+        let mut path = step.path.replace("{ns}", ns);
+        while let Some(start) = path.find("{rv0:") {
+            let end = path[start..].find('}').map_or(path.len(), |e| start + e);
+            let name = &path[start + 5..end];
+            let rv = self.versions.get(name).map(|(first, _)| first.clone()).unwrap_or_default();
+            path.replace_range(start..=end.min(path.len() - 1), &rv);
+        }
         let mut request = Request::builder()
             .method(step.method)
-            .uri(step.path.replace("{ns}", ns))
+            .uri(path)
             .header("content-type", step.content_type)
             .header("accept", "application/json");
         for (name, value) in &step.headers {
@@ -133,8 +141,14 @@ impl Server {
         let response = self.client.send(request).await.unwrap_or_else(|e| panic!("{}: {e}", step.name));
         let code = response.status().as_u16();
         let bytes = response.into_body().collect_bytes().await.unwrap_or_default();
-        let value =
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        let value = if step.path.contains("watch=true") && code == 200 {
+            // A watch (ended by its timeoutSeconds): its events, in order.
+            Value::Array(
+                serde_json::Deserializer::from_slice(&bytes).into_iter::<Value>().map_while(Result::ok).collect(),
+            )
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
         if let (Some(name), Some(rv)) =
             (value["metadata"]["name"].as_str(), value["metadata"]["resourceVersion"].as_str())
         {
@@ -477,6 +491,25 @@ fn sequences() -> Vec<Sequence> {
             step("token-no-account", "POST", "/api/v1/namespaces/{ns}/serviceaccounts/nobody/token", token(3600)),
         ],
     });
+    let watch = |query: &str| format!("{SECRETS}?watch=true&timeoutSeconds=2&{query}");
+    all.push(Sequence {
+        name: "watches",
+        steps: vec![
+            step("w1", "POST", SECRETS, Some(secret("w1", json!({})))),
+            patch("w1-changed", "application/merge-patch+json", &at("w1"), json!({"metadata": {"labels": {"a": "b"}}})),
+            step("w2", "POST", SECRETS, Some(secret("w2", json!({})))),
+            step("w1-deleted", "DELETE", &at("w1"), None),
+            step("from-w1-creation", "GET", &watch("resourceVersion={rv0:w1}"), None),
+            step("from-w1-creation-selected", "GET", &watch("resourceVersion={rv0:w1}&labelSelector=a%3Db"), None),
+            step(
+                "initial-events",
+                "GET",
+                &watch("sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"),
+                None,
+            ),
+            step("too-old", "GET", &watch("resourceVersion=1"), None),
+        ],
+    });
     all.push(Sequence {
         name: "rbac",
         steps: vec![step("impersonated-list", "GET", SECRETS, None).header("Impersonate-User", "nobody")],
@@ -574,7 +607,10 @@ async fn kubesim_answers_as_the_real_api_server_does() {
     // kubesim answers as the minor it is compared with, where minors differ.
     let version = real.apiserver_version().await.expect("the real server's version");
     let minor: u32 = version.minor.trim_end_matches('+').parse().expect("a minor version");
-    let options = kubesim::Options { minor, ..Default::default() };
+    // Bookmarks about once a minute, as the API server sends them (kubesim's default, a second,
+    // is for tests that wait for one).
+    let options =
+        kubesim::Options { minor, bookmark_interval: std::time::Duration::from_secs(60), ..Default::default() };
     let sim = kubesim::KubeSim::start_with(options).await.expect("kubesim");
     let mut servers = [
         Server { client: sim.client(), versions: BTreeMap::new(), uids: BTreeMap::new() },
