@@ -396,3 +396,22 @@ async fn restarts_keep_min_interval_after_a_delayed_restart() {
         assert!(gap >= Duration::from_secs(9), "two restarts {gap:?} apart with minInterval 10s: {changes:?}");
     }
 }
+
+/// Stopped while it starts against a slow API server (its TokenSource cache not synced yet), the
+/// operator stops at once: it has reconciled nothing. It waited for that cache, no longer read,
+/// until it was killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_stopped_while_its_cache_syncs_stops_at_once() {
+    let mut env = Env::start().await;
+    assert!(env.stop_operator().await);
+    let lists = kubesim::Matcher::new("list", "tokensources");
+    env.sim.as_ref().expect("kubesim").faults().add_latency(lists, Duration::from_secs(3));
+    for _ in 0..2 {
+        env.start_operator();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = std::time::Instant::now();
+        let stopped = env.stop_operator().await;
+        assert!(stopped, "still running 10 s after it was told to stop");
+        eprintln!("stopped {:?} after it was told to", started.elapsed());
+    }
+}

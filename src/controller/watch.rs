@@ -64,8 +64,34 @@ fn forward<K, S>(
     });
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves: it finishes the reconciles under way. Stopped
+/// before its TokenSource cache synced (at start, against a slow API server), it stops at once:
+/// nothing has been reconciled yet, and the controller would wait for a cache no longer fed.
 pub async fn run(
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), StartError> {
+    let shutdown = futures::FutureExt::shared(shutdown);
+    let (stop, synced) = (shutdown.clone(), health.clone());
+    let stopped_unsynced = async move {
+        stop.await;
+        if synced.ready.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = serve(client, config, metrics, health, shutdown) => served,
+        () = stopped_unsynced => {
+            tracing::info!("stopped before the caches synced");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(
     client: Client,
     config: Config,
     metrics: Arc<Metrics>,

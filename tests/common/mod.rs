@@ -368,10 +368,14 @@ impl Env {
         self.operator = Some((tx, handle));
     }
 
-    pub async fn stop_operator(&mut self) {
-        if let Some((tx, handle)) = self.operator.take() {
-            let _ = tx.send(());
-            let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
+    /// Stops the operator; whether it stopped within 10 s.
+    pub async fn stop_operator(&mut self) -> bool {
+        match self.operator.take() {
+            Some((tx, handle)) => {
+                let _ = tx.send(());
+                tokio::time::timeout(Duration::from_secs(10), handle).await.is_ok()
+            }
+            None => true,
         }
     }
 
