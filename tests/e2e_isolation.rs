@@ -49,7 +49,7 @@ async fn create_in(env: &Env, ns: &str, mut ts: serde_json::Value) -> Instant {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_that_never_answer_in_one_namespace_do_not_delay_another() {
-    let env = Env::start_all_namespaces().await;
+    let Some(env) = Env::start_all_namespaces().await else { return };
     podero_credentials(&env).await;
     // Four hosts that hang, four request slots each: sixteen requests in flight, as many as the
     // operator has reconcile workers, and four more TokenSources waiting for a slot.
@@ -243,7 +243,7 @@ async fn a_retry_after_holds_back_every_request_to_the_host_until_it_ends() {
 /// of them: namespaces take turns at the host's request slots.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespaces_take_turns_at_a_busy_shared_host() {
-    let mut env = Env::start_all_namespaces().await;
+    let Some(mut env) = Env::start_all_namespaces().await else { return };
     // A fixed two requests at a time, one second each: the busy tenant's 40 take twenty seconds.
     env.stop_operator().await;
     env.config.transport.per_host_floor = 2;

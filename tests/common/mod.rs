@@ -287,12 +287,18 @@ impl Env {
 
     /// The operator serving every namespace, as `deploy/` installs it (tests with several
     /// tenants); `ns` is the first tenant's namespace, [`Env::namespace`] makes more.
-    pub async fn start_all_namespaces() -> Self {
+    /// An operator watching every namespace. On a real API server, where the tests that run at
+    /// once share the cluster, it would serve their TokenSources too: `None` there (and says
+    /// so) unless the test has the cluster to itself.
+    pub async fn start_all_namespaces() -> Option<Self> {
         let mut env = Self::start_inner(FakeConfig::default(), false).await;
+        if env.needs_the_cluster_alone("its operator watches every namespace, other tests' TokenSources too") {
+            return None;
+        }
         env.stop_operator().await;
         env.config.namespace = None;
         env.start_operator();
-        env
+        Some(env)
     }
 
     /// Another namespace, with the Podero credentials in it.
