@@ -785,17 +785,17 @@ impl Context {
         let reads_reply = secret::reads_reply(ts);
         // A Secret whose data someone else changed is not re-rendered from what it holds.
         let fingerprint = stored.fingerprint.as_deref().filter(|_| stored.intact);
-        let token = fingerprint.and_then(|fingerprint| {
+        // Only the owner reference is wrong: it alone is set. The apply of the token could not
+        // remove a reference that another write added (server-side apply removes only the
+        // fields its manager owns), and would be tried again and again.
+        let only_reference = stored.shape.as_deref() == Some(shape);
+        let token = fingerprint.filter(|_| !only_reference).and_then(|fingerprint| {
             self.memory
                 .held_any(&me, fingerprint)
                 .filter(|t| stored.refreshed_at == Some(t.issued_at) && (!reads_reply || !t.raw.is_null()))
                 .or_else(|| secret::read_back(ts, secret, stored).map(Arc::new))
         });
-        // Only the owner reference is wrong: it alone is set. The apply of the token could not
-        // remove a reference that another write added (server-side apply removes only the
-        // fields its manager owns), and would be tried again and again.
-        let only_reference = stored.shape.as_deref() == Some(shape);
-        let (Some(fingerprint), Some(token)) = (fingerprint, token.filter(|_| !only_reference)) else {
+        let (Some(fingerprint), Some(token)) = (fingerprint, token) else {
             // Whatever else waits for the next token, a Secret the user asked to keep is not
             // left for the garbage collector, nor one to be collected kept.
             if !reference_right {

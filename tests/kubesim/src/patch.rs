@@ -13,9 +13,8 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 pub fn json_patch(target: &mut Value, patch: Value) -> Result<(), ApiError> {
     let ops: json_patch::Patch =
         serde_json::from_value(patch).map_err(|e| ApiError::bad_request(format!("json patch is invalid: {e}")))?;
-    json_patch::patch(target, &ops).map_err(|e| {
-        // The API server does not say which operation failed, nor why.
-        let _ = e;
+    // The API server does not say which operation failed, nor why.
+    json_patch::patch(target, &ops).map_err(|_| {
         let mut error = ApiError::new(422, "Invalid", "the server rejected our request due to an error in our request");
         error.details = Some(serde_json::json!({}));
         error

@@ -944,7 +944,6 @@ impl State {
                 format!("Apply failed with {} conflicts: {}", lines.len(), lines.join("\n"))
             };
             let mut e = ApiError::new(409, "Conflict", msg);
-            let _ = name;
             e.details = Some(json!({"causes": causes}));
             return Err(e);
         }
